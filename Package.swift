@@ -1,0 +1,87 @@
+// swift-tools-version:6.0
+// dp-farm: a CPU DreamPose renderer and render farm.
+// Module graph (dependencies point down):
+//   DPTensor <- DPModels <- DPSampling / DPPipeline <- DPWorker
+//   DPProtocol <- DPTransport <- DPCoordinator and DPWorker
+//   executables on top. The engine never imports ZeroMQ or SQLite; DPCoordinator never imports the models.
+import PackageDescription
+
+let release: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+]
+let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
+
+let package = Package(
+    name: "dp-farm",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "dp-coord", targets: ["dp-coord"]),
+        .executable(name: "dp-worker", targets: ["dp-worker"]),
+        .executable(name: "dp-bench", targets: ["dp-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", exact: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // C libraries from Debian packages.
+        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas"),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng16"),
+        .systemLibrary(name: "CZeroMQ", path: "Sources/CZeroMQ", pkgConfig: "libzmq"),
+        .systemLibrary(name: "CSQLite3", path: "Sources/CSQLite3", pkgConfig: "sqlite3"),
+
+        // The engine.
+        .target(name: "DPTensor", dependencies: ["COpenBLAS"], swiftSettings: v5 + release),
+        .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: v5 + release),
+        .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: v5 + release),
+        .target(name: "DPPipeline",
+                dependencies: ["DPTensor", "DPModels", "DPSampling", "CPNG",
+                               .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: v5 + release),
+
+        // The farm.
+        .target(name: "DPProtocol",
+                dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                swiftSettings: v5),
+        .target(name: "DPTransport", dependencies: ["CZeroMQ"], swiftSettings: v5),
+        .target(name: "DPJournal", dependencies: ["CSQLite3"], swiftSettings: v5),
+        .target(name: "DPCoordinator",
+                dependencies: ["DPProtocol", "DPTransport", "DPJournal",
+                               .product(name: "Crypto", package: "swift-crypto"),
+                               .product(name: "Logging", package: "swift-log")],
+                swiftSettings: v5),
+        .target(name: "DPWorker",
+                dependencies: ["DPPipeline", "DPProtocol", "DPTransport",
+                               .product(name: "Crypto", package: "swift-crypto"),
+                               .product(name: "Logging", package: "swift-log")],
+                swiftSettings: v5),
+
+        // Executables.
+        .executableTarget(name: "dp-coord",
+                          dependencies: ["DPCoordinator", "DPWorker",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Logging", package: "swift-log")],
+                          swiftSettings: v5),
+        .executableTarget(name: "dp-worker",
+                          dependencies: ["DPWorker", "DPPipeline",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Logging", package: "swift-log")],
+                          swiftSettings: v5),
+        .executableTarget(name: "dp-bench",
+                          dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline",
+                                         "DPCoordinator", "DPWorker",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          swiftSettings: v5 + release),
+
+        // Tests.
+        .testTarget(name: "DPTensorTests", dependencies: ["DPTensor"], swiftSettings: v5),
+        .testTarget(name: "DPModelsTests", dependencies: ["DPModels", "DPTensor"], swiftSettings: v5),
+        .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor"], swiftSettings: v5),
+        .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline"], swiftSettings: v5),
+        .testTarget(name: "DPFarmTests",
+                    dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal"],
+                    swiftSettings: v5),
+    ]
+)

@@ -1,0 +1,1 @@
+// DPPipeline: module placeholder until its first source file lands; delete when another file exists.
