@@ -36,6 +36,8 @@ let package = Package(
         .target(name: "DPTensor", dependencies: ["COpenBLAS"], swiftSettings: v5 + release),
         .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: v5 + release),
         .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: v5 + release),
+        // Golden-case reading and the parity runner (dp-bench parity and the tests share it).
+        .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling"], swiftSettings: v5 + release),
         .target(name: "DPPipeline",
                 dependencies: ["DPTensor", "DPModels", "DPSampling", "CPNG",
                                .product(name: "Crypto", package: "swift-crypto")],
@@ -70,16 +72,16 @@ let package = Package(
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: v5),
         .executableTarget(name: "dp-bench",
-                          dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline",
+                          dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPGolden",
                                          "DPCoordinator", "DPWorker",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: v5 + release),
 
         // Tests.
         .testTarget(name: "DPTensorTests", dependencies: ["DPTensor"], swiftSettings: v5),
-        .testTarget(name: "DPModelsTests", dependencies: ["DPModels", "DPTensor"], swiftSettings: v5),
+        .testTarget(name: "DPModelsTests", dependencies: ["DPModels", "DPTensor", "DPGolden"], swiftSettings: v5),
         .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor"], swiftSettings: v5),
-        .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline"], swiftSettings: v5),
+        .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden"], swiftSettings: v5),
         .testTarget(name: "DPFarmTests",
                     dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal"],
                     swiftSettings: v5),

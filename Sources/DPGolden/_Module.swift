@@ -1,0 +1,1 @@
+// DPGolden: module placeholder until its first source file lands; delete when another file exists.
