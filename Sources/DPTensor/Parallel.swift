@@ -1,0 +1,57 @@
+// Thread count of the engine (OpenBLAS and our own kernels) and a small parallel-for helper.
+
+import COpenBLAS
+import Foundation
+
+/// The number of threads the engine uses: OpenBLAS's pool and our own kernels' `concurrentPerform`.
+public enum EngineThreads {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var _count: Int = {
+        let n = max(1, ProcessInfo.processInfo.activeProcessorCount)
+        openblas_set_num_threads(Int32(n))
+        return n
+    }()
+
+    /// Sets the thread count of OpenBLAS and of our kernels (`n < 1` means all cores).
+    public static func configure(_ n: Int) {
+        let threads = n < 1 ? max(1, ProcessInfo.processInfo.activeProcessorCount) : n
+        lock.lock()
+        _count = threads
+        lock.unlock()
+        openblas_set_num_threads(Int32(threads))
+    }
+
+    /// The current thread count.
+    public static var count: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return _count
+    }
+}
+
+/// Below this many elements (or element-operations) a kernel runs on the calling thread.
+let parallelThreshold = 1 << 15
+
+/// Runs `body` over `0..<count` split into contiguous chunks, one per engine thread, when `work`
+/// (an estimate of the total element-operations) is large enough to pay for the dispatch.
+@inline(__always)
+func parallelChunks(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
+    if count <= 0 { return }
+    let threads = EngineThreads.count
+    let chunks = min(count, threads)
+    if chunks <= 1 || work < parallelThreshold {
+        body(0..<count)
+        return
+    }
+    DispatchQueue.concurrentPerform(iterations: chunks) { c in
+        let lo = count * c / chunks
+        let hi = count * (c + 1) / chunks
+        if lo < hi { body(lo..<hi) }
+    }
+}
+
+/// Runs `body(i)` for each `i` in `0..<count`, spread over the engine threads when `work` is large.
+@inline(__always)
+func parallelFor(_ count: Int, work: Int, _ body: (Int) -> Void) {
+    parallelChunks(count, work: work) { r in for i in r { body(i) } }
+}
