@@ -10,6 +10,12 @@ let attentionScoreTileFloats = 16 << 20
 /// queries at a time ([T, Nk], at most `attentionScoreTileFloats` unless one row needs more), so at most
 /// one head's [Nq, Nk] score matrix exists at any time.
 public func attention(query: Tensor, key: Tensor, value: Tensor, heads: Int, scale: Float) -> Tensor {
+    attention(query: query, key: key, value: value, heads: heads, scale: scale,
+              tileFloats: attentionScoreTileFloats)
+}
+
+/// `attention` with an explicit score-tile bound (tests use small bounds to exercise the tiling).
+func attention(query: Tensor, key: Tensor, value: Tensor, heads: Int, scale: Float, tileFloats: Int) -> Tensor {
     precondition(query.rank == 3 && key.rank == 3 && value.rank == 3,
                  "attention: query/key/value must be [B, N, C], got \(query.shape) \(key.shape) \(value.shape)")
     let b = query.shape[0], nq = query.shape[1], c = query.shape[2]
@@ -20,7 +26,7 @@ public func attention(query: Tensor, key: Tensor, value: Tensor, heads: Int, sca
                  "attention: channel counts disagree: query \(query.shape), key \(key.shape), value \(value.shape)")
     precondition(heads > 0 && c % heads == 0, "attention: \(c) channels not divisible into \(heads) heads")
     let d = c / heads
-    let tile = max(1, min(nq, attentionScoreTileFloats / max(1, nk)))
+    let tile = max(1, min(nq, tileFloats / max(1, nk)))
     return Tensor(shape: [b, nq, c]) { out in
         guard let po = out.baseAddress, nq > 0, nk > 0 else { return }
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: tile * nk)   // [T, Nk]

@@ -22,6 +22,12 @@ let conv2dScratchFloats = 4 << 20
 /// weight matrix [Cout, Cin*kh*kw] straight into the output.
 public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1,
                    padding: Padding2D = .symmetric(0)) -> Tensor {
+    conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, scratchFloats: conv2dScratchFloats)
+}
+
+/// `conv2d` with an explicit im2col scratch bound (tests use small bounds to exercise the tiling).
+func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding2D,
+            scratchFloats: Int) -> Tensor {
     precondition(x.rank == 4, "conv2d: input must be [N, Cin, H, W], got \(x.shape)")
     precondition(weight.rank == 4, "conv2d: weight must be [Cout, Cin, kh, kw], got \(weight.shape)")
     precondition(stride >= 1, "conv2d: stride must be >= 1, got \(stride)")
@@ -62,7 +68,7 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1,
                     }
                     return
                 }
-                let rowsPerTile = max(1, min(ho, conv2dScratchFloats / max(1, kdim * wo)))
+                let rowsPerTile = max(1, min(ho, scratchFloats / max(1, kdim * wo)))
                 let scratch = UnsafeMutablePointer<Float>.allocate(capacity: kdim * rowsPerTile * wo)
                 defer { scratch.deallocate() }
                 for b in 0..<n {
