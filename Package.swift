@@ -44,18 +44,22 @@ let package = Package(
                 swiftSettings: v5 + release),
 
         // The farm.
+        // Model manifest/identity, file SHA-256 and crash-safe writes: shared by the coordinator (no
+        // model code), the worker's model cache and (later) the pipeline.
+        .target(name: "DPFileKit", dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: v5),
         .target(name: "DPProtocol",
                 dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
                 swiftSettings: v5),
         .target(name: "DPTransport", dependencies: ["CZeroMQ"], swiftSettings: v5),
         .target(name: "DPJournal", dependencies: ["CSQLite3"], swiftSettings: v5),
         .target(name: "DPCoordinator",
-                dependencies: ["DPProtocol", "DPTransport", "DPJournal",
+                dependencies: ["DPProtocol", "DPTransport", "DPJournal", "DPFileKit",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: v5),
         .target(name: "DPWorker",
-                dependencies: ["DPPipeline", "DPProtocol", "DPTransport",
+                dependencies: ["DPPipeline", "DPProtocol", "DPTransport", "DPFileKit",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: v5),
@@ -83,7 +87,7 @@ let package = Package(
         .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor"], swiftSettings: v5),
         .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden"], swiftSettings: v5),
         .testTarget(name: "DPFarmTests",
-                    dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal"],
+                    dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal", "DPFileKit"],
                     swiftSettings: v5),
     ]
 )
