@@ -1,0 +1,151 @@
+// PNG files <-> RGBImage through libpng's simplified API (png_image_*; no setjmp needed).
+//
+// Reading aims at what Pillow's `Image.open(f).convert("RGB")` gives, which is what the reference
+// pipeline feeds its models:
+// * 8-bit files of every colour type (grey, palette, RGB, with or without alpha/tRNS) are decoded to
+//   RGBA8 and the alpha channel is dropped (Pillow drops it too; no compositing).
+// * 16-bit files are decoded to 16-bit values and reduced to their high byte, as Pillow does. libpng's
+//   simplified API treats 16-bit data without a gAMA/sRGB chunk as linear, so this path applies no
+//   transfer curve. (Translucent 16-bit pixels come back alpha-premultiplied from libpng; they are
+//   un-premultiplied here, which can differ from Pillow by rounding.)
+// * Known difference: libpng converts 8-bit files whose gAMA chunk is far from sRGB to sRGB; Pillow
+//   ignores gAMA. Ordinary PNGs (no gAMA, or sRGB) are unaffected.
+import CPNG
+import Foundation
+
+/// A PNG that could not be read or written; `description` names the file.
+public struct PNGError: Error, CustomStringConvertible {
+    public let path: String
+    public let message: String
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
+    public var description: String { "PNG \(path): \(message)" }
+}
+
+public enum PNGCodec {
+    /// Reads any PNG file and converts it to 8-bit RGB.
+    public static func read(_ url: URL) throws -> RGBImage {
+        let data: Data
+        do {
+            data = try Data(contentsOf: url)
+        } catch {
+            throw PNGError(path: url.path, message: "cannot read file: \(error.localizedDescription)")
+        }
+        return try decode(data, name: url.path)
+    }
+
+    /// Decodes PNG bytes (`name` is used in error messages only).
+    public static func decode(_ data: Data, name: String = "<memory>") throws -> RGBImage {
+        if data.isEmpty { throw PNGError(path: name, message: "empty file, expected a PNG signature") }
+        return try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> RGBImage in
+            var image = png_image()
+            image.version = png_uint_32(PNG_IMAGE_VERSION)
+            guard png_image_begin_read_from_memory(&image, raw.baseAddress, raw.count) != 0 else {
+                throw PNGError(path: name, message: "not a readable PNG (\(message(of: image)))")
+            }
+            let width = Int(image.width), height = Int(image.height)
+            let fileFormat = image.format
+            let sixteenBit = fileFormat & PNG_FORMAT_FLAG_LINEAR != 0
+            let channels = 4  // always read with alpha so that libpng never composites it away
+            let (samples, overflow) = (width * channels).multipliedReportingOverflow(by: height)
+            guard !overflow, samples < Int(Int32.max) else {
+                png_image_free(&image)
+                throw PNGError(path: name, message: "image \(width)x\(height) is too large")
+            }
+            var rgb = [UInt8](repeating: 0, count: width * height * 3)
+            if sixteenBit {
+                image.format = png_uint_32(PNG_FORMAT_FLAG_LINEAR | PNG_FORMAT_FLAG_COLOR | PNG_FORMAT_FLAG_ALPHA)
+                var buffer = [UInt16](repeating: 0, count: samples)
+                let ok = buffer.withUnsafeMutableBytes {
+                    png_image_finish_read(&image, nil, $0.baseAddress, png_int_32(width * channels), nil)
+                }
+                guard ok != 0 else {
+                    throw PNGError(path: name, message: "decoding 16-bit image data failed (\(message(of: image)))")
+                }
+                for p in 0 ..< width * height {
+                    let a = UInt32(buffer[p * 4 + 3])
+                    for c in 0 ..< 3 {
+                        var v = UInt32(buffer[p * 4 + c])
+                        if a != 65535 {  // libpng premultiplies 16-bit colour by alpha: undo it
+                            v = a == 0 ? 0 : min(65535, (v * 65535 + a / 2) / a)
+                        }
+                        rgb[p * 3 + c] = UInt8(v >> 8)
+                    }
+                }
+            } else {
+                image.format = png_uint_32(PNG_FORMAT_FLAG_COLOR | PNG_FORMAT_FLAG_ALPHA)
+                var buffer = [UInt8](repeating: 0, count: samples)
+                let ok = buffer.withUnsafeMutableBytes {
+                    png_image_finish_read(&image, nil, $0.baseAddress, png_int_32(width * channels), nil)
+                }
+                guard ok != 0 else {
+                    throw PNGError(path: name, message: "decoding image data failed (\(message(of: image)))")
+                }
+                for p in 0 ..< width * height {
+                    rgb[p * 3] = buffer[p * 4]
+                    rgb[p * 3 + 1] = buffer[p * 4 + 1]
+                    rgb[p * 3 + 2] = buffer[p * 4 + 2]
+                }
+            }
+            return RGBImage(width: width, height: height, pixels: rgb)
+        }
+    }
+
+    /// Encodes an image as an 8-bit RGB PNG.
+    public static func encode(_ img: RGBImage) throws -> Data {
+        guard img.width > 0, img.height > 0 else {
+            throw PNGError(path: "<memory>", message: "cannot encode an empty \(img.width)x\(img.height) image")
+        }
+        precondition(img.pixels.count == img.width * img.height * 3, "RGBImage pixel count does not match its size")
+        var image = png_image()
+        image.version = png_uint_32(PNG_IMAGE_VERSION)
+        image.width = png_uint_32(img.width)
+        image.height = png_uint_32(img.height)
+        image.format = png_uint_32(PNG_FORMAT_FLAG_COLOR)
+        let stride = png_int_32(img.width * 3)
+        return try img.pixels.withUnsafeBytes { (pixels: UnsafeRawBufferPointer) -> Data in
+            // First call measures, second call writes.
+            var size: png_alloc_size_t = 0
+            guard png_image_write_to_memory(&image, nil, &size, 0, pixels.baseAddress, stride, nil) != 0,
+                  size > 0
+            else {
+                throw PNGError(path: "<memory>", message: "libpng could not encode (\(message(of: image)))")
+            }
+            var out = Data(count: Int(size))
+            var written = size
+            let ok = out.withUnsafeMutableBytes {
+                png_image_write_to_memory(&image, $0.baseAddress, &written, 0, pixels.baseAddress, stride, nil)
+            }
+            guard ok != 0 else {
+                throw PNGError(path: "<memory>", message: "libpng could not encode (\(message(of: image)))")
+            }
+            out.count = Int(written)
+            return out
+        }
+    }
+
+    /// Encodes and writes atomically (temp file in the same folder, fsync, rename): `url` is either
+    /// untouched or holds the complete new PNG.
+    public static func write(_ img: RGBImage, to url: URL) throws {
+        let data: Data
+        do {
+            data = try encode(img)
+        } catch let e as PNGError {
+            throw PNGError(path: url.path, message: e.message)
+        }
+        try AtomicFile.write(data, to: url)
+    }
+
+    /// libpng's message buffer (char[64]) as a String.
+    private static func message(of image: png_image) -> String {
+        var copy = image.message
+        let text = withUnsafeBytes(of: &copy) { raw -> String in
+            let bytes = raw.bindMemory(to: UInt8.self)
+            let end = bytes.firstIndex(of: 0) ?? bytes.count
+            return String(decoding: bytes[..<end], as: UTF8.self)
+        }
+        return text.isEmpty ? "no libpng message" : text
+    }
+}
