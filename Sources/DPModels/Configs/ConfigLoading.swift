@@ -1,0 +1,119 @@
+// Shared machinery of the config.json readers: errors that name the file, lenient shapes
+// (an int or a list), readable decoding errors.
+
+import Foundation
+
+/// A config.json that cannot be used. Names the file and says what was wrong.
+public struct ConfigError: Error, CustomStringConvertible {
+    public let file: String
+    public let reason: String
+
+    public init(file: String, reason: String) {
+        self.file = file
+        self.reason = reason
+    }
+
+    public var description: String { "\(file): \(reason)" }
+}
+
+/// A string coding key (for nested lookups and messages).
+struct ConfigKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(_ s: String) { stringValue = s }
+    init?(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+}
+
+enum ConfigFile {
+    /// Reads and decodes `url`; every failure becomes a `ConfigError` naming the file.
+    static func load<T: Decodable>(_ type: T.Type, from url: URL) throws -> T {
+        let data: Data
+        do {
+            data = try Data(contentsOf: url)
+        } catch {
+            throw ConfigError(file: url.path, reason: "cannot read: \(error.localizedDescription)")
+        }
+        return try decode(type, from: data, file: url.path)
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, from data: Data, file: String) throws -> T {
+        do {
+            return try JSONDecoder().decode(T.self, from: data)
+        } catch let e as DecodingError {
+            throw ConfigError(file: file, reason: describe(e))
+        } catch let e as ConfigError {
+            throw e
+        } catch {
+            throw ConfigError(file: file, reason: "\(error)")
+        }
+    }
+
+    /// "key 'block_out_channels[2]': expected Int" rather than Foundation's debug dump.
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ keys: [CodingKey]) -> String {
+            var s = ""
+            for k in keys {
+                if let i = k.intValue { s += "[\(i)]" } else { s += (s.isEmpty ? "" : ".") + k.stringValue }
+            }
+            return s.isEmpty ? "(top level)" : "'\(s)'"
+        }
+        switch error {
+        case .typeMismatch(let type, let ctx):
+            return "key \(path(ctx.codingPath)): expected \(type) (\(ctx.debugDescription))"
+        case .valueNotFound(let type, let ctx):
+            return "key \(path(ctx.codingPath)): expected \(type), found null"
+        case .keyNotFound(let key, let ctx):
+            return "missing key \(path(ctx.codingPath + [key]))"
+        case .dataCorrupted(let ctx):
+            if ctx.codingPath.isEmpty { return "not valid JSON (\(ctx.debugDescription))" }
+            return "key \(path(ctx.codingPath)): \(ctx.debugDescription)"
+        @unknown default:
+            return "\(error)"
+        }
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// The value under `key`, or `fallback` when the key is absent or null.
+    func value<T: Decodable>(_ key: Key, or fallback: T) throws -> T {
+        try decodeIfPresent(T.self, forKey: key) ?? fallback
+    }
+
+    /// An optional setting: absent -> `fallback`, explicit null -> nil.
+    func optional<T: Decodable>(_ key: Key, or fallback: T?) throws -> T? {
+        guard contains(key) else { return fallback }
+        if try decodeNil(forKey: key) { return nil }
+        return try decode(T.self, forKey: key)
+    }
+
+    /// An int or a list of ints (diffusers' `Union[int, Tuple[int]]`); an int is repeated `count`
+    /// times. Absent -> `fallback`; null -> nil.
+    func intOrList(_ key: Key, count: Int, or fallback: [Int]?) throws -> [Int]? {
+        guard contains(key) else { return fallback }
+        if try decodeNil(forKey: key) { return nil }
+        if let one = try? decode(Int.self, forKey: key) { return Array(repeating: one, count: max(count, 1)) }
+        return try decode([Int].self, forKey: key)
+    }
+
+    /// A bool or a list of bools; a bool is repeated `count` times.
+    func boolOrList(_ key: Key, count: Int, or fallback: [Bool]) throws -> [Bool] {
+        guard contains(key), try !decodeNil(forKey: key) else { return fallback }
+        if let one = try? decode(Bool.self, forKey: key) { return Array(repeating: one, count: max(count, 1)) }
+        return try decode([Bool].self, forKey: key)
+    }
+
+    /// An int given as an int or as a list of equal ints (per-block lists with different values
+    /// are not supported by this engine). Absent or null -> `fallback`.
+    func uniformInt(_ key: Key, or fallback: Int) throws -> Int {
+        guard contains(key), try !decodeNil(forKey: key) else { return fallback }
+        if let one = try? decode(Int.self, forKey: key) { return one }
+        let list = try decode([Int].self, forKey: key)
+        guard let first = list.first, list.allSatisfy({ $0 == first }) else {
+            throw DecodingError.dataCorruptedError(
+                forKey: key, in: self,
+                debugDescription: "per-block values \(list) are not supported (need one value, or equal values)")
+        }
+        return first
+    }
+}
