@@ -1,0 +1,146 @@
+/// A numbered schema change. Migrations run at start-up in version order, each in its own
+/// transaction together with its row in `schema_migrations`; applied ones are never edited,
+/// a change is always a new migration appended here.
+public struct Migration: Sendable {
+    public let version: Int
+    public let name: String
+    public let sql: String
+
+    public init(version: Int, name: String, sql: String) {
+        self.version = version
+        self.name = name
+        self.sql = sql
+    }
+}
+
+extension Journal {
+    public static let migrations: [Migration] = [
+        Migration(version: 1, name: "jobs, frames, attempts, workers, models", sql: """
+            CREATE TABLE jobs (
+                id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused
+                name            TEXT    NOT NULL DEFAULT '',
+                spec            BLOB    NOT NULL,                   -- the coordinator's encoded job spec (opaque here)
+                model_id        TEXT    NOT NULL,
+                priority        INTEGER NOT NULL DEFAULT 0,         -- higher first
+                order_mode      TEXT    NOT NULL CHECK (order_mode IN ('frame', 'preview')),
+                state           TEXT    NOT NULL CHECK (state IN ('uploading', 'queued', 'running', 'completed', 'failed', 'cancelled')),
+                output_dir      TEXT    NOT NULL,
+                video_path      TEXT,
+                video_fps       INTEGER NOT NULL DEFAULT 30,
+                video_written   INTEGER NOT NULL DEFAULT 0,
+                frames_total    INTEGER NOT NULL,
+                frames_done     INTEGER NOT NULL DEFAULT 0,
+                frames_failed   INTEGER NOT NULL DEFAULT 0,
+                error           TEXT,
+                created_at_ms   INTEGER NOT NULL,
+                updated_at_ms   INTEGER NOT NULL,
+                finished_at_ms  INTEGER
+            );
+            CREATE INDEX jobs_dispatch ON jobs(priority DESC, id) WHERE state IN ('queued', 'running');
+
+            CREATE TABLE frames (
+                job_id              INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                frame               INTEGER NOT NULL,               -- pose frame number
+                dispatch_rank       INTEGER NOT NULL,               -- position in the job's dispatch order
+                state               TEXT    NOT NULL CHECK (state IN ('queued', 'dispatched', 'done', 'failed', 'cancelled')),
+                current_attempt_id  INTEGER,                        -- set iff state = 'dispatched'
+                failures            INTEGER NOT NULL DEFAULT 0,     -- distinct workers it failed on
+                output_sha256       TEXT,
+                output_size         INTEGER,
+                render_seconds      REAL,
+                worker              TEXT,                           -- who rendered the accepted result
+                done_attempt_id     INTEGER,
+                updated_at_ms       INTEGER NOT NULL,
+                PRIMARY KEY (job_id, frame)
+            ) WITHOUT ROWID;
+            CREATE INDEX frames_queued ON frames(job_id, dispatch_rank) WHERE state = 'queued';
+
+            CREATE TABLE attempts (
+                id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- the fencing token; never reused
+                job_id          INTEGER NOT NULL,
+                frame           INTEGER NOT NULL,
+                worker          TEXT    NOT NULL,
+                state           TEXT    NOT NULL CHECK (state IN ('running', 'finished')),
+                result          TEXT    CHECK (result IN ('ok', 'failed', 'stale', 'lost', 'cancelled')),
+                started_at_ms   INTEGER NOT NULL,
+                finished_at_ms  INTEGER,
+                render_seconds  REAL,
+                error           TEXT,
+                FOREIGN KEY (job_id, frame) REFERENCES frames(job_id, frame) ON DELETE CASCADE,
+                CHECK ((state = 'running') = (result IS NULL))
+            );
+            CREATE INDEX attempts_frame ON attempts(job_id, frame);
+            CREATE INDEX attempts_running ON attempts(id) WHERE state = 'running';
+
+            CREATE TABLE workers (
+                name            TEXT    PRIMARY KEY,
+                host            TEXT    NOT NULL DEFAULT '',
+                slots           INTEGER NOT NULL DEFAULT 0,
+                threads         INTEGER NOT NULL DEFAULT 0,
+                frames_done     INTEGER NOT NULL DEFAULT 0,
+                frames_failed   INTEGER NOT NULL DEFAULT 0,
+                first_seen_ms   INTEGER NOT NULL,
+                last_seen_ms    INTEGER NOT NULL
+            );
+
+            CREATE TABLE worker_job_failures (
+                worker          TEXT    NOT NULL,
+                job_id          INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                failures        INTEGER NOT NULL DEFAULT 0,
+                banned          INTEGER NOT NULL DEFAULT 0,         -- 1: this job goes to this worker no more
+                PRIMARY KEY (worker, job_id)
+            ) WITHOUT ROWID;
+
+            CREATE TABLE models (
+                id              TEXT    PRIMARY KEY,                -- SHA-256 identity (docs/model-format.md)
+                directory       TEXT    NOT NULL,
+                files           TEXT    NOT NULL,                   -- JSON [{"path","size","sha256"}], sorted by path
+                total_bytes     INTEGER NOT NULL,
+                added_at_ms     INTEGER NOT NULL,
+                last_used_ms    INTEGER NOT NULL
+            );
+            """),
+    ]
+
+    /// Applies the migrations `db` lacks, in order, each in a transaction. Refuses a database
+    /// written by a newer build, or one whose applied migrations have other names.
+    /// Returns the versions applied now.
+    @discardableResult
+    public static func migrate(_ db: SQLiteDatabase, migrations: [Migration] = Journal.migrations,
+                               clock: JournalClock) throws -> [Int] {
+        try db.execute("""
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version       INTEGER PRIMARY KEY,
+                name          TEXT    NOT NULL,
+                applied_at_ms INTEGER NOT NULL
+            )
+            """)
+        let sorted = migrations.sorted { $0.version < $1.version }
+        let known = Dictionary(uniqueKeysWithValues: sorted.map { ($0.version, $0) })
+        var applied: [Int: String] = [:]
+        for row in try db.query("SELECT version, name FROM schema_migrations") {
+            applied[row.int("version") ?? -1] = row.string("name") ?? ""
+        }
+        let newestKnown = sorted.last?.version ?? 0
+        for (version, name) in applied {
+            guard let migration = known[version] else {
+                throw JournalError.schemaMismatch(path: db.path,
+                    "the journal has migration \(version) ('\(name)') but this build knows migrations up to \(newestKnown)")
+            }
+            guard migration.name == name else {
+                throw JournalError.schemaMismatch(path: db.path,
+                    "migration \(version) is '\(name)' in the journal but '\(migration.name)' in this build")
+            }
+        }
+        var now: [Int] = []
+        for migration in sorted where applied[migration.version] == nil {
+            try db.transaction {
+                try db.execute(migration.sql)
+                try db.run("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?, ?, ?)",
+                           [.int(migration.version), .text(migration.name), .integer(clock.nowMilliseconds())])
+            }
+            now.append(migration.version)
+        }
+        return now
+    }
+}

@@ -1,0 +1,231 @@
+import Foundation
+
+/// The coordinator's durable memory: jobs, their frames, every dispatch attempt, workers and
+/// models, in one SQLite file (WAL, foreign keys on). Every state change is one transaction, so a
+/// crash (kill -9) leaves the journal at the last completed change.
+///
+/// Thread-safe: every public method holds the journal's lock for its whole transaction.
+/// Times come from the injected `JournalClock`.
+public final class Journal: @unchecked Sendable {
+    public let path: String
+    public let clock: JournalClock
+    let db: SQLiteDatabase
+    let lock = NSRecursiveLock()  // recursive: composite changes (failJob) call other public methods
+
+    /// Opens (or creates) the journal at `path` and runs pending migrations.
+    public init(path: String, clock: JournalClock = SystemClock()) throws {
+        self.path = path
+        self.clock = clock
+        db = try SQLiteDatabase(path: path)
+        try Journal.migrate(db, clock: clock)
+    }
+
+    /// The highest applied migration.
+    public func schemaVersion() throws -> Int {
+        try locked { try db.query("SELECT MAX(version) AS v FROM schema_migrations").first?.int("v") ?? 0 }
+    }
+
+    func locked<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock(); defer { lock.unlock() }
+        return try body()
+    }
+
+    func write<T>(_ body: () throws -> T) throws -> T {
+        try locked { try db.transaction(body) }
+    }
+
+    var now: Int64 { clock.nowMilliseconds() }
+
+    // MARK: jobs
+
+    /// Creates a job and its frames (dispatch ranks from `job.order`) in one transaction.
+    public func createJob(_ job: NewJob) throws -> JobRecord {
+        guard !job.frames.isEmpty else { throw JournalError.invalidJob("job '\(job.name)' has no frames") }
+        let sorted = job.frames.sorted()
+        if let bad = sorted.first, bad < 0 { throw JournalError.invalidJob("negative frame number \(bad)") }
+        for i in 1..<max(sorted.count, 1) where sorted[i] == sorted[i - 1] {
+            throw JournalError.invalidJob("frame \(sorted[i]) listed twice")
+        }
+        guard job.initialState == .queued || job.initialState == .uploading else {
+            throw JournalError.invalidJob("a new job starts queued or uploading, not \(job.initialState.rawValue)")
+        }
+        let ranks = job.order.ranks(count: sorted.count)
+        let id: Int64 = try write {
+            let t = now
+            try db.run("""
+                INSERT INTO jobs (name, spec, model_id, priority, order_mode, state, output_dir, video_path, video_fps,
+                                  frames_total, created_at_ms, updated_at_ms)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, [.text(job.name), .blob(job.spec), .text(job.modelID), .int(job.priority), .text(job.order.rawValue),
+                      .text(job.initialState.rawValue), .text(job.outputDir), .optionalText(job.videoPath),
+                      .int(job.videoFPS), .int(sorted.count), .integer(t), .integer(t)])
+            let id = db.lastInsertRowID
+            let insert = try db.statement("""
+                INSERT INTO frames (job_id, frame, dispatch_rank, state, updated_at_ms) VALUES (?, ?, ?, 'queued', ?)
+                """)
+            for (i, frame) in sorted.enumerated() {
+                try insert.bind([.integer(id), .int(frame), .int(ranks[i]), .integer(t)])
+                try insert.run()
+            }
+            return id
+        }
+        guard let record = try self.job(id) else { throw JournalError.unknownJob(id) }
+        return record
+    }
+
+    /// uploading -> queued: the job's inputs have all arrived.
+    public func markJobQueued(_ id: Int64) throws {
+        try write {
+            let changed = try db.run("UPDATE jobs SET state = 'queued', updated_at_ms = ? WHERE id = ? AND state = 'uploading'",
+                                     [.integer(now), .integer(id)])
+            if changed == 0 {
+                guard let state = try jobState(id) else { throw JournalError.unknownJob(id) }
+                throw JournalError.invalidJob("job \(id) is \(state.rawValue), not uploading")
+            }
+        }
+    }
+
+    public func job(_ id: Int64) throws -> JobRecord? {
+        try locked { try db.query("SELECT * FROM jobs WHERE id = ?", [.integer(id)]).first.map(Journal.jobRecord) }
+    }
+
+    /// Jobs, oldest first; `states` nil = all.
+    public func jobs(states: Set<JobState>? = nil) throws -> [JobRecord] {
+        try locked {
+            try db.query("SELECT * FROM jobs ORDER BY id").map(Journal.jobRecord)
+                .filter { states?.contains($0.state) ?? true }
+        }
+    }
+
+    /// Frame counts by state for a job.
+    public func progress(job id: Int64) throws -> JobProgress {
+        try locked {
+            guard try jobState(id) != nil else { throw JournalError.unknownJob(id) }
+            var p = JobProgress()
+            for row in try db.query("""
+                SELECT state, COUNT(*) AS n, SUM(render_seconds) AS secs FROM frames WHERE job_id = ? GROUP BY state
+                """, [.integer(id)]) {
+                let n = row.int("n") ?? 0
+                p.total += n
+                switch FrameState(rawValue: row.string("state") ?? "") {
+                case .queued: p.queued = n
+                case .dispatched: p.dispatched = n
+                case .done: p.done = n; p.renderSeconds = row.double("secs") ?? 0
+                case .failed: p.failed = n
+                case .cancelled: p.cancelled = n
+                case nil: break
+                }
+            }
+            return p
+        }
+    }
+
+    /// A job's frames in frame order.
+    public func frames(job id: Int64) throws -> [FrameRecord] {
+        try locked { try db.query("SELECT * FROM frames WHERE job_id = ? ORDER BY frame", [.integer(id)]).map(Journal.frameRecord) }
+    }
+
+    public func frame(job id: Int64, frame: Int) throws -> FrameRecord? {
+        try locked {
+            try db.query("SELECT * FROM frames WHERE job_id = ? AND frame = ?", [.integer(id), .int(frame)]).first.map(Journal.frameRecord)
+        }
+    }
+
+    /// Cancels a job: queued/dispatched frames -> cancelled, running attempts -> cancelled.
+    /// Returns the attempts that were running (send Cancel to their workers). A finished job is
+    /// left as it is (returns []).
+    @discardableResult
+    public func cancelJob(_ id: Int64, reason: String = "cancelled") throws -> [AttemptRecord] {
+        try write {
+            guard let state = try jobState(id) else { throw JournalError.unknownJob(id) }
+            if state.isFinished { return [] }
+            let t = now
+            let running = try db.query("SELECT * FROM attempts WHERE job_id = ? AND state = 'running' ORDER BY id",
+                                       [.integer(id)]).map(Journal.attemptRecord)
+            try db.run("""
+                UPDATE attempts SET state = 'finished', result = 'cancelled', finished_at_ms = ?, error = ?
+                WHERE job_id = ? AND state = 'running'
+                """, [.integer(t), .text(reason), .integer(id)])
+            try db.run("""
+                UPDATE frames SET state = 'cancelled', current_attempt_id = NULL, updated_at_ms = ?
+                WHERE job_id = ? AND state IN ('queued', 'dispatched')
+                """, [.integer(t), .integer(id)])
+            try db.run("UPDATE jobs SET state = 'cancelled', error = ?, updated_at_ms = ?, finished_at_ms = ? WHERE id = ?",
+                       [.text(reason), .integer(t), .integer(t), .integer(id)])
+            return running
+        }
+    }
+
+    /// Records that the job's video was written (so a restart does not encode it again).
+    public func markVideoWritten(job id: Int64) throws {
+        try write {
+            if try db.run("UPDATE jobs SET video_written = 1, updated_at_ms = ? WHERE id = ?", [.integer(now), .integer(id)]) == 0 {
+                throw JournalError.unknownJob(id)
+            }
+        }
+    }
+
+    /// Marks a job failed as a whole (e.g. its model could not be read), cancelling what is left.
+    @discardableResult
+    public func failJob(_ id: Int64, error: String) throws -> [AttemptRecord] {
+        try write {
+            let running = try cancelJob(id, reason: error)
+            try db.run("UPDATE jobs SET state = 'failed', updated_at_ms = ? WHERE id = ? AND state = 'cancelled'",
+                       [.integer(now), .integer(id)])
+            return running
+        }
+    }
+
+    // MARK: helpers
+
+    func jobState(_ id: Int64) throws -> JobState? {
+        try db.query("SELECT state FROM jobs WHERE id = ?", [.integer(id)]).first
+            .flatMap { JobState(rawValue: $0.string("state") ?? "") }
+    }
+
+    /// After a frame left queued/dispatched: finish the job when none of its frames is pending.
+    /// Returns the job's state and whether this call finished it.
+    func settleJob(_ id: Int64, at t: Int64) throws -> (JobState, Bool) {
+        guard let state = try jobState(id) else { throw JournalError.unknownJob(id) }
+        guard !state.isFinished else { return (state, false) }
+        let pending = try db.query("""
+            SELECT COUNT(*) AS n FROM frames WHERE job_id = ? AND state IN ('queued', 'dispatched')
+            """, [.integer(id)]).first?.int("n") ?? 0
+        guard pending == 0 else { return (state, false) }
+        let failed = try db.query("SELECT frames_failed FROM jobs WHERE id = ?", [.integer(id)]).first?.int("frames_failed") ?? 0
+        let final: JobState = failed > 0 ? .failed : .completed
+        try db.run("UPDATE jobs SET state = ?, updated_at_ms = ?, finished_at_ms = ?, error = ? WHERE id = ?",
+                   [.text(final.rawValue), .integer(t), .integer(t),
+                    failed > 0 ? .text("\(failed) frame(s) failed") : .null, .integer(id)])
+        return (final, true)
+    }
+
+    static func jobRecord(_ r: SQLiteRow) -> JobRecord {
+        JobRecord(id: r.int64("id") ?? 0, name: r.string("name") ?? "", spec: r.data("spec") ?? Data(),
+                  modelID: r.string("model_id") ?? "", priority: r.int("priority") ?? 0,
+                  order: DispatchOrder(rawValue: r.string("order_mode") ?? "") ?? .frame,
+                  state: JobState(rawValue: r.string("state") ?? "") ?? .failed,
+                  outputDir: r.string("output_dir") ?? "", videoPath: r.string("video_path"),
+                  videoFPS: r.int("video_fps") ?? 30, videoWritten: (r.int("video_written") ?? 0) != 0,
+                  framesTotal: r.int("frames_total") ?? 0, framesDone: r.int("frames_done") ?? 0,
+                  framesFailed: r.int("frames_failed") ?? 0, error: r.string("error"),
+                  createdAtMs: r.int64("created_at_ms") ?? 0, updatedAtMs: r.int64("updated_at_ms") ?? 0,
+                  finishedAtMs: r.int64("finished_at_ms"))
+    }
+
+    static func frameRecord(_ r: SQLiteRow) -> FrameRecord {
+        FrameRecord(jobID: r.int64("job_id") ?? 0, frame: r.int("frame") ?? 0, dispatchRank: r.int("dispatch_rank") ?? 0,
+                    state: FrameState(rawValue: r.string("state") ?? "") ?? .failed,
+                    currentAttemptID: r.int64("current_attempt_id"), failures: r.int("failures") ?? 0,
+                    outputSHA256: r.string("output_sha256"), outputSize: r.int("output_size"),
+                    renderSeconds: r.double("render_seconds"), worker: r.string("worker"),
+                    doneAttemptID: r.int64("done_attempt_id"), updatedAtMs: r.int64("updated_at_ms") ?? 0)
+    }
+
+    static func attemptRecord(_ r: SQLiteRow) -> AttemptRecord {
+        AttemptRecord(id: r.int64("id") ?? 0, jobID: r.int64("job_id") ?? 0, frame: r.int("frame") ?? 0,
+                      worker: r.string("worker") ?? "", result: r.string("result").flatMap(AttemptResult.init(rawValue:)),
+                      startedAtMs: r.int64("started_at_ms") ?? 0, finishedAtMs: r.int64("finished_at_ms"),
+                      renderSeconds: r.double("render_seconds"), error: r.string("error"))
+    }
+}

@@ -1,1 +1,0 @@
-// DPJournal: module placeholder until its first source file lands; delete when another file exists.
