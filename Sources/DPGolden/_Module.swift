@@ -1,1 +1,0 @@
-// DPGolden: module placeholder until its first source file lands; delete when another file exists.

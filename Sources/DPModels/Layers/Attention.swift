@@ -1,0 +1,59 @@
+// This implementation matches diffusers' Attention with AttnProcessor2_0
+// (models/attention_processor.py) for the cases SD-1.x uses: to_q / to_k / to_v
+// (bias optional), scaled dot-product attention over `heads` heads with scale
+// 1/sqrt(head_dim), then to_out.0 (with bias). No masks, no norms inside.
+
+import DPTensor
+
+public struct Attention {
+    public let heads: Int
+    public let headDim: Int
+    public let toQ: Linear
+    public let toK: Linear
+    public let toV: Linear
+    public let toOut: Linear
+
+    /// `crossAttentionDim` nil = self-attention (keys/values from the query input).
+    public init(_ p: ParameterScope, queryDim: Int, crossAttentionDim: Int? = nil, heads: Int,
+                headDim: Int, qkvBias: Bool = false, outBias: Bool = true) throws {
+        let inner = heads * headDim
+        let kvDim = crossAttentionDim ?? queryDim
+        self.heads = heads
+        self.headDim = headDim
+        toQ = try Linear(p["to_q"], inFeatures: queryDim, outFeatures: inner, bias: qkvBias)
+        toK = try Linear(p["to_k"], inFeatures: kvDim, outFeatures: inner, bias: qkvBias)
+        toV = try Linear(p["to_v"], inFeatures: kvDim, outFeatures: inner, bias: qkvBias)
+        toOut = try Linear(p["to_out.0"], inFeatures: inner, outFeatures: queryDim, bias: outBias)
+    }
+
+    /// x [B, N, C], context [B, M, Cc] (nil: self-attention) -> [B, N, C]
+    public func callAsFunction(_ x: Tensor, context: Tensor? = nil) -> Tensor {
+        let kv = context ?? x
+        let q = toQ(x)                                          // [B, N, inner]
+        let k = toK(kv)                                         // [B, M, inner]
+        let v = toV(kv)                                         // [B, M, inner]
+        countAttentionFLOPs(batch: q.shape[0], queries: q.shape[1], keys: k.shape[1],
+                            channels: q.shape[2])
+        let o = attention(query: q, key: k, value: v, heads: heads,
+                          scale: 1 / Float(headDim).squareRoot())  // [B, N, inner]
+        return toOut(o)                                         // [B, N, C]
+    }
+}
+
+/// diffusers' FeedForward with activation "geglu": net.0 = GEGLU (proj: C -> 2*inner),
+/// net.1 = dropout, net.2 = Linear(inner -> C). GEGLU = first half * gelu(second half).
+public struct FeedForward {
+    public let proj: Linear     // ff.net.0.proj
+    public let out: Linear      // ff.net.2
+
+    public init(_ p: ParameterScope, dim: Int, mult: Int = 4) throws {
+        let inner = dim * mult
+        proj = try Linear(p["net.0.proj"], inFeatures: dim, outFeatures: 2 * inner)
+        out = try Linear(p["net.2"], inFeatures: inner, outFeatures: dim)
+    }
+
+    /// [B, N, C] -> [B, N, C]
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        out(geglu(proj(x)))       // [B, N, 2*inner] -> [B, N, inner] -> [B, N, C]
+    }
+}

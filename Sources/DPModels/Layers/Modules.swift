@@ -1,0 +1,107 @@
+// The parameterised building blocks shared by the UNet, the VAE and CLIP:
+// thin holders of their weights that call the DPTensor kernels. Names follow
+// torch.nn (Conv2d, Linear, GroupNorm, LayerNorm).
+
+import DPTensor
+
+/// torch.nn.Conv2d: weight [Cout, Cin, kh, kw], optional bias [Cout].
+public struct Conv2d {
+    public let weight: Tensor
+    public let bias: Tensor?
+    public let stride: Int
+    public let padding: Padding2D
+
+    public init(_ p: ParameterScope, inChannels: Int, outChannels: Int, kernel: Int,
+                stride: Int = 1, padding: Padding2D? = nil, bias: Bool = true) throws {
+        weight = try p.take("weight", [outChannels, inChannels, kernel, kernel])
+        self.bias = bias ? try p.take("bias", [outChannels]) : nil
+        self.stride = stride
+        self.padding = padding ?? .symmetric((kernel - 1) / 2)
+    }
+
+    public var inChannels: Int { weight.shape[1] }
+    public var outChannels: Int { weight.shape[0] }
+
+    /// [N, Cin, H, W] -> [N, Cout, Ho, Wo]
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        let y = conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
+        // 2 * N * Cout * Ho * Wo * Cin * kh * kw
+        FLOPCounter.add(2 * Double(y.count) * Double(weight.count / weight.shape[0]))
+        return y
+    }
+}
+
+/// torch.nn.Linear: weight [Out, In], optional bias [Out].
+public struct Linear {
+    public let weight: Tensor
+    public let bias: Tensor?
+
+    public init(_ p: ParameterScope, inFeatures: Int, outFeatures: Int, bias: Bool = true) throws {
+        weight = try p.take("weight", [outFeatures, inFeatures])
+        self.bias = bias ? try p.take("bias", [outFeatures]) : nil
+    }
+
+    /// Wraps given parameters (e.g. a 1x1 conv weight viewed as [Out, In]).
+    public init(weight: Tensor, bias: Tensor?) {
+        precondition(weight.rank == 2, "Linear weight must be [Out, In], got \(weight.shape)")
+        self.weight = weight
+        self.bias = bias
+    }
+
+    public var inFeatures: Int { weight.shape[1] }
+    public var outFeatures: Int { weight.shape[0] }
+
+    /// [..., In] -> [..., Out]
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        let y = linear(x, weight: weight, bias: bias)
+        FLOPCounter.add(2 * Double(y.count) * Double(weight.shape[1]))
+        return y
+    }
+}
+
+/// torch.nn.GroupNorm (affine): weight/bias [C]; optionally fused with the SiLU that follows.
+public struct GroupNorm {
+    public let groups: Int
+    public let eps: Float
+    public let weight: Tensor
+    public let bias: Tensor
+
+    public init(_ p: ParameterScope, groups: Int, channels: Int, eps: Float) throws {
+        precondition(groups > 0 && channels % groups == 0,
+                     "GroupNorm \(p.prefix): \(channels) channels do not split into \(groups) groups")
+        self.groups = groups
+        self.eps = eps
+        weight = try p.take("weight", [channels])
+        bias = try p.take("bias", [channels])
+    }
+
+    /// [N, C, ...] -> same shape; `silu: true` applies SiLU to the result (fused).
+    public func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
+        groupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps, silu: silu)
+    }
+}
+
+/// torch.nn.LayerNorm over the last dimension (affine).
+public struct LayerNorm {
+    public let eps: Float
+    public let weight: Tensor
+    public let bias: Tensor
+
+    public init(_ p: ParameterScope, features: Int, eps: Float) throws {
+        self.eps = eps
+        weight = try p.take("weight", [features])
+        bias = try p.take("bias", [features])
+    }
+
+    /// [..., D] -> [..., D]
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        layerNorm(x, weight: weight, bias: bias, eps: eps)
+    }
+}
+
+/// Counts the operations of one `attention(query:key:value:heads:scale:)` call:
+/// QK^T and PV, 2 * B * Nq * Nk * C each.
+@inline(__always)
+func countAttentionFLOPs(batch: Int, queries: Int, keys: Int, channels: Int) {
+    FLOPCounter.add(4 * Double(batch) * Double(queries) * Double(keys) * Double(channels))
+}
