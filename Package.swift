@@ -33,7 +33,9 @@ let package = Package(
         .systemLibrary(name: "CSQLite3", path: "Sources/CSQLite3", pkgConfig: "sqlite3"),
 
         // The engine.
-        .target(name: "DPTensor", dependencies: ["COpenBLAS"], swiftSettings: v5 + release),
+        // Vectorised pointwise kernels (exp/erf/softmax loops, AVX2+FMA picked at run time), -O2 even in debug.
+        .target(name: "CDPKernels", path: "Sources/CDPKernels", cSettings: [.unsafeFlags(["-O2"])]),
+        .target(name: "DPTensor", dependencies: ["COpenBLAS", "CDPKernels"], swiftSettings: v5 + release),
         .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: v5 + release),
         .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: v5 + release),
         // Golden-case reading and the parity runner (dp-bench parity and the tests share it).
