@@ -1,5 +1,6 @@
 // Pointwise activations (SiLU, exact GELU, QuickGELU, GEGLU) and softmax over the last dimension.
 
+import CDPKernels
 import Foundation
 
 /// Applies `f` element by element over `x`, in parallel chunks for large tensors.
@@ -20,11 +21,7 @@ func mapElements(_ x: Tensor, _ f: (UnsafePointer<Float>, UnsafeMutablePointer<F
 
 /// SiLU: x * sigmoid(x).
 public func silu(_ x: Tensor) -> Tensor {
-    mapElements(x) { src, dst, n in
-        var i = 0
-        while i + 8 <= n { let v = load8(src + i); store8(v * sigmoid8(v), dst + i); i += 8 }
-        while i < n { let v = src[i]; dst[i] = v / (1 + expf(-v)); i += 1 }
-    }
+    mapElements(x) { src, dst, n in dp_silu_scaled(src, dst, n, 1) }
 }
 
 /// Exact GELU: 0.5 x (1 + erf(x / sqrt 2)).
@@ -34,21 +31,12 @@ public func gelu(_ x: Tensor) -> Tensor {
 
 @inline(__always)
 func geluRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count n: Int) {
-    let invSqrt2: Float = 0.70710678118654752440
-    for i in 0..<n {
-        let v = src[i]
-        dst[i] = 0.5 * v * (1 + erff(v * invSqrt2))
-    }
+    dp_gelu(src, nil, dst, n)
 }
 
 /// QuickGELU (CLIP): x * sigmoid(1.702 x).
 public func quickGelu(_ x: Tensor) -> Tensor {
-    mapElements(x) { src, dst, n in
-        let k = SIMD8<Float>(repeating: 1.702)
-        var i = 0
-        while i + 8 <= n { let v = load8(src + i); store8(v * sigmoid8(k * v), dst + i); i += 8 }
-        while i < n { let v = src[i]; dst[i] = v / (1 + expf(-1.702 * v)); i += 1 }
-    }
+    mapElements(x) { src, dst, n in dp_silu_scaled(src, dst, n, 1.702) }
 }
 
 /// GEGLU (diffusers `GEGLU` after its projection): x [..., 2H] -> [..., H] = x[..., :H] * gelu(x[..., H:]).
@@ -65,10 +53,7 @@ public func geglu(_ x: Tensor) -> Tensor {
             let px = pxb.baseAddress!
             parallelFor(rows, work: x.count * 8) { r in
                 let src = px + r * two, dst = po + r * hdim
-                geluRow(src + hdim, dst, count: hdim)   // gate
-                var i = 0
-                while i + 8 <= hdim { store8(load8(src + i) * load8(dst + i), dst + i); i += 8 }
-                while i < hdim { dst[i] = src[i] * dst[i]; i += 1 }
+                dp_gelu(src + hdim, src, dst, hdim)   // value (first half) * gelu(gate (second half))
             }
         }
     }
@@ -87,22 +72,8 @@ public func softmax(_ x: Tensor) -> Tensor {
     return out
 }
 
-/// In-place softmax of one row.
+/// In-place softmax of one row (vectorised in CDPKernels).
 @inline(__always)
 func softmaxRowInPlace(_ p: UnsafeMutablePointer<Float>, count n: Int) {
-    if n == 0 { return }
-    var m = -Float.infinity
-    for i in 0..<n { m = max(m, p[i]) }
-    var sum: Float = 0
-    let m8 = SIMD8<Float>(repeating: m)
-    var acc = SIMD8<Float>()
-    var i = 0
-    while i + 8 <= n { let e = exp8(load8(p + i) - m8); store8(e, p + i); acc += e; i += 8 }
-    sum = acc.sum()
-    while i < n { let e = expf(p[i] - m); p[i] = e; sum += e; i += 1 }
-    let inv = 1 / sum
-    let inv8 = SIMD8<Float>(repeating: inv)
-    i = 0
-    while i + 8 <= n { store8(load8(p + i) * inv8, p + i); i += 8 }
-    while i < n { p[i] *= inv; i += 1 }
+    dp_softmax_row(p, n)
 }

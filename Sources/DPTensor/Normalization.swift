@@ -1,6 +1,7 @@
 // GroupNorm (optionally fused with SiLU) and LayerNorm, matching torch.nn.GroupNorm / LayerNorm
 // (biased variance, eps inside the square root).
 
+import CDPKernels
 import Foundation
 
 /// Group normalisation: x [N, C, ...] in `groups` groups of C/groups channels, then the per-channel
@@ -109,21 +110,9 @@ func meanAndInvStd(_ p: UnsafePointer<Float>, count: Int, eps: Float) -> (Float,
     return (mf, Float(1 / (variance + Double(eps)).squareRoot()))
 }
 
-/// dst = a * src + b, optionally followed by SiLU.
+/// dst = a * src + b, optionally followed by SiLU (vectorised in CDPKernels).
 @inline(__always)
 func affineRow(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int,
                a: Float, b: Float, silu: Bool) {
-    let a8 = SIMD8<Float>(repeating: a), b8 = SIMD8<Float>(repeating: b)
-    var i = 0
-    if silu {
-        while i + 8 <= count {
-            let v = load8(src + i) * a8 + b8
-            store8(v * sigmoid8(v), dst + i)
-            i += 8
-        }
-        while i < count { let v = src[i] * a + b; dst[i] = v / (1 + expf(-v)); i += 1 }
-    } else {
-        while i + 8 <= count { store8(load8(src + i) * a8 + b8, dst + i); i += 8 }
-        while i < count { dst[i] = src[i] * a + b; i += 1 }
-    }
+    dp_affine(src, dst, count, a, b, silu ? 1 : 0)
 }

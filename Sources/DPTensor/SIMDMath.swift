@@ -1,6 +1,6 @@
-// SIMD8<Float> helpers: unaligned loads/stores and vector exp / sigmoid / erf used by the kernels.
+// SIMD8<Float> load/store helpers, and array wrappers around the C kernels' exp and erf.
 
-import Foundation
+import CDPKernels
 
 @inline(__always)
 func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
@@ -17,16 +17,16 @@ func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
 }
 
-/// exp on each lane (scalar expf per lane).
-@inline(__always)
-func exp8(_ x: SIMD8<Float>) -> SIMD8<Float> {
-    var r = SIMD8<Float>()
-    for i in 0..<8 { r[i] = expf(x[i]) }
-    return r
+/// The kernels' vector exp applied to an array (for tests).
+func vectorExp(_ xs: [Float]) -> [Float] {
+    var out = [Float](repeating: 0, count: xs.count)
+    out.withUnsafeMutableBufferPointer { o in xs.withUnsafeBufferPointer { i in dp_exp_array(i.baseAddress!, o.baseAddress!, xs.count) } }
+    return out
 }
 
-/// 1 / (1 + exp(-x)) on each lane.
-@inline(__always)
-func sigmoid8(_ x: SIMD8<Float>) -> SIMD8<Float> {
-    1 / (1 + exp8(-x))
+/// The kernels' vector erf applied to an array (for tests).
+func vectorErf(_ xs: [Float]) -> [Float] {
+    var out = [Float](repeating: 0, count: xs.count)
+    out.withUnsafeMutableBufferPointer { o in xs.withUnsafeBufferPointer { i in dp_erf_array(i.baseAddress!, o.baseAddress!, xs.count) } }
+    return out
 }

@@ -89,3 +89,30 @@ final class NormActivationTests: XCTestCase {
         }
     }
 }
+
+final class VectorMathTests: XCTestCase {
+    /// The kernels' vector exp and erf against Foundation over their whole useful range, including the limits.
+    func testVectorExpAndErf() {
+        var xs: [Float] = [-200, -100, -88, -87.4, -87.3, -50, -1e-3, 0, 1e-7, 0.5, 1, 10, 88, 88.7, 89, 200, .nan]
+        var rng = SeededRandom(seed: 50)
+        for _ in 0..<4000 { xs.append(rng.uniform(-87, 88)) }
+        for _ in 0..<2000 { xs.append(rng.uniform(-6, 6)) }
+        let e = vectorExp(xs), r = vectorErf(xs)
+        var maxRelExp: Double = 0, maxAbsErf: Double = 0
+        for (j, xf) in xs.enumerated() {
+            let x = Double(xf)
+            if x.isNaN { XCTAssertTrue(e[j].isNaN, "exp(nan)"); continue }
+            let ref = Foundation.exp(x)
+            if ref < 1.2e-38 {
+                XCTAssertLessThanOrEqual(Double(e[j]), 1.2e-38, "exp(\(x)) underflow")
+            } else if ref > Double(Float.greatestFiniteMagnitude) {
+                XCTAssertEqual(e[j], .infinity, "exp(\(x)) overflow")
+            } else {
+                maxRelExp = max(maxRelExp, abs(Double(e[j]) - ref) / ref)
+            }
+            maxAbsErf = max(maxAbsErf, abs(Double(r[j]) - Foundation.erf(x)))
+        }
+        XCTAssertLessThan(maxRelExp, 5e-7, "exp relative error")
+        XCTAssertLessThan(maxAbsErf, 3e-7, "erf absolute error")
+    }
+}
