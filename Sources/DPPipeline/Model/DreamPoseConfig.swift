@@ -1,0 +1,119 @@
+import Foundation
+
+/// Errors of the DreamPose pipeline. Every case says which file, frame or option was wrong and what was expected.
+public struct PipelineError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// `dreampose.json` at the root of a `dreampose-model/1` folder (../shared/docs/model-format.md).
+public struct DreamPoseConfig: Codable, Equatable, Sendable {
+    public static let formatName = "dreampose-model/1"
+
+    /// Rendering defaults stored with the model.
+    public struct Defaults: Codable, Equatable, Sendable {
+        public var steps: Int
+        public var sampler: String
+        public var imageGuidance: Float
+        public var poseGuidance: Float
+
+        enum CodingKeys: String, CodingKey {
+            case steps, sampler
+            case imageGuidance = "image_guidance"
+            case poseGuidance = "pose_guidance"
+        }
+
+        public init(steps: Int = 100, sampler: String = "pndm", imageGuidance: Float = 8, poseGuidance: Float = 3) {
+            self.steps = steps; self.sampler = sampler
+            self.imageGuidance = imageGuidance; self.poseGuidance = poseGuidance
+        }
+
+        public init(from decoder: Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = Defaults()
+            steps = try c.decodeIfPresent(Int.self, forKey: .steps) ?? d.steps
+            sampler = try c.decodeIfPresent(String.self, forKey: .sampler) ?? d.sampler
+            imageGuidance = try c.decodeIfPresent(Float.self, forKey: .imageGuidance) ?? d.imageGuidance
+            poseGuidance = try c.decodeIfPresent(Float.self, forKey: .poseGuidance) ?? d.poseGuidance
+        }
+    }
+
+    public var format: String
+    public var name: String
+    /// Output frame height in pixels (DreamPose: 640).
+    public var height: Int
+    /// Output frame width in pixels (DreamPose: 512).
+    public var width: Int
+    public var vaeScalingFactor: Float
+    /// Number of poses in a window (DreamPose: 5 -> 10 pose channels).
+    public var poseWindow: Int
+    public var defaults: Defaults
+
+    enum CodingKeys: String, CodingKey {
+        case format, name, height, width, defaults
+        case vaeScalingFactor = "vae_scaling_factor"
+        case poseWindow = "pose_window"
+    }
+
+    public init(name: String, height: Int, width: Int, vaeScalingFactor: Float = 0.18215,
+                poseWindow: Int = 5, defaults: Defaults = Defaults()) {
+        self.format = Self.formatName; self.name = name; self.height = height; self.width = width
+        self.vaeScalingFactor = vaeScalingFactor; self.poseWindow = poseWindow; self.defaults = defaults
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        format = try c.decode(String.self, forKey: .format)
+        name = try c.decodeIfPresent(String.self, forKey: .name) ?? ""
+        height = try c.decode(Int.self, forKey: .height)
+        width = try c.decode(Int.self, forKey: .width)
+        vaeScalingFactor = try c.decodeIfPresent(Float.self, forKey: .vaeScalingFactor) ?? 0.18215
+        poseWindow = try c.decodeIfPresent(Int.self, forKey: .poseWindow) ?? 5
+        defaults = try c.decodeIfPresent(Defaults.self, forKey: .defaults) ?? Defaults()
+    }
+
+    /// Reads and validates `dreampose.json`.
+    public static func load(_ url: URL) throws -> DreamPoseConfig {
+        let config: DreamPoseConfig
+        do {
+            config = try JSONDecoder().decode(DreamPoseConfig.self, from: Data(contentsOf: url))
+        } catch {
+            throw PipelineError("\(url.path): cannot read dreampose.json: \(error)")
+        }
+        guard config.format == formatName else {
+            throw PipelineError("\(url.path): format is \"\(config.format)\", expected \"\(formatName)\"")
+        }
+        guard config.height > 0, config.width > 0, config.height % 64 == 0, config.width % 64 == 0 else {
+            throw PipelineError("\(url.path): height \(config.height) and width \(config.width) must be positive multiples of 64")
+        }
+        guard config.poseWindow > 0, config.poseWindow % 2 == 1 else {
+            throw PipelineError("\(url.path): pose_window \(config.poseWindow) must be a positive odd number")
+        }
+        return config
+    }
+}
+
+/// `adapter/config.json`: the CLIP + VAE embedding adapter's sizes.
+public struct AdapterConfig: Codable, Equatable, Sendable {
+    public var clipTokens: Int
+    public var vaeTokens: Int
+    public var vaeFeatures: Int
+    public var hidden: Int
+
+    enum CodingKeys: String, CodingKey {
+        case clipTokens = "clip_tokens", vaeTokens = "vae_tokens", vaeFeatures = "vae_features", hidden
+    }
+
+    public init(clipTokens: Int, vaeTokens: Int, vaeFeatures: Int, hidden: Int) {
+        self.clipTokens = clipTokens; self.vaeTokens = vaeTokens; self.vaeFeatures = vaeFeatures; self.hidden = hidden
+    }
+
+    public static func load(_ url: URL) throws -> AdapterConfig {
+        do {
+            return try JSONDecoder().decode(AdapterConfig.self, from: Data(contentsOf: url))
+        } catch {
+            throw PipelineError("\(url.path): cannot read adapter config: \(error)")
+        }
+    }
+}
