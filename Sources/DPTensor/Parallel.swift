@@ -21,6 +21,17 @@ public enum EngineThreads {
         openblas_set_num_threads(Int32(threads))
     }
 
+    /// Runs `body` with OpenBLAS limited to one thread (for kernels that parallelise over independent
+    /// GEMMs with their own threads), then restores the engine's count. Not for concurrent use with other
+    /// engine work on other threads: the OpenBLAS setting is process-wide.
+    static func withSingleThreadedBLAS<T>(_ body: () -> T) -> T {
+        let n = count
+        if n <= 1 { return body() }
+        openblas_set_num_threads(1)
+        defer { openblas_set_num_threads(Int32(n)) }
+        return body()
+    }
+
     /// The current thread count.
     public static var count: Int {
         lock.lock()
