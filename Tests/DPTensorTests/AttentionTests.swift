@@ -5,7 +5,8 @@ final class AttentionTests: XCTestCase {
     func testAttentionSeveralHeadsAndUnequalLengths() {
         var rng = SeededRandom(seed: 30)
         // (B, Nq, Nk, C, heads)
-        let cases = [(2, 13, 7, 24, 3), (1, 5, 16, 16, 1), (2, 9, 9, 40, 8), (1, 1, 3, 6, 2), (1, 33, 50, 32, 4)]
+        let cases = [(2, 13, 7, 24, 3), (1, 5, 16, 16, 1), (2, 9, 9, 40, 8), (1, 1, 3, 6, 2), (1, 33, 50, 32, 4),
+                     (1, 300, 70, 64, 4)]   // many (head, tile) jobs: runs on all engine threads
         for (b, nq, nk, c, heads) in cases {
             let q = rng.tensor([b, nq, c], -2, 2), k = rng.tensor([b, nk, c], -2, 2), v = rng.tensor([b, nk, c])
             let s = 1 / Float(c / heads).squareRoot()

@@ -18,6 +18,7 @@ final class ConvTests: XCTestCase {
              pad: Padding2D(top: 2, bottom: 1, left: 1, right: 0), bias: true),                              // non-square kernel
         Case(n: 2, cin: 2, h: 12, w: 13, cout: 3, kh: 4, kw: 4, stride: 3, pad: .symmetric(2), bias: true),
         Case(n: 1, cin: 1, h: 3, w: 3, cout: 1, kh: 3, kw: 3, stride: 1, pad: .symmetric(3), bias: true),    // mostly padding
+        Case(n: 1, cin: 16, h: 24, w: 20, cout: 8, kh: 3, kw: 3, stride: 1, pad: .symmetric(1), bias: true), // parallel im2col
     ]
 
     func testConv2dMatchesReference() {
