@@ -103,7 +103,12 @@ extension ZMQSocket {
         for option in options { try set(option) }
     }
 
-    /// Reads an int option (ZMQ_LINGER, ZMQ_SNDHWM, ZMQ_TYPE, ZMQ_EVENTS, ...).
+    /// Reads an int option.
+    public func get(_ option: ZMQIntOption) throws -> Int32 {
+        try int32Option(option.rawValue, name: "\(option)")
+    }
+
+    /// Reads an int option by its libzmq number (ZMQ_LINGER, ZMQ_SNDHWM, ZMQ_TYPE, ZMQ_EVENTS, ...).
     public func int32Option(_ option: Int32, name: String) throws -> Int32 {
         var value: Int32 = 0
         var size = MemoryLayout<Int32>.size
@@ -166,6 +171,39 @@ extension ZMQSocket {
         let socket = try raw("zmq_setsockopt")
         let rc = z85.withCString { zmq_setsockopt(socket, option, $0, 41) }
         if rc != 0 { throw ZMQError.last("zmq_setsockopt", "\(type) \(typed.name)") }
+    }
+}
+
+/// Int-valued options that can be read back (`socket.get(.linger)`).
+public enum ZMQIntOption: Int32, CustomStringConvertible {
+    case type = 16                 // ZMQ_TYPE
+    case linger = 17               // ZMQ_LINGER
+    case reconnectInterval = 18    // ZMQ_RECONNECT_IVL
+    case reconnectIntervalMax = 21 // ZMQ_RECONNECT_IVL_MAX
+    case sendHighWaterMark = 23    // ZMQ_SNDHWM
+    case receiveHighWaterMark = 24 // ZMQ_RCVHWM
+    case receiveTimeout = 27       // ZMQ_RCVTIMEO
+    case sendTimeout = 28          // ZMQ_SNDTIMEO
+    case immediate = 39            // ZMQ_IMMEDIATE
+    case heartbeatInterval = 75    // ZMQ_HEARTBEAT_IVL
+    case heartbeatTTL = 76         // ZMQ_HEARTBEAT_TTL
+    case heartbeatTimeout = 77     // ZMQ_HEARTBEAT_TIMEOUT
+
+    public var description: String {
+        switch self {
+        case .type: return "ZMQ_TYPE"
+        case .linger: return "ZMQ_LINGER"
+        case .reconnectInterval: return "ZMQ_RECONNECT_IVL"
+        case .reconnectIntervalMax: return "ZMQ_RECONNECT_IVL_MAX"
+        case .sendHighWaterMark: return "ZMQ_SNDHWM"
+        case .receiveHighWaterMark: return "ZMQ_RCVHWM"
+        case .receiveTimeout: return "ZMQ_RCVTIMEO"
+        case .sendTimeout: return "ZMQ_SNDTIMEO"
+        case .immediate: return "ZMQ_IMMEDIATE"
+        case .heartbeatInterval: return "ZMQ_HEARTBEAT_IVL"
+        case .heartbeatTTL: return "ZMQ_HEARTBEAT_TTL"
+        case .heartbeatTimeout: return "ZMQ_HEARTBEAT_TIMEOUT"
+        }
     }
 }
 
