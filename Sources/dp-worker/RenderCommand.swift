@@ -1,0 +1,122 @@
+import ArgumentParser
+import DPPipeline
+import DPSampling
+import DPTensor
+import Foundation
+
+/// `dp-worker render`: the single-machine renderer (also what a Slurm array task runs, no coordinator).
+struct RenderCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "render",
+        abstract: "Render frames of one job on this machine, without a coordinator.")
+
+    @Option(help: "Model folder (dreampose-model/1 layout).") var model: String
+    @Option(help: "Subject photo (PNG).") var subject: String
+    @Option(help: "Folder of frame_<n>_densepose.npy files, or one stacked (N, 2, H, W) .npy.") var poses: String
+    @Option(help: "Output folder for frame_<n>.png (created if missing).") var out: String
+    @Option(help: "Frames to render: N, A-B, comma-separated (default: every pose frame).") var frames: String?
+    @Option(help: "Denoising steps (default: the model's dreampose.json).") var steps: Int?
+    @Option(help: "Sampler: pndm, ddim or dpm (default: the model's).") var sampler: String?
+    @Option(name: .customLong("image-guidance"), help: "Image guidance scale s_I (default: the model's).") var imageGuidance: Float?
+    @Option(name: .customLong("pose-guidance"), help: "Pose guidance scale s_P (default: the model's).") var poseGuidance: Float?
+    @Option(help: "Seed of the job's noise (portable generator; default 0).") var seed: UInt64?
+    @Option(help: "Raw little-endian float32 noise file [1, 4, H/8, W/8] instead of --seed.") var noise: String?
+    @Option(help: "Threads for the engine (default: all cores).") var threads: Int?
+
+    func validate() throws {
+        if seed != nil && noise != nil { throw ValidationError("give either --seed or --noise, not both") }
+        if let s = sampler, SamplerKind(rawValue: s) == nil {
+            throw ValidationError("unknown sampler \"\(s)\" (expected one of: \(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        do {
+            try render()
+        } catch let e as PipelineError {
+            throw CLIError(e.description)
+        } catch let e as RenderCancelled {
+            throw CLIError(e.description)
+        }
+    }
+
+    func render() throws {
+        if let threads { EngineThreads.configure(threads) }
+        let log = ProgressLog()
+        let subjectURL = URL(fileURLWithPath: subject)
+        let subjectImage = try PNGCodec.read(subjectURL)
+        let poseSource = try PoseSource(url: URL(fileURLWithPath: poses))
+        let wanted = try frames.map(FrameSelection.parse) ?? poseSource.frameNumbers
+        let missing = wanted.filter { !poseSource.frameNumbers.contains($0) }
+        guard missing.isEmpty else {
+            throw PipelineError("--frames asks for frame(s) \(missing.prefix(10).map(String.init).joined(separator: ", ")) that have no pose in \(poses)")
+        }
+        log.line("loading model \(model)")
+        let loaded = try DreamPoseModel(directory: URL(fileURLWithPath: model))
+        let latentShape = [1, loaded.latentChannels, loaded.latentHeight, loaded.latentWidth]
+        let noiseSource: NoiseSource = try noise.map { try NoiseSource.file(URL(fileURLWithPath: $0), shape: latentShape) }
+            ?? .seed(seed ?? 0)
+        let settings = RenderSettings(steps: steps, sampler: sampler.flatMap(SamplerKind.init(rawValue:)),
+                                      imageGuidance: imageGuidance, poseGuidance: poseGuidance, noise: noiseSource)
+        // Read every window's poses up front, so a bad pose file fails before any frame is rendered.
+        for n in wanted { _ = try poseSource.window(center: n, size: loaded.config.poseWindow) }
+        let outDir = URL(fileURLWithPath: out)
+        try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
+
+        let prepStart = Date()
+        let job = try PreparedJob(model: loaded, subject: subjectImage, settings: settings, poses: poseSource)
+        let r = job.settings
+        log.line("model \(loaded.id.prefix(12)) \(loaded.height)x\(loaded.width), \(r.sampler.rawValue) \(r.steps) steps "
+            + "(\(job.totalSteps) UNet calls/frame), s_I \(r.imageGuidance), s_P \(r.poseGuidance); "
+            + "job prepared in \(String(format: "%.2f", Date().timeIntervalSince(prepStart))) s")
+
+        var stepSeconds: [Double] = []
+        for (i, n) in wanted.enumerated() {
+            let frame = try job.render(frame: n, progress: { p in
+                stepSeconds.append(p.stepSeconds)
+                let recent = stepSeconds.suffix(20)
+                let perStep = recent.reduce(0, +) / Double(recent.count)
+                let stepsLeft = (wanted.count - i - 1) * job.totalSteps + (p.totalSteps - p.step)
+                log.progress("frames \(i)/\(wanted.count)  frame \(n) step \(p.step)/\(p.totalSteps)  "
+                    + "\(String(format: "%.2f", perStep)) s/step  ETA \(ProgressLog.duration(perStep * Double(stepsLeft)))")
+            })
+            let url = outDir.appendingPathComponent(FrameSelection.outputName(frame: n))
+            try AtomicFile.write(frame.png, to: url)
+            log.line("frames \(i + 1)/\(wanted.count)  wrote \(url.path) (\(String(format: "%.1f", frame.renderSeconds)) s)")
+        }
+    }
+}
+
+/// A user-facing error: printed as `Error: <message>` with exit code 1.
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ message: String) { description = message }
+}
+
+/// Progress output on stderr: a rewritten line on a terminal, plain lines otherwise.
+final class ProgressLog {
+    private let isTTY = isatty(fileno(stderr)) != 0
+    private var pending = false
+
+    func line(_ s: String) {
+        if pending { FileHandle.standardError.write("\n".data(using: .utf8)!); pending = false }
+        FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
+    }
+
+    func progress(_ s: String) {
+        if isTTY {
+            FileHandle.standardError.write(("\r\u{1B}[K" + s).data(using: .utf8)!)
+            pending = true
+        } else {
+            FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
+        }
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        guard seconds.isFinite else { return "?" }
+        let s = Int(seconds.rounded())
+        return s >= 3600 ? "\(s / 3600)h\(String(format: "%02d", (s % 3600) / 60))m"
+            : s >= 60 ? "\(s / 60)m\(String(format: "%02d", s % 60))s" : "\(s)s"
+    }
+}
