@@ -96,16 +96,19 @@ final class ConverterRoundTripTests: XCTestCase {
 
     // MARK: - Helpers
 
-    /// Converts `release` with the source model's own frame size; returns the printed model id.
+    /// Converts `release` with the source model's own name and frame size; returns the printed model id.
+    /// (The name is part of dreampose.json, so leaving it to default to the output folder's name would
+    /// make two conversions into different folders two different models.)
     func convert(_ release: URL, source: URL, into out: URL, extra: [String] = []) throws -> String {
         let settings = try JSONSerialization.jsonObject(
             with: Data(contentsOf: source.appendingPathComponent("dreampose.json"))) as? [String: Any]
-        guard let height = settings?["height"] as? Int, let width = settings?["width"] as? Int else {
-            throw HarnessError(description: "\(source.path)/dreampose.json has no integer height/width")
+        guard let name = settings?["name"] as? String,
+              let height = settings?["height"] as? Int, let width = settings?["width"] as? Int else {
+            throw HarnessError(description: "\(source.path)/dreampose.json lacks name, height or width")
         }
         let output = try Self.runScript("convert_dreampose_checkpoint.py", [
             "--folder", release.path, "--epoch", "7", "--vae", release.appendingPathComponent("vae_15.pth").path,
-            "--clip", release.appendingPathComponent("clip").path, "--out", out.path,
+            "--clip", release.appendingPathComponent("clip").path, "--out", out.path, "--name", name,
             "--height", String(height), "--width", String(width),
         ] + extra)
         guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("model id: ") }) else {
