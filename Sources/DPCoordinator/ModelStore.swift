@@ -1,0 +1,234 @@
+// The coordinator's models: verified model folders under `<state>/models/<model id>/`, each with
+// its manifest cached beside it as `<state>/models/<model id>.manifest.json` (so a restart does not
+// re-hash gigabytes). Workers fetch models from here in chunks (ModelChunkRequest); clients add
+// models by upload (SubmitJob + UploadChunk) or, for the embedded `dp-coord submit`, by import of a
+// local folder. This file never loads a model: it only hashes and serves files.
+import DPFileKit
+import DPProtocol
+import Foundation
+
+/// A model request the store cannot serve; `code` is the wire error to answer with.
+public struct ModelStoreError: Error, CustomStringConvertible {
+    public let code: FarmErrorCode
+    public let message: String
+    public init(_ code: FarmErrorCode, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+    public var description: String { message }
+}
+
+public final class ModelStore: @unchecked Sendable {
+    /// `<state>/models`.
+    public let directory: URL
+    /// Largest chunk served per request (the message limit leaves room for the envelope).
+    public let maxChunkBytes: Int
+
+    private let lock = NSLock()
+    private var manifests: [String: ModelManifest] = [:]
+
+    /// Opens the store in `directory` (created if needed). Staging folders left by a crash are
+    /// removed; each model folder's manifest is read from its sidecar file (checked: self-consistent,
+    /// same id, file sizes on disk match) or computed again by hashing.
+    public init(directory: URL, maxChunkBytes: Int = 16 << 20) throws {
+        self.directory = directory.standardizedFileURL
+        self.maxChunkBytes = maxChunkBytes
+        let fm = FileManager.default
+        do {
+            try fm.createDirectory(at: self.directory, withIntermediateDirectories: true)
+        } catch {
+            throw ModelStoreError(.internal, "model store \(self.directory.path): cannot create folder: \(error)")
+        }
+        for leftover in ModelStaging.leftovers(in: self.directory) { try? fm.removeItem(at: leftover) }
+        let names = (try? fm.contentsOfDirectory(atPath: self.directory.path)) ?? []
+        for name in names where FileDigest.isHexSHA256(name) {
+            var isDir: ObjCBool = false
+            guard fm.fileExists(atPath: folder(for: name).path, isDirectory: &isDir), isDir.boolValue else { continue }
+            if let manifest = loadSidecar(name) {
+                manifests[name] = manifest
+                continue
+            }
+            let manifest: ModelManifest
+            do {
+                manifest = try ModelManifest.compute(directory: folder(for: name))
+            } catch {
+                throw ModelStoreError(.internal, "model store: cannot hash \(folder(for: name).path): \(error)")
+            }
+            guard manifest.modelID == name else {
+                throw ModelStoreError(.checksumMismatch,
+                                      "model store: folder \(folder(for: name).path) holds model \(manifest.modelID), "
+                                          + "not \(name) (its files changed; remove or rename it)")
+            }
+            try writeSidecar(manifest)
+            manifests[name] = manifest
+        }
+    }
+
+    /// Model ids held, sorted.
+    public var modelIDs: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return manifests.keys.sorted()
+    }
+
+    public func contains(_ modelID: String) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return manifests[modelID] != nil
+    }
+
+    /// The manifest of a held model (ModelManifestRequest).
+    public func manifest(for modelID: String) throws -> ModelManifest {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let manifest = manifests[modelID] else {
+            throw ModelStoreError(.unknownModel, "model \(modelID) is not held by this coordinator")
+        }
+        return manifest
+    }
+
+    /// Where model `modelID` lives (whether or not it is held).
+    public func folder(for modelID: String) -> URL {
+        directory.appendingPathComponent(modelID, isDirectory: true)
+    }
+
+    /// Reads `length` bytes at `offset` of the model file `path` (ModelChunkRequest). The path must be
+    /// a safe relative path listed in the model's manifest, the offset within the file, and the
+    /// length 1 ... maxChunkBytes; the reply is shorter than `length` only at the end of the file.
+    public func readChunk(modelID: String, path: String, offset: UInt64,
+                          length: Int) throws -> (data: Data, fileSize: UInt64) {
+        if let problem = RelativePath.problem(path) {
+            throw ModelStoreError(.unknownFile, "model \(modelID): refused chunk request: \(problem)")
+        }
+        let manifest = try self.manifest(for: modelID)
+        guard let entry = manifest.entry(for: path) else {
+            throw ModelStoreError(.unknownFile, "model \(modelID): file '\(path)' is not in its manifest")
+        }
+        guard length > 0, length <= maxChunkBytes else {
+            throw ModelStoreError(.badRequest,
+                                  "model \(modelID): chunk of '\(path)': length \(length) not in 1...\(maxChunkBytes)")
+        }
+        guard offset <= entry.size else {
+            throw ModelStoreError(.badRequest,
+                                  "model \(modelID): chunk of '\(path)': offset \(offset) is past the file size \(entry.size)")
+        }
+        let count = Int(min(UInt64(length), entry.size - offset))
+        let url = folder(for: modelID).appendingPathComponent(path)
+        do {
+            let handle = try FileHandle(forReadingFrom: url)
+            defer { try? handle.close() }
+            try handle.seek(toOffset: offset)
+            let data = try handle.read(upToCount: count) ?? Data()
+            guard data.count == count else {
+                throw ModelStoreError(.internal, "model \(modelID): '\(path)' is shorter on disk than its manifest "
+                                          + "(read \(data.count) of \(count) bytes at \(offset))")
+            }
+            return (data, entry.size)
+        } catch let error as ModelStoreError {
+            throw error
+        } catch {
+            throw ModelStoreError(.internal, "model \(modelID): cannot read '\(path)': \(error)")
+        }
+    }
+
+    /// Copies the model folder at `source` into the store (embedded `dp-coord submit`): hashes it,
+    /// copies it into a staging folder, verifies the copy and renames it into place. Returns the
+    /// manifest; a model already held is not copied again.
+    @discardableResult
+    public func importFolder(_ source: URL) throws -> ModelManifest {
+        let manifest: ModelManifest
+        do {
+            manifest = try ModelManifest.compute(directory: source)
+        } catch {
+            throw ModelStoreError(.badRequest, "cannot import model folder: \(error)")
+        }
+        if contains(manifest.modelID) { return manifest }
+        let staging = try beginUpload(manifest)
+        do {
+            for file in manifest.files {
+                let target = staging.fileURL(file.path)
+                try FileManager.default.createDirectory(at: target.deletingLastPathComponent(),
+                                                        withIntermediateDirectories: true)
+                try FileManager.default.copyItem(at: source.appendingPathComponent(file.path), to: target)
+            }
+        } catch {
+            staging.discard()
+            throw ModelStoreError(.internal, "cannot copy model \(manifest.modelID) from \(source.path): \(error)")
+        }
+        try finishUpload(staging)
+        return manifest
+    }
+
+    /// Starts receiving a model by upload: checks the manifest and creates its staging folder.
+    /// Write chunks with `ModelStaging.write(path:offset:data:)`, then call `finishUpload`.
+    public func beginUpload(_ manifest: ModelManifest) throws -> ModelStaging {
+        for file in manifest.files {
+            if let problem = RelativePath.problem(file.path) {
+                throw ModelStoreError(.badRequest, "model \(manifest.modelID): manifest refused: \(problem)")
+            }
+        }
+        do {
+            return try ModelStaging(manifest: manifest, in: directory)
+        } catch {
+            throw ModelStoreError(.badRequest, "\(error)")
+        }
+    }
+
+    /// Verifies an uploaded model (every file's size and SHA-256, no extra files) and makes it
+    /// available. A corrupted file is refused with CHECKSUM_MISMATCH naming the file and both hashes.
+    public func finishUpload(_ staging: ModelStaging) throws {
+        let manifest = staging.manifest
+        do {
+            try staging.commit(to: folder(for: manifest.modelID))
+        } catch let error as ModelInstallError {
+            staging.discard()
+            switch error {
+            case .checksumMismatch, .sizeMismatch, .missingFile, .extraFile:
+                throw ModelStoreError(.checksumMismatch, error.description)
+            default:
+                throw ModelStoreError(.internal, error.description)
+            }
+        }
+        try writeSidecar(manifest)
+        lock.lock()
+        manifests[manifest.modelID] = manifest
+        lock.unlock()
+    }
+
+    // MARK: - Manifest sidecar files
+
+    private func sidecarURL(_ modelID: String) -> URL {
+        directory.appendingPathComponent(modelID + ".manifest.json")
+    }
+
+    private func loadSidecar(_ modelID: String) -> ModelManifest? {
+        guard let data = try? Data(contentsOf: sidecarURL(modelID)),
+              let manifest = try? JSONDecoder().decode(ModelManifest.self, from: data),
+              manifest.modelID == modelID, (try? manifest.validate()) != nil else { return nil }
+        // Cheap check that the folder still matches: every listed file has its size, nothing else.
+        let root = folder(for: modelID).path
+        var count = 0
+        if let walker = FileManager.default.enumerator(atPath: root) {
+            while let rel = walker.nextObject() as? String {
+                let attrs = try? FileManager.default.attributesOfItem(atPath: root + "/" + rel)
+                if attrs?[.type] as? FileAttributeType == .typeRegular { count += 1 }
+            }
+        }
+        guard count == manifest.files.count else { return nil }
+        for file in manifest.files {
+            let attrs = try? FileManager.default.attributesOfItem(atPath: root + "/" + file.path)
+            guard (attrs?[.size] as? NSNumber)?.uint64Value == file.size else { return nil }
+        }
+        return manifest
+    }
+
+    private func writeSidecar(_ manifest: ModelManifest) throws {
+        do {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try DurableFile.write(try encoder.encode(manifest), to: sidecarURL(manifest.modelID))
+        } catch {
+            throw ModelStoreError(.internal, "cannot write \(sidecarURL(manifest.modelID).path): \(error)")
+        }
+    }
+}

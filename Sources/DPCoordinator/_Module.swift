@@ -1,1 +1,0 @@
-// DPCoordinator: module placeholder until its first source file lands; delete when another file exists.
