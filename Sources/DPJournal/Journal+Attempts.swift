@@ -35,18 +35,22 @@ extension Journal {
     public func startAttempt(job: Int64, frame: Int, worker: String) throws -> AttemptRecord {
         try write {
             let t = now
-            guard let state = try jobState(job) else { throw JournalError.unknownJob(job) }
+            // One lookup for the job's state, the frame's state and the worker's ban.
+            guard let row = try db.query("""
+                SELECT j.state AS job_state, f.state AS frame_state,
+                       (SELECT banned FROM worker_job_failures b WHERE b.worker = ?3 AND b.job_id = j.id) AS banned
+                FROM jobs j LEFT JOIN frames f ON f.job_id = j.id AND f.frame = ?2
+                WHERE j.id = ?1
+                """, [.integer(job), .int(frame), .text(worker)]).first else { throw JournalError.unknownJob(job) }
+            let state = JobState(rawValue: row.string("job_state") ?? "") ?? .failed
             guard state == .queued || state == .running else {
                 throw JournalError.notDispatchable(job: job, frame: frame, reason: "job is \(state.rawValue)")
             }
-            guard let f = try db.query("SELECT state FROM frames WHERE job_id = ? AND frame = ?",
-                                       [.integer(job), .int(frame)]).first else {
-                throw JournalError.unknownFrame(job: job, frame: frame)
+            guard let frameState = row.string("frame_state") else { throw JournalError.unknownFrame(job: job, frame: frame) }
+            guard frameState == FrameState.queued.rawValue else {
+                throw JournalError.notDispatchable(job: job, frame: frame, reason: "frame is \(frameState)")
             }
-            guard f.string("state") == FrameState.queued.rawValue else {
-                throw JournalError.notDispatchable(job: job, frame: frame, reason: "frame is \(f.string("state") ?? "?")")
-            }
-            if try isBannedLocked(worker: worker, job: job) {
+            if (row.int("banned") ?? 0) != 0 {
                 throw JournalError.notDispatchable(job: job, frame: frame, reason: "worker '\(worker)' is banned from this job")
             }
             try db.run("""

@@ -186,13 +186,14 @@ public final class Journal: @unchecked Sendable {
     /// After a frame left queued/dispatched: finish the job when none of its frames is pending.
     /// Returns the job's state and whether this call finished it.
     func settleJob(_ id: Int64, at t: Int64) throws -> (JobState, Bool) {
-        guard let state = try jobState(id) else { throw JournalError.unknownJob(id) }
+        // Counters, not a scan of the frames: this runs on every result.
+        guard let row = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
+                                     [.integer(id)]).first,
+              let state = JobState(rawValue: row.string("state") ?? "") else { throw JournalError.unknownJob(id) }
         guard !state.isFinished else { return (state, false) }
-        let pending = try db.query("""
-            SELECT COUNT(*) AS n FROM frames WHERE job_id = ? AND state IN ('queued', 'dispatched')
-            """, [.integer(id)]).first?.int("n") ?? 0
-        guard pending == 0 else { return (state, false) }
-        let failed = try db.query("SELECT frames_failed FROM jobs WHERE id = ?", [.integer(id)]).first?.int("frames_failed") ?? 0
+        let failed = row.int("frames_failed") ?? 0
+        let pending = (row.int("frames_total") ?? 0) - (row.int("frames_done") ?? 0) - failed
+        guard pending <= 0 else { return (state, false) }
         let final: JobState = failed > 0 ? .failed : .completed
         try db.run("UPDATE jobs SET state = ?, updated_at_ms = ?, finished_at_ms = ?, error = ? WHERE id = ?",
                    [.text(final.rawValue), .integer(t), .integer(t),
