@@ -161,10 +161,12 @@ public final class ParityRunner {
     public private(set) var handlers: [String: ParityHandler] = [:]
     var models: [String: Any] = [:]
 
-    /// A runner with the built-in handlers (unet_forward, vae_decode, vae_encode, clip_vision).
+    /// A runner with the built-in handlers (unet_forward, vae_decode, vae_encode, clip_vision) and the
+    /// sampling ones (scheduler_trajectory, e2e_dual_cfg).
     public init(tolerance: Float = ParityRunner.defaultTolerance) {
         self.tolerance = tolerance
         registerBuiltInHandlers()
+        registerSamplingHandlers()
     }
 
     /// Adds (or replaces) the handler of a case kind.

@@ -125,7 +125,7 @@ public enum DemoAssets {
     // MARK: subject and poses
 
     /// A synthetic "person": a head and a body over a vertical gradient.
-    static func subjectImage(width: Int, height: Int) -> RGBImage {
+    public static func subjectImage(width: Int, height: Int) -> RGBImage {
         var px = [UInt8](repeating: 0, count: width * height * 3)
         for y in 0..<height {
             for x in 0..<width {
@@ -141,7 +141,7 @@ public enum DemoAssets {
     }
 
     /// A DensePose-like UV map: a blob that moves across the frame, UV gradients inside, background 0.
-    static func poseMap(frame n: Int, of count: Int, height: Int, width: Int) -> Pose {
+    public static func poseMap(frame n: Int, of count: Int, height: Int, width: Int) -> Pose {
         var values = [Float](repeating: 0, count: 2 * height * width)
         let t = count > 1 ? Double(n) / Double(count - 1) : 0
         let cx = Double(width) * (0.3 + 0.4 * t), cy = Double(height) * 0.5

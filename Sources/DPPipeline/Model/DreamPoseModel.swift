@@ -52,6 +52,23 @@ public final class DreamPoseModel {
                           directory: directory)
     }
 
+    /// Assembles a model from parts already built (benchmarks build random-weight parts in memory);
+    /// `id` names it. The same checks as loading a folder apply.
+    public init(config: DreamPoseConfig, unet: UNet2DConditionModel, vae: AutoencoderKL, imageEncoder: CLIPVisionModel,
+                adapter: EmbeddingAdapter, schedulerConfig: SchedulerConfig, id: String,
+                directory: URL = URL(fileURLWithPath: "/dev/null")) throws {
+        self.directory = directory
+        self.id = id
+        self.config = config
+        self.unet = unet
+        self.vae = vae
+        self.imageEncoder = imageEncoder
+        self.adapter = adapter
+        self.schedulerConfig = schedulerConfig
+        try Self.validate(config: config, unet: unet, vae: vae, imageEncoder: imageEncoder, adapter: adapter,
+                          directory: directory)
+    }
+
     /// Checks that the parts fit together and fit the frame size.
     static func validate(config: DreamPoseConfig, unet: UNet2DConditionModel, vae: AutoencoderKL,
                          imageEncoder: CLIPVisionModel, adapter: EmbeddingAdapter, directory: URL) throws {

@@ -116,16 +116,9 @@ public final class PreparedJob: @unchecked Sendable {
             let latent3 = concat([xIn, xIn, xIn], axis: 0)                             // [3, 4, h, w]
             let unetIn = concat([latent3, pose3], axis: 1)                             // [3, 14, h, w]
             let out = model.unet(unetIn, timestep: Float(t), encoderHiddenStates: context3)  // [3, 4, h, w]
-            let plane = out.count / 3
-            var guided = Tensor(zeros: x.shape)                                        // [1, 4, h, w]
-            out.data.withUnsafeBufferPointer { o in
-                guided.data.withUnsafeMutableBufferPointer { g in
-                    for j in 0..<plane {
-                        let e0 = o[j], e1 = o[plane + j], e2 = o[2 * plane + j]
-                        g[j] = e0 + sI * (e2 - e0) + sP * (e1 - e2)
-                    }
-                }
-            }
+            // Rows: 0 = (c_0, no pose) = uncond, 1 = (c_I, pose) = image+pose, 2 = (c_I, no pose) = image.
+            let e = DualGuidance.rows(out)
+            let guided = DualGuidance.combine(uncond: e[0], image: e[2], imagePose: e[1], imageScale: sI, poseScale: sP)
             if i == 0, let dump = intermediates {
                 dump("unet_in_step0", unetIn)
                 dump("unet_out_step0", out)
