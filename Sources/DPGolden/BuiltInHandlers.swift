@@ -16,36 +16,6 @@ extension ParityRunner {
         register(kind: "clip_vision", handler: Self.clipVision)
     }
 
-    static func unet(_ c: ParityContext) throws -> UNet2DConditionModel {
-        let files = try c.golden.modelFiles(for: c.entry)
-        return try c.cached("unet:" + files.weights.path) {
-            let config = try UNet2DConditionConfig.load(files.config)
-            return try UNet2DConditionModel(
-                config: config,
-                weights: SafeTensorsWeights(file: SafeTensorsFile(url: files.weights), keyMap: .unet))
-        }
-    }
-
-    static func vae(_ c: ParityContext) throws -> AutoencoderKL {
-        let files = try c.golden.modelFiles(for: c.entry)
-        return try c.cached("vae:" + files.weights.path) {
-            let config = try AutoencoderKLConfig.load(files.config)
-            return try AutoencoderKL(
-                config: config,
-                weights: SafeTensorsWeights(file: SafeTensorsFile(url: files.weights), keyMap: .vae))
-        }
-    }
-
-    static func clip(_ c: ParityContext) throws -> CLIPVisionModel {
-        let files = try c.golden.modelFiles(for: c.entry)
-        return try c.cached("clip:" + files.weights.path) {
-            let config = try CLIPVisionConfig.load(files.config)
-            return try CLIPVisionModel(
-                config: config,
-                weights: SafeTensorsWeights(file: SafeTensorsFile(url: files.weights), keyMap: .clipVision))
-        }
-    }
-
     /// Case field "timestep": one integer/number for every row, or a list with one per row.
     static func timesteps(_ c: ParityContext) throws -> [Float] {
         let v = c.entry.fields["timestep"]
@@ -55,7 +25,7 @@ extension ParityRunner {
     }
 
     static func unetForward(_ c: ParityContext) throws -> [ParityMeasurement] {
-        let model = try unet(c)
+        let model = try c.unetModel()
         let sample = try c.input("sample")                               // [B, in, h, w]
         let context = try c.input("encoder_hidden_states")               // [B, T, D]
         let (callback, box) = c.intermediateCollector()
@@ -65,7 +35,7 @@ extension ParityRunner {
     }
 
     static func vaeDecode(_ c: ParityContext) throws -> [ParityMeasurement] {
-        let model = try vae(c)
+        let model = try c.vaeModel()
         var z = try c.input("z")                                          // [B, latent, h, w]
         if c.entry.fields["divide_by_scaling_factor"]?.bool == true {
             z = scale(z, by: Float(1 / Double(model.config.scalingFactor)))
@@ -76,7 +46,7 @@ extension ParityRunner {
     }
 
     static func vaeEncode(_ c: ParityContext) throws -> [ParityMeasurement] {
-        let model = try vae(c)
+        let model = try c.vaeModel()
         let image = try c.input("image")                                  // [B, 3, H, W]
         let (callback, box) = c.intermediateCollector()
         let posterior = model.encode(image, intermediates: c.entry.intermediates.isEmpty ? nil : callback)
@@ -87,7 +57,7 @@ extension ParityRunner {
     }
 
     static func clipVision(_ c: ParityContext) throws -> [ParityMeasurement] {
-        let model = try clip(c)
+        let model = try c.clipVisionModel()
         let pixels = try c.input("pixel_values")                          // [B, 3, S, S]
         let out = model(pixels)
         var ms: [ParityMeasurement] = []
@@ -98,5 +68,43 @@ extension ParityRunner {
             ms.append(try c.compareOutput("pooler_output", out.poolerOutput))
         }
         return ms
+    }
+}
+
+extension ParityContext {
+    // The case's networks, loaded from its model files (see GoldenCase.modelFiles(for:)) once per
+    // runner and weights file. Other handlers (e.g. an end-to-end kind) can use them too.
+
+    /// The UNet of this case (strict load through KeyMap.unet).
+    public func unetModel() throws -> UNet2DConditionModel {
+        let files = try golden.modelFiles(for: entry)
+        return try cached("unet:" + files.weights.path) {
+            let config = try UNet2DConditionConfig.load(files.config)
+            return try UNet2DConditionModel(
+                config: config,
+                weights: SafeTensorsWeights(file: SafeTensorsFile(url: files.weights), keyMap: .unet))
+        }
+    }
+
+    /// The VAE of this case (strict load through KeyMap.vae).
+    public func vaeModel() throws -> AutoencoderKL {
+        let files = try golden.modelFiles(for: entry)
+        return try cached("vae:" + files.weights.path) {
+            let config = try AutoencoderKLConfig.load(files.config)
+            return try AutoencoderKL(
+                config: config,
+                weights: SafeTensorsWeights(file: SafeTensorsFile(url: files.weights), keyMap: .vae))
+        }
+    }
+
+    /// The CLIP vision model of this case (strict load through KeyMap.clipVision).
+    public func clipVisionModel() throws -> CLIPVisionModel {
+        let files = try golden.modelFiles(for: entry)
+        return try cached("clip:" + files.weights.path) {
+            let config = try CLIPVisionConfig.load(files.config)
+            return try CLIPVisionModel(
+                config: config,
+                weights: SafeTensorsWeights(file: SafeTensorsFile(url: files.weights), keyMap: .clipVision))
+        }
     }
 }

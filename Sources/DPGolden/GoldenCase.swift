@@ -171,9 +171,13 @@ public final class GoldenCase {
         guard let model = entry.fields["model"]?.string else {
             throw GoldenError.missingField(caseName: entry.name, field: "model (or config + weights)")
         }
+        return try modelFiles(named: model)
+    }
+
+    /// manifest.models[model].{config, weights} (unit format: "unet", "vae").
+    public func modelFiles(named model: String) throws -> (config: URL, weights: URL) {
         guard let m = manifest["models"]?[model], let c = m["config"]?.string, let w = m["weights"]?.string else {
-            throw GoldenError.malformed(file: manifestPath, reason:
-                "models.\(model) lacks config/weights (needed by case \(entry.name))")
+            throw GoldenError.malformed(file: manifestPath, reason: "models.\(model) lacks config/weights")
         }
         return (url(c), url(w))
     }
