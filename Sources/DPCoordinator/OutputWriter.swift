@@ -1,0 +1,371 @@
+// A job's output folder: `frame_<n>.png` per finished frame (n = pose frame number, 5-digit
+// zero-padded), `manifest.json` describing the job and every frame written, and optionally a video
+// made by ffmpeg once every frame is there.
+//
+// Crash safety: each PNG is written to a temp file, fsynced and linked into place (never replacing
+// an existing file); manifest.json is rewritten the same way (temp + rename). The manifest is the
+// record of what was written: on reopening, a frame PNG that the manifest does not list (the crash
+// hit between the PNG and the manifest) is removed so the frame can be written again. The
+// coordinator should mark a frame done in its journal only after `write` (with flush) returned.
+import DPFileKit
+import Foundation
+
+/// The rendering settings of a job as written to manifest.json (defaults already resolved from the
+/// model's dreampose.json, so the manifest says what was actually used).
+public struct OutputJobSettings: Codable, Equatable, Sendable {
+    /// The noise seed, or nil when the job's noise came from a file (then `noiseSHA256` is set).
+    public var seed: UInt64?
+    public var noiseSHA256: String?
+    public var sampler: String
+    public var steps: Int
+    public var imageGuidance: Float
+    public var poseGuidance: Float
+
+    public init(seed: UInt64?, noiseSHA256: String? = nil, sampler: String, steps: Int,
+                imageGuidance: Float, poseGuidance: Float) {
+        self.seed = seed
+        self.noiseSHA256 = noiseSHA256
+        self.sampler = sampler
+        self.steps = steps
+        self.imageGuidance = imageGuidance
+        self.poseGuidance = poseGuidance
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case seed, noiseSHA256 = "noise_sha256", sampler, steps
+        case imageGuidance = "image_guidance", poseGuidance = "pose_guidance"
+    }
+}
+
+/// One written frame, as listed in manifest.json.
+public struct OutputFrameRecord: Codable, Equatable, Sendable {
+    public var frame: UInt32
+    public var file: String
+    public var attempt: UInt64
+    public var worker: String
+    public var modelID: String
+    public var seed: UInt64?
+    public var sampler: String
+    public var steps: Int
+    public var imageGuidance: Float
+    public var poseGuidance: Float
+    public var renderSeconds: Double
+    public var pngSHA256: String
+    public var pngSize: Int
+
+    enum CodingKeys: String, CodingKey {
+        case frame, file, attempt, worker, modelID = "model_id", seed, sampler, steps
+        case imageGuidance = "image_guidance", poseGuidance = "pose_guidance"
+        case renderSeconds = "render_seconds", pngSHA256 = "png_sha256", pngSize = "png_size"
+    }
+}
+
+/// The video written once every frame was there.
+public struct OutputVideoRecord: Codable, Equatable, Sendable {
+    public var path: String
+    public var fps: Int
+    public var frames: Int
+    public var sha256: String
+}
+
+/// manifest.json.
+public struct OutputManifest: Codable, Equatable, Sendable {
+    public static let currentFormat = "dp-farm-output/1"
+    public var format: String
+    public var jobID: UInt64
+    public var modelID: String
+    public var settings: OutputJobSettings
+    /// Every pose frame number the job renders, ascending.
+    public var framesExpected: [UInt32]
+    /// Frames written so far, ascending by frame number.
+    public var frames: [OutputFrameRecord]
+    public var complete: Bool
+    public var video: OutputVideoRecord?
+
+    enum CodingKeys: String, CodingKey {
+        case format, jobID = "job_id", modelID = "model_id", settings
+        case framesExpected = "frames_expected", frames, complete, video
+    }
+}
+
+/// Why the writer refused; `description` names the job, frame, file and expected vs found.
+public enum OutputError: Error, CustomStringConvertible, Equatable {
+    case alreadyWritten(jobID: UInt64, frame: UInt32, writtenBy: UInt64, refusedAttempt: UInt64)
+    case unexpectedFrame(jobID: UInt64, frame: UInt32)
+    case checksumMismatch(jobID: UInt64, frame: UInt32, claimed: String, found: String)
+    case manifestMismatch(path: String, message: String)
+    case incomplete(jobID: UInt64, missing: [UInt32])
+    case ffmpegFailed(status: Int32, command: String, stderr: String)
+    case io(path: String, message: String)
+
+    public var description: String {
+        switch self {
+        case let .alreadyWritten(job, frame, writtenBy, refused):
+            return "job \(job): frame \(frame) was already written by attempt \(writtenBy); "
+                + "refusing the result of attempt \(refused)"
+        case let .unexpectedFrame(job, frame):
+            return "job \(job): frame \(frame) is not one of the job's frames"
+        case let .checksumMismatch(job, frame, claimed, found):
+            return "job \(job): frame \(frame) PNG has sha256 \(found), the worker claimed \(claimed)"
+        case let .manifestMismatch(path, message):
+            return "\(path): \(message)"
+        case let .incomplete(job, missing):
+            let shown = missing.prefix(10).map(String.init).joined(separator: ", ")
+            return "job \(job): cannot make the video, \(missing.count) frame(s) missing (\(shown)"
+                + (missing.count > 10 ? ", ...)" : ")")
+        case let .ffmpegFailed(status, command, stderr):
+            return "ffmpeg exited with status \(status): \(command)\n\(stderr)"
+        case let .io(path, message):
+            return "\(path): \(message)"
+        }
+    }
+}
+
+public final class OutputWriter: @unchecked Sendable {
+    public let directory: URL
+    private let lock = NSLock()
+    private var manifest: OutputManifest
+    private var written: [UInt32: OutputFrameRecord] = [:]
+    private var expected: Set<UInt32>
+    private var dirty = false
+
+    /// The file name of frame `n`: `frame_00042.png` (at least 5 digits).
+    public static func fileName(frame: UInt32) -> String {
+        let digits = String(frame)
+        return "frame_" + String(repeating: "0", count: max(0, 5 - digits.count)) + digits + ".png"
+    }
+
+    /// Opens the output folder of a job (created if needed). If it already holds a manifest.json of
+    /// the same job (a coordinator restart), the frames it lists are kept; one of another job or
+    /// model is an error. Frame PNGs the manifest does not list are removed (see the file comment).
+    public init(directory: URL, jobID: UInt64, modelID: String, settings: OutputJobSettings,
+                frames: [UInt32]) throws {
+        self.directory = directory.standardizedFileURL
+        let fm = FileManager.default
+        do {
+            try fm.createDirectory(at: self.directory, withIntermediateDirectories: true)
+        } catch {
+            throw OutputError.io(path: self.directory.path, message: "cannot create output folder: \(error)")
+        }
+        let sortedFrames = Array(Set(frames)).sorted()
+        expected = Set(sortedFrames)
+        manifest = OutputManifest(format: OutputManifest.currentFormat, jobID: jobID, modelID: modelID,
+                                  settings: settings, framesExpected: sortedFrames, frames: [],
+                                  complete: sortedFrames.isEmpty, video: nil)
+
+        let manifestURL = self.directory.appendingPathComponent("manifest.json")
+        if let data = try? Data(contentsOf: manifestURL) {
+            let old: OutputManifest
+            do {
+                old = try JSONDecoder().decode(OutputManifest.self, from: data)
+            } catch {
+                throw OutputError.manifestMismatch(path: manifestURL.path, message: "not a readable manifest: \(error)")
+            }
+            guard old.format == OutputManifest.currentFormat, old.jobID == jobID, old.modelID == modelID else {
+                throw OutputError.manifestMismatch(
+                    path: manifestURL.path,
+                    message: "belongs to job \(old.jobID) (model \(old.modelID), format \(old.format)), "
+                        + "not job \(jobID) (model \(modelID)); choose another output folder")
+            }
+            for record in old.frames where expected.contains(record.frame) {
+                written[record.frame] = record
+            }
+            manifest.video = old.video
+        }
+        // PNGs the manifest does not vouch for.
+        let names = (try? fm.contentsOfDirectory(atPath: self.directory.path)) ?? []
+        for name in names where name.hasPrefix("frame_") && name.hasSuffix(".png") {
+            let number = name.dropFirst("frame_".count).dropLast(".png".count)
+            if let n = UInt32(number), OutputWriter.fileName(frame: n) == name, written[n] != nil { continue }
+            try? fm.removeItem(at: self.directory.appendingPathComponent(name))
+        }
+        for name in names where name.hasPrefix(".") && name.contains(".tmp-") {
+            try? fm.removeItem(at: self.directory.appendingPathComponent(name))
+        }
+        manifest.frames = written.values.sorted { $0.frame < $1.frame }
+        manifest.complete = written.count == expected.count
+        try writeManifestLocked()
+    }
+
+    /// A snapshot of manifest.json's content.
+    public var currentManifest: OutputManifest {
+        lock.lock()
+        defer { lock.unlock() }
+        var copy = manifest
+        copy.frames = written.values.sorted { $0.frame < $1.frame }
+        return copy
+    }
+
+    /// The record of frame `n` if it was written.
+    public func record(frame: UInt32) -> OutputFrameRecord? {
+        lock.lock()
+        defer { lock.unlock() }
+        return written[frame]
+    }
+
+    /// Frames of the job not written yet, ascending.
+    public var missingFrames: [UInt32] {
+        lock.lock()
+        defer { lock.unlock() }
+        return manifest.framesExpected.filter { written[$0] == nil }
+    }
+
+    public var isComplete: Bool { missingFrames.isEmpty }
+
+    /// Writes frame `frame`'s PNG and records it. Refused (nothing written) when the frame was
+    /// already written, is not a frame of the job, or `claimedSHA256` (the worker's hash) does not
+    /// match the bytes. With `flush: false` the manifest is only rewritten by `flush()` (a coordinator
+    /// loop that receives many results per turn flushes once per turn).
+    @discardableResult
+    public func write(frame: UInt32, png: Data, attempt: UInt64, worker: String, renderSeconds: Double,
+                      claimedSHA256: String? = nil, flush: Bool = true) throws -> OutputFrameRecord {
+        lock.lock()
+        defer { lock.unlock() }
+        let job = manifest.jobID
+        guard expected.contains(frame) else { throw OutputError.unexpectedFrame(jobID: job, frame: frame) }
+        if let previous = written[frame] {
+            throw OutputError.alreadyWritten(jobID: job, frame: frame, writtenBy: previous.attempt, refusedAttempt: attempt)
+        }
+        let digest = FileDigest.sha256(png)
+        if let claimedSHA256, claimedSHA256 != digest {
+            throw OutputError.checksumMismatch(jobID: job, frame: frame, claimed: claimedSHA256, found: digest)
+        }
+        let name = OutputWriter.fileName(frame: frame)
+        do {
+            try DurableFile.writeNew(png, to: directory.appendingPathComponent(name))
+        } catch let error as DurableFileError where error.alreadyExists {
+            // Only possible if something else writes into the folder: never overwrite it.
+            throw OutputError.io(path: directory.appendingPathComponent(name).path,
+                                 message: "exists but is not in manifest.json (another writer in this folder?)")
+        } catch {
+            throw OutputError.io(path: directory.appendingPathComponent(name).path, message: "\(error)")
+        }
+        let s = manifest.settings
+        let record = OutputFrameRecord(frame: frame, file: name, attempt: attempt, worker: worker,
+                                       modelID: manifest.modelID, seed: s.seed, sampler: s.sampler, steps: s.steps,
+                                       imageGuidance: s.imageGuidance, poseGuidance: s.poseGuidance,
+                                       renderSeconds: renderSeconds, pngSHA256: digest, pngSize: png.count)
+        written[frame] = record
+        dirty = true
+        if flush { try writeManifestLocked() }
+        return record
+    }
+
+    /// Rewrites manifest.json if frames were written since the last rewrite.
+    public func flush() throws {
+        lock.lock()
+        defer { lock.unlock() }
+        if dirty { try writeManifestLocked() }
+    }
+
+    /// Encodes the whole sequence with ffmpeg into `video` (H.264, yuv420p, `fps` frames per second),
+    /// via a temp file in the video's folder that is renamed into place. Refused while any frame is
+    /// missing. Frames are fed in ascending frame number: directly with `-start_number` when the
+    /// numbers are contiguous, otherwise through numbered symbolic links in a temp folder, so the
+    /// video never has a gap or a wrong order. Odd frame sizes are padded to even.
+    @discardableResult
+    public func makeVideo(at video: URL, fps: Int = 30, ffmpeg: String = "ffmpeg") throws -> OutputVideoRecord {
+        precondition(fps > 0, "fps must be positive, got \(fps)")
+        flushIgnoringErrors()
+        let (frames, job) = { () -> ([UInt32], UInt64) in
+            lock.lock()
+            defer { lock.unlock() }
+            return (manifest.framesExpected, manifest.jobID)
+        }()
+        let missing = missingFrames
+        guard missing.isEmpty, !frames.isEmpty else {
+            throw OutputError.incomplete(jobID: job, missing: frames.isEmpty ? [] : missing)
+        }
+        let fm = FileManager.default
+        let contiguous = zip(frames, frames.dropFirst()).allSatisfy { $1 == $0 + 1 }
+        var pattern = directory.appendingPathComponent("frame_%05d.png").path
+        var startNumber = frames[0]
+        var linkFolder: URL?
+        defer { if let linkFolder { try? fm.removeItem(at: linkFolder) } }
+        if !contiguous {
+            let folder = directory.appendingPathComponent(".video-frames.tmp-\(UInt32.random(in: 0 ... .max))")
+            do {
+                try fm.createDirectory(at: folder, withIntermediateDirectories: true)
+                linkFolder = folder
+                for (index, frame) in frames.enumerated() {
+                    try fm.createSymbolicLink(atPath: folder.appendingPathComponent(String(format: "seq_%08d.png", index)).path,
+                                              withDestinationPath: directory.appendingPathComponent(OutputWriter.fileName(frame: frame)).path)
+                }
+            } catch {
+                throw OutputError.io(path: folder.path, message: "cannot prepare the ordered frame list: \(error)")
+            }
+            pattern = folder.appendingPathComponent("seq_%08d.png").path
+            startNumber = 0
+        }
+        let target = video.standardizedFileURL
+        let temp = target.deletingLastPathComponent()
+            .appendingPathComponent(".tmp-\(UInt32.random(in: 0 ... .max))-" + target.lastPathComponent)
+        defer { try? fm.removeItem(at: temp) }
+        let arguments = ["-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                         "-framerate", String(fps), "-start_number", String(startNumber), "-i", pattern,
+                         "-frames:v", String(frames.count),
+                         "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+                         "-c:v", "libx264", "-pix_fmt", "yuv420p", temp.path]
+        try OutputWriter.run(ffmpeg, arguments)
+        if rename(temp.path, target.path) != 0 {
+            throw OutputError.io(path: target.path, message: "rename from \(temp.path) failed: \(String(cString: strerror(errno)))")
+        }
+        DurableFile.syncDirectory(target.deletingLastPathComponent().path)
+        let digest: String
+        do {
+            digest = try FileDigest.sha256(ofFile: target.path).sha256
+        } catch {
+            throw OutputError.io(path: target.path, message: "\(error)")
+        }
+        let record = OutputVideoRecord(path: target.path, fps: fps, frames: frames.count, sha256: digest)
+        lock.lock()
+        defer { lock.unlock() }
+        manifest.video = record
+        try writeManifestLocked()
+        return record
+    }
+
+    private func flushIgnoringErrors() { try? flush() }
+
+    private func writeManifestLocked() throws {
+        manifest.frames = written.values.sorted { $0.frame < $1.frame }
+        manifest.complete = written.count == expected.count
+        let url = directory.appendingPathComponent("manifest.json")
+        do {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try DurableFile.write(try encoder.encode(manifest), to: url)
+        } catch {
+            throw OutputError.io(path: url.path, message: "cannot write manifest: \(error)")
+        }
+        dirty = false
+    }
+
+    /// Runs `tool` (a path, or a name looked up in PATH) and throws with its stderr if it fails.
+    static func run(_ tool: String, _ arguments: [String]) throws {
+        let process = Process()
+        if tool.contains("/") {
+            process.executableURL = URL(fileURLWithPath: tool)
+            process.arguments = arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = [tool] + arguments
+        }
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        process.standardInput = FileHandle.nullDevice
+        let command = ([tool] + arguments).joined(separator: " ")
+        do {
+            try process.run()
+        } catch {
+            throw OutputError.ffmpegFailed(status: -1, command: command, stderr: "cannot start: \(error)")
+        }
+        let stderr = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationReason == .exit, process.terminationStatus == 0 else {
+            throw OutputError.ffmpegFailed(status: process.terminationStatus, command: command,
+                                           stderr: String(decoding: stderr, as: UTF8.self))
+        }
+    }
+}
