@@ -59,6 +59,7 @@ let package = Package(
                 dependencies: ["DPProtocol", "DPTransport", "DPJournal", "DPFileKit",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "Logging", package: "swift-log")],
+                exclude: ["DESIGN.md"],
                 swiftSettings: v5),
         .target(name: "DPWorker",
                 dependencies: ["DPPipeline", "DPProtocol", "DPTransport", "DPFileKit",
