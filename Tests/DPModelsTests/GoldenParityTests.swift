@@ -54,9 +54,8 @@ final class GoldenParityTests: XCTestCase {
                     print("      unmapped intermediates: \(result.unmapped.joined(separator: ", "))")
                 }
                 guard supported.contains(result.kind) else {
-                    if case .skipped = result.status {} else {
-                        XCTFail("\(dir.lastPathComponent)/\(result.name): unhandled kind gave \(result.line)")
-                    }
+                    // Kinds other modules register (sampling, pipeline) may pass or be skipped.
+                    XCTAssertFalse(result.isFailure, "\(dir.lastPathComponent)/\(result.line)")
                     continue
                 }
                 XCTAssertEqual(result.status, .passed, "\(dir.lastPathComponent)/\(result.line)")
