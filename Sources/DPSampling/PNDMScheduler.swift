@@ -1,7 +1,8 @@
 import DPTensor
 
-/// This implementation matches diffusers' `PNDMScheduler` (0.42) with `skip_prk_steps=True`, i.e. the
-/// PLMS sampler Stable Diffusion and DreamPose use.
+/// This implementation matches diffusers' `PNDMScheduler` (0.42). With `skip_prk_steps=True` it is the
+/// PLMS sampler Stable Diffusion and DreamPose use; with `skip_prk_steps=False` (the class default, e.g. a
+/// PNDM built from a DDIM config) the first 12 evaluations are diffusers' Runge-Kutta (PRK) warm-up.
 ///
 /// * N steps are N+1 model evaluations: the second timestep is repeated (`[.., t1, t1, t0]` reversed).
 /// * Step 0 (at T0) remembers the sample and eps0 and steps T0 -> T1 with eps0. Step 1 (T1 again) ignores
@@ -21,16 +22,19 @@ public struct PNDMScheduler: Scheduler {
     let stepRatio: Int          // num_train_timesteps // num_inference_steps
     let epsilonPrediction: Bool // false: v_prediction
 
-    // Running state (diffusers: counter, ets, cur_sample).
+    let prkTimesteps: [Int]     // empty with skip_prk_steps
+
+    // Running state (diffusers: counter, ets, cur_sample, cur_model_output).
     private(set) var counter = 0
     private var ets: [[Float]] = []
     private var curSample: [Float]?
+    private var curModelOutput: [Float]?
 
     public init(config: SchedulerConfig, steps: Int) throws {
         try checkSteps(steps, config, "PNDMScheduler")
-        guard config.skipPrkSteps else {
-            throw SchedulerError("PNDMScheduler: scheduler config key 'skip_prk_steps': only true (PLMS) is "
-                + "supported, found false")
+        if !config.skipPrkSteps && steps < 4 {
+            throw SchedulerError("PNDMScheduler: skip_prk_steps false (Runge-Kutta warm-up) needs at least 4 steps, "
+                + "found \(steps)")
         }
         switch config.predictionType {
         case "epsilon": epsilonPrediction = true
@@ -59,17 +63,62 @@ public struct PNDMScheduler: Scheduler {
             let fratio = Double(T) / Double(steps)
             base = NumPy.arange(Double(T), 0, -fratio).reversed().map { Int(NumPy.round($0)) - 1 }
         }
-        // plms_timesteps = concat(_timesteps[:-1], _timesteps[-2:-1], _timesteps[-1:])[::-1]
-        var plms = Array(base.dropLast())
-        if base.count >= 2 { plms.append(base[base.count - 2]) }
-        plms.append(base[base.count - 1])
-        timesteps = plms.reversed()
+        if config.skipPrkSteps {
+            // plms_timesteps = concat(_timesteps[:-1], _timesteps[-2:-1], _timesteps[-1:])[::-1]
+            var plms = Array(base.dropLast())
+            if base.count >= 2 { plms.append(base[base.count - 2]) }
+            plms.append(base[base.count - 1])
+            prkTimesteps = []
+            timesteps = plms.reversed()
+        } else {
+            // prk = _timesteps[-4:].repeat(2) + tile([0, T // N // 2], 4); prk = prk[:-1].repeat(2)[1:-1][::-1]
+            let half = ratio / 2
+            let prk0 = base.suffix(4).flatMap { [$0, $0 + half] }
+            let prk = Array(prk0.dropLast().flatMap { [$0, $0] }.dropFirst().dropLast().reversed())
+            prkTimesteps = prk
+            timesteps = prk + base.dropLast(3).reversed()   // plms_timesteps = _timesteps[:-3][::-1]
+        }
     }
 
     public func scaleModelInput(_ sample: Tensor, timestep: Int) -> Tensor { sample }
 
     public mutating func step(output: Tensor, timestep: Int, sample: Tensor) -> Tensor {
         precondition(output.shape == sample.shape, "PNDMScheduler.step: output \(output.shape) vs sample \(sample.shape)")
+        if counter < prkTimesteps.count { return stepPRK(output: output, timestep: timestep, sample: sample) }
+        return stepPLMS(output: output, timestep: timestep, sample: sample)
+    }
+
+    /// diffusers `step_prk`: 4 evaluations per Runge-Kutta step (t, t - h/2, t - h/2, t - h), all from the
+    /// sample stored at the first; the first 3 step with their own eps, the 4th with
+    /// (e1 + 2 e2 + 2 e3 + e4) / 6. The first eps of each is kept for PLMS.
+    mutating func stepPRK(output: Tensor, timestep: Int, sample: Tensor) -> Tensor {
+        let diffToPrev = counter % 2 == 1 ? 0 : stepRatio / 2
+        let prevT = timestep - diffToPrev
+        let t = prkTimesteps[counter / 4 * 4]
+        let n = output.count
+        var eps = output.data
+        let sixth = Float(1.0 / 6.0), third = Float(1.0 / 3.0)
+        switch counter % 4 {
+        case 0:
+            let acc = curModelOutput ?? [Float](repeating: 0, count: n)
+            curModelOutput = (0..<n).map { acc[$0] + sixth * eps[$0] }
+            ets.append(output.data)
+            curSample = sample.data
+        case 1, 2:
+            let acc = curModelOutput ?? [Float](repeating: 0, count: n)
+            curModelOutput = (0..<n).map { acc[$0] + third * eps[$0] }
+        default:
+            let acc = curModelOutput ?? [Float](repeating: 0, count: n)
+            eps = (0..<n).map { acc[$0] + sixth * eps[$0] }
+            curModelOutput = nil
+        }
+        let prev = prevSample(curSample ?? sample.data, t, prevT, eps)
+        counter += 1
+        return Tensor(shape: sample.shape, data: prev)
+    }
+
+    /// diffusers `step_plms`.
+    mutating func stepPLMS(output: Tensor, timestep: Int, sample: Tensor) -> Tensor {
         var t = timestep
         var prevT = timestep - stepRatio
         if counter != 1 {
