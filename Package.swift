@@ -87,7 +87,8 @@ let package = Package(
         // Tests.
         .testTarget(name: "DPTensorTests", dependencies: ["DPTensor"], swiftSettings: v5),
         .testTarget(name: "DPModelsTests", dependencies: ["DPModels", "DPTensor", "DPGolden"], swiftSettings: v5),
-        .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor"], swiftSettings: v5),
+        .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor"], exclude: ["Reference"],
+                    swiftSettings: v5),
         .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden"], swiftSettings: v5),
         .testTarget(name: "DPFarmTests",
                     dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal", "DPFileKit"],
