@@ -1,0 +1,530 @@
+// Worker sessions, dispatch by credits, results with fencing, and job completion.
+import DPFileKit
+import DPJournal
+import DPProtocol
+import Foundation
+
+extension Coordinator {
+    // MARK: sessions
+
+    func onHello(_ peer: Data, _ hello: FarmHello) throws {
+        guard !hello.workerName.isEmpty, hello.slots > 0 else {
+            log("rejected hello from \(peerName(peer)): worker name '\(hello.workerName)', slots \(hello.slots) "
+                + "(expected a name and at least 1 slot)")
+            send(peer, .error(FarmError(.badRequest, "hello needs a worker name and at least 1 slot, got name "
+                + "'\(hello.workerName)', slots \(hello.slots)")))
+            return
+        }
+        // Earlier sessions of this worker (same connection, or an older one by name) end here.
+        var previous: [LiveAttempt] = []
+        for old in [sessions[peer], sessionByName[hello.workerName].flatMap { sessions[$0] }].compactMap({ $0 }) {
+            guard sessions[old.routingID] != nil else { continue }
+            previous.append(contentsOf: old.attempts.values)
+            sessions[old.routingID] = nil
+            if sessionByName[old.name] == old.routingID { sessionByName[old.name] = nil }
+        }
+        let session = WorkerSession(routingID: peer, hello: hello, now: now)
+        var adopted: [UInt64] = []
+        var refused: [UInt64] = []
+        for id in hello.runningAttemptIds {
+            let attemptID = Int64(truncatingIfNeeded: id)
+            if let record = try journal.attempt(attemptID), record.worker == hello.workerName,
+               try journal.isCurrent(attemptID) {
+                session.attempts[attemptID] = LiveAttempt(id: attemptID, jobID: record.jobID, frame: record.frame,
+                                                          step: 0, total: 0, lastProgressMs: now)
+                adopted.append(id)
+            } else {
+                refused.append(id)
+            }
+        }
+        for old in previous where session.attempts[old.id] == nil {
+            loseAttempt(old.id, reason: "worker '\(hello.workerName)' reconnected without it")
+        }
+        sessions[peer] = session
+        sessionByName[session.name] = peer
+        try journal.recordWorker(name: session.name, host: hello.host.hostname, slots: session.slots,
+                                 threads: session.threads)
+        var welcome = FarmWelcome()
+        welcome.coordinatorID = coordinatorID
+        welcome.heartbeatIntervalMs = UInt32(settings.heartbeatIntervalMs)
+        welcome.heartbeatLiveness = UInt32(settings.heartbeatLiveness)
+        welcome.maxMessageBytes = UInt64(settings.maxMessageBytes)
+        welcome.modelChunkBytes = UInt32(min(settings.modelChunkBytes, models.maxChunkBytes))
+        welcome.adoptedAttemptIds = adopted
+        send(peer, .welcome(welcome))
+        for id in refused {
+            var cancel = FarmCancel()
+            cancel.attemptID = id
+            cancel.reason = "attempt \(id) is no longer current"
+            send(peer, .cancel(cancel))
+        }
+        log("worker '\(session.name)' registered from \(peerName(peer)): \(session.slots) slot(s), host "
+            + "'\(hello.host.hostname)', \(hello.cachedModelIds.count) cached model(s)"
+            + (adopted.isEmpty ? "" : ", re-adopted attempts \(adopted)")
+            + (refused.isEmpty ? "" : ", cancelled stale attempts \(refused)"))
+        dispatchNeeded = true
+    }
+
+    /// Ends a session: its attempts are lost (frames requeued, no failure counted).
+    func endSession(_ session: WorkerSession, reason: String) {
+        guard sessions[session.routingID] === session else { return }
+        sessions[session.routingID] = nil
+        if sessionByName[session.name] == session.routingID { sessionByName[session.name] = nil }
+        let ids = session.attempts.keys.sorted()
+        session.attempts.removeAll()
+        for id in ids { loseAttempt(id, reason: "worker '\(session.name)' \(reason)") }
+        log("worker '\(session.name)' (\(peerName(session.routingID))) dropped: \(reason)"
+            + (ids.isEmpty ? "" : "; requeued attempts \(ids)"))
+        dispatchNeeded = true
+    }
+
+    func loseAttempt(_ id: Int64, reason: String) {
+        do {
+            let outcome = try journal.loseAttempt(id, reason: reason)
+            if outcome.applied {
+                log("attempt \(id) (job \(outcome.jobID) frame \(outcome.frame)) lost: \(reason); frame requeued")
+                dispatchNeeded = true
+            }
+        } catch {
+            log("cannot requeue attempt \(id): \(error)")
+        }
+    }
+
+    func onWorkerMessage(_ session: WorkerSession, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64) throws {
+        switch body {
+        case .credit(let credit):
+            session.credit += Int(credit.credits)
+            dispatchNeeded = true
+        case .progress(let progress):
+            onProgress(session, progress)
+        case .heartbeat(let heartbeat):
+            for p in heartbeat.attempts {
+                let id = Int64(truncatingIfNeeded: p.attemptID)
+                guard var live = session.attempts[id] else { continue }
+                if Int(p.step) > live.step || live.total == 0 {
+                    live.step = Int(p.step)
+                    live.total = Int(p.totalSteps)
+                    live.lastProgressMs = now
+                    session.attempts[id] = live
+                }
+            }
+        case .frameResult(let result):
+            try onFrameResult(session, result)
+        case .goodbye(let goodbye):
+            let handed = Set(goodbye.handedBackAttemptIds.map { Int64(truncatingIfNeeded: $0) })
+            for id in session.attempts.keys.sorted() {
+                session.attempts[id] = nil
+                loseAttempt(id, reason: handed.contains(id) ? "handed back by worker '\(session.name)'"
+                    : "worker '\(session.name)' left without returning it")
+            }
+            endSession(session, reason: "said goodbye (\(goodbye.reason))")
+        case .modelManifestRequest(let request):
+            do {
+                let manifest = try models.manifest(for: request.modelID)
+                var reply = FarmModelManifest()
+                reply.modelID = manifest.modelID
+                reply.files = manifest.files.map {
+                    var f = FarmModelFile()
+                    f.path = $0.path
+                    f.size = $0.size
+                    f.sha256 = $0.sha256
+                    return f
+                }
+                send(session.routingID, .modelManifest(reply), requestID: requestID)
+            } catch let error as ModelStoreError {
+                log("refused model manifest request from \(peerName(session.routingID)): \(error.message)")
+                send(session.routingID, .error(FarmError(error.code, error.message)), requestID: requestID)
+            }
+        case .modelChunkRequest(let request):
+            do {
+                let chunk = try models.readChunk(modelID: request.modelID, path: request.path, offset: request.offset,
+                                                 length: Int(request.length))
+                var reply = FarmModelChunk()
+                reply.modelID = request.modelID
+                reply.path = request.path
+                reply.offset = request.offset
+                reply.data = chunk.data
+                reply.fileSize = chunk.fileSize
+                send(session.routingID, .modelChunk(reply), requestID: requestID)
+            } catch let error as ModelStoreError {
+                log("refused model chunk request from \(peerName(session.routingID)): \(error.message)")
+                send(session.routingID, .error(FarmError(error.code, error.message)), requestID: requestID)
+            }
+        default:
+            break
+        }
+    }
+
+    func onProgress(_ session: WorkerSession, _ progress: FarmProgress) {
+        let id = Int64(truncatingIfNeeded: progress.attemptID)
+        guard var live = session.attempts[id] else {
+            // Not an attempt this session holds: if it is not current, tell the worker to stop.
+            if (try? journal.isCurrent(id)) != true {
+                log("progress for attempt \(id) from \(peerName(session.routingID)) is not current: sent Cancel")
+                var cancel = FarmCancel()
+                cancel.attemptID = progress.attemptID
+                cancel.reason = "attempt \(id) is no longer current"
+                send(session.routingID, .cancel(cancel))
+            }
+            return
+        }
+        if Int(progress.step) > live.step || live.total == 0 { live.lastProgressMs = now }
+        live.step = Int(progress.step)
+        live.total = Int(progress.totalSteps)
+        session.attempts[id] = live
+        guard followers[live.jobID] != nil else { return }
+        var event = FarmFrameProgress()
+        event.frame = UInt32(live.frame)
+        event.attemptID = progress.attemptID
+        event.workerName = session.name
+        event.step = progress.step
+        event.totalSteps = progress.totalSteps
+        emit(job: live.jobID, .frameProgress(event))
+    }
+
+    // MARK: results (fencing)
+
+    func onFrameResult(_ session: WorkerSession, _ result: FarmFrameResult) throws {
+        let id = Int64(truncatingIfNeeded: result.attemptID)
+        session.attempts[id] = nil
+        dispatchNeeded = true
+        guard let record = try journal.attempt(id) else {
+            log("result for unknown attempt \(id) from \(peerName(session.routingID)): refused")
+            send(session.routingID, .error(FarmError(.unknownAttempt, "no attempt \(id)", attemptID: result.attemptID)))
+            return
+        }
+        guard record.worker == session.name else {
+            log("result for attempt \(id) of worker '\(record.worker)' from \(peerName(session.routingID)): refused")
+            send(session.routingID, .error(FarmError(.unknownAttempt,
+                                                     "attempt \(id) was given to worker '\(record.worker)', not '\(session.name)'",
+                                                     attemptID: result.attemptID)))
+            return
+        }
+        if result.hasError {
+            try onFailedResult(session, record, result.error)
+            return
+        }
+        let digest = FileDigest.sha256(result.png)
+        guard digest == result.pngSha256 else {
+            try onFailedResult(session, record, FarmError(.checksumMismatch,
+                "job \(record.jobID) frame \(record.frame): PNG has sha256 \(digest), worker claimed \(result.pngSha256)"))
+            return
+        }
+        let output = FrameOutput(sha256: digest, size: result.png.count, renderSeconds: result.renderSeconds)
+        guard try journal.isCurrent(id) else {
+            let outcome = try journal.completeAttempt(id, output: output)
+            log("stale result: attempt \(id) (job \(record.jobID) frame \(record.frame)) from worker '\(session.name)' "
+                + "is not current (\(outcome.staleReason ?? "frame moved on")); recorded, PNG dropped")
+            return
+        }
+        let context: JobContext
+        do {
+            context = try jobContext(record.jobID)
+        } catch {
+            log("job \(record.jobID): cannot open its output for frame \(record.frame): \(error)")
+            failJob(record.jobID, error: "\(error)")
+            return
+        }
+        do {
+            try context.output.write(frame: UInt32(record.frame), png: result.png, attempt: UInt64(id),
+                                     worker: session.name, renderSeconds: result.renderSeconds,
+                                     claimedSHA256: result.pngSha256)
+        } catch let error as OutputError {
+            if case .alreadyWritten = error {
+                // Written before a crash that came before the journal update: same job, same bytes.
+                log("job \(record.jobID) frame \(record.frame): already in the output folder (\(error)); marking done")
+            } else {
+                log("job \(record.jobID) frame \(record.frame): cannot write the output: \(error)")
+                loseAttempt(id, reason: "coordinator could not write the frame: \(error)")
+                return
+            }
+        }
+        let outcome = try journal.completeAttempt(id, output: output)
+        session.models.insert(context.modelID)
+        log("job \(record.jobID) frame \(record.frame) done by worker '\(session.name)' (attempt \(id), "
+            + String(format: "%.2f s", result.renderSeconds) + ")")
+        if let list = followers[record.jobID] {
+            var done = FarmFrameDone()
+            done.frame = UInt32(record.frame)
+            done.attemptID = UInt64(id)
+            done.workerName = session.name
+            done.renderSeconds = result.renderSeconds
+            done.pngSha256 = digest
+            done.pngSize = UInt64(result.png.count)
+            let counts = self.counts(record.jobID)
+            for follower in list {
+                var event = done
+                if follower.includePNG { event.png = result.png }
+                sendEvent(follower, job: record.jobID, counts: counts, .frameDone(event))
+            }
+        }
+        if outcome.jobFinished { finishJob(record.jobID) }
+    }
+
+    func onFailedResult(_ session: WorkerSession, _ record: AttemptRecord, _ error: FarmError) throws {
+        let reason = "\(error.code) from worker '\(session.name)': \(error.message)"
+        switch error.code {
+        case .cancelled, .shuttingDown:
+            loseAttempt(record.id, reason: reason)
+            return
+        case .jobPrepMissing:
+            session.preps.remove(record.jobID)
+            loseAttempt(record.id, reason: reason)
+            return
+        default:
+            break
+        }
+        let outcome = try journal.failAttempt(record.id, error: reason,
+                                              maxFailedWorkersPerFrame: settings.maxFailedWorkersPerFrame,
+                                              maxFailedFramesPerWorker: settings.maxFailedFramesPerWorkerJob)
+        guard outcome.applied else {
+            log("stale failure: attempt \(record.id) (job \(record.jobID) frame \(record.frame)): \(reason); recorded")
+            return
+        }
+        let final = outcome.frameState == .failed
+        log("job \(record.jobID) frame \(record.frame) failed on attempt \(record.id): \(reason)"
+            + (final ? "; frame given up" : "; requeued")
+            + (outcome.workerBannedFromJob ? "; worker '\(session.name)' gets no more frames of this job" : ""))
+        var failed = FarmFrameFailed()
+        failed.frame = UInt32(record.frame)
+        failed.attemptID = UInt64(record.id)
+        failed.workerName = session.name
+        failed.error = error
+        failed.final = final
+        emit(job: record.jobID, .frameFailed(failed))
+        if outcome.jobFinished { finishJob(record.jobID) }
+    }
+
+    // MARK: dispatch
+
+    func dispatch() {
+        dispatchNeeded = false
+        let ready = sessions.values.filter { $0.credit > 0 }
+        guard !ready.isEmpty else { return }
+        let top: DispatchCandidate
+        do {
+            guard let best = try journal.nextFrames(limit: 1).first else { return }
+            top = best
+        } catch {
+            log("dispatch: cannot read the queue: \(error)")
+            return
+        }
+        // Workers that hold the best frame's model first, then the freest.
+        let ordered = ready.sorted {
+            let a = $0.models.contains(top.modelID), b = $1.models.contains(top.modelID)
+            if a != b { return a }
+            if $0.credit != $1.credit { return $0.credit > $1.credit }
+            return $0.name < $1.name
+        }
+        for session in ordered {
+            var rounds = 0
+            while session.credit > 0, sessions[session.routingID] === session, rounds < 8 {
+                rounds += 1
+                let candidates: [DispatchCandidate]
+                do {
+                    candidates = try journal.nextFrames(limit: session.credit, worker: session.name)
+                } catch {
+                    log("dispatch: cannot read the queue for worker '\(session.name)': \(error)")
+                    return
+                }
+                if candidates.isEmpty { break }
+                for candidate in candidates where session.credit > 0 && sessions[session.routingID] === session {
+                    dispatchOne(session, candidate)
+                }
+            }
+        }
+    }
+
+    func dispatchOne(_ session: WorkerSession, _ candidate: DispatchCandidate) {
+        let context: JobContext
+        do {
+            context = try jobContext(candidate.jobID)
+        } catch {
+            log("job \(candidate.jobID): cannot prepare it for dispatch: \(error)")
+            failJob(candidate.jobID, error: "\(error)")
+            return
+        }
+        let window: [Data]
+        do {
+            window = try context.poseWindow(for: UInt32(candidate.frame))
+        } catch {
+            log("job \(candidate.jobID) frame \(candidate.frame): cannot read its poses: \(error)")
+            failJob(candidate.jobID, error: "\(error)")
+            return
+        }
+        let attempt: AttemptRecord
+        do {
+            attempt = try journal.startAttempt(job: candidate.jobID, frame: candidate.frame, worker: session.name)
+        } catch {
+            log("dispatch of job \(candidate.jobID) frame \(candidate.frame) to '\(session.name)' refused: \(error)")
+            return
+        }
+        session.credit -= 1
+        session.attempts[attempt.id] = LiveAttempt(id: attempt.id, jobID: candidate.jobID, frame: candidate.frame,
+                                                   step: 0, total: 0, lastProgressMs: now)
+        if !session.preps.contains(candidate.jobID) {
+            session.preps.insert(candidate.jobID)
+            guard send(session.routingID, .jobPrep(context.prep)) else {
+                session.preps.remove(candidate.jobID)
+                return
+            }
+        }
+        var task = FarmFrameTask()
+        task.jobID = UInt64(candidate.jobID)
+        task.attemptID = UInt64(attempt.id)
+        task.frame = UInt32(candidate.frame)
+        task.modelID = context.modelID
+        task.poseWindowNpy = window
+        send(session.routingID, .frameTask(task))
+    }
+
+    // MARK: jobs
+
+    func jobContext(_ id: Int64) throws -> JobContext {
+        if let context = jobContexts[id] { return context }
+        guard let record = try journal.job(id) else { throw JournalError.unknownJob(id) }
+        let context = try JobContext(record: record, frames: try journal.frames(job: id).map { UInt32($0.frame) },
+                                     models: models, inputs: inputsDirectory)
+        jobContexts[id] = context
+        return context
+    }
+
+    func failJob(_ id: Int64, error: String) {
+        do {
+            let running = try journal.failJob(id, error: error)
+            cancelOnWorkers(job: id, attempts: running, reason: error)
+            log("job \(id) failed: \(error)")
+            finishJob(id)
+        } catch {
+            log("cannot fail job \(id): \(error)")
+        }
+    }
+
+    /// Sends Cancel{job} to every session holding the job's prep or one of its attempts.
+    func cancelOnWorkers(job: Int64, attempts: [AttemptRecord], reason: String) {
+        let holders = Set(attempts.map(\.worker))
+        for session in Array(sessions.values)
+        where session.preps.contains(job) || holders.contains(session.name)
+            || session.attempts.values.contains(where: { $0.jobID == job }) {
+            session.preps.remove(job)
+            var cancel = FarmCancel()
+            cancel.jobID = UInt64(job)
+            cancel.reason = reason
+            send(session.routingID, .cancel(cancel))
+            log("sent Cancel{job \(job)} to worker '\(session.name)'")
+        }
+    }
+
+    /// The job reached a final state: video (off the loop thread), JobFinished to followers.
+    func finishJob(_ id: Int64) {
+        guard let record = try? journal.job(id) else { return }
+        try? jobContexts[id]?.output.flush()
+        if record.state == .completed, let video = record.videoPath, !video.isEmpty, !record.videoWritten {
+            scheduleVideo(job: id)
+            return
+        }
+        let video = record.videoWritten ? record.videoPath : nil
+        announceFinished(id, state: record.state, video: video, message: record.error ?? "")
+    }
+
+    func announceFinished(_ id: Int64, state: JobState, video: String?, message: String) {
+        var finished = FarmJobFinished()
+        finished.state = FarmJobState(state)
+        finished.videoPath = video ?? ""
+        finished.message = message
+        log("job \(id) finished: \(state.rawValue)" + (video.map { ", video \($0)" } ?? "")
+            + (message.isEmpty ? "" : " (\(message))"))
+        emit(job: id, .jobFinished(finished))
+        followers[id] = nil
+        jobContexts[id] = nil
+    }
+
+    func scheduleVideo(job id: Int64) {
+        guard !videosPending.contains(id) else { return }
+        let context: JobContext
+        let record: JobRecord
+        do {
+            guard let r = try journal.job(id) else { return }
+            record = r
+            context = try jobContext(id)
+        } catch {
+            log("job \(id): cannot make its video: \(error)")
+            return
+        }
+        videosPending.insert(id)
+        let journal = self.journal
+        let ffmpeg = settings.ffmpegPath
+        videoQueue.async { [weak self] in
+            var path: String?
+            var message = ""
+            do {
+                let video = try context.output.makeVideo(at: URL(fileURLWithPath: record.videoPath ?? ""),
+                                                         fps: record.videoFPS, ffmpeg: ffmpeg)
+                try journal.markVideoWritten(job: id)
+                path = video.path
+            } catch {
+                message = "video failed: \(error)"
+            }
+            guard let self else { return }
+            self.videoLock.lock()
+            self.videosDone.append((id, path, message))
+            self.videoLock.unlock()
+        }
+    }
+
+    func drainVideos() {
+        videoLock.lock()
+        let done = videosDone
+        videosDone.removeAll()
+        videoLock.unlock()
+        for (id, path, message) in done {
+            videosPending.remove(id)
+            if !message.isEmpty { log("job \(id): \(message)") }
+            let state = (try? journal.job(id))?.state ?? .completed
+            announceFinished(id, state: state, video: path, message: message)
+        }
+    }
+
+    // MARK: follower events
+
+    func counts(_ job: Int64) -> FarmJobCounts {
+        var counts = FarmJobCounts()
+        guard let p = try? journal.progress(job: job) else { return counts }
+        counts.total = UInt32(p.total)
+        counts.queued = UInt32(p.queued)
+        counts.inFlight = UInt32(p.dispatched)
+        counts.done = UInt32(p.done)
+        counts.failed = UInt32(p.failed)
+        counts.cancelled = UInt32(p.cancelled)
+        return counts
+    }
+
+    func emit(job: Int64, _ event: DPProtocol.FarmJobEvent.OneOf_Event) {
+        guard let list = followers[job], !list.isEmpty else { return }
+        let counts = self.counts(job)
+        for follower in list { sendEvent(follower, job: job, counts: counts, event) }
+    }
+
+    func sendEvent(_ follower: Follower, job: Int64, counts: FarmJobCounts,
+                   _ event: DPProtocol.FarmJobEvent.OneOf_Event?) {
+        var message = DPProtocol.FarmJobEvent()
+        message.jobID = UInt64(job)
+        message.counts = counts
+        message.sentUnixMs = UInt64(max(0, now))
+        message.event = event
+        send(follower.peer, .jobEvent(message), requestID: follower.requestID)
+    }
+}
+
+extension FarmJobState {
+    init(_ state: JobState) {
+        switch state {
+        case .uploading: self = .uploading
+        case .queued: self = .queued
+        case .running: self = .running
+        case .completed: self = .completed
+        case .failed: self = .failed
+        case .cancelled: self = .cancelled
+        }
+    }
+}

@@ -1,0 +1,357 @@
+// The farm coordinator: one thread (the one in `run()`) owns the ROUTER socket and every piece of
+// state - worker sessions, credits, job contexts, uploads, followers - in the zguide Majordomo
+// style: poll the socket with a short timeout, handle what arrived, then a timer tick (heartbeats,
+// dead/stalled workers, the restart grace period) and dispatch. Journal calls run inline; the
+// journal is the source of truth for frames and attempts (fencing by attempt id).
+// Message flow: DESIGN.md next to this file.
+import DPFileKit
+import DPJournal
+import DPProtocol
+import DPTransport
+import Foundation
+
+public final class Coordinator: @unchecked Sendable {
+    public let settings: CoordinatorSettings
+    public let journal: Journal
+    public let models: ModelStore
+    /// The bound endpoint (ZMQ_LAST_ENDPOINT), e.g. tcp://127.0.0.1:40123.
+    public let endpoint: String
+
+    let clock: JournalClock
+    let log: @Sendable (String) -> Void
+    let context: ZMQContext
+    let router: ZMQSocket
+    let coordinatorID: String
+    let inputsDirectory: URL
+
+    private let stopLock = NSLock()
+    private var stopRequested = false
+    private var running = false
+
+    // MARK: loop state (touched only by the thread in run())
+    var sessions: [Data: WorkerSession] = [:]
+    var sessionByName: [String: Data] = [:]
+    var jobContexts: [Int64: JobContext] = [:]
+    var uploads: [Int64: JobUpload] = [:]
+    var modelUploads: [String: ModelUpload] = [:]
+    var followers: [Int64: [Follower]] = [:]
+    var startedMs: Int64 = 0
+    var graceDone = false
+    var dispatchNeeded = true
+    var heartbeatSequence: UInt64 = 0
+    /// Videos encoded on `videoQueue`, reported back to the loop: (job, video path or nil, message).
+    let videoLock = NSLock()
+    var videosDone: [(Int64, String?, String)] = []
+    var videosPending: Set<Int64> = []
+    let videoQueue = DispatchQueue(label: "dp-coord.video")
+
+    public init(settings: CoordinatorSettings, clock: JournalClock = SystemClock(),
+                log: @escaping @Sendable (String) -> Void) throws {
+        self.settings = settings
+        self.clock = clock
+        self.log = log
+        guard settings.heartbeatIntervalMs > 0, settings.heartbeatLiveness > 0 else {
+            throw CoordinatorError("heartbeat interval (\(settings.heartbeatIntervalMs) ms) and liveness "
+                + "(\(settings.heartbeatLiveness)) must be positive")
+        }
+        let state = settings.stateDirectory.standardizedFileURL
+        inputsDirectory = state.appendingPathComponent("inputs", isDirectory: true)
+        do {
+            try FileManager.default.createDirectory(at: inputsDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw CoordinatorError("cannot create state folder \(state.path): \(error)")
+        }
+        journal = try Journal(path: state.appendingPathComponent("journal.sqlite").path, clock: clock)
+        let chunkLimit = max(64 << 10, min(16 << 20, settings.maxMessageBytes - (64 << 10)))
+        models = try ModelStore(directory: state.appendingPathComponent("models", isDirectory: true),
+                                maxChunkBytes: chunkLimit)
+        context = try ZMQContext()
+        router = try context.socket(.router)
+        try router.set([.routerMandatory(true), .maxMessageSize(Int64(settings.maxMessageBytes) + 4096),
+                        .sendHighWaterMark(100_000), .receiveHighWaterMark(100_000)])
+        do {
+            endpoint = try router.bind(settings.bind)
+        } catch {
+            router.close()
+            throw CoordinatorError("cannot bind \(settings.bind): \(error)")
+        }
+        coordinatorID = String(format: "%016llx", UInt64.random(in: 0 ... .max))
+    }
+
+    /// Runs the loop on the calling thread until `shutdown()`. Owns the ROUTER socket.
+    public func run() throws {
+        stopLock.lock()
+        guard !running else { stopLock.unlock(); throw CoordinatorError("run() is already running") }
+        running = true
+        stopLock.unlock()
+        defer {
+            router.close()
+            context.terminate()
+        }
+        startedMs = clock.nowMilliseconds()
+        try startUp()
+        let poller = ZMQPoller()
+        try poller.add(router)
+        let pollMs = max(5, min(100, settings.heartbeatIntervalMs / 4))
+        log("coordinator \(coordinatorID) serving on \(endpoint) (state \(settings.stateDirectory.path))")
+        while !isStopping {
+            let ready = try poller.poll(timeoutMilliseconds: pollMs)
+            if ready[0].contains(.readable) {
+                var handled = 0
+                while handled < 1024, let frames = try router.receive(flags: .dontWait) {
+                    handle(frames)
+                    handled += 1
+                }
+            }
+            tick()
+            if dispatchNeeded { dispatch() }
+        }
+        // Let a video being encoded finish its journal write before the state goes away.
+        videoQueue.sync {}
+        log("coordinator \(coordinatorID) stopped")
+    }
+
+    /// Thread-safe; `run()` returns within one poll interval.
+    public func shutdown() {
+        stopLock.lock()
+        stopRequested = true
+        stopLock.unlock()
+    }
+
+    var isStopping: Bool {
+        stopLock.lock()
+        defer { stopLock.unlock() }
+        return stopRequested
+    }
+
+    var now: Int64 { clock.nowMilliseconds() }
+
+    // MARK: start-up
+
+    func startUp() throws {
+        for job in try journal.jobs(states: [.uploading]) {
+            _ = try journal.failJob(job.id, error: "upload interrupted by a coordinator restart; submit the job again")
+            log("job \(job.id) '\(job.name)': was uploading when the coordinator stopped; marked failed")
+        }
+        for job in try journal.jobs(states: [.completed]) where (job.videoPath ?? "") != "" && !job.videoWritten {
+            log("job \(job.id) '\(job.name)': completed without its video; encoding it now")
+            scheduleVideo(job: job.id)
+        }
+        let inFlight = try journal.runningAttempts()
+        if !inFlight.isEmpty {
+            log("\(inFlight.count) attempt(s) in flight from before the restart: requeued after "
+                + "\(settings.restartGraceSeconds) s unless their workers re-adopt them")
+        }
+        if settings.restartGraceSeconds <= 0 { endGrace() }
+    }
+
+    func endGrace() {
+        graceDone = true
+        let keep = Set(sessions.values.flatMap { $0.attempts.keys })
+        do {
+            let requeued = try journal.requeueInFlightAttempts(
+                keeping: keep, reason: "not re-adopted within the \(settings.restartGraceSeconds) s restart grace period")
+            if !requeued.isEmpty {
+                log("restart grace over: requeued \(requeued.count) attempt(s) "
+                    + requeued.map { "\($0.id) (job \($0.jobID) frame \($0.frame), worker \($0.worker))" }
+                    .joined(separator: ", "))
+                dispatchNeeded = true
+            }
+        } catch {
+            log("restart grace over: cannot requeue in-flight attempts: \(error)")
+        }
+    }
+
+    // MARK: receiving
+
+    func peerName(_ routingID: Data) -> String {
+        let hex = routingID.map { String(format: "%02x", $0) }.joined()
+        if let s = sessions[routingID] { return "peer \(hex) (worker '\(s.name)')" }
+        return "peer \(hex)"
+    }
+
+    func handle(_ frames: [Data]) {
+        guard frames.count == 2 else {
+            let peer = frames.first ?? Data()
+            let why = FarmProtocolError.malformed(
+                "expected 2 frames [routing id, envelope], got \(frames.count)")
+            reject(peer, why)
+            return
+        }
+        let routingID = frames[0]
+        let envelope: FarmEnvelope
+        do {
+            envelope = try FarmEnvelope.decode(frames[1], maxBytes: settings.maxMessageBytes)
+        } catch let error as FarmProtocolError {
+            reject(routingID, error)
+            return
+        } catch {
+            reject(routingID, .malformed("\(error)"))
+            return
+        }
+        if let session = sessions[routingID] { session.lastHeardMs = now }
+        do {
+            try route(routingID, envelope)
+        } catch {
+            log("error handling \(envelope.bodyName) from \(peerName(routingID)): \(error)")
+            send(routingID, .error(FarmError(.internal, "coordinator error handling \(envelope.bodyName): \(error)")),
+                 requestID: envelope.requestID)
+        }
+    }
+
+    func reject(_ routingID: Data, _ error: FarmProtocolError) {
+        log("rejected message from \(peerName(routingID)): \(error.description)")
+        guard !routingID.isEmpty else { return }
+        send(routingID, .error(FarmError(error)))
+    }
+
+    func route(_ peer: Data, _ envelope: FarmEnvelope) throws {
+        let rid = envelope.requestID
+        guard let body = envelope.body else { return }
+        switch body {
+        case .hello(let hello):
+            try onHello(peer, hello)
+        case .credit, .progress, .frameResult, .goodbye, .heartbeat, .modelManifestRequest, .modelChunkRequest:
+            guard let session = sessions[peer] else {
+                log("\(body.name) from unregistered \(peerName(peer)): answered NOT_REGISTERED")
+                send(peer, .error(FarmError(.notRegistered, "send Hello first: no session for this connection")),
+                     requestID: rid)
+                return
+            }
+            try onWorkerMessage(session, body, requestID: rid)
+        case .error(let error):
+            log("error from \(peerName(peer)): \(error.code) \(error.message)")
+        case .submitJob(let submit):
+            try onSubmit(peer, rid, submit)
+        case .uploadChunk(let chunk):
+            try onUpload(peer, rid, chunk)
+        case .followJob(let follow):
+            try onFollow(peer, rid, follow)
+        case .statusRequest(let request):
+            try onStatus(peer, rid, request)
+        case .cancelJob(let cancel):
+            try onCancel(peer, rid, cancel)
+        case .workersRequest:
+            try onWorkers(peer, rid)
+        default:
+            log("rejected \(body.name) from \(peerName(peer)): not a message a coordinator receives")
+            send(peer, .error(FarmError(.badRequest, "\(body.name) is not a message a coordinator receives")),
+                 requestID: rid)
+        }
+    }
+
+    // MARK: sending
+
+    /// Sends one Envelope to `peer`; false if it could not be queued (then the peer may be dropped).
+    @discardableResult
+    func send(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64 = 0) -> Bool {
+        let maxBytes = sessions[peer]?.maxMessageBytes ?? FarmProtocol.defaultMaxMessageBytes
+        do {
+            let data = try FarmEnvelope(body, requestID: requestID).encoded(maxBytes: maxBytes)
+            guard try router.send([peer, data], flags: .dontWait) else {
+                log("send queue to \(peerName(peer)) is full: dropped \(body.name)")
+                return false
+            }
+            sessions[peer]?.lastSentMs = now
+            return true
+        } catch let error as ZMQError where error.isHostUnreachable {
+            log("\(peerName(peer)) is gone (sending \(body.name)): dropping it")
+            dropPeer(peer, reason: "connection gone")
+            return false
+        } catch {
+            log("cannot send \(body.name) to \(peerName(peer)): \(error)")
+            return false
+        }
+    }
+
+    func dropPeer(_ peer: Data, reason: String) {
+        if let session = sessions[peer] { endSession(session, reason: reason) }
+        for (job, list) in followers {
+            let kept = list.filter { $0.peer != peer }
+            followers[job] = kept.isEmpty ? nil : kept
+        }
+    }
+
+    // MARK: timer
+
+    func tick() {
+        let t = now
+        if !graceDone, Double(t - startedMs) >= settings.restartGraceSeconds * 1000 { endGrace() }
+        let deadline = Int64(settings.heartbeatIntervalMs * settings.heartbeatLiveness)
+        for session in Array(sessions.values) where t - session.lastHeardMs > deadline {
+            endSession(session, reason: "silent for \(t - session.lastHeardMs) ms "
+                + "(\(settings.heartbeatLiveness) x \(settings.heartbeatIntervalMs) ms heartbeats)")
+        }
+        let stallMs = Int64(settings.stallTimeoutSeconds * 1000)
+        for session in Array(sessions.values) {
+            for attempt in Array(session.attempts.values) where t - attempt.lastProgressMs > stallMs {
+                session.attempts[attempt.id] = nil
+                loseAttempt(attempt.id, reason: "stalled: no step progress on worker '\(session.name)' for "
+                    + "\(t - attempt.lastProgressMs) ms")
+                var cancel = FarmCancel()
+                cancel.attemptID = UInt64(attempt.id)
+                cancel.reason = "stalled"
+                send(session.routingID, .cancel(cancel))
+            }
+        }
+        let interval = Int64(settings.heartbeatIntervalMs)
+        for session in Array(sessions.values) where t - session.lastSentMs >= interval {
+            heartbeatSequence += 1
+            var hb = FarmHeartbeat()
+            hb.sequence = heartbeatSequence
+            hb.sentUnixMs = UInt64(max(0, t))
+            send(session.routingID, .heartbeat(hb))
+        }
+        drainVideos()
+    }
+}
+
+/// A coordinator failure at start-up or in `run()`.
+public struct CoordinatorError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// One connected worker (one routing id, from its Hello until death, Goodbye or a newer Hello).
+final class WorkerSession {
+    let routingID: Data
+    let name: String
+    let slots: Int
+    let threads: Int
+    let host: FarmHostInfo
+    let maxMessageBytes: Int
+    var credit = 0
+    var preps: Set<Int64> = []
+    var attempts: [Int64: LiveAttempt] = [:]
+    var models: Set<String>
+    var lastHeardMs: Int64
+    var lastSentMs: Int64
+
+    init(routingID: Data, hello: FarmHello, now: Int64) {
+        self.routingID = routingID
+        name = hello.workerName
+        slots = Int(hello.slots)
+        threads = Int(hello.threads)
+        host = hello.host
+        maxMessageBytes = hello.maxMessageBytes > 0 ? Int(min(hello.maxMessageBytes, UInt64(Int.max)))
+            : FarmProtocol.defaultMaxMessageBytes
+        models = Set(hello.cachedModelIds)
+        lastHeardMs = now
+        lastSentMs = now
+    }
+}
+
+struct LiveAttempt {
+    let id: Int64
+    let jobID: Int64
+    let frame: Int
+    var step: Int
+    var total: Int
+    var lastProgressMs: Int64
+}
+
+struct Follower {
+    let peer: Data
+    let requestID: UInt64
+    let includePNG: Bool
+}

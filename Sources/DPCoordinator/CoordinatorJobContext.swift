@@ -1,0 +1,129 @@
+// What the coordinator keeps in memory per active job: its spec, the JobPrep it sends workers, the
+// pose files (content-addressed in <state>/inputs) and its OutputWriter.
+import DPFileKit
+import DPJournal
+import DPProtocol
+import Foundation
+
+final class JobContext {
+    let id: Int64
+    let spec: FarmJobSpec
+    let modelID: String
+    let prep: FarmJobPrep
+    let output: OutputWriter
+    let poseWindowSize: Int
+    private let poseFiles: [UInt32: URL]
+    private let available: Set<UInt32>
+    private var poseCache: [UInt32: Data] = [:]
+
+    init(record: JobRecord, frames: [UInt32], models: ModelStore, inputs: URL) throws {
+        id = record.id
+        do {
+            spec = try FarmJobSpec(serializedBytes: record.spec)
+        } catch {
+            throw CoordinatorError("job \(record.id): its journaled spec does not decode: \(error)")
+        }
+        modelID = record.modelID
+        guard models.contains(modelID) else {
+            throw CoordinatorError("job \(record.id): model \(modelID) is not held by this coordinator")
+        }
+        let defaults = try ModelDefaults(folder: models.folder(for: modelID), modelID: modelID)
+        poseWindowSize = defaults.poseWindow
+        var files: [UInt32: URL] = [:]
+        for pose in spec.poses {
+            files[pose.frame] = inputs.appendingPathComponent(pose.file.sha256)
+        }
+        poseFiles = files
+        available = Set(files.keys)
+        let subjectURL = inputs.appendingPathComponent(spec.subject.sha256)
+        let subject: Data
+        do {
+            subject = try Data(contentsOf: subjectURL)
+        } catch {
+            throw CoordinatorError("job \(record.id): cannot read its subject image \(subjectURL.path): \(error)")
+        }
+        var prep = FarmJobPrep()
+        prep.jobID = UInt64(record.id)
+        prep.modelID = modelID
+        prep.settings = spec.settings
+        prep.subjectPng = subject
+        prep.poseWindow = UInt32(poseWindowSize)
+        self.prep = prep
+
+        let s = spec.settings
+        var seed: UInt64?
+        var noiseSHA: String?
+        switch s.noise {
+        case .noiseNpy(let data)?: noiseSHA = FileDigest.sha256(data)
+        case .seed(let value)?: seed = value
+        case nil: seed = 0
+        }
+        let outputSettings = OutputJobSettings(
+            seed: seed, noiseSHA256: noiseSHA, sampler: s.sampler.isEmpty ? defaults.sampler : s.sampler,
+            steps: s.steps == 0 ? defaults.steps : Int(s.steps),
+            imageGuidance: s.hasImageGuidance_p ? s.imageGuidance : defaults.imageGuidance,
+            poseGuidance: s.hasPoseGuidance_p ? s.poseGuidance : defaults.poseGuidance)
+        output = try OutputWriter(directory: URL(fileURLWithPath: record.outputDir), jobID: UInt64(record.id),
+                                  modelID: modelID, settings: outputSettings, frames: frames)
+    }
+
+    /// The .npy bytes of poses n-2 ... n+2 (centre-pose fallback applied) for frame `frame`.
+    func poseWindow(for frame: UInt32) throws -> [Data] {
+        let numbers = PoseWindow.frames(for: frame, available: available, size: poseWindowSize)
+        if poseCache.count > 256 { poseCache.removeAll(keepingCapacity: true) }
+        return try numbers.map { n in
+            if let data = poseCache[n] { return data }
+            guard let url = poseFiles[n] else {
+                throw CoordinatorError("job \(id): frame \(frame) needs pose \(n), which the job does not list")
+            }
+            let data: Data
+            do {
+                data = try Data(contentsOf: url)
+            } catch {
+                throw CoordinatorError("job \(id): cannot read pose \(n) (\(url.path)): \(error)")
+            }
+            poseCache[n] = data
+            return data
+        }
+    }
+}
+
+/// The defaults of a model's dreampose.json (docs/model-format.md) that manifest.json reports.
+struct ModelDefaults {
+    var steps: Int
+    var sampler: String
+    var imageGuidance: Float
+    var poseGuidance: Float
+    var poseWindow: Int
+
+    init(folder: URL, modelID: String) throws {
+        let url = folder.appendingPathComponent("dreampose.json")
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: try Data(contentsOf: url))
+        } catch {
+            throw CoordinatorError("model \(modelID): cannot read \(url.path): \(error)")
+        }
+        guard let root = object as? [String: Any], let defaults = root["defaults"] as? [String: Any] else {
+            throw CoordinatorError("model \(modelID): \(url.path) has no \"defaults\" object")
+        }
+        func number(_ key: String) throws -> Double {
+            guard let v = defaults[key] as? NSNumber else {
+                throw CoordinatorError("model \(modelID): \(url.path): defaults.\(key) missing or not a number")
+            }
+            return v.doubleValue
+        }
+        steps = Int(try number("steps"))
+        guard let sampler = defaults["sampler"] as? String else {
+            throw CoordinatorError("model \(modelID): \(url.path): defaults.sampler missing or not a string")
+        }
+        self.sampler = sampler
+        imageGuidance = Float(try number("image_guidance"))
+        poseGuidance = Float(try number("pose_guidance"))
+        let window = (root["pose_window"] as? NSNumber)?.intValue ?? FarmProtocol.defaultPoseWindow
+        guard window > 0, window % 2 == 1 else {
+            throw CoordinatorError("model \(modelID): \(url.path): pose_window \(window) must be odd and positive")
+        }
+        poseWindow = window
+    }
+}

@@ -1,0 +1,35 @@
+import DPProtocol
+import Foundation
+
+/// The coordinator's named settings (`dp-coord serve` flags), with the farm issue's defaults.
+public struct CoordinatorSettings: Sendable {
+    /// ROUTER endpoint to bind; "tcp://127.0.0.1:*" picks a free port (read `Coordinator.endpoint`).
+    public var bind: String
+    /// Holds journal.sqlite, models/ and inputs/; relative job output folders live under it too.
+    public var stateDirectory: URL
+    /// Each side sends a Heartbeat at least this often (sent to workers in Welcome).
+    public var heartbeatIntervalMs: Int = Int(FarmProtocol.defaultHeartbeatIntervalMilliseconds)
+    /// A worker that sent nothing for this many intervals is dead; its attempts are requeued.
+    public var heartbeatLiveness: Int = Int(FarmProtocol.defaultHeartbeatLiveness)
+    /// An attempt without step progress for this long is stalled: requeued and cancelled on its worker.
+    public var stallTimeoutSeconds: Double = 600
+    /// After start-up, how long reconnecting workers may re-adopt their attempts before every other
+    /// in-flight attempt of the journal is requeued.
+    public var restartGraceSeconds: Double = 5
+    /// A frame fails after failing on this many different workers.
+    public var maxFailedWorkersPerFrame: Int = FarmProtocol.maxFailedWorkersPerFrame
+    /// A worker that fails this many frames of a job gets no more frames of it.
+    public var maxFailedFramesPerWorkerJob: Int = FarmProtocol.maxFailedFramesPerWorkerPerJob
+    /// ffmpeg executable (a path, or a name looked up in PATH) for job videos.
+    public var ffmpegPath: String = "ffmpeg"
+    /// Largest Envelope accepted from a peer; bigger ones are refused with TOO_LARGE (and far bigger
+    /// ones drop the peer's connection at the socket, see `Coordinator`).
+    public var maxMessageBytes: Int = FarmProtocol.defaultMaxMessageBytes
+    /// Model chunk size offered to workers in Welcome.
+    public var modelChunkBytes: Int = FarmProtocol.defaultChunkBytes
+
+    public init(bind: String, stateDirectory: URL) {
+        self.bind = bind
+        self.stateDirectory = stateDirectory
+    }
+}
