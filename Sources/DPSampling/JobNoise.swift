@@ -72,14 +72,18 @@ public struct JobNoise {
     public static func gaussian(seed: UInt64, shape: [Int]) -> Tensor {
         Tensor(shape: shape) { out in
             let n = out.count
-            var b = 0
-            while b * 4 < n {
-                let x = block(seed: seed, block: UInt64(b))
+            var base = 0
+            while base < n {
+                let x = block(seed: seed, block: UInt64(base / 4))
                 let (z0, z1) = boxMuller(x[0], x[1])
-                let (z2, z3) = boxMuller(x[2], x[3])
-                let zs = [z0, z1, z2, z3]
-                for lane in 0..<min(4, n - b * 4) { out[b * 4 + lane] = Float(zs[lane]) }
-                b += 1
+                out[base] = Float(z0)
+                if base + 1 < n { out[base + 1] = Float(z1) }
+                if base + 2 < n {
+                    let (z2, z3) = boxMuller(x[2], x[3])
+                    out[base + 2] = Float(z2)
+                    if base + 3 < n { out[base + 3] = Float(z3) }
+                }
+                base += 4
             }
         }
     }
