@@ -4,8 +4,8 @@
 #
 #   Debian packages  libopenblas-dev libpng-dev libzmq3-dev libsqlite3-dev pkg-config (the C libraries the
 #                    Swift targets link), protobuf-compiler (Scripts/gen_protos.sh), ffmpeg (frames -> video)
-#   Python packages  torch 2.13.0+cpu (a CPU wheel from a local wheel folder: pip's find-links, or
-#                    DP_WHEELS), safetensors, numpy, pytest - for the checkpoint converter and its tests
+#   Python packages  torch 2.13.0+cpu (a CPU wheel from a local wheel folder: DP_WHEELS, default /opt/wheels,
+#                    or pip's find-links), safetensors, numpy, pytest - for the checkpoint converter and its tests
 #
 # Environment: DP_SETUP_SKIP_APT=1 / DP_SETUP_SKIP_PIP=1 skip a part (e.g. on a machine you manage yourself).
 set -euo pipefail
@@ -47,7 +47,8 @@ EOF
   then
     say "installing Python packages: ${PIP_PACKAGES[*]}"
     wheels=()
-    [[ -n "${DP_WHEELS:-}" ]] && wheels=(--find-links "$DP_WHEELS")
+    DP_WHEELS="${DP_WHEELS:-/opt/wheels}"
+    [[ -d "$DP_WHEELS" ]] && wheels=(--find-links "$DP_WHEELS")
     # The +cpu pin matters: an unpinned 'torch' would fetch the multi-gigabyte CUDA build.
     if ! "$PYTHON" -m pip install -q "${wheels[@]}" "${PIP_PACKAGES[@]}"; then
       say "pip could not install ${PIP_PACKAGES[*]}; torch $TORCH_VERSION comes from a local wheel folder"
