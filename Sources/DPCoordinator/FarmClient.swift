@@ -1,0 +1,341 @@
+// A client of a running coordinator: `dp-coord submit/status/cancel/workers` and the embedded mode.
+// One DEALER socket, used only by the thread that calls the methods (a FarmClient is a single-thread
+// object, like its socket).
+import DPFileKit
+import DPProtocol
+import DPTransport
+import Foundation
+
+public enum FarmClientError: Error, CustomStringConvertible {
+    /// The coordinator did not answer in time.
+    case timeout(String)
+    /// The coordinator answered with an Error.
+    case remote(code: FarmErrorCode, message: String)
+    /// The request could not be built (bad submission, unreadable model folder, ...).
+    case invalid(String)
+    /// The coordinator sent something unexpected.
+    case protocolError(String)
+
+    public var description: String {
+        switch self {
+        case .timeout(let what): return "coordinator timeout: \(what)"
+        case let .remote(code, message): return "coordinator refused (\(code)): \(message)"
+        case .invalid(let why): return why
+        case .protocolError(let why): return "protocol error: \(why)"
+        }
+    }
+}
+
+public final class FarmClient {
+    public let endpoint: String
+    let context: ZMQContext
+    let socket: ZMQSocket
+    let timeoutMs: Int
+    private var nextRequestID: UInt64 = 1
+    /// Messages that arrived while waiting for another reply (e.g. JobEvents during a status probe).
+    private var pending: [FarmEnvelope] = []
+    /// Upload chunk size.
+    public var chunkBytes = FarmProtocol.defaultChunkBytes
+
+    public init(endpoint: String, timeoutSeconds: Double = 30) throws {
+        self.endpoint = endpoint
+        timeoutMs = max(1, Int(timeoutSeconds * 1000))
+        context = try ZMQContext()
+        socket = try context.socket(.dealer)
+        var id = Data([0x43])  // 'C': never starts with 0 (reserved by libzmq)
+        for _ in 0..<15 { id.append(UInt8.random(in: 0 ... 255)) }
+        try socket.set([.routingID(id), .maxMessageSize(Int64(FarmProtocol.defaultMaxMessageBytes) + 4096)])
+        try socket.connect(endpoint)
+    }
+
+    deinit { close() }
+
+    public func close() {
+        socket.close()
+    }
+
+    // MARK: requests
+
+    func send(_ body: FarmEnvelope.OneOf_Body) throws -> UInt64 {
+        let id = nextRequestID
+        nextRequestID += 1
+        let data = try FarmEnvelope(body, requestID: id).encoded()
+        guard try socket.send(data) else { throw FarmClientError.timeout("cannot queue \(body.name) to \(endpoint)") }
+        return id
+    }
+
+    /// Next envelope (pending first), or nil after `timeoutMs` without one.
+    func receive(timeoutMs: Int) throws -> FarmEnvelope? {
+        if !pending.isEmpty { return pending.removeFirst() }
+        return try receiveSocket(timeoutMs: timeoutMs)
+    }
+
+    /// Next envelope from the socket, or nil after `timeoutMs` without one.
+    private func receiveSocket(timeoutMs: Int) throws -> FarmEnvelope? {
+        let poller = ZMQPoller()
+        try poller.add(socket)
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        while true {
+            let left = Int(deadline.timeIntervalSinceNow * 1000)
+            if left < 0 { return nil }
+            let ready = try poller.poll(timeoutMilliseconds: max(0, left))
+            guard ready[0].contains(.readable), let frames = try socket.receive(flags: .dontWait) else { continue }
+            guard frames.count == 1 else {
+                throw FarmClientError.protocolError("expected 1 frame from \(endpoint), got \(frames.count)")
+            }
+            do {
+                return try FarmEnvelope.decode(frames[0])
+            } catch {
+                throw FarmClientError.protocolError("from \(endpoint): \(error)")
+            }
+        }
+    }
+
+    /// Sends a request and waits for the reply with its request id; an Error reply throws.
+    func request(_ body: FarmEnvelope.OneOf_Body) throws -> FarmEnvelope {
+        let id = try send(body)
+        let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
+        while true {
+            let left = Int(deadline.timeIntervalSinceNow * 1000)
+            guard left >= 0, let reply = try receiveSocket(timeoutMs: left) else {
+                throw FarmClientError.timeout("no reply to \(body.name) from \(endpoint) in \(timeoutMs) ms")
+            }
+            if reply.requestID == id {
+                if case .error(let e)? = reply.body { throw FarmClientError.remote(code: e.code, message: e.message) }
+                return reply
+            }
+            if reply.requestID == 0, case .error(let e)? = reply.body {
+                throw FarmClientError.remote(code: e.code, message: e.message)
+            }
+            pending.append(reply)
+        }
+    }
+
+    // MARK: submit
+
+    /// Submits a job: uploads the model files the coordinator lacks and the inputs it lacks, and
+    /// returns the job id once every upload is acknowledged.
+    public func submit(_ job: JobSubmission) throws -> Int64 {
+        let manifest: ModelManifest
+        do {
+            manifest = try ModelManifest.compute(directory: job.modelDirectory)
+        } catch {
+            throw FarmClientError.invalid("cannot read model folder \(job.modelDirectory.path): \(error)")
+        }
+        guard !job.poses.isEmpty else { throw FarmClientError.invalid("job '\(job.name)' has no poses") }
+        for frame in job.frames where job.poses[frame] == nil {
+            throw FarmClientError.invalid("job '\(job.name)': frame \(frame) has no pose")
+        }
+        guard job.order == "frame" || job.order == "preview" else {
+            throw FarmClientError.invalid("order '\(job.order)' is neither 'frame' nor 'preview'")
+        }
+        var inputs: [String: Data] = [:]
+        func inputFile(_ path: String, _ data: Data) -> FarmInputFile {
+            inputs[path] = data
+            var f = FarmInputFile()
+            f.path = path
+            f.size = UInt64(data.count)
+            f.sha256 = FileDigest.sha256(data)
+            return f
+        }
+        var spec = FarmJobSpec()
+        spec.name = job.name
+        spec.modelID = manifest.modelID
+        var settings = FarmRenderSettings()
+        settings.steps = UInt32(max(0, job.steps ?? 0))
+        settings.sampler = job.sampler ?? ""
+        if let g = job.imageGuidance {
+            settings.hasImageGuidance_p = true
+            settings.imageGuidance = g
+        }
+        if let g = job.poseGuidance {
+            settings.hasPoseGuidance_p = true
+            settings.poseGuidance = g
+        }
+        if let noise = job.noiseNPY { settings.noiseNpy = noise } else { settings.seed = job.seed }
+        spec.settings = settings
+        spec.priority = Int32(clamping: job.priority)
+        spec.order = job.order == "preview" ? .preview : .frame
+        spec.subject = inputFile("subject.png", job.subjectPNG)
+        spec.poses = job.poses.keys.sorted().map { n in
+            var p = FarmPoseInput()
+            p.frame = UInt32(n)
+            p.file = inputFile("poses/" + String(format: "frame_%05d.npy", n), job.poses[n]!)
+            return p
+        }
+        spec.frames = job.frames.sorted().map { UInt32($0) }
+        spec.outputDir = job.outputDirectory
+        var video = FarmVideoOptions()
+        video.path = job.videoPath ?? ""
+        video.fps = UInt32(max(0, job.fps))
+        spec.video = video
+        var submit = FarmSubmitJob()
+        submit.spec = spec
+        var wire = FarmModelManifest()
+        wire.modelID = manifest.modelID
+        wire.files = manifest.files.map {
+            var f = FarmModelFile()
+            f.path = $0.path
+            f.size = $0.size
+            f.sha256 = $0.sha256
+            return f
+        }
+        submit.model = wire
+
+        let reply = try request(.submitJob(submit))
+        guard case .submitReply(let submitted)? = reply.body else {
+            throw FarmClientError.protocolError("expected submit_reply, got \(reply.bodyName)")
+        }
+        for ref in submitted.missing {
+            var attempts = 0
+            while true {
+                attempts += 1
+                do {
+                    try upload(job: submitted.jobID, ref: ref, model: job.modelDirectory, inputs: inputs)
+                    break
+                } catch FarmClientError.remote(let code, let message) where code == .checksumMismatch && attempts < 3 {
+                    _ = message  // the file changed or was corrupted on the way: send it again from 0
+                }
+            }
+        }
+        return Int64(submitted.jobID)
+    }
+
+    private func upload(job: UInt64, ref: FarmFileRef, model: URL, inputs: [String: Data]) throws {
+        let reader: (UInt64, Int) throws -> Data
+        let size: UInt64
+        switch ref.kind {
+        case .model:
+            guard RelativePath.isSafe(ref.path) else {
+                throw FarmClientError.protocolError("coordinator asked for model file '\(ref.path)' (unsafe path)")
+            }
+            let url = model.appendingPathComponent(ref.path)
+            let handle: FileHandle
+            do {
+                handle = try FileHandle(forReadingFrom: url)
+                size = try handle.seekToEnd()
+            } catch {
+                throw FarmClientError.invalid("cannot read model file \(url.path): \(error)")
+            }
+            reader = { offset, count in
+                try handle.seek(toOffset: offset)
+                return try handle.read(upToCount: count) ?? Data()
+            }
+        case .input:
+            guard let data = inputs[ref.path] else {
+                throw FarmClientError.protocolError("coordinator asked for unknown input '\(ref.path)'")
+            }
+            size = UInt64(data.count)
+            reader = { offset, count in
+                let start = Int(offset)
+                return data.subdata(in: start ..< min(data.count, start + count))
+            }
+        default:
+            throw FarmClientError.protocolError("coordinator asked for '\(ref.path)' of unknown kind \(ref.kind)")
+        }
+        var offset: UInt64 = 0
+        repeat {
+            let data = try reader(offset, chunkBytes)
+            var chunk = FarmUploadChunk()
+            chunk.jobID = job
+            chunk.file = ref
+            chunk.offset = offset
+            chunk.data = data
+            chunk.last = offset + UInt64(data.count) >= size
+            let reply = try request(.uploadChunk(chunk))
+            guard case .uploadAck(let ack)? = reply.body else {
+                throw FarmClientError.protocolError("expected upload_ack, got \(reply.bodyName)")
+            }
+            offset += UInt64(data.count)
+            guard ack.nextOffset == offset else {
+                throw FarmClientError.protocolError("upload of '\(ref.path)': coordinator has \(ack.nextOffset) bytes, sent \(offset)")
+            }
+            if data.isEmpty { break }
+        } while offset < size
+    }
+
+    // MARK: follow, status, cancel, workers
+
+    /// Streams the job's events to `onEvent` until the job finishes or `onEvent` returns false.
+    /// A coordinator silent for the client timeout is probed with a status request; no answer throws.
+    public func follow(job: Int64, includePNG: Bool = false, onEvent: (FarmJobEvent) -> Bool) throws {
+        var info = try status(job: job).first ?? JobStatusInfo(id: job, name: "", state: "unknown")
+        var follow = FarmFollowJob()
+        follow.jobID = UInt64(job)
+        follow.includePng = includePNG
+        let id = try send(.followJob(follow))
+        while true {
+            guard let envelope = try receive(timeoutMs: timeoutMs) else {
+                _ = try status(job: job)  // throws when the coordinator is gone
+                continue
+            }
+            guard envelope.requestID == id else { continue }
+            switch envelope.body {
+            case .error(let e)?:
+                throw FarmClientError.remote(code: e.code, message: e.message)
+            case .jobEvent(let event)?:
+                let c = event.counts
+                info.total = Int(c.total)
+                info.done = Int(c.done)
+                info.failed = Int(c.failed)
+                info.inFlight = Int(c.inFlight)
+                info.queued = Int(c.queued)
+                info.cancelled = Int(c.cancelled)
+                let converted: FarmJobEvent
+                var last = false
+                switch event.event {
+                case nil:
+                    converted = .snapshot(info)
+                case .frameDone(let d)?:
+                    info.perWorker[d.workerName, default: 0] += 1
+                    converted = .frameDone(frame: Int(d.frame), attempt: Int64(d.attemptID), worker: d.workerName,
+                                           seconds: d.renderSeconds, png: includePNG ? d.png : nil)
+                case .frameProgress(let p)?:
+                    converted = .frameProgress(frame: Int(p.frame), worker: p.workerName, step: Int(p.step),
+                                               total: Int(p.totalSteps))
+                case .frameFailed(let f)?:
+                    converted = .frameFailed(frame: Int(f.frame), error: "\(f.error.code) on worker '\(f.workerName)': "
+                        + f.error.message + (f.final ? " (frame given up)" : " (requeued)"))
+                case .jobFinished(let f)?:
+                    info.state = FarmNames.state(f.state)
+                    info.video = f.videoPath.isEmpty ? nil : f.videoPath
+                    converted = .finished(state: FarmNames.state(f.state), video: info.video)
+                    last = true
+                }
+                if !onEvent(converted) || last { return }
+            default:
+                continue
+            }
+        }
+    }
+
+    public func status(job: Int64?) throws -> [JobStatusInfo] {
+        var request = FarmStatusRequest()
+        request.jobID = UInt64(job ?? 0)
+        let reply = try self.request(.statusRequest(request))
+        guard case .statusReply(let status)? = reply.body else {
+            throw FarmClientError.protocolError("expected status_reply, got \(reply.bodyName)")
+        }
+        return status.jobs.map(JobStatusInfo.init)
+    }
+
+    /// Cancels a job; returns its state afterwards ("cancelled", or its final state if it had ended).
+    public func cancel(job: Int64) throws -> String {
+        var request = FarmCancelJob()
+        request.jobID = UInt64(job)
+        let reply = try self.request(.cancelJob(request))
+        guard case .cancelReply(let cancelled)? = reply.body else {
+            throw FarmClientError.protocolError("expected cancel_reply, got \(reply.bodyName)")
+        }
+        return FarmNames.state(cancelled.state)
+    }
+
+    public func workers() throws -> [WorkerInfo] {
+        let reply = try request(.workersRequest(FarmWorkersRequest()))
+        guard case .workersReply(let list)? = reply.body else {
+            throw FarmClientError.protocolError("expected workers_reply, got \(reply.bodyName)")
+        }
+        let now = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
+        return list.workers.map { WorkerInfo($0, nowMs: now) }
+    }
+}
