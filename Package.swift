@@ -39,7 +39,7 @@ let package = Package(
         .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: v5 + release),
         .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: v5 + release),
         // Golden-case reading and the parity runner (dp-bench parity and the tests share it).
-        .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling"], swiftSettings: v5 + release),
+        .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline"], swiftSettings: v5 + release),
         .target(name: "DPPipeline",
                 dependencies: ["DPTensor", "DPModels", "DPSampling", "CPNG",
                                .product(name: "Crypto", package: "swift-crypto")],

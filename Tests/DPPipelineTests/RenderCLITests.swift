@@ -82,7 +82,7 @@ final class RenderCLITests: XCTestCase {
         for n in [0, 2] {
             let ours = try PNGCodec.read(out.appendingPathComponent(FrameSelection.outputName(frame: n)))
             let expected = try PNGCodec.read(golden.url("expected/frame_\(n).png"))
-            let cmp = FrameComparison(ours, expected)
+            let cmp = FrameAcceptance(ours, expected)
             XCTAssertLessThanOrEqual(cmp.maxLevels, 3)
         }
     }
