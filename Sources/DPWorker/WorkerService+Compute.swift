@@ -1,0 +1,274 @@
+// The compute side of WorkerService: one thread per frame task. Gets the job's model (cache, or a
+// chunked fetch from the coordinator through the I/O thread), prepares the job once, renders with
+// per-step progress and a cancel check between steps, and hands the FrameResult to the I/O thread.
+import DPFileKit
+import DPPipeline
+import DPProtocol
+import Foundation
+
+/// One attempt held by the worker. Mutable fields are guarded by the service's lock.
+final class AttemptTask {
+    let task: FarmFrameTask
+    let job: JobContext
+    var attemptID: UInt64 { task.attemptID }
+    var jobID: UInt64 { task.jobID }
+    var frame: UInt32 { task.frame }
+    // guarded by WorkerService.lock
+    var step = 0
+    var totalSteps = 0
+    /// Set when the attempt must stop (Cancel, shutdown, not adopted after a reconnect).
+    var cancelReasonLocked: FarmErrorCode?
+    /// Set once the compute thread finished; sent by the I/O thread when a session is welcomed.
+    var result: FarmFrameResult?
+
+    init(task: FarmFrameTask, job: JobContext) {
+        self.task = task
+        self.job = job
+    }
+}
+
+/// A job prep held by the worker and, once a frame of it ran, its prepared renderer.
+final class JobContext {
+    let prep: FarmJobPrep
+    /// guarded by WorkerService.lock
+    var lastUsed = Date()
+    /// Serialises preparation: the first frame prepares, the others wait and reuse it.
+    let prepareLock = NSLock()
+    var prepared: PreparedFrameRenderer?
+    var lease: ModelLease?
+
+    init(prep: FarmJobPrep) { self.prep = prep }
+}
+
+/// A model manifest or chunk request waiting for the coordinator's reply.
+final class ModelRequest {
+    let body: FarmEnvelope.OneOf_Body
+    let what: String
+    /// Assigned by the I/O thread.
+    var requestID: UInt64 = 0
+    private let condition = NSCondition()
+    private var outcome: Result<FarmEnvelope, Error>?
+
+    init(body: FarmEnvelope.OneOf_Body, what: String) {
+        self.body = body
+        self.what = what
+    }
+
+    func matches(_ reply: FarmEnvelope) -> Bool {
+        switch (body, reply.body) {
+        case let (.modelManifestRequest(r), .modelManifest(m)):
+            return r.modelID == m.modelID
+        case let (.modelChunkRequest(r), .modelChunk(c)):
+            return r.modelID == c.modelID && r.path == c.path && r.offset == c.offset
+        default:
+            return false
+        }
+    }
+
+    func complete(_ result: Result<FarmEnvelope, Error>) {
+        condition.lock()
+        if outcome == nil { outcome = result }
+        condition.signal()
+        condition.unlock()
+    }
+
+    func wait(timeoutSeconds: Double) throws -> FarmEnvelope {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        condition.lock()
+        defer { condition.unlock() }
+        while outcome == nil {
+            if !condition.wait(until: deadline) && outcome == nil {
+                throw WorkerServiceError.modelUnavailable("no reply to \(what) within \(Int(timeoutSeconds)) s")
+            }
+        }
+        return try outcome!.get()
+    }
+}
+
+extension WorkerService {
+    /// Runs on a compute thread: renders `task` and posts its FrameResult.
+    func compute(_ task: AttemptTask) {
+        let started = Date()
+        var result = FarmFrameResult()
+        result.attemptID = task.attemptID
+        result.jobID = task.jobID
+        result.frame = task.frame
+        result.workerName = settings.name
+        let label = "job \(task.jobID) frame \(task.frame) (attempt \(task.attemptID))"
+        let cancelReason: () -> FarmErrorCode? = { [self] in
+            lock.lock(); defer { lock.unlock() }
+            return task.cancelReasonLocked
+        }
+        do {
+            let prepared = try preparedRenderer(for: task.job, label: label, cancelReason: cancelReason)
+            let total = prepared.totalSteps
+            lock.lock(); task.totalSteps = total; lock.unlock()
+            let output = try prepared.render(
+                frame: Int(task.frame), poseWindow: task.task.poseWindowNpy,
+                progress: { [self] step in
+                    lock.lock()
+                    task.step = step
+                    lock.unlock()
+                    post(.progress(attemptID: task.attemptID, step: step))
+                },
+                isCancelled: { cancelReason() != nil })
+            if let reason = cancelReason() {
+                result.error = Self.stopError(reason, label: label, worker: settings.name)
+            } else {
+                result.png = output.png
+                result.pngSha256 = FileDigest.sha256(output.png)
+                result.renderSeconds = output.seconds
+            }
+        } catch {
+            if let reason = cancelReason() {
+                result.error = Self.stopError(reason, label: label, worker: settings.name)
+            } else if let e = error as? WorkerServiceError, case .modelUnavailable(let why) = e {
+                result.error = FarmError(.modelUnavailable, "worker \(settings.name), \(label): model \(task.job.prep.modelID) unavailable: \(why)",
+                                         jobID: task.jobID, attemptID: task.attemptID)
+            } else {
+                result.error = FarmError(.renderFailed, "worker \(settings.name), \(label): \(error)",
+                                         jobID: task.jobID, attemptID: task.attemptID)
+            }
+        }
+        if result.renderSeconds == 0 { result.renderSeconds = Date().timeIntervalSince(started) }
+        if result.hasError {
+            log("worker \(settings.name): \(label) ended: \(result.error.code) \(result.error.message)")
+        }
+        lock.lock()
+        task.result = result
+        lock.unlock()
+        post(.finished(attemptID: task.attemptID))
+    }
+
+    static func stopError(_ reason: FarmErrorCode, label: String, worker: String) -> FarmError {
+        let message = reason == .shuttingDown
+            ? "worker \(worker) is shutting down; \(label) handed back"
+            : "\(label) cancelled on worker \(worker)"
+        return FarmError(reason, message)
+    }
+
+    /// The job's prepared renderer, preparing it (and getting its model) on first use.
+    private func preparedRenderer(for job: JobContext, label: String,
+                                  cancelReason: () -> FarmErrorCode?) throws -> PreparedFrameRenderer {
+        job.prepareLock.lock()
+        defer { job.prepareLock.unlock() }
+        if let prepared = job.prepared { return prepared }
+        let lease = try acquireModel(job.prep.modelID, cancelled: { cancelReason() != nil })
+        let spec = try Self.renderSpec(job.prep)
+        let prepared = try renderer.prepare(job: spec, modelDirectory: lease.directory)
+        job.lease = lease
+        job.prepared = prepared
+        return prepared
+    }
+
+    /// The renderer's view of a JobPrep (noise .npy bytes are passed on as they are: the renderer
+    /// checks their shape against the model's latent).
+    static func renderSpec(_ prep: FarmJobPrep) throws -> JobRenderSpec {
+        let s = prep.settings
+        var seed: UInt64 = 0
+        var noise: Data?
+        switch s.noise {
+        case .seed(let value)?: seed = value
+        case .noiseNpy(let bytes)?: noise = bytes
+        case nil: break
+        }
+        return JobRenderSpec(jobID: String(prep.jobID), modelID: prep.modelID, subjectPNG: prep.subjectPng,
+                             steps: s.steps == 0 ? nil : Int(s.steps),
+                             sampler: s.sampler.isEmpty ? nil : s.sampler,
+                             imageGuidance: s.hasImageGuidance_p ? s.imageGuidance : nil,
+                             poseGuidance: s.hasPoseGuidance_p ? s.poseGuidance : nil,
+                             seed: seed, noise: noise)
+    }
+
+    // MARK: models
+
+    /// A lease on `modelID`, fetched from the coordinator first when the cache lacks it.
+    func acquireModel(_ modelID: String, cancelled: () -> Bool) throws -> ModelLease {
+        if let lease = try cache.lease(modelID) { return lease }
+        fetchLock.lock()
+        defer { fetchLock.unlock() }
+        if let lease = try cache.lease(modelID) { return lease }  // fetched while we waited
+        log("worker \(settings.name): model \(modelID) not cached; fetching it from the coordinator")
+        let started = Date()
+        var manifestRequest = FarmModelManifestRequest()
+        manifestRequest.modelID = modelID
+        let reply = try request(.modelManifestRequest(manifestRequest), what: "manifest request for model \(modelID)")
+        guard case .modelManifest(let wire)? = reply.body else {
+            throw WorkerServiceError.modelUnavailable("expected a model_manifest for \(modelID), got \(reply.bodyName)")
+        }
+        for file in wire.files {
+            if let problem = RelativePath.problem(file.path) {
+                throw WorkerServiceError.modelUnavailable("model \(modelID): manifest path '\(file.path)' refused: \(problem)")
+            }
+        }
+        let manifest = ModelManifest(modelID: wire.modelID,
+                                     files: wire.files.map { ModelFileEntry(path: $0.path, size: $0.size, sha256: $0.sha256) })
+        guard manifest.modelID == modelID else {
+            throw WorkerServiceError.modelUnavailable("asked for model \(modelID), the coordinator sent manifest \(manifest.modelID)")
+        }
+        do { try manifest.validate() } catch {
+            throw WorkerServiceError.modelUnavailable("model \(modelID): bad manifest from the coordinator: \(error)")
+        }
+        lock.lock()
+        let chunkBytes = modelChunkBytes
+        lock.unlock()
+        let fetcher = ModelFetcher(chunkBytes: chunkBytes, maxAttemptsPerFile: 3, log: { [log, settings] line in
+            log("worker \(settings.name): \(line)")
+        })
+        let lease = try fetcher.fetch(manifest, into: cache) { path, offset, length in
+            if cancelled() { throw WorkerServiceError.modelUnavailable("fetch of model \(modelID) stopped: attempt cancelled") }
+            var r = FarmModelChunkRequest()
+            r.modelID = modelID
+            r.path = path
+            r.offset = offset
+            r.length = UInt32(length)
+            let reply = try request(.modelChunkRequest(r), what: "chunk '\(path)' @\(offset)+\(length) of model \(modelID)")
+            guard case .modelChunk(let chunk)? = reply.body else {
+                throw WorkerServiceError.modelUnavailable("expected a model_chunk for '\(path)' of \(modelID), got \(reply.bodyName)")
+            }
+            return chunk.data
+        }
+        log(String(format: "worker %@: model %@ fetched and verified (%llu bytes, %d files) in %.2f s",
+                   settings.name, modelID, manifest.totalBytes, manifest.files.count, Date().timeIntervalSince(started)))
+        return lease
+    }
+
+    private func request(_ body: FarmEnvelope.OneOf_Body, what: String) throws -> FarmEnvelope {
+        let r = ModelRequest(body: body, what: what)
+        post(.modelRequest(r))
+        return try r.wait(timeoutSeconds: settings.modelRequestTimeoutSeconds)
+    }
+}
+
+/// What the worker tells the coordinator about its machine (Hello.host).
+enum WorkerHost {
+    static let version = "dp-worker 0.1 (dpfarm.v\(FarmProtocol.version))"
+
+    static func info() -> FarmHostInfo {
+        var host = FarmHostInfo()
+        let p = ProcessInfo.processInfo
+        host.hostname = p.hostName
+        var uts = utsname()
+        if uname(&uts) == 0 {
+            func field<T>(_ value: T) -> String {
+                withUnsafeBytes(of: value) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            }
+            host.os = "\(field(uts.sysname)) \(field(uts.release)) \(field(uts.machine))"
+        }
+        host.logicalCores = UInt32(p.activeProcessorCount)
+        host.memoryBytes = p.physicalMemory
+        if let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) {
+            for line in cpuinfo.split(separator: "\n") {
+                let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                guard parts.count == 2 else { continue }
+                if parts[0] == "model name", host.cpuModel.isEmpty { host.cpuModel = parts[1] }
+                if parts[0] == "flags", host.cpuFeatures.isEmpty {
+                    let flags = Set(parts[1].split(separator: " ").map(String.init))
+                    host.cpuFeatures = ["avx", "avx2", "fma", "f16c", "avx512f"].filter(flags.contains)
+                }
+            }
+        }
+        host.workerVersion = version
+        return host
+    }
+}

@@ -1,0 +1,605 @@
+// The farm worker (`dp-worker --connect tcp://HOST:5555`): one DEALER session with the coordinator,
+// frames rendered on compute threads. The message flow is Sources/DPCoordinator/DESIGN.md.
+//
+// Threads:
+//   * the I/O thread (the caller of `run()`) owns the DEALER socket: it is the only thread that sends
+//     or receives on it. It also sends the heartbeats, so a long matrix product on a compute thread
+//     can never starve them (the I/O thread does no compute and sleeps in zmq_poll).
+//   * one compute thread per frame task (at most `slots`, enforced by credits): fetches the model if
+//     the cache lacks it, prepares the job once (cached per job), renders with per-step progress,
+//     and polls the attempt's cancel flag between denoising steps.
+//   Compute threads hand messages to the I/O thread through a lock-protected inbox and wake it
+//   through a pipe that zmq_poll watches next to the socket.
+//
+// Session: a fresh DEALER (fresh random routing id) per connection, Hello -> Welcome, credits =
+// free slots. A coordinator silent for liveness x interval (or a Hello unanswered as long) ends
+// the session: the socket is closed and a new one connects after an exponential backoff; its
+// Hello lists the attempts still held, and results finished meanwhile are sent once welcomed.
+import DPFileKit
+import DPProtocol
+import DPTransport
+import Foundation
+
+public final class WorkerService: @unchecked Sendable {
+    public let settings: WorkerSettings
+    public let renderer: FrameRenderer
+    let log: @Sendable (String) -> Void
+    let context: ZMQContext
+    let cache: ModelCache
+
+    // MARK: state shared with compute threads (guarded by `lock`)
+    let lock = NSLock()
+    private var inbox: [Event] = []
+    private var stopMode: StopMode?
+    private var running = false
+    /// Attempts held: received and not yet answered on a welcomed session.
+    var tasks: [UInt64: AttemptTask] = [:]
+    /// Job preps by job id.
+    var jobs: [UInt64: JobContext] = [:]
+    /// Chunk size for model fetches (Welcome.model_chunk_bytes).
+    var modelChunkBytes = FarmProtocol.defaultChunkBytes
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+    /// Serialises model fetches: one model downloads at a time, a second frame of the same model waits.
+    let fetchLock = NSLock()
+
+    // MARK: I/O thread state
+    private var socket: ZMQSocket?
+    private var welcomed = false
+    private var heartbeatIntervalMs: Int
+    private var heartbeatLiveness: Int
+    private var lastHeard = Date()
+    private var lastSent = Date()
+    private var helloSentAt = Date()
+    private var heartbeatSequence: UInt64 = 0
+    private var backoffMs: Int
+    private var nextRequestID: UInt64 = 1
+    private var pendingModelRequests: [UInt64: ModelRequest] = [:]
+    private var coordinatorID = ""
+    private var stopStartedAt: Date?
+    private var handedBack: Set<UInt64> = []
+
+    public init(settings: WorkerSettings, renderer: FrameRenderer, log: @escaping @Sendable (String) -> Void) throws {
+        try settings.validate()
+        self.settings = settings
+        self.renderer = renderer
+        self.log = log
+        self.cache = try ModelCache(directory: settings.cacheDirectory, maxBytes: UInt64(settings.cacheBytes))
+        self.context = try ZMQContext()
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else {
+            throw WorkerServiceError.badSettings("cannot create the wake pipe: \(String(cString: strerror(errno)))")
+        }
+        for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+        wakeRead = fds[0]
+        wakeWrite = fds[1]
+        heartbeatIntervalMs = settings.heartbeatIntervalMs
+        heartbeatLiveness = settings.heartbeatLiveness
+        backoffMs = settings.reconnectInitialMs
+    }
+
+    deinit {
+        close(wakeRead)
+        close(wakeWrite)
+    }
+
+    // MARK: public control
+
+    /// Connects, serves frames and reconnects until `shutdown(handBack:)` (or `abandon()`) has
+    /// finished; then returns. Call it on a thread of its own (it becomes the I/O thread).
+    public func run() throws {
+        lock.lock()
+        if running { lock.unlock(); throw WorkerServiceError.alreadyRunning(settings.name) }
+        running = true
+        lock.unlock()
+        defer {
+            socket?.close()
+            socket = nil
+            lock.lock(); running = false; lock.unlock()
+        }
+        log("worker \(settings.name): \(settings.slots) slot(s), cache \(settings.cacheDirectory.path), "
+            + "coordinator \(settings.connect)")
+        while true {
+            try openSession()
+            let outcome = try serveSession()
+            switch outcome {
+            case .stopped:
+                return
+            case .lost(let why):
+                socket?.close()
+                socket = nil
+                welcomed = false
+                log("worker \(settings.name): \(why); reconnecting in \(backoffMs) ms")
+                if waitForStop(milliseconds: backoffMs) { finishWhileDisconnected(); return }
+                backoffMs = min(backoffMs * 2, settings.reconnectMaxMs)
+            }
+        }
+    }
+
+    /// SIGTERM path, thread-safe, does not block: with `handBack` the running frames stop after
+    /// their current denoising step and are handed back in a Goodbye; without it they are finished
+    /// and sent first. No new frames are taken either way. `run()` returns once the Goodbye is sent.
+    public func shutdown(handBack: Bool = true) {
+        lock.lock()
+        if stopMode == nil { stopMode = handBack ? .handBack : .finish }
+        if handBack {
+            for task in tasks.values where task.result == nil { task.cancelReasonLocked = .shuttingDown }
+        }
+        lock.unlock()
+        wake()
+    }
+
+    /// Ends the session like a killed process would: the socket is closed without a Goodbye,
+    /// heartbeats stop, running frames are abandoned (their results are never sent) and `run()`
+    /// returns. For failure tests of the farm; a real worker is stopped with `shutdown`.
+    public func abandon() {
+        lock.lock()
+        stopMode = .abandon
+        for task in tasks.values where task.result == nil { task.cancelReasonLocked = .shuttingDown }
+        lock.unlock()
+        wake()
+    }
+
+    /// Attempt ids currently held (rendering, or finished and not yet answered).
+    public var heldAttemptIDs: [UInt64] {
+        lock.lock(); defer { lock.unlock() }
+        return tasks.keys.sorted()
+    }
+
+    // MARK: events from compute threads
+
+    enum Event {
+        case progress(attemptID: UInt64, step: Int)
+        case finished(attemptID: UInt64)
+        case modelRequest(ModelRequest)
+    }
+
+    enum StopMode { case handBack, finish, abandon }
+
+    func post(_ event: Event) {
+        lock.lock()
+        inbox.append(event)
+        lock.unlock()
+        wake()
+    }
+
+    private func wake() {
+        var byte: UInt8 = 1
+        _ = write(wakeWrite, &byte, 1)
+    }
+
+    private func drainWakePipe() {
+        var buffer = [UInt8](repeating: 0, count: 256)
+        while read(wakeRead, &buffer, buffer.count) > 0 {}
+    }
+
+    // MARK: session
+
+    private enum SessionOutcome { case stopped, lost(String) }
+
+    private func openSession() throws {
+        let s = try context.socket(.dealer)
+        var id = Data([0x57])  // 'W' + 15 random bytes: never starts with 0 (reserved by libzmq)
+        for _ in 0..<15 { id.append(UInt8.random(in: 0...255)) }
+        try s.set([.routingID(id),
+                   .maxMessageSize(Int64(settings.maxMessageBytes) + 4096),
+                   .sendHighWaterMark(0), .receiveHighWaterMark(0)])
+        try s.connect(settings.connect)
+        socket = s
+        welcomed = false
+        let now = Date()
+        lastHeard = now
+        helloSentAt = now
+        try sendHello()
+    }
+
+    private func sendHello() throws {
+        var hello = FarmHello()
+        hello.workerName = settings.name
+        hello.slots = UInt32(settings.slots)
+        hello.cachedModelIds = cache.modelIDs
+        hello.threads = UInt32(settings.threads ?? ProcessInfo.processInfo.activeProcessorCount)
+        hello.host = WorkerHost.info()
+        hello.maxMessageBytes = UInt64(settings.maxMessageBytes)
+        lock.lock()
+        hello.runningAttemptIds = tasks.keys.sorted()
+        lock.unlock()
+        try send(FarmEnvelope(.hello(hello)))
+        helloSentAt = Date()
+    }
+
+    private func send(_ envelope: FarmEnvelope) throws {
+        guard let socket else { return }
+        let bytes = try envelope.encoded(maxBytes: settings.maxMessageBytes)
+        _ = try socket.send(bytes, flags: .dontWait)
+        lastSent = Date()
+    }
+
+    private func serveSession() throws -> SessionOutcome {
+        guard let socket else { return .lost("no socket") }
+        let poller = ZMQPoller()
+        try poller.add(socket)
+        poller.add(fileDescriptor: wakeRead)
+        while true {
+            // Stop handling first: it may end the session.
+            if let done = try handleStop() { return done }
+
+            let now = Date()
+            let silentMs = now.timeIntervalSince(lastHeard) * 1000
+            let deadMs = Double(heartbeatIntervalMs * heartbeatLiveness)
+            if silentMs >= deadMs {
+                return .lost(welcomed
+                    ? "coordinator \(settings.connect) silent for \(Int(silentMs)) ms (liveness \(heartbeatLiveness) x \(heartbeatIntervalMs) ms)"
+                    : "no Welcome from \(settings.connect) within \(Int(silentMs)) ms")
+            }
+            if welcomed, now.timeIntervalSince(lastSent) * 1000 >= Double(heartbeatIntervalMs) {
+                try sendHeartbeat()
+            }
+            let untilBeat = welcomed ? Double(heartbeatIntervalMs) - Date().timeIntervalSince(lastSent) * 1000 : deadMs
+            let untilDead = deadMs - Date().timeIntervalSince(lastHeard) * 1000
+            let timeout = max(1, Int(min(untilBeat, untilDead).rounded(.up)))
+            let ready = try poller.poll(timeoutMilliseconds: timeout)
+            if ready[1].contains(.readable) { drainWakePipe() }
+            try processInbox()
+            if ready[0].contains(.readable) {
+                while let frames = try socket.receive(flags: .dontWait) {
+                    try handle(frames)
+                    if socket.isClosed { break }
+                }
+            }
+        }
+    }
+
+    // MARK: stopping
+
+    /// nil = keep serving; otherwise the session (and run) ends.
+    private func handleStop() throws -> SessionOutcome? {
+        lock.lock()
+        let mode = stopMode
+        lock.unlock()
+        guard let mode else { return nil }
+        if stopStartedAt == nil {
+            stopStartedAt = Date()
+            log("worker \(settings.name): stopping (\(mode))")
+        }
+        switch mode {
+        case .abandon:
+            socket?.close()
+            socket = nil
+            return .stopped
+        case .finish, .handBack:
+            lock.lock()
+            let unfinished = tasks.values.filter { $0.result == nil }
+            lock.unlock()
+            // Wait for the compute threads to reach the end of their current step (handBack) or of
+            // their frame (finish), within a bound: a frame stuck in a model load is handed back.
+            let waitedMs = Date().timeIntervalSince(stopStartedAt!) * 1000
+            let boundMs = mode == .handBack ? Double(heartbeatIntervalMs * heartbeatLiveness) : Double.infinity
+            if !unfinished.isEmpty && waitedMs < boundMs { return nil }
+            if !welcomed {
+                // No session to say goodbye on: the coordinator requeues after its liveness timeout.
+                return .stopped
+            }
+            var bye = FarmGoodbye()
+            bye.reason = mode == .handBack ? "shutting down (SIGTERM): frames handed back" : "shutting down"
+            lock.lock()
+            // Anything still held is handed back (cancelled frames, or ones whose results were not sent).
+            bye.handedBackAttemptIds = Array(Set(tasks.keys).union(handedBack)).sorted()
+            for task in tasks.values { task.cancelReasonLocked = task.cancelReasonLocked ?? .shuttingDown }
+            tasks.removeAll()
+            lock.unlock()
+            try send(FarmEnvelope(.goodbye(bye)))
+            log("worker \(settings.name): Goodbye sent, handed back attempts \(bye.handedBackAttemptIds)")
+            socket?.close()
+            socket = nil
+            return .stopped
+        }
+    }
+
+    /// Waits up to `milliseconds` for a stop request; true when one came.
+    private func waitForStop(milliseconds: Int) -> Bool {
+        let deadline = Date().addingTimeInterval(Double(milliseconds) / 1000)
+        while true {
+            lock.lock()
+            let stopping = stopMode != nil
+            lock.unlock()
+            if stopping { return true }
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return false }
+            var pfd = pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, Int32(max(1, (left * 1000).rounded(.up))))
+            drainWakePipe()
+            // Compute threads keep running while disconnected; their events wait in the inbox.
+        }
+    }
+
+    private func finishWhileDisconnected() {
+        lock.lock()
+        for task in tasks.values where task.result == nil { task.cancelReasonLocked = .shuttingDown }
+        lock.unlock()
+        log("worker \(settings.name): stopped while disconnected; the coordinator requeues its attempts")
+    }
+
+    // MARK: inbox
+
+    private func processInbox() throws {
+        lock.lock()
+        let events = inbox
+        inbox.removeAll()
+        lock.unlock()
+        for event in events {
+            switch event {
+            case .progress(let attemptID, let step):
+                guard welcomed else { continue }
+                lock.lock()
+                let task = tasks[attemptID]
+                let total = task?.totalSteps ?? 0
+                let cancelled = task?.cancelReasonLocked != nil
+                lock.unlock()
+                guard let task, !cancelled else { continue }
+                var p = FarmProgress()
+                p.attemptID = attemptID
+                p.jobID = task.jobID
+                p.frame = task.frame
+                p.step = UInt32(step)
+                p.totalSteps = UInt32(total)
+                try send(FarmEnvelope(.progress(p)))
+            case .finished:
+                try flushResults()
+            case .modelRequest(let request):
+                try sendModelRequest(request)
+            }
+        }
+    }
+
+    /// Sends the FrameResult of every finished attempt (only on a welcomed session), each followed
+    /// by a Credit{1} for the freed slot unless the worker is stopping.
+    private func flushResults() throws {
+        guard welcomed else { return }
+        lock.lock()
+        let finished = tasks.values.filter { $0.result != nil }.sorted { $0.attemptID < $1.attemptID }
+        let mode = stopMode
+        lock.unlock()
+        for task in finished {
+            guard var result = task.result else { continue }
+            if mode != nil, result.hasError, result.error.code == .shuttingDown {
+                // Handed back: listed in the Goodbye instead of answered.
+                handedBack.insert(task.attemptID)
+                lock.lock(); tasks[task.attemptID] = nil; lock.unlock()
+                continue
+            }
+            result.workerName = settings.name
+            try send(FarmEnvelope(.frameResult(result)))
+            lock.lock()
+            tasks[task.attemptID] = nil
+            lock.unlock()
+            if mode == nil { try sendCredit(1) }
+        }
+        evictIdleJobs()
+    }
+
+    private func sendCredit(_ n: Int) throws {
+        guard n > 0 else { return }
+        var credit = FarmCredit()
+        credit.credits = UInt32(n)
+        try send(FarmEnvelope(.credit(credit)))
+    }
+
+    private func sendHeartbeat() throws {
+        heartbeatSequence += 1
+        var beat = FarmHeartbeat()
+        beat.sequence = heartbeatSequence
+        beat.sentUnixMs = UInt64(Date().timeIntervalSince1970 * 1000)
+        lock.lock()
+        beat.attempts = tasks.values.sorted { $0.attemptID < $1.attemptID }.map { task in
+            var a = FarmAttemptProgress()
+            a.attemptID = task.attemptID
+            a.step = UInt32(task.step)
+            a.totalSteps = UInt32(task.totalSteps)
+            return a
+        }
+        beat.freeSlots = UInt32(max(0, settings.slots - tasks.count))
+        lock.unlock()
+        try send(FarmEnvelope(.heartbeat(beat)))
+    }
+
+    // MARK: model requests (compute thread -> I/O thread -> coordinator)
+
+    private func sendModelRequest(_ request: ModelRequest) throws {
+        if request.requestID == 0 {
+            request.requestID = nextRequestID
+            nextRequestID += 1
+        }
+        pendingModelRequests[request.requestID] = request
+        if welcomed { try send(FarmEnvelope(request.body, requestID: request.requestID)) }
+    }
+
+    private func answerModelRequest(_ envelope: FarmEnvelope) {
+        var match: ModelRequest?
+        if envelope.requestID != 0 { match = pendingModelRequests[envelope.requestID] }
+        if match == nil {
+            match = pendingModelRequests.values.sorted { $0.requestID < $1.requestID }.first { $0.matches(envelope) }
+        }
+        guard let match else {
+            log("worker \(settings.name): dropped an unrequested \(envelope.bodyName) (request \(envelope.requestID))")
+            return
+        }
+        pendingModelRequests[match.requestID] = nil
+        match.complete(.success(envelope))
+    }
+
+    // MARK: incoming messages
+
+    private func handle(_ frames: [Data]) throws {
+        guard frames.count == 1 else {
+            log("worker \(settings.name): dropped a \(frames.count)-frame message from the coordinator (expected 1 frame)")
+            return
+        }
+        let envelope: FarmEnvelope
+        do {
+            envelope = try FarmEnvelope.decode(frames[0], maxBytes: settings.maxMessageBytes)
+        } catch let error as FarmProtocolError {
+            log("worker \(settings.name): refused a message from coordinator \(settings.connect): \(error)")
+            try send(FarmEnvelope(.error(FarmError(error))))
+            return
+        }
+        lastHeard = Date()
+        switch envelope.body {
+        case .welcome(let w):
+            try handleWelcome(w)
+        case .jobPrep(let prep):
+            handleJobPrep(prep)
+        case .frameTask(let task):
+            try handleFrameTask(task)
+        case .cancel(let cancel):
+            handleCancel(cancel)
+        case .modelManifest, .modelChunk:
+            answerModelRequest(envelope)
+        case .heartbeat:
+            break
+        case .error(let error):
+            try handleError(error, requestID: envelope.requestID)
+        default:
+            log("worker \(settings.name): ignored unexpected \(envelope.bodyName) from the coordinator")
+        }
+    }
+
+    private func handleWelcome(_ w: FarmWelcome) throws {
+        welcomed = true
+        backoffMs = settings.reconnectInitialMs
+        if w.heartbeatIntervalMs > 0 { heartbeatIntervalMs = Int(w.heartbeatIntervalMs) }
+        if w.heartbeatLiveness > 0 { heartbeatLiveness = Int(w.heartbeatLiveness) }
+        let adopted = Set(w.adoptedAttemptIds)
+        lock.lock()
+        if w.modelChunkBytes > 0 { modelChunkBytes = Int(w.modelChunkBytes) }
+        var dropped: [UInt64] = []
+        for task in tasks.values where !adopted.contains(task.attemptID) && task.result == nil {
+            // The coordinator no longer counts this attempt: stop rendering it.
+            task.cancelReasonLocked = .cancelled
+            dropped.append(task.attemptID)
+        }
+        let held = tasks.count
+        let mode = stopMode
+        lock.unlock()
+        if coordinatorID != w.coordinatorID {
+            log("worker \(settings.name): welcomed by coordinator \(w.coordinatorID) (heartbeat \(heartbeatIntervalMs) ms x \(heartbeatLiveness))")
+            coordinatorID = w.coordinatorID
+        }
+        if !dropped.isEmpty { log("worker \(settings.name): attempts \(dropped.sorted()) not adopted; cancelling them") }
+        if mode == nil { try sendCredit(settings.slots - held) }
+        // Model requests of compute threads waiting across the reconnect go out again.
+        for request in pendingModelRequests.values.sorted(by: { $0.requestID < $1.requestID }) {
+            try send(FarmEnvelope(request.body, requestID: request.requestID))
+        }
+        try flushResults()
+    }
+
+    private func handleError(_ error: FarmError, requestID: UInt64) throws {
+        switch error.code {
+        case .notRegistered:
+            log("worker \(settings.name): coordinator says not registered; sending Hello again")
+            welcomed = false
+            try sendHello()
+        case .unknownModel, .unknownFile, .badRequest, .checksumMismatch, .tooLarge:
+            // An answer to a model request fails it; other errors are only logged.
+            var failed: [ModelRequest] = []
+            if requestID != 0, let r = pendingModelRequests[requestID] { failed = [r] }
+            else if error.code == .unknownModel || error.code == .unknownFile {
+                failed = Array(pendingModelRequests.values)
+            }
+            for r in failed {
+                pendingModelRequests[r.requestID] = nil
+                r.complete(.failure(WorkerServiceError.modelUnavailable(
+                    "coordinator refused \(r.what): \(error.code) \(error.message)")))
+            }
+            log("worker \(settings.name): coordinator error \(error.code): \(error.message)")
+        default:
+            log("worker \(settings.name): coordinator error \(error.code): \(error.message)")
+        }
+    }
+
+    private func handleJobPrep(_ prep: FarmJobPrep) {
+        lock.lock()
+        if let existing = jobs[prep.jobID], existing.prep == prep {
+            existing.lastUsed = Date()
+        } else {
+            jobs[prep.jobID] = JobContext(prep: prep)
+        }
+        lock.unlock()
+        evictIdleJobs()
+    }
+
+    private func handleFrameTask(_ frameTask: FarmFrameTask) throws {
+        func answer(_ code: FarmErrorCode, _ message: String, credit: Bool) throws {
+            var result = FarmFrameResult()
+            result.attemptID = frameTask.attemptID
+            result.jobID = frameTask.jobID
+            result.frame = frameTask.frame
+            result.workerName = settings.name
+            result.error = FarmError(code, message, jobID: frameTask.jobID, attemptID: frameTask.attemptID)
+            try send(FarmEnvelope(.frameResult(result)))
+            if credit { try sendCredit(1) }
+        }
+        lock.lock()
+        let stopping = stopMode != nil
+        let duplicate = tasks[frameTask.attemptID] != nil
+        let job = jobs[frameTask.jobID]
+        lock.unlock()
+        if duplicate {
+            log("worker \(settings.name): ignored a second FrameTask for attempt \(frameTask.attemptID)")
+            return
+        }
+        if stopping {
+            try answer(.shuttingDown, "worker \(settings.name) is shutting down; frame \(frameTask.frame) handed back", credit: false)
+            return
+        }
+        guard let job else {
+            log("worker \(settings.name): FrameTask attempt \(frameTask.attemptID) (job \(frameTask.jobID) frame \(frameTask.frame)) without a JobPrep")
+            try answer(.jobPrepMissing, "worker \(settings.name) holds no JobPrep for job \(frameTask.jobID) "
+                       + "(frame \(frameTask.frame), attempt \(frameTask.attemptID))", credit: true)
+            return
+        }
+        let task = AttemptTask(task: frameTask, job: job)
+        lock.lock()
+        tasks[frameTask.attemptID] = task
+        job.lastUsed = Date()
+        lock.unlock()
+        let thread = Thread { [self] in self.compute(task) }
+        thread.name = "dp-worker compute attempt \(frameTask.attemptID)"
+        thread.stackSize = settings.computeThreadStackBytes
+        thread.start()
+    }
+
+    private func handleCancel(_ cancel: FarmCancel) {
+        lock.lock()
+        var hit: [UInt64] = []
+        switch cancel.target {
+        case .attemptID(let id):
+            if let task = tasks[id], task.result == nil {
+                task.cancelReasonLocked = .cancelled
+                hit.append(id)
+            }
+        case .jobID(let jobID):
+            for task in tasks.values where task.jobID == jobID && task.result == nil {
+                task.cancelReasonLocked = .cancelled
+                hit.append(task.attemptID)
+            }
+            jobs[jobID] = nil
+        case nil:
+            break
+        }
+        lock.unlock()
+        log("worker \(settings.name): Cancel \(String(describing: cancel.target)) (\(cancel.reason)): stopping attempts \(hit.sorted())")
+    }
+
+    /// Drops job preps that hold no attempt, least recently used first, beyond `maxIdleJobPreps`.
+    private func evictIdleJobs() {
+        lock.lock()
+        defer { lock.unlock() }
+        let busy = Set(tasks.values.map(\.jobID))
+        let idle = jobs.values.filter { !busy.contains($0.prep.jobID) }.sorted { $0.lastUsed < $1.lastUsed }
+        let excess = idle.count - settings.maxIdleJobPreps
+        guard excess > 0 else { return }
+        for job in idle.prefix(excess) { jobs[job.prep.jobID] = nil }
+    }
+}
