@@ -1,0 +1,242 @@
+import DPCoordinator
+import DPFileKit
+import DPJournal
+import DPProtocol
+import DPTransport
+import Foundation
+import XCTest
+
+/// Collects the coordinator's log lines; tests wait for a line instead of sleeping.
+final class LogSink: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+
+    var closure: @Sendable (String) -> Void { { [self] line in append(line) } }
+
+    func append(_ line: String) {
+        lock.lock()
+        lines.append(line)
+        lock.unlock()
+    }
+
+    var all: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return lines
+    }
+
+    func count(_ substring: String) -> Int { all.filter { $0.contains(substring) }.count }
+
+    /// Waits (polling every 5 ms, up to `timeout`) for a line containing every one of `parts`.
+    @discardableResult
+    func wait(for parts: String..., timeout: Double = 10) -> String? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let line = all.first(where: { line in parts.allSatisfy { line.contains($0) } }) { return line }
+            usleep(5000)
+        }
+        return nil
+    }
+}
+
+/// A coordinator running on its own thread over a temp state folder.
+final class RunningCoordinator {
+    let coordinator: Coordinator
+    let logs: LogSink
+    private let done = DispatchSemaphore(value: 0)
+    private var stopped = false
+
+    init(state: URL, clock: JournalClock, logs: LogSink = LogSink(),
+         configure: (inout CoordinatorSettings) -> Void = { _ in }) throws {
+        var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: state)
+        settings.heartbeatIntervalMs = 100
+        settings.restartGraceSeconds = 0
+        configure(&settings)
+        self.logs = logs
+        coordinator = try Coordinator(settings: settings, clock: clock, log: logs.closure)
+        let coordinator = self.coordinator
+        let done = self.done
+        let sink = logs
+        Thread.detachNewThread {
+            do { try coordinator.run() } catch { sink.append("run() threw: \(error)") }
+            done.signal()
+        }
+        XCTAssertNotNil(logs.wait(for: "serving on"), "coordinator did not start")
+    }
+
+    var endpoint: String { coordinator.endpoint }
+
+    func stop() {
+        guard !stopped else { return }
+        stopped = true
+        coordinator.shutdown()
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success, "run() did not return after shutdown()")
+    }
+
+    deinit { stop() }
+}
+
+/// A protocol-level peer (a scripted worker or client) on a raw DEALER socket.
+final class RawPeer {
+    let context: ZMQContext
+    let socket: ZMQSocket
+    let name: String
+
+    init(_ endpoint: String, name: String) throws {
+        self.name = name
+        context = try ZMQContext()
+        socket = try context.socket(.dealer)
+        var id = Data("P".utf8)
+        for _ in 0..<8 { id.append(UInt8.random(in: 1...255)) }
+        try socket.set(.routingID(id))
+        try socket.connect(endpoint)
+    }
+
+    deinit {
+        socket.close()
+        context.terminate()
+    }
+
+    func send(_ body: FarmEnvelope.OneOf_Body, requestID: UInt64 = 0) throws {
+        XCTAssertTrue(try socket.send(try FarmEnvelope(body, requestID: requestID).encoded()))
+    }
+
+    func sendRaw(_ frames: [Data]) throws {
+        XCTAssertTrue(try socket.send(frames))
+    }
+
+    /// The next message that is not a Heartbeat, or nil after `timeout` seconds.
+    func next(timeout: Double = 10) throws -> FarmEnvelope? {
+        let poller = ZMQPoller()
+        try poller.add(socket)
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let ready = try poller.poll(timeoutMilliseconds: 20)
+            guard ready[0].contains(.readable), let frames = try socket.receive(flags: .dontWait) else { continue }
+            XCTAssertEqual(frames.count, 1)
+            let envelope = try FarmEnvelope.decode(frames[0])
+            if case .heartbeat? = envelope.body { continue }
+            return envelope
+        }
+        return nil
+    }
+
+    /// The next non-heartbeat message; fails the test if there is none or `match` rejects it.
+    func expect<T>(_ what: String, timeout: Double = 10, file: StaticString = #filePath, line: UInt = #line,
+                   _ match: (FarmEnvelope.OneOf_Body) -> T?) throws -> T {
+        guard let envelope = try next(timeout: timeout) else {
+            XCTFail("\(name): no \(what) within \(timeout) s", file: file, line: line)
+            throw CoordinatorTestError("\(name): no \(what)")
+        }
+        guard let body = envelope.body, let value = match(body) else {
+            XCTFail("\(name): expected \(what), got \(envelope.bodyName): \(envelope)", file: file, line: line)
+            throw CoordinatorTestError("\(name): expected \(what), got \(envelope.bodyName)")
+        }
+        return value
+    }
+
+    func hello(slots: UInt32 = 1, running: [UInt64] = [], models: [String] = []) throws -> FarmWelcome {
+        var hello = FarmHello()
+        hello.workerName = name
+        hello.slots = slots
+        hello.host.hostname = "test-host"
+        hello.runningAttemptIds = running
+        hello.cachedModelIds = models
+        try send(.hello(hello))
+        return try expect("welcome") { if case .welcome(let w) = $0 { return w } else { return nil } }
+    }
+
+    func credit(_ n: UInt32) throws {
+        var credit = FarmCredit()
+        credit.credits = n
+        try send(.credit(credit))
+    }
+
+    func expectTask(timeout: Double = 10, file: StaticString = #filePath, line: UInt = #line) throws -> FarmFrameTask {
+        try expect("frame_task", timeout: timeout, file: file, line: line) {
+            if case .frameTask(let t) = $0 { return t } else { return nil }
+        }
+    }
+
+    /// Expects JobPrep then FrameTask.
+    func expectPrepAndTask(file: StaticString = #filePath, line: UInt = #line) throws -> (FarmJobPrep, FarmFrameTask) {
+        let prep = try expect("job_prep", file: file, line: line) { if case .jobPrep(let p) = $0 { return p } else { return nil } }
+        return (prep, try expectTask(file: file, line: line))
+    }
+
+    func result(_ task: FarmFrameTask, png: Data, seconds: Double = 0.5) throws {
+        var result = FarmFrameResult()
+        result.attemptID = task.attemptID
+        result.jobID = task.jobID
+        result.frame = task.frame
+        result.workerName = name
+        result.renderSeconds = seconds
+        result.png = png
+        result.pngSha256 = FileDigest.sha256(png)
+        try send(.frameResult(result))
+    }
+
+    func failure(_ task: FarmFrameTask, _ code: FarmErrorCode, _ message: String) throws {
+        var result = FarmFrameResult()
+        result.attemptID = task.attemptID
+        result.jobID = task.jobID
+        result.frame = task.frame
+        result.workerName = name
+        result.error = FarmError(code, message, jobID: task.jobID, attemptID: task.attemptID)
+        try send(.frameResult(result))
+    }
+}
+
+struct CoordinatorTestError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+enum FarmFixtures {
+    static func tempDirectory(_ label: String) throws -> URL {
+        let url = FileManager.default.temporaryDirectory
+            .appendingPathComponent("dp-coord-\(label)-\(UUID().uuidString)", isDirectory: true)
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+
+    /// A small model folder in the dreampose-model/1 layout (the coordinator only reads
+    /// dreampose.json; the rest is opaque bytes it stores, hashes and serves).
+    static func model(in parent: URL, seed: UInt8 = 1, weightBytes: Int = 300_000) throws -> URL {
+        let dir = parent.appendingPathComponent("model-\(seed)", isDirectory: true)
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("unet"), withIntermediateDirectories: true)
+        let json = """
+            {"format": "dreampose-model/1", "name": "test-\(seed)", "height": 64, "width": 48,
+             "vae_scaling_factor": 0.18215, "pose_window": 5,
+             "defaults": {"steps": 7, "sampler": "pndm", "image_guidance": 8.0, "pose_guidance": 3.0}}
+            """
+        try Data(json.utf8).write(to: dir.appendingPathComponent("dreampose.json"))
+        try Data("{\"in_channels\": 14}".utf8).write(to: dir.appendingPathComponent("unet/config.json"))
+        var weights = Data(count: weightBytes)
+        var state = UInt32(seed) &* 2_654_435_761 | 1
+        for i in 0..<weightBytes {
+            state ^= state << 13; state ^= state >> 17; state ^= state << 5
+            weights[i] = UInt8(truncatingIfNeeded: state)
+        }
+        try weights.write(to: dir.appendingPathComponent("unet/diffusion_pytorch_model.safetensors"))
+        return dir
+    }
+
+    /// A pose .npy stand-in whose bytes name its frame (the coordinator forwards them untouched).
+    static func pose(_ n: Int) -> Data { Data("pose-\(n)".utf8) }
+
+    static func png(frame: UInt32, by worker: String) -> Data { Data("\u{89}PNG frame \(frame) by \(worker)".utf8) }
+
+    static func submission(model: URL, frames: [Int], out: URL, poses: [Int]? = nil, order: String = "frame",
+                           video: String? = nil) -> JobSubmission {
+        let all = poses ?? frames
+        return JobSubmission(name: "test", modelDirectory: model, subjectPNG: Data("\u{89}PNG subject".utf8),
+                             poses: Dictionary(uniqueKeysWithValues: all.map { ($0, pose($0)) }), frames: frames,
+                             seed: 42, order: order, outputDirectory: out.path, videoPath: video)
+    }
+
+    static func manifest(_ out: URL) throws -> [String: Any] {
+        let data = try Data(contentsOf: out.appendingPathComponent("manifest.json"))
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+}
