@@ -1,0 +1,135 @@
+import ArgumentParser
+import DPCoordinator
+import DPPipeline
+import DPWorker
+import Foundation
+
+/// `dp-bench farm`: the farm's own overhead. A real Coordinator (journal on disk, TCP loopback) and N real
+/// WorkerService loops rendering with `SyntheticFrameRenderer` (constant time, default 0 ms, so the
+/// numbers are the farm's: dispatch, result, journal, output writing, following). Measures one job of
+/// `--frames` frames with 1 worker, then with `--workers` workers, in the same invocation, and prints
+/// dispatch+result cycles per second and the scaling efficiency = throughput(N) / (N x throughput(1)).
+struct FarmBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "farm",
+        abstract: "Coordinator + N worker loops with a constant-time fake renderer over TCP loopback: cycles/s, scaling.")
+
+    @Option(help: "Workers of the scaled run.") var workers = 16
+    @Option(help: "Frames of the job (each run).") var frames = 10_000
+    @Option(name: .customLong("render-ms"), help: "Constant render time of the fake renderer per frame, in ms.") var renderMs = 0.0
+    @Option(help: "Slots (frames at once) per worker.") var slots = 1
+    @Flag(help: "Print the coordinator's and workers' log lines.") var verbose = false
+
+    func validate() throws {
+        if workers < 1 { throw ValidationError("--workers must be at least 1") }
+        if frames < 1 { throw ValidationError("--frames must be at least 1") }
+        if slots < 1 { throw ValidationError("--slots must be at least 1") }
+        if !(renderMs >= 0) { throw ValidationError("--render-ms must be zero or positive") }
+    }
+
+    func run() throws {
+        print("farm benchmark: \(frames) frames, fake renderer \(renderMs) ms/frame, \(slots) slot(s)/worker, "
+            + "TCP loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        let one = try FarmBench.run(workers: 1, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose)
+        print(one.line)
+        guard workers > 1 else { return }
+        let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose)
+        print(many.line)
+        let efficiency = many.cyclesPerSecond / (Double(workers) * one.cyclesPerSecond)
+        print(String(format: "scaling efficiency %.3f = %.0f / (%d x %.0f) cycles/s", efficiency,
+                     many.cyclesPerSecond, workers, one.cyclesPerSecond))
+    }
+}
+
+enum FarmBench {
+    struct Result {
+        var workers: Int
+        var frames: Int
+        var seconds: Double
+        var cyclesPerSecond: Double { Double(frames) / seconds }
+        var line: String {
+            String(format: "%2d worker(s): %d frames in %.3f s = %.0f dispatch+result cycles/s", workers, frames, seconds,
+                   cyclesPerSecond)
+        }
+    }
+
+    struct BenchError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// One timed job: from the submit being accepted to the JobFinished event.
+    static func run(workers: Int, frames: Int, renderSeconds: Double, slots: Int, verbose: Bool) throws -> Result {
+        let fm = FileManager.default
+        let root = fm.temporaryDirectory.appendingPathComponent("dp-bench-farm-\(UUID().uuidString)")
+        try fm.createDirectory(at: root, withIntermediateDirectories: true)
+        defer { try? fm.removeItem(at: root) }
+
+        // A model folder the coordinator can serve (the fake renderer never reads it).
+        let model = root.appendingPathComponent("model")
+        try fm.createDirectory(at: model, withIntermediateDirectories: true)
+        try Data("{\"format\": \"farm-bench\"}\n".utf8).write(to: model.appendingPathComponent("dreampose.json"))
+        // Tiny real inputs: a 1x1 pose per frame, a small PNG subject.
+        let pose = NPY.encode(shape: [2, 1, 1], values: [0.25, 0.75])
+        var poses: [Int: Data] = [:]
+        for n in 0..<frames { poses[n] = pose }
+        let subject = try PNGCodec.encode(RGBImage(width: 8, height: 8, pixels: [UInt8](repeating: 128, count: 8 * 8 * 3)))
+
+        let log: @Sendable (String) -> Void = { line in
+            if verbose { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        }
+        let settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: root.appendingPathComponent("state"))
+        let coordinator = try Coordinator(settings: settings, log: log)
+        let coordThread = Joinable { try coordinator.run() }
+
+        var services: [WorkerService] = []
+        var threads: [Joinable] = []
+        for i in 0..<workers {
+            var ws = WorkerSettings(connect: coordinator.endpoint, name: "bench-\(i + 1)",
+                                    cacheDirectory: root.appendingPathComponent("cache-\(i + 1)"))
+            ws.slots = slots
+            ws.threads = 1
+            let service = try WorkerService(settings: ws, renderer: SyntheticFrameRenderer(steps: 1, stepDelaySeconds: renderSeconds),
+                                            log: log)
+            services.append(service)
+            threads.append(Joinable { try service.run() })
+        }
+        defer {
+            for s in services { s.shutdown(handBack: true) }
+            for t in threads { t.join() }
+            coordinator.shutdown()
+            coordThread.join()
+        }
+
+        let client = try FarmClient(endpoint: coordinator.endpoint, timeoutSeconds: 60)
+        defer { client.close() }
+        let job = JobSubmission(name: "bench", modelDirectory: model, subjectPNG: subject, poses: poses,
+                                frames: Array(0..<frames), outputDirectory: root.appendingPathComponent("out").path)
+        let start = Date()
+        let id = try client.submit(job)
+        var state: String?
+        try client.follow(job: id) { event in
+            if case .finished(let s, _) = event { state = s; return false }
+            return true
+        }
+        let seconds = Date().timeIntervalSince(start)
+        guard state == "completed" else {
+            throw BenchError(description: "farm bench job \(id) with \(workers) worker(s) ended \(state ?? "without a JobFinished event")")
+        }
+        return Result(workers: workers, frames: frames, seconds: seconds)
+    }
+}
+
+/// A thread running `body`, joinable.
+final class Joinable {
+    private let done = DispatchSemaphore(value: 0)
+    init(_ body: @escaping () throws -> Void) {
+        let done = self.done
+        let t = Thread {
+            do { try body() } catch { FileHandle.standardError.write(Data("farm bench thread: \(error)\n".utf8)) }
+            done.signal()
+        }
+        t.stackSize = 8 << 20
+        t.start()
+    }
+    func join() { done.wait(); done.signal() }
+}

@@ -1,0 +1,245 @@
+import ArgumentParser
+import DPCoordinator
+import Foundation
+
+/// `dp-coord`: the render farm's coordinator (`serve`) and its clients (`submit`, `status`, `cancel`, `workers`).
+struct DPCoordCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dp-coord",
+        abstract: "Run a DreamPose render farm coordinator, or submit and watch jobs.",
+        subcommands: [Serve.self, Submit.self, Status.self, Cancel.self, Workers.self])
+
+    /// The coordinator a client command talks to: `--coordinator`, else `$DP_COORDINATOR`, else local port 5555.
+    static func coordinatorEndpoint(_ option: String?) -> String {
+        if let option, !option.isEmpty { return option }
+        if let env = ProcessInfo.processInfo.environment["DP_COORDINATOR"], !env.isEmpty { return env }
+        return "tcp://127.0.0.1:5555"
+    }
+
+    static func stderrLine(_ s: String) {
+        FileHandle.standardError.write(Data((s + "\n").utf8))
+    }
+}
+
+struct ClientOptions: ParsableArguments {
+    @Option(help: "Coordinator endpoint (default: $DP_COORDINATOR, else tcp://127.0.0.1:5555).")
+    var coordinator: String?
+    @Option(help: "Seconds to wait for the coordinator's reply.") var timeout: Double = 30
+
+    func client() throws -> FarmClient {
+        try FarmClient(endpoint: DPCoordCommand.coordinatorEndpoint(coordinator), timeoutSeconds: timeout)
+    }
+}
+
+// MARK: - serve
+
+extension DPCoordCommand {
+    struct Serve: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the coordinator until SIGTERM/SIGINT (workers connect to --bind).")
+
+        @Option(help: "ZeroMQ endpoint to bind (tcp://HOST:PORT; port * picks a free one).") var bind = "tcp://0.0.0.0:5555"
+        @Option(help: "State folder: journal.sqlite, uploaded models and job inputs (created if missing).") var state: String
+        @Option(name: .customLong("heartbeat-ms"), help: "Heartbeat interval in milliseconds (default 1000).") var heartbeatMs: Int?
+        @Option(help: "Missed heartbeat intervals before a worker is declared dead (default 5).") var liveness: Int?
+        @Option(name: .customLong("stall-timeout"), help: "Seconds without step progress before a frame is requeued (default 600).")
+        var stallTimeout: Double?
+        @Option(help: "Seconds after start before frames in flight at the last shutdown are requeued (default 5).") var grace: Double?
+        @Option(help: "ffmpeg executable used for --video jobs.") var ffmpeg: String?
+
+        func validate() throws {
+            if let h = heartbeatMs, h < 1 { throw ValidationError("--heartbeat-ms must be at least 1") }
+            if let l = liveness, l < 1 { throw ValidationError("--liveness must be at least 1") }
+            if let s = stallTimeout, !(s > 0) { throw ValidationError("--stall-timeout must be positive") }
+            if let g = grace, !(g >= 0) { throw ValidationError("--grace must be zero or positive") }
+        }
+
+        func run() throws {
+            let stateURL = SubmitInputs.absoluteURL(state)
+            try FileManager.default.createDirectory(at: stateURL, withIntermediateDirectories: true)
+            var settings = CoordinatorSettings(bind: bind, stateDirectory: stateURL)
+            if let heartbeatMs { settings.heartbeatIntervalMs = heartbeatMs }
+            if let liveness { settings.heartbeatLiveness = liveness }
+            if let stallTimeout { settings.stallTimeoutSeconds = stallTimeout }
+            if let grace { settings.restartGraceSeconds = grace }
+            if let ffmpeg { settings.ffmpegPath = ffmpeg }
+            let coordinator = try Coordinator(settings: settings, log: { DPCoordCommand.stderrLine($0) })
+            DPCoordCommand.stderrLine("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
+            let trap = SignalTrap { sig in
+                DPCoordCommand.stderrLine("dp-coord: \(sig == SIGINT ? "SIGINT" : "SIGTERM"), shutting down")
+                coordinator.shutdown()
+            }
+            defer { trap.cancel() }
+            try coordinator.run()
+            DPCoordCommand.stderrLine("dp-coord: stopped")
+        }
+    }
+}
+
+// MARK: - submit
+
+extension DPCoordCommand {
+    struct Submit: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Submit a job: to --coordinator, or (default) render it here with an embedded coordinator and --workers local workers.")
+
+        @Option(help: "Model folder (dreampose-model/1 layout).") var model: String
+        @Option(help: "Subject photo (PNG).") var subject: String
+        @Option(help: "Folder of frame_<n>_densepose.npy files, or one stacked (N, 2, H, W) .npy.") var poses: String
+        @Option(help: "Output folder for frame_<n>.png and manifest.json (on the coordinator's machine).") var out: String
+        @Option(help: "Frames to render: N, A-B, comma-separated (default: every pose frame).") var frames: String?
+        @Option(help: "Denoising steps (default: the model's dreampose.json).") var steps: Int?
+        @Option(help: "Sampler: pndm, ddim or dpm (default: the model's).") var sampler: String?
+        @Option(name: .customLong("image-guidance"), help: "Image guidance scale s_I (default: the model's).") var imageGuidance: Float?
+        @Option(name: .customLong("pose-guidance"), help: "Pose guidance scale s_P (default: the model's).") var poseGuidance: Float?
+        @Option(help: "Seed of the job's noise (portable generator; default 0).") var seed: UInt64?
+        @Option(help: "Raw little-endian float32 noise file [1, 4, H/8, W/8] instead of --seed.") var noise: String?
+        @Option(help: "Job priority (higher goes first).") var priority = 0
+        @Option(help: "Dispatch order: frame (ascending) or preview (first, last, middle, then halves).") var order = "frame"
+        @Option(help: "Write an H.264 video of the finished sequence to this file (on the coordinator's machine).") var video: String?
+        @Option(help: "Frames per second of --video.") var fps = 30
+        @Option(help: "Job name shown by status (default: model:subject).") var name: String?
+        @Option(help: "Coordinator to submit to; without it the job runs here with an embedded coordinator.") var coordinator: String?
+        @Flag(help: "Return once the job is queued (print its id) instead of following it.") var detach = false
+        @Flag(help: "Print one JSON object per event on stdout instead of progress on stderr.") var json = false
+        @Option(help: "Embedded mode: local workers (default 1).") var workers = 1
+        @Option(help: "Embedded mode: engine threads in all, split between the workers (default: all cores).") var threads: Int?
+        @Option(help: "Seconds to wait for the coordinator's replies.") var timeout: Double = 30
+
+        func validate() throws {
+            if workers < 1 { throw ValidationError("--workers must be at least 1") }
+            if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
+        }
+
+        func run() throws {
+            let inputs = try SubmitInputs.load(.init(
+                model: model, subject: subject, poses: poses, out: out, frames: frames, steps: steps, sampler: sampler,
+                imageGuidance: imageGuidance, poseGuidance: poseGuidance, seed: seed, noise: noise, priority: priority,
+                order: order, video: video, fps: fps, name: name))
+            let display = FollowDisplay(json: json)
+            if !json { display.line("dp-coord submit: \(inputs.summary)") }
+
+            if let coordinator {
+                try submitRemote(inputs, endpoint: coordinator, display: display)
+            } else {
+                if detach { throw CLIError("--detach needs --coordinator (the embedded farm lives only as long as this command)") }
+                let quiet = json
+                let log: @Sendable (String) -> Void = { line in if !quiet { display.line(line) } }
+                let farm = try EmbeddedFarm(outputDirectory: URL(fileURLWithPath: inputs.submission.outputDirectory),
+                                            workers: workers, threads: threads, timeout: timeout, log: log)
+                let trap = SignalTrap { _ in
+                    display.line("dp-coord submit: interrupted, stopping the embedded farm (the job stays in \(farm.stateDirectory.path))")
+                    farm.shutdown()
+                    Foundation.exit(130)
+                }
+                defer { trap.cancel() }
+                let state: String
+                do {
+                    state = try farm.runJob(inputs.submission, display: display)
+                } catch {
+                    farm.shutdown()
+                    throw error
+                }
+                farm.shutdown()
+                try finish(state: state)
+            }
+        }
+
+        func submitRemote(_ inputs: SubmitInputs, endpoint: String, display: FollowDisplay) throws {
+            let client = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout)
+            defer { client.close() }
+            let id = try client.submit(inputs.submission)
+            if detach {
+                if json { display.emit(["event": "submitted", "job": id]) } else { print(id) }
+                return
+            }
+            if json { display.emit(["event": "submitted", "job": id]) } else { display.line("job \(id) submitted to \(endpoint)") }
+            try client.follow(job: id) { display.handle($0) }
+            try finish(state: display.finalState)
+        }
+
+        func finish(state: String?) throws {
+            guard let state else { throw CLIError("the coordinator stopped sending events before the job finished") }
+            if state != "completed" { throw ExitCode(state == "cancelled" ? 3 : 2) }
+        }
+    }
+}
+
+// MARK: - status, cancel, workers
+
+extension DPCoordCommand {
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one job, or every job.")
+        @Argument(help: "Job id (default: every job).") var job: Int64?
+        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var client: ClientOptions
+
+        func run() throws {
+            let c = try client.client()
+            defer { c.close() }
+            let jobs = try c.status(job: job)
+            if json {
+                printJSON(jobs.map { FollowDisplay.jsonObject($0) })
+                return
+            }
+            if jobs.isEmpty { print(job.map { "no job \($0)" } ?? "no jobs"); return }
+            print(pad(["JOB", "STATE", "PRI", "DONE", "FAILED", "FLIGHT", "QUEUED", "NAME", "OUTPUT"]))
+            for j in jobs {
+                print(pad(["\(j.id)", j.state, "\(j.priority)", "\(j.done)/\(j.total)", "\(j.failed)", "\(j.inFlight)",
+                           "\(j.queued)", j.name, j.outputDirectory + (j.video.map { "  video \($0)" } ?? "")]))
+                if job != nil, !j.perWorker.isEmpty {
+                    for (w, n) in j.perWorker.sorted(by: { $0.key < $1.key }) { print("    \(w): \(n) frame(s)") }
+                }
+            }
+        }
+    }
+
+    struct Cancel: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cancel a job (workers stop within a denoising step).")
+        @Argument(help: "Job id.") var job: Int64
+        @OptionGroup var client: ClientOptions
+
+        func run() throws {
+            let c = try client.client()
+            defer { c.close() }
+            let state = try c.cancel(job: job)
+            print("job \(job): \(state)")
+        }
+    }
+
+    struct Workers: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List the workers connected to the coordinator.")
+        @Flag(help: "Print JSON.") var json = false
+        @OptionGroup var client: ClientOptions
+
+        func run() throws {
+            let c = try client.client()
+            defer { c.close() }
+            let workers = try c.workers()
+            if json {
+                printJSON(workers.map { FollowDisplay.jsonObject($0) })
+                return
+            }
+            if workers.isEmpty { print("no workers connected"); return }
+            print(pad(["WORKER", "HOST", "SLOTS", "BUSY", "FRAMES", "SEEN", "MODELS"]))
+            for w in workers {
+                print(pad([w.name, w.host, "\(w.slots)", "\(w.busy)", "\(w.framesDone)",
+                           String(format: "%.1fs ago", w.lastSeenSecondsAgo),
+                           w.modelIDs.map { String($0.prefix(12)) }.joined(separator: ",")]))
+            }
+        }
+    }
+}
+
+func printJSON(_ object: Any) {
+    guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]) else { return }
+    print(String(decoding: data, as: UTF8.self))
+}
+
+/// Columns of a table row, left-aligned at fixed widths.
+func pad(_ cols: [String]) -> String {
+    let widths = [8, 11, 5, 11, 7, 7, 7, 20]
+    return cols.enumerated().map { i, c in
+        i < widths.count && i < cols.count - 1 ? c.padding(toLength: max(widths[i], c.count + 1), withPad: " ", startingAt: 0) : c
+    }.joined()
+}

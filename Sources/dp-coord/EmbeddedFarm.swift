@@ -1,0 +1,79 @@
+import DPCoordinator
+import DPWorker
+import Foundation
+
+/// `dp-coord submit` without `--coordinator`: a whole farm in this process. A real `Coordinator` on
+/// tcp://127.0.0.1:* with its state under `<out>/.dp-state`, and `workers` real `WorkerService`s rendering
+/// with `PipelineFrameRenderer`, each with its own model cache under the state folder. The job goes through
+/// the same messages as on a farm of machines (submit with upload, model fetch, dispatch, follow), so the
+/// outputs are the same.
+final class EmbeddedFarm {
+    let stateDirectory: URL
+    let coordinator: Coordinator
+    private var services: [WorkerService] = []
+    private var workerThreads: [BackgroundThread] = []
+    private var coordinatorThread: BackgroundThread?
+    private let timeout: Double
+    private let lock = NSLock()
+    private var stopped = false
+
+    init(outputDirectory: URL, workers: Int, threads: Int?, timeout: Double,
+         log: @escaping @Sendable (String) -> Void) throws {
+        self.timeout = timeout
+        stateDirectory = outputDirectory.appendingPathComponent(".dp-state")
+        try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
+        let settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: stateDirectory)
+        coordinator = try Coordinator(settings: settings, log: { log("coordinator: \($0)") })
+        let coordinator = self.coordinator
+        coordinatorThread = BackgroundThread(name: "dp-coord") { try coordinator.run() }
+
+        let totalThreads = threads ?? ProcessInfo.processInfo.activeProcessorCount
+        let perWorker = Self.split(threads: totalThreads, workers: workers)
+        for i in 0..<workers {
+            let name = "local-\(i + 1)"
+            var ws = WorkerSettings(connect: coordinator.endpoint, name: name,
+                                    cacheDirectory: stateDirectory.appendingPathComponent("workers/\(name)/models"))
+            ws.threads = perWorker[i]
+            let service = try WorkerService(settings: ws, renderer: PipelineFrameRenderer(), log: { log("\(name): \($0)") })
+            services.append(service)
+            workerThreads.append(BackgroundThread(name: "dp-worker-\(name)") { try service.run() })
+        }
+    }
+
+    /// `total` engine threads shared by `workers`: every worker gets at least one, the first ones any remainder.
+    static func split(threads total: Int, workers: Int) -> [Int] {
+        let base = max(1, total / workers)
+        let extra = total > workers ? total % workers : 0
+        return (0..<workers).map { base + ($0 < extra ? 1 : 0) }
+    }
+
+    /// Submits the job to the embedded coordinator and follows it to the end; returns the final job state.
+    func runJob(_ job: JobSubmission, display: FollowDisplay) throws -> String {
+        let client = try FarmClient(endpoint: coordinator.endpoint, timeoutSeconds: timeout)
+        defer { client.close() }
+        let id = try client.submit(job)
+        if display.mode == .json { display.emit(["event": "submitted", "job": id]) }
+        try client.follow(job: id) { display.handle($0) }
+        guard let state = display.finalState else {
+            throw CLIError("the embedded coordinator stopped sending events before job \(id) finished")
+        }
+        return state
+    }
+
+    /// Stops the workers (each hands back what it holds), then the coordinator, and waits for their threads.
+    func shutdown() {
+        lock.lock()
+        if stopped { lock.unlock(); return }
+        stopped = true
+        lock.unlock()
+        for s in services { s.shutdown(handBack: true) }
+        for t in workerThreads {
+            let r = t.join(timeout: 30)
+            if let e = r.error { FileHandle.standardError.write(Data("worker stopped with an error: \(e)\n".utf8)) }
+        }
+        coordinator.shutdown()
+        if let r = coordinatorThread?.join(timeout: 30), let e = r.error {
+            FileHandle.standardError.write(Data("coordinator stopped with an error: \(e)\n".utf8))
+        }
+    }
+}

@@ -1,0 +1,149 @@
+import DPCoordinator
+import DPModels
+import DPPipeline
+import DPSampling
+import Foundation
+
+/// The local files of a `dp-coord submit`, read and checked on the submitting machine before anything is
+/// sent or created, so a bad input fails here with a clear message and leaves no output behind.
+struct SubmitInputs {
+    var submission: JobSubmission
+    /// Human summary for the first log line.
+    var summary: String
+
+    struct Options {
+        var model: String
+        var subject: String
+        var poses: String
+        var out: String
+        var frames: String?
+        var steps: Int?
+        var sampler: String?
+        var imageGuidance: Float?
+        var poseGuidance: Float?
+        var seed: UInt64?
+        var noise: String?
+        var priority: Int
+        var order: String
+        var video: String?
+        var fps: Int
+        var name: String?
+    }
+
+    /// Reads and validates every input named by `o` (paths relative to the current directory).
+    static func load(_ o: Options) throws -> SubmitInputs {
+        let fm = FileManager.default
+        let modelURL = absoluteURL(o.model)
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: modelURL.path, isDirectory: &isDir), isDir.boolValue else {
+            throw CLIError("--model \(modelURL.path): no such folder (expected a dreampose-model/1 folder)")
+        }
+        // The model's own settings: frame size, pose window, latent shape (for the noise file).
+        let config = try DreamPoseConfig.load(modelURL.appendingPathComponent("dreampose.json"))
+        let vaeConfig = try AutoencoderKLConfig.load(modelURL.appendingPathComponent("vae/config.json"))
+        let latentShape = [1, vaeConfig.latentChannels, config.height / 8, config.width / 8]
+
+        // Subject: decoded once to prove it is a readable PNG; the original bytes travel.
+        let subjectURL = absoluteURL(o.subject)
+        _ = try PNGCodec.read(subjectURL)
+        let subjectPNG: Data
+        do { subjectPNG = try Data(contentsOf: subjectURL) } catch {
+            throw CLIError("--subject \(subjectURL.path): cannot read: \(error.localizedDescription)")
+        }
+
+        // Poses: every pose of the sequence as (2, H, W) .npy bytes (a window needs its neighbours).
+        let posesURL = absoluteURL(o.poses)
+        let source = try PoseSource(url: posesURL)
+        var poses: [Int: Data] = [:]
+        var poseSize: (Int, Int)?
+        for n in source.frameNumbers {
+            let pose = try source.pose(n)
+            if let size = poseSize, size != (pose.height, pose.width) {
+                throw CLIError("poses \(posesURL.path): frame \(n) is \(pose.height)x\(pose.width), "
+                    + "earlier frames are \(size.0)x\(size.1) (every pose of a sequence must have one size)")
+            }
+            poseSize = (pose.height, pose.width)
+            switch source.origin {
+            case .directory(let dir):
+                // Send the file as it is (already checked to be a (2, H, W) float array).
+                poses[n] = try Data(contentsOf: dir.appendingPathComponent(PoseSource.fileName(frame: n)))
+            case .stacked:
+                poses[n] = NPY.encode(shape: [2, pose.height, pose.width], values: pose.values)
+            }
+        }
+
+        let frames = try o.frames.map(FrameSelection.parse) ?? source.frameNumbers
+        let missing = frames.filter { poses[$0] == nil }
+        guard missing.isEmpty else {
+            throw CLIError("--frames asks for frame(s) \(missing.prefix(10).map(String.init).joined(separator: ", "))"
+                + "\(missing.count > 10 ? ", ..." : "") that have no pose in \(posesURL.path)")
+        }
+
+        if let s = o.sampler, SamplerKind(rawValue: s) == nil {
+            throw CLIError("unknown sampler \"\(s)\" (expected one of: \(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        if let s = o.steps, s < 1 { throw CLIError("--steps must be at least 1 (got \(s))") }
+        for (flag, value) in [("--image-guidance", o.imageGuidance), ("--pose-guidance", o.poseGuidance)] {
+            if let v = value, !v.isFinite { throw CLIError("\(flag) must be a finite number (got \(v))") }
+        }
+        if o.seed != nil && o.noise != nil { throw CLIError("give either --seed or --noise, not both") }
+        guard ["frame", "preview"].contains(o.order) else {
+            throw CLIError("--order \"\(o.order)\": expected frame or preview")
+        }
+        guard o.fps >= 1 else { throw CLIError("--fps must be at least 1 (got \(o.fps))") }
+
+        // Noise: a raw float32 file becomes a float32 .npy of the latent shape for the wire.
+        var noiseNPY: Data?
+        if let noise = o.noise {
+            let url = absoluteURL(noise)
+            guard case .values(let values) = try NoiseSource.file(url, shape: latentShape) else {
+                throw CLIError("noise file \(url.path): not read as values")
+            }
+            noiseNPY = NPY.encode(shape: latentShape, values: values)
+        }
+
+        let out = absoluteURL(o.out)
+        var outIsDir: ObjCBool = false
+        if fm.fileExists(atPath: out.path, isDirectory: &outIsDir), !outIsDir.boolValue {
+            throw CLIError("--out \(out.path) exists and is not a folder")
+        }
+        let video = o.video.map { absoluteURL($0).path }
+        if let video, !video.lowercased().hasSuffix(".mp4") && !video.lowercased().hasSuffix(".mkv")
+            && !video.lowercased().hasSuffix(".mov") {
+            throw CLIError("--video \(video): expected a .mp4, .mkv or .mov file name")
+        }
+
+        let name = o.name ?? "\(modelURL.lastPathComponent):\(subjectURL.deletingPathExtension().lastPathComponent)"
+        var job = JobSubmission(name: name, modelDirectory: modelURL, subjectPNG: subjectPNG, poses: poses,
+                                frames: frames, outputDirectory: out.path)
+        job.steps = o.steps
+        job.sampler = o.sampler
+        job.imageGuidance = o.imageGuidance
+        job.poseGuidance = o.poseGuidance
+        job.seed = o.seed ?? 0
+        job.noiseNPY = noiseNPY
+        job.priority = o.priority
+        job.order = o.order
+        job.videoPath = video
+        job.fps = o.fps
+        let d = config.defaults
+        let summary = "\(frames.count) frame(s) of \(poses.count) pose(s), model \(config.name) \(config.height)x\(config.width), "
+            + "\(o.sampler ?? d.sampler) \(o.steps ?? d.steps) steps, s_I \(o.imageGuidance ?? d.imageGuidance), "
+            + "s_P \(o.poseGuidance ?? d.poseGuidance), \(noiseNPY == nil ? "seed \(o.seed ?? 0)" : "noise file") -> \(out.path)"
+        return SubmitInputs(submission: job, summary: summary)
+    }
+
+    static func absoluteURL(_ path: String) -> URL {
+        let expanded = (path as NSString).expandingTildeInPath
+        return URL(fileURLWithPath: expanded, relativeTo: URL(fileURLWithPath: fm.currentDirectoryPath, isDirectory: true))
+            .standardizedFileURL
+    }
+
+    private static var fm: FileManager { .default }
+}
+
+/// A user-facing error: printed as `Error: <message>` with exit code 1.
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ message: String) { description = message }
+}
