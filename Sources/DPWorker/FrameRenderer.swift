@@ -1,0 +1,256 @@
+// The narrow rendering interface the worker loop needs (Flamenco's habit: the consumer declares the
+// interface), and its two implementations:
+// * `PipelineFrameRenderer`: the real one, over DPPipeline (`DreamPoseModel` + `PreparedJob`).
+// * `SyntheticFrameRenderer`: a TEST AND BENCHMARK renderer (constant time, deterministic bytes).
+import DPFileKit
+import DPPipeline
+import DPSampling
+import Foundation
+
+/// What a worker knows about a job once its JobPrep arrived: everything frame-independent.
+public struct JobRenderSpec: Sendable, Equatable {
+    public var jobID: String
+    public var modelID: String
+    /// The subject image, PNG bytes as submitted.
+    public var subjectPNG: Data
+    /// nil = the model's default (dreampose.json "defaults").
+    public var steps: Int?
+    /// "pndm", "ddim", "dpm"; nil = the model's default.
+    public var sampler: String?
+    public var imageGuidance: Float?
+    public var poseGuidance: Float?
+    /// Noise seed; used when `noise` is nil.
+    public var seed: UInt64
+    /// The job's noise eps [1, 4, H/8, W/8]: raw little-endian float32 values in C order, or the
+    /// bytes of a float32 `.npy` file (recognised by its magic; what JobPrep's `noise_npy` carries).
+    public var noise: Data?
+
+    public init(jobID: String, modelID: String, subjectPNG: Data, steps: Int? = nil, sampler: String? = nil,
+                imageGuidance: Float? = nil, poseGuidance: Float? = nil, seed: UInt64 = 0, noise: Data? = nil) {
+        self.jobID = jobID
+        self.modelID = modelID
+        self.subjectPNG = subjectPNG
+        self.steps = steps
+        self.sampler = sampler
+        self.imageGuidance = imageGuidance
+        self.poseGuidance = poseGuidance
+        self.seed = seed
+        self.noise = noise
+    }
+}
+
+/// Renders jobs: `prepare` once per job (load the model, condition on the subject, draw the noise),
+/// then `render` each frame.
+public protocol FrameRenderer: AnyObject {
+    func prepare(job: JobRenderSpec, modelDirectory: URL) throws -> any PreparedFrameRenderer
+}
+
+public protocol PreparedFrameRenderer: AnyObject {
+    /// Denoising steps per frame (Progress.total_steps).
+    var totalSteps: Int { get }
+    /// Renders frame `frame`. `poseWindow`: the window's .npy files (bytes), centre fallback applied by
+    /// the coordinator. `progress(step)` after each finished step (1 ... totalSteps); `isCancelled` is
+    /// polled before each step, and a cancel throws `FrameRenderCancelled`.
+    func render(frame: Int, poseWindow: [Data], progress: (Int) -> Void,
+                isCancelled: () -> Bool) throws -> (png: Data, seconds: Double)
+}
+
+/// Thrown by a renderer when `isCancelled` turned true; the worker answers FrameResult{CANCELLED}.
+public struct FrameRenderCancelled: Error, CustomStringConvertible, Equatable {
+    public let frame: Int
+    /// Steps finished before the cancel was seen.
+    public let step: Int
+    public init(frame: Int, step: Int) {
+        self.frame = frame
+        self.step = step
+    }
+    public var description: String { "frame \(frame): cancelled after step \(step)" }
+}
+
+/// A job or frame the renderer refused (bad settings, bad pose or noise bytes, model mismatch);
+/// `description` names the job/frame and what was expected vs found.
+public struct FrameRenderError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+// MARK: - The real renderer
+
+/// Renders with the DreamPose pipeline. Loaded models are kept by model id in a `LoadedModelCache`
+/// (capacity `loadedModelCapacity`, least recently used dropped), so consecutive jobs of one model
+/// load it once. The model folder passed to `prepare` must hold the job's model (the worker's cache
+/// verified it; its id is trusted, not recomputed).
+public final class PipelineFrameRenderer: FrameRenderer {
+    public let loadedModels: LoadedModelCache<DreamPoseModel>
+
+    public init(loadedModelCapacity: Int = 1) {
+        loadedModels = LoadedModelCache(capacity: loadedModelCapacity)
+    }
+
+    public func prepare(job: JobRenderSpec, modelDirectory: URL) throws -> any PreparedFrameRenderer {
+        let model = try loadedModels.value(for: job.modelID) {
+            try DreamPoseModel(directory: modelDirectory, id: job.modelID)
+        }
+        let subject = try PNGCodec.decode(job.subjectPNG, name: "job \(job.jobID) subject image")
+        var sampler: SamplerKind?
+        if let name = job.sampler {
+            guard let kind = SamplerKind(rawValue: name) else {
+                throw FrameRenderError("job \(job.jobID): unknown sampler \"\(name)\" (expected one of: "
+                    + SamplerKind.allCases.map(\.rawValue).joined(separator: ", ") + ")")
+            }
+            sampler = kind
+        }
+        let noise: NoiseSource
+        if let bytes = job.noise {
+            let shape = [1, model.latentChannels, model.latentHeight, model.latentWidth]
+            noise = .values(try Self.decodeNoise(bytes, shape: shape, job: job.jobID))
+        } else {
+            noise = .seed(job.seed)
+        }
+        let settings = RenderSettings(steps: job.steps, sampler: sampler, imageGuidance: job.imageGuidance,
+                                      poseGuidance: job.poseGuidance, noise: noise)
+        let prepared = try PreparedJob(model: model, subject: subject, settings: settings)
+        return PipelinePreparedFrames(job: job, prepared: prepared)
+    }
+
+    /// Raw float32 bytes, or a float32 .npy file whose shape is the latent shape (with or without
+    /// the leading 1).
+    static func decodeNoise(_ bytes: Data, shape: [Int], job: String) throws -> [Float] {
+        if bytes.starts(with: [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59]) {  // "\x93NUMPY"
+            let (found, values) = try NPY.decode(bytes, name: "job \(job) noise .npy")
+            guard found == shape || [1] + found == shape else {
+                throw FrameRenderError("job \(job): noise .npy has shape \(found), the model's latent is \(shape)")
+            }
+            return values
+        }
+        return try NoiseSource.decodeRaw(bytes, shape: shape, what: "job \(job) noise")
+    }
+}
+
+final class PipelinePreparedFrames: PreparedFrameRenderer {
+    let job: JobRenderSpec
+    let prepared: PreparedJob
+
+    init(job: JobRenderSpec, prepared: PreparedJob) {
+        self.job = job
+        self.prepared = prepared
+    }
+
+    var totalSteps: Int { prepared.totalSteps }
+
+    func render(frame: Int, poseWindow: [Data], progress: (Int) -> Void,
+                isCancelled: () -> Bool) throws -> (png: Data, seconds: Double) {
+        let poses = try poseWindow.enumerated().map { index, bytes -> Pose in
+            let what = "job \(job.jobID) frame \(frame) pose window entry \(index)"
+            let (shape, values) = try NPY.decode(bytes, name: what)
+            guard shape.count == 3, shape[0] == 2, shape[1] > 0, shape[2] > 0 else {
+                throw FrameRenderError("\(what): shape \(shape), expected (2, H, W) (a DensePose UV map)")
+            }
+            return Pose(height: shape[1], width: shape[2], values: values)
+        }
+        do {
+            let rendered = try withoutActuallyEscaping(progress) { progress in
+                try withoutActuallyEscaping(isCancelled) { isCancelled in
+                    try prepared.render(frame: frame, poseWindow: poses, progress: { progress($0.step) },
+                                        isCancelled: isCancelled)
+                }
+            }
+            return (rendered.png, rendered.renderSeconds)
+        } catch let cancel as RenderCancelled {
+            throw FrameRenderCancelled(frame: cancel.frame, step: cancel.step)
+        }
+    }
+}
+
+// MARK: - The synthetic renderer (tests and benchmarks only)
+
+/// FOR TESTS AND THE FARM BENCHMARK ONLY - never a default. Renders no image: each frame is a small
+/// PNG whose pixels come from SHA-256 of (model id, subject bytes, steps, sampler, guidance, seed or
+/// noise bytes, frame number, pose window bytes), so the bytes depend only on the job's settings, the
+/// frame and its poses (not on the job id, the worker, timing or order), which lets farm tests check
+/// determinism and exactly-once output. It takes `steps` steps of `stepDelaySeconds` each through the
+/// injected `sleeper` (tests pass one that does not sleep), reports progress and honours cancel
+/// like the real renderer. The model folder is not read.
+public final class SyntheticFrameRenderer: FrameRenderer {
+    public let steps: Int
+    public let stepDelaySeconds: Double
+    public let width: Int
+    public let height: Int
+    let sleeper: (Double) -> Void
+
+    /// - steps: steps per frame when the job does not set `steps` (a job's own `steps` wins).
+    /// - stepDelaySeconds: time per step, spent in `sleeper` (default: `Thread.sleep`).
+    public init(steps: Int = 4, stepDelaySeconds: Double = 0, width: Int = 8, height: Int = 8,
+                sleeper: @escaping (Double) -> Void = { Thread.sleep(forTimeInterval: $0) }) {
+        precondition(steps > 0 && width > 0 && height > 0 && stepDelaySeconds >= 0)
+        self.steps = steps
+        self.stepDelaySeconds = stepDelaySeconds
+        self.width = width
+        self.height = height
+        self.sleeper = sleeper
+    }
+
+    public func prepare(job: JobRenderSpec, modelDirectory: URL) throws -> any PreparedFrameRenderer {
+        let steps = job.steps ?? self.steps
+        guard steps >= 1 else { throw FrameRenderError("job \(job.jobID): steps must be at least 1, got \(steps)") }
+        // The job's part of the digest, in a fixed layout: every field length-prefixed.
+        var seed = Data()
+        func put(_ bytes: Data) {
+            var n = UInt64(bytes.count).littleEndian
+            seed.append(Data(bytes: &n, count: 8))
+            seed.append(bytes)
+        }
+        func put(_ value: UInt64) {
+            var v = value.littleEndian
+            put(Data(bytes: &v, count: 8))
+        }
+        put(Data("dp-farm synthetic renderer v1".utf8))
+        put(Data(job.modelID.utf8))
+        put(job.subjectPNG)
+        put(UInt64(steps))
+        put(Data((job.sampler ?? "").utf8))
+        put(job.imageGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max)
+        put(job.poseGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max)
+        if let noise = job.noise { put(noise) } else { put(job.seed) }
+        return SyntheticPreparedFrames(jobDigest: FileDigest.sha256(seed), steps: steps, renderer: self)
+    }
+}
+
+final class SyntheticPreparedFrames: PreparedFrameRenderer {
+    let jobDigest: String
+    let totalSteps: Int
+    let renderer: SyntheticFrameRenderer
+
+    init(jobDigest: String, steps: Int, renderer: SyntheticFrameRenderer) {
+        self.jobDigest = jobDigest
+        totalSteps = steps
+        self.renderer = renderer
+    }
+
+    func render(frame: Int, poseWindow: [Data], progress: (Int) -> Void,
+                isCancelled: () -> Bool) throws -> (png: Data, seconds: Double) {
+        let start = DispatchTime.now().uptimeNanoseconds
+        for step in 0 ..< totalSteps {
+            if isCancelled() { throw FrameRenderCancelled(frame: frame, step: step) }
+            if renderer.stepDelaySeconds > 0 { renderer.sleeper(renderer.stepDelaySeconds) }
+            progress(step + 1)
+        }
+        var material = Data(jobDigest.utf8)
+        material.append(Data(String(frame).utf8))
+        for pose in poseWindow { material.append(Data(FileDigest.sha256(pose).utf8)) }
+        // Pixels from a xorshift generator seeded by the digest.
+        let digest = FileDigest.sha256(material)
+        var state = UInt64(digest.prefix(16), radix: 16) ?? 1
+        if state == 0 { state = 1 }
+        var image = RGBImage(width: renderer.width, height: renderer.height)
+        for i in 0 ..< image.pixels.count {
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            image.pixels[i] = UInt8(truncatingIfNeeded: state >> 32)
+        }
+        let png = try PNGCodec.encode(image)
+        return (png, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+    }
+}
