@@ -64,10 +64,17 @@ enum FarmBench {
         try fm.createDirectory(at: root, withIntermediateDirectories: true)
         defer { try? fm.removeItem(at: root) }
 
-        // A model folder the coordinator can serve (the fake renderer never reads it).
+        // A model folder the coordinator can serve: its dreampose.json holds the defaults the coordinator
+        // reads (the fake renderer never loads weights; one step per frame).
         let model = root.appendingPathComponent("model")
         try fm.createDirectory(at: model, withIntermediateDirectories: true)
-        try Data("{\"format\": \"farm-bench\"}\n".utf8).write(to: model.appendingPathComponent("dreampose.json"))
+        let config: [String: Any] = [
+            "format": "dreampose-model/1", "name": "farm-bench (no weights)", "height": 64, "width": 64,
+            "vae_scaling_factor": 0.18215, "pose_window": 5,
+            "defaults": ["steps": 1, "sampler": "ddim", "image_guidance": 1.0, "pose_guidance": 1.0] as [String: Any],
+        ]
+        try JSONSerialization.data(withJSONObject: config, options: [.sortedKeys])
+            .write(to: model.appendingPathComponent("dreampose.json"))
         // Tiny real inputs: a 1x1 pose per frame, a small PNG subject.
         let pose = NPY.encode(shape: [2, 1, 1], values: [0.25, 0.75])
         var poses: [Int: Data] = [:]
