@@ -1,0 +1,142 @@
+import DPCoordinator
+import DPFileKit
+import DPJournal
+import DPProtocol
+import Foundation
+import XCTest
+
+/// FarmClient against a running coordinator: uploads only what is missing, verified uploads, follow.
+final class ClientTests: XCTestCase {
+    var root: URL!
+
+    override func setUpWithError() throws {
+        root = try FarmFixtures.tempDirectory("client")
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(at: root)
+    }
+
+    func testSecondSubmitUploadsNothingTheCoordinatorHolds() throws {
+        let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: ManualClock())
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let first = try client.submit(FarmFixtures.submission(model: model, frames: [0, 1], out: root.appendingPathComponent("a")))
+        // 3 model files + subject + 2 poses.
+        XCTAssertNotNil(coord.logs.wait(for: "job \(first) 'test' submitted", "6 file(s) to upload"))
+        XCTAssertNotNil(coord.logs.wait(for: "job \(first): every upload arrived; queued"))
+        let manifest = try ModelManifest.compute(directory: model)
+        XCTAssertEqual(coord.coordinator.models.modelIDs, [manifest.modelID])
+        // Same model and inputs, one new pose: only that pose is uploaded.
+        let second = try client.submit(FarmFixtures.submission(model: model, frames: [2], out: root.appendingPathComponent("b"),
+                                                               poses: [0, 1, 2]))
+        XCTAssertNotNil(coord.logs.wait(for: "job \(second) 'test' submitted", "(held)", "1 file(s) to upload"))
+        let status = try client.status(job: nil)
+        XCTAssertEqual(status.map(\.id), [first, second])
+        XCTAssertEqual(status.map(\.state), ["queued", "queued"])
+        XCTAssertEqual(status.map(\.total), [2, 1])
+        XCTAssertEqual(status[1].outputDirectory, root.appendingPathComponent("b").standardizedFileURL.path)
+    }
+
+    func testCorruptedUploadIsRefusedWithChecksumMismatchAndJobStaysUploading() throws {
+        let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: ManualClock())
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let manifest = try ModelManifest.compute(directory: model)
+        let peer = try RawPeer(coord.endpoint, name: "client")
+        var spec = FarmJobSpec()
+        spec.name = "raw"
+        spec.modelID = manifest.modelID
+        let subject = Data("subject".utf8)
+        spec.subject.path = "subject.png"
+        spec.subject.size = UInt64(subject.count)
+        spec.subject.sha256 = FileDigest.sha256(subject)
+        var pose = FarmPoseInput()
+        pose.frame = 0
+        pose.file.path = "poses/0.npy"
+        pose.file.size = 4
+        pose.file.sha256 = FileDigest.sha256(Data("pose".utf8))
+        spec.poses = [pose]
+        spec.outputDir = "out"
+        var submit = FarmSubmitJob()
+        submit.spec = spec
+        submit.model.modelID = manifest.modelID
+        submit.model.files = manifest.files.map {
+            var f = FarmModelFile()
+            f.path = $0.path
+            f.size = $0.size
+            f.sha256 = $0.sha256
+            return f
+        }
+        try peer.send(.submitJob(submit), requestID: 1)
+        let reply = try peer.expect("submit_reply") { if case .submitReply(let r) = $0 { return r } else { return nil } }
+        XCTAssertEqual(reply.missing.count, manifest.files.count + 2)
+        var chunk = FarmUploadChunk()
+        chunk.jobID = reply.jobID
+        chunk.file.kind = .input
+        chunk.file.path = "subject.png"
+        chunk.data = Data("subjecX".utf8)  // one byte flipped on the way
+        chunk.last = true
+        try peer.send(.uploadChunk(chunk), requestID: 2)
+        let error = try peer.expect("error") { if case .error(let e) = $0 { return e } else { return nil } }
+        XCTAssertEqual(error.code, .checksumMismatch)
+        XCTAssertTrue(error.message.contains("subject.png"), error.message)
+        // Sent again correctly: accepted.
+        chunk.data = subject
+        try peer.send(.uploadChunk(chunk), requestID: 3)
+        let ack = try peer.expect("upload_ack") { if case .uploadAck(let a) = $0 { return a } else { return nil } }
+        XCTAssertTrue(ack.fileComplete)
+        XCTAssertFalse(ack.jobQueued, "model and pose still missing")
+        // An upload path escaping its folder is refused.
+        chunk.file.path = "../journal.sqlite"
+        try peer.send(.uploadChunk(chunk), requestID: 4)
+        let refused = try peer.expect("error") { if case .error(let e) = $0 { return e } else { return nil } }
+        XCTAssertEqual(refused.code, .unknownFile)
+        XCTAssertEqual(try coord.coordinator.journal.job(Int64(reply.jobID))?.state, .uploading)
+    }
+
+    func testFollowStreamsProgressFramesWithPNGAndFinish() throws {
+        let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: ManualClock())
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let job = try client.submit(FarmFixtures.submission(model: model, frames: [5], out: root.appendingPathComponent("o")))
+        let worker = try RawPeer(coord.endpoint, name: "w")
+        _ = try worker.hello()
+        try worker.credit(1)
+        let (_, task) = try worker.expectPrepAndTask()
+        let script = Thread {
+            // The follower registers first (its snapshot comes before any of these).
+            _ = coord.logs  // keep the sink alive on this thread
+            usleep(100_000)
+            var progress = FarmProgress()
+            progress.attemptID = task.attemptID
+            progress.jobID = task.jobID
+            progress.frame = task.frame
+            progress.step = 3
+            progress.totalSteps = 7
+            try? worker.send(.progress(progress))
+            try? worker.result(task, png: FarmFixtures.png(frame: 5, by: "w"))
+        }
+        script.start()
+        var events: [String] = []
+        var png: Data?
+        try client.follow(job: job, includePNG: true) { event in
+            switch event {
+            case .snapshot(let info): events.append("snapshot \(info.total)/\(info.queued + info.inFlight)")
+            case let .frameProgress(frame, worker, step, total): events.append("progress \(frame) \(worker) \(step)/\(total)")
+            case let .frameDone(frame, _, worker, _, data):
+                events.append("done \(frame) \(worker)")
+                png = data
+            case .frameFailed(let frame, let error): events.append("failed \(frame) \(error)")
+            case .finished(let state, let video): events.append("finished \(state) \(video ?? "-")")
+            }
+            return true
+        }
+        XCTAssertEqual(events, ["snapshot 1/1", "progress 5 w 3/7", "done 5 w", "finished completed -"])
+        XCTAssertEqual(png, FarmFixtures.png(frame: 5, by: "w"))
+    }
+}
