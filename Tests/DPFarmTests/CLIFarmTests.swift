@@ -1,0 +1,123 @@
+import DPPipeline
+import Foundation
+import XCTest
+
+/// The farm through its binaries, as on several machines: `dp-coord serve`, `dp-worker --connect`, and the
+/// client commands `submit --coordinator`, `status`, `workers`, `cancel`; SIGTERM stops both servers cleanly.
+final class CLIFarmTests: XCTestCase {
+    var work: URL!
+    var started: [CLITestSupport.Started] = []
+
+    override func setUpWithError() throws {
+        work = FileManager.default.temporaryDirectory.appendingPathComponent("dp-farm-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        for p in started where p.process.isRunning {
+            kill(p.process.processIdentifier, SIGKILL)
+            p.process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: work)
+    }
+
+    /// Starts `dp-coord serve` on a free loopback port and returns it with its endpoint (from its first line).
+    func startCoordinator(state: URL) throws -> (CLITestSupport.Started, String) {
+        let coord = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
+            "serve", "--bind", "tcp://127.0.0.1:*", "--state", state.path, "--heartbeat-ms", "100", "--grace", "0.2",
+        ], work: work)
+        started.append(coord)
+        var endpoint: String?
+        XCTAssertTrue(coord.waitForStderr { text in
+            guard let r = text.range(of: "serving on ") else { return false }
+            let rest = text[r.upperBound...]
+            guard let end = rest.firstIndex(where: { $0 == "," || $0 == " " || $0 == "\n" }) else { return false }
+            endpoint = String(rest[..<end])
+            return true
+        }, "dp-coord serve did not report its endpoint: \(coord.stderr)")
+        return (coord, try XCTUnwrap(endpoint, coord.stderr))
+    }
+
+    func testServeWorkerSubmitStatusWorkersCancel() throws {
+        let golden = try CLITestSupport.pipelineCase()
+        let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"))
+        let worker = try CLITestSupport.Started(try CLITestSupport.binary("dp-worker"), [
+            "--connect", endpoint, "--cache", work.appendingPathComponent("cache").path, "--name", "cli-worker",
+            "--threads", "2", "--heartbeat-ms", "100",
+        ], work: work)
+        started.append(worker)
+
+        // Submit and follow: the frames land in --out and match the golden frames.
+        let out = work.appendingPathComponent("out")
+        let frames = Array(golden.frames.prefix(2))
+        let submit = try CLITestSupport.run("dp-coord", try golden.submitArgs(out: out) + [
+            "--coordinator", endpoint, "--frames", frames.map(String.init).joined(separator: ","), "--json",
+        ], work: work)
+        XCTAssertEqual(submit.status, 0, "submit: \(submit.stderr)\ncoordinator: \(coord.stderr)\nworker: \(worker.stderr)")
+        let events = submit.jsonEvents
+        let jobID = try XCTUnwrap(events.first { $0["event"] as? String == "submitted" }?["job"] as? Int, submit.stdout)
+        XCTAssertEqual(events.last?["state"] as? String, "completed", submit.stdout)
+        for n in frames {
+            let ours = try PNGCodec.read(out.appendingPathComponent(FrameSelection.outputName(frame: n)))
+            let expected = try PNGCodec.read(golden.dir.appendingPathComponent("expected/frame_\(n).png"))
+            XCTAssertNil(CLITestSupport.frameMismatch(ours, expected), "frame \(n)")
+        }
+
+        // status --json: the job, completed, every frame done.
+        let status = try CLITestSupport.run("dp-coord", ["status", String(jobID), "--json", "--coordinator", endpoint], work: work)
+        XCTAssertEqual(status.status, 0, status.stderr)
+        let jobs = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [[String: Any]], status.stdout)
+        XCTAssertEqual(jobs.count, 1)
+        XCTAssertEqual(jobs.first?["state"] as? String, "completed")
+        XCTAssertEqual(jobs.first?["done"] as? Int, frames.count)
+        XCTAssertEqual(jobs.first?["total"] as? Int, frames.count)
+
+        // workers --json (coordinator taken from $DP_COORDINATOR): our worker, connected, with its frames.
+        let workersRun = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), ["workers", "--json"], work: work,
+                                                    environment: ["DP_COORDINATOR": endpoint]).wait(timeout: 60)
+        XCTAssertEqual(workersRun.status, 0, workersRun.stderr)
+        let workers = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(workersRun.stdout.utf8)) as? [[String: Any]],
+                                    workersRun.stdout)
+        let me = try XCTUnwrap(workers.first { $0["name"] as? String == "cli-worker" }, workersRun.stdout)
+        XCTAssertEqual(me["framesDone"] as? Int, frames.count, workersRun.stdout)
+
+        // A detached job with many steps, cancelled at once: state cancelled, and its follower would exit non-zero.
+        let out2 = work.appendingPathComponent("out2")
+        var args2 = try golden.submitArgs(out: out2)
+        if let i = args2.firstIndex(of: "--steps") { args2[i + 1] = "400" } else { args2 += ["--steps", "400"] }
+        let detached = try CLITestSupport.run("dp-coord", args2 + ["--coordinator", endpoint, "--detach"], work: work)
+        XCTAssertEqual(detached.status, 0, detached.stderr)
+        let job2 = try XCTUnwrap(Int(detached.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), detached.stdout)
+        XCTAssertNotEqual(job2, jobID)
+        let cancel = try CLITestSupport.run("dp-coord", ["cancel", String(job2), "--coordinator", endpoint], work: work)
+        XCTAssertEqual(cancel.status, 0, cancel.stderr)
+        XCTAssertTrue(cancel.stdout.contains("cancelled"), cancel.stdout)
+        let follow = try CLITestSupport.run("dp-coord", ["status", String(job2), "--coordinator", endpoint], work: work)
+        XCTAssertTrue(follow.stdout.contains("cancelled"), follow.stdout)
+
+        // SIGTERM: both stop cleanly.
+        kill(worker.process.processIdentifier, SIGTERM)
+        XCTAssertEqual(worker.wait(timeout: 60).status, 0, worker.stderr)
+        kill(coord.process.processIdentifier, SIGTERM)
+        XCTAssertEqual(coord.wait(timeout: 60).status, 0, coord.stderr)
+        XCTAssertTrue(coord.stderr.contains("stopped"), coord.stderr)
+    }
+
+    /// `dp-worker demo-assets` writes a model folder, subject and poses that `dp-coord submit` renders.
+    func testDemoAssetsRenderEmbedded() throws {
+        let demo = work.appendingPathComponent("demo")
+        let assets = try CLITestSupport.run("dp-worker", ["demo-assets", "--out", demo.path, "--frames", "3"], work: work)
+        XCTAssertEqual(assets.status, 0, assets.stderr)
+        let out = work.appendingPathComponent("out")
+        let run = try CLITestSupport.run("dp-coord", [
+            "submit", "--model", demo.appendingPathComponent("model").path,
+            "--subject", demo.appendingPathComponent("subject.png").path,
+            "--poses", demo.appendingPathComponent("poses").path, "--out", out.path, "--steps", "2", "--frames", "0-2",
+        ], work: work)
+        XCTAssertEqual(run.status, 0, run.stderr)
+        for n in 0..<3 {
+            let img = try PNGCodec.read(out.appendingPathComponent(FrameSelection.outputName(frame: n)))
+            XCTAssertGreaterThan(img.width, 0)
+        }
+    }
+}
