@@ -41,7 +41,7 @@ let package = Package(
         // Golden-case reading and the parity runner (dp-bench parity and the tests share it).
         .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline"], swiftSettings: v5 + release),
         .target(name: "DPPipeline",
-                dependencies: ["DPTensor", "DPModels", "DPSampling", "CPNG",
+                dependencies: ["DPTensor", "DPModels", "DPSampling", "DPFileKit", "CPNG",
                                .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: v5 + release),
 
@@ -74,7 +74,7 @@ let package = Package(
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: v5),
         .executableTarget(name: "dp-worker",
-                          dependencies: ["DPWorker", "DPPipeline",
+                          dependencies: ["DPWorker", "DPPipeline", "DPFileKit",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: v5),
@@ -89,7 +89,7 @@ let package = Package(
         .testTarget(name: "DPModelsTests", dependencies: ["DPModels", "DPTensor", "DPGolden"], swiftSettings: v5),
         .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor"], exclude: ["Reference"],
                     swiftSettings: v5),
-        .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden"], swiftSettings: v5),
+        .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden", "DPFileKit"], swiftSettings: v5),
         .testTarget(name: "DPFarmTests",
                     dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal", "DPFileKit"],
                     swiftSettings: v5),

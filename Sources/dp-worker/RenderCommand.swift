@@ -1,4 +1,5 @@
 import ArgumentParser
+import DPFileKit
 import DPPipeline
 import DPSampling
 import DPTensor
@@ -82,7 +83,7 @@ struct RenderCommand: ParsableCommand {
                     + "\(String(format: "%.2f", perStep)) s/step  ETA \(ProgressLog.duration(perStep * Double(stepsLeft)))")
             })
             let url = outDir.appendingPathComponent(FrameSelection.outputName(frame: n))
-            try AtomicFile.write(frame.png, to: url)
+            try DurableFile.write(frame.png, to: url)
             log.line("frames \(i + 1)/\(wanted.count)  wrote \(url.path) (\(String(format: "%.1f", frame.renderSeconds)) s)")
         }
     }

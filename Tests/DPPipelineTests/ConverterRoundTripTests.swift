@@ -9,6 +9,7 @@
 // Needs python3 with torch and safetensors (Scripts/setup.sh installs them); skipped without them.
 
 import DPModels
+import DPFileKit
 import DPPipeline
 import DPTensor
 import Foundation
@@ -68,8 +69,8 @@ final class ConverterRoundTripTests: XCTestCase {
             _ = try convert(release, source: source, into: second)
 
             // Identity: stable across conversions, and the same in Swift and in the script.
-            let id = try ModelID.compute(directory: first)
-            XCTAssertEqual(id, try ModelID.compute(directory: second), "\(source.path): two conversions differ")
+            let id = try ModelManifest.modelID(directory: first)
+            XCTAssertEqual(id, try ModelManifest.modelID(directory: second), "\(source.path): two conversions differ")
             XCTAssertEqual(id, printedID, "\(source.path): Swift ModelID vs the converter's printed id")
 
             try assertSameNetworks(converted: first, source: source)

@@ -1,6 +1,7 @@
-// ModelID (docs/model-format.md "Identity"), checked against an independent computation with the
+// The model id, ModelManifest.modelID in DPFileKit (docs/model-format.md "Identity"), checked against an independent computation with the
 // system's sha256sum, and against the per-file digests listed in the golden manifests.
 import DPPipeline
+import DPFileKit
 import Foundation
 import XCTest
 
@@ -47,17 +48,17 @@ final class IOModelIDTests: XCTestCase {
             try data.write(to: url)
         }
         let expected = try Self.independentID(root, files: Array(files.keys))
-        XCTAssertEqual(try ModelID.compute(directory: root), expected)
+        XCTAssertEqual(try ModelManifest.modelID(directory: root), expected)
         // The large file is hashed in chunks; its digest matches sha256sum's.
         let big = root.appendingPathComponent("unet/diffusion_pytorch_model.safetensors").path
-        XCTAssertEqual(try ModelID.fileSHA256(big), try Self.sha256sum(file: big))
+        XCTAssertEqual(try FileDigest.sha256(ofFile: big).sha256, try Self.sha256sum(file: big))
 
         // Any change to content or name changes the id.
         try Data("lower!".utf8).write(to: root.appendingPathComponent("a.txt"))
-        let changed = try ModelID.compute(directory: root)
+        let changed = try ModelManifest.modelID(directory: root)
         XCTAssertNotEqual(changed, expected)
         try FileManager.default.moveItem(at: root.appendingPathComponent("a.txt"), to: root.appendingPathComponent("c.txt"))
-        XCTAssertNotEqual(try ModelID.compute(directory: root), changed)
+        XCTAssertNotEqual(try ModelManifest.modelID(directory: root), changed)
     }
 
     func testGoldenModelFolderMatchesManifestDigests() throws {
@@ -69,7 +70,7 @@ final class IOModelIDTests: XCTestCase {
             let listed = try XCTUnwrap(model["files"] as? [String: [String: Any]])
             // Each listed digest matches our per-file hash.
             for (path, entry) in listed {
-                XCTAssertEqual(try ModelID.fileSHA256(folder.appendingPathComponent(path).path),
+                XCTAssertEqual(try FileDigest.sha256(ofFile: folder.appendingPathComponent(path).path).sha256,
                                entry["sha256"] as? String, path)
             }
             // The id from the manifest's own digests (lines hashed by sha256sum) equals ours.
@@ -80,7 +81,7 @@ final class IOModelIDTests: XCTestCase {
                     lines.append(Data(p.utf8)); lines.append(0)
                     lines.append(Data((listed[p]?["sha256"] as? String ?? "").utf8)); lines.append(0x0A)
                 }
-                XCTAssertEqual(try ModelID.compute(directory: folder), try Self.sha256sum(data: lines))
+                XCTAssertEqual(try ModelManifest.modelID(directory: folder), try Self.sha256sum(data: lines))
             }
         }
     }
@@ -88,7 +89,7 @@ final class IOModelIDTests: XCTestCase {
     func testNotAFolder() throws {
         let root = try IOGolden.temporaryDirectory(self)
         let missing = root.appendingPathComponent("nope")
-        XCTAssertThrowsError(try ModelID.compute(directory: missing)) { error in
+        XCTAssertThrowsError(try ModelManifest.modelID(directory: missing)) { error in
             XCTAssertTrue("\(error)".contains(missing.path), "\(error)")
         }
     }

@@ -1,5 +1,6 @@
-// PNGCodec and AtomicFile: round trips, every colour type Pillow's convert("RGB") would accept, errors.
+// PNGCodec and DurableFile (DPFileKit): round trips, every colour type Pillow's convert("RGB") would accept, errors.
 import DPPipeline
+import DPFileKit
 import Foundation
 import XCTest
 
@@ -90,27 +91,27 @@ final class IOPNGTests: XCTestCase {
         }
     }
 
-    func testAtomicFileWritesReplacesAndFailsCleanly() throws {
+    func testDurableFileWritesReplacesAndFailsCleanly() throws {
         let dir = try IOGolden.temporaryDirectory(self)
         let url = dir.appendingPathComponent("out.bin")
-        try AtomicFile.write(Data([1, 2, 3]), to: url)
+        try DurableFile.write(Data([1, 2, 3]), to: url)
         XCTAssertEqual(try Data(contentsOf: url), Data([1, 2, 3]))
-        try AtomicFile.write(Data(repeating: 7, count: 100_000), to: url)
+        try DurableFile.write(Data(repeating: 7, count: 100_000), to: url)
         XCTAssertEqual(try Data(contentsOf: url), Data(repeating: 7, count: 100_000))
-        try AtomicFile.write(Data(), to: url)
+        try DurableFile.write(Data(), to: url)
         XCTAssertEqual(try Data(contentsOf: url).count, 0)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["out.bin"])
 
         // A folder that does not exist: error naming the target, nothing created.
         let nowhere = dir.appendingPathComponent("no/such/folder/out.bin")
-        XCTAssertThrowsError(try AtomicFile.write(Data([1]), to: nowhere)) { error in
+        XCTAssertThrowsError(try DurableFile.write(Data([1]), to: nowhere)) { error in
             XCTAssertTrue("\(error)".contains(nowhere.path), "\(error)")
         }
         // The target is a directory: rename fails, the temp file is removed, the directory survives.
         let sub = dir.appendingPathComponent("sub")
         try FileManager.default.createDirectory(at: sub, withIntermediateDirectories: false)
         try Data([9]).write(to: sub.appendingPathComponent("keep"))
-        XCTAssertThrowsError(try AtomicFile.write(Data([1]), to: sub))
+        XCTAssertThrowsError(try DurableFile.write(Data([1]), to: sub))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted(), ["out.bin", "sub"])
         XCTAssertEqual(try Data(contentsOf: sub.appendingPathComponent("keep")), Data([9]))
     }

@@ -1,4 +1,5 @@
 import DPModels
+import DPFileKit
 import DPTensor
 import Foundation
 
@@ -35,7 +36,7 @@ public enum DemoAssets {
             try NPY.write(shape: [2, 96, 64], values: pose.values,
                           to: paths.poses.appendingPathComponent(PoseSource.fileName(frame: n)))
         }
-        try AtomicFile.write(Data("demo assets complete\n".utf8), to: marker)
+        try DurableFile.write(Data("demo assets complete\n".utf8), to: marker)
         return paths
     }
 
@@ -119,7 +120,7 @@ public enum DemoAssets {
 
     static func writeJSON(_ object: Any, to url: URL) throws {
         let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
-        try AtomicFile.write(data, to: url)
+        try DurableFile.write(data, to: url)
     }
 
     // MARK: subject and poses

@@ -5,6 +5,7 @@
 // order, big-endian, other dtypes, structured dtypes, truncated data, bad magic) is an error naming the
 // file and what was expected. Writes float32 arrays as version 1.0.
 import Foundation
+import DPFileKit
 
 /// A malformed or unsupported .npy file; `description` names the file.
 public struct NPYError: Error, CustomStringConvertible {
@@ -151,7 +152,7 @@ public enum NPY {
 
     /// Writes a float32 array as .npy 1.0, atomically.
     public static func write(shape: [Int], values: [Float], to url: URL) throws {
-        try AtomicFile.write(encode(shape: shape, values: values), to: url)
+        try DurableFile.write(encode(shape: shape, values: values), to: url)
     }
 }
 

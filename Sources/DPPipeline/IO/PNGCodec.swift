@@ -11,6 +11,7 @@
 // * Known difference: libpng converts 8-bit files whose gAMA chunk is far from sRGB to sRGB; Pillow
 //   ignores gAMA. Ordinary PNGs (no gAMA, or sRGB) are unaffected.
 import CPNG
+import DPFileKit
 import Foundation
 
 /// A PNG that could not be read or written; `description` names the file.
@@ -135,7 +136,7 @@ public enum PNGCodec {
         } catch let e as PNGError {
             throw PNGError(path: url.path, message: e.message)
         }
-        try AtomicFile.write(data, to: url)
+        try DurableFile.write(data, to: url)
     }
 
     /// libpng's message buffer (char[64]) as a String.

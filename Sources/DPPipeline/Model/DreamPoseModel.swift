@@ -1,4 +1,5 @@
 import DPModels
+import DPFileKit
 import DPSampling
 import DPTensor
 import Foundation
@@ -47,7 +48,7 @@ public final class DreamPoseModel {
         imageEncoder = try CLIPVisionModel.load(directory: directory.appendingPathComponent("image_encoder"))
         adapter = try EmbeddingAdapter.load(directory: directory.appendingPathComponent("adapter"))
         schedulerConfig = try SchedulerConfig.load(directory.appendingPathComponent("scheduler/scheduler_config.json"))
-        id = try knownID ?? ModelID.compute(directory: directory)
+        id = try knownID ?? ModelManifest.modelID(directory: directory)
         try Self.validate(config: config, unet: unet, vae: vae, imageEncoder: imageEncoder, adapter: adapter,
                           directory: directory)
     }
