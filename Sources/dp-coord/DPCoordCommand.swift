@@ -105,6 +105,7 @@ extension DPCoordCommand {
         @Option(help: "Embedded mode: local workers (default 1).") var workers = 1
         @Option(help: "Embedded mode: engine threads in all, split between the workers (default: all cores).") var threads: Int?
         @Option(help: "Seconds to wait for the coordinator's replies.") var timeout: Double = 30
+        @Flag(help: "Embedded mode: show the embedded coordinator's and workers' log lines.") var verbose = false
 
         func validate() throws {
             if workers < 1 { throw ValidationError("--workers must be at least 1") }
@@ -123,7 +124,7 @@ extension DPCoordCommand {
                 try submitRemote(inputs, endpoint: coordinator, display: display)
             } else {
                 if detach { throw CLIError("--detach needs --coordinator (the embedded farm lives only as long as this command)") }
-                let quiet = json
+                let quiet = json || !verbose
                 let log: @Sendable (String) -> Void = { line in if !quiet { display.line(line) } }
                 let farm = try EmbeddedFarm(outputDirectory: URL(fileURLWithPath: inputs.submission.outputDirectory),
                                             workers: workers, threads: threads, timeout: timeout, log: log)
