@@ -26,6 +26,23 @@ public final class ModelStore: @unchecked Sendable {
 
     private let lock = NSLock()
     private var manifests: [String: ModelManifest] = [:]
+    private var chunkFault: (@Sendable (_ path: String, _ offset: UInt64, _ data: Data) -> Data)?
+
+    /// TESTS ONLY (fault injection; nil in production, set by nothing but tests): when set, every
+    /// chunk `readChunk` serves is passed through it (model-relative path, offset, bytes read from
+    /// disk) and its return value is served instead, so a test can corrupt what a worker receives.
+    public var chunkTransform: (@Sendable (_ path: String, _ offset: UInt64, _ data: Data) -> Data)? {
+        get {
+            lock.lock()
+            defer { lock.unlock() }
+            return chunkFault
+        }
+        set {
+            lock.lock()
+            chunkFault = newValue
+            lock.unlock()
+        }
+    }
 
     /// Opens the store in `directory` (created if needed). Staging folders left by a crash are
     /// removed; each model folder's manifest is read from its sidecar file (checked: self-consistent,
@@ -123,6 +140,7 @@ public final class ModelStore: @unchecked Sendable {
                 throw ModelStoreError(.internal, "model \(modelID): '\(path)' is shorter on disk than its manifest "
                                           + "(read \(data.count) of \(count) bytes at \(offset))")
             }
+            if let transform = chunkTransform { return (transform(path, offset, data), entry.size) }
             return (data, entry.size)
         } catch let error as ModelStoreError {
             throw error
