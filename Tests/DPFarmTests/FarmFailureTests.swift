@@ -198,6 +198,7 @@ final class FarmFailureTests: XCTestCase {
         XCTAssertEqual(victim.process.terminationReason, .uncaughtSignal, "victim died of SIGKILL")
         XCTAssertEqual(victim.process.terminationStatus, SIGKILL)
         XCTAssertLessThan(kill.step, kill.total, "the victim was killed after step \(kill.step) of \(kill.total), mid-frame")
+        print("\(label): SIGKILLed \(victimName) at frame \(kill.frame), step \(kill.step) of \(kill.total)")
         XCTAssertEqual(followed.state, "completed", "job state; coordinator log: \(logs.all.joined(separator: "\n"))")
 
         // Every frame done exactly once, all by the survivor; nothing from the victim.
@@ -286,6 +287,7 @@ final class FarmFailureTests: XCTestCase {
         }
         XCTAssertGreaterThanOrEqual(doneBefore.count, 3, "frames done at the kill")
         XCTAssertLessThan(doneBefore.count, frames.count, "the coordinator must die mid-job")
+        print("dp-coord SIGKILLed with frames \(doneBefore.keys.sorted()) of \(frames.count) done")
         struct FileState: Equatable { let bytes: Data; let inode: UInt64; let mtime: Date }
         func fileState(_ n: Int) throws -> FileState {
             let url = out.appendingPathComponent(FrameSelection.outputName(frame: n))
