@@ -95,7 +95,7 @@ def read_json(path: Path, what: str) -> Dict[str, Any]:
     try:
         value = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConversionError(f"{what}: {path} is not valid JSON: {error}") from error
+        raise ConversionError(f"{what}: cannot read {path} as JSON: {error}") from error
     if not isinstance(value, dict):
         raise ConversionError(f"{what}: {path} holds a {type(value).__name__}, expected a JSON object")
     return value
