@@ -26,6 +26,9 @@ phase() {
 }
 
 phase "setup" Scripts/setup.sh
+# The committed farm.pb.swift must be what protoc + the pinned protoc-gen-swift make of Protos/ (the first run
+# builds the plugin into .build-protogen, ~2 minutes; later runs reuse it). ProtocolTests repeats the check.
+phase "generated protobuf code is current" Scripts/gen_protos.sh --check
 phase "swift build ($CONFIG, with tests)" swift build "${flags[@]}" --build-tests
 phase "swift test ($CONFIG)" swift test "${flags[@]}" --skip-build "$@"
 phase "python tests (converter)" python3 -m pytest Scripts/tests -q
