@@ -228,7 +228,7 @@ extension Coordinator {
         do {
             try context.output.write(frame: UInt32(record.frame), png: result.png, attempt: UInt64(id),
                                      worker: session.name, renderSeconds: result.renderSeconds,
-                                     claimedSHA256: result.pngSha256)
+                                     claimedSHA256: result.pngSha256, flush: false)
         } catch let error as OutputError {
             if case .alreadyWritten = error {
                 // Written before a crash that came before the journal update: same job, same bytes.
@@ -380,12 +380,28 @@ extension Coordinator {
 
     // MARK: jobs
 
+    /// The job's context, opened on first use. Opening checks every frame the journal says is done
+    /// against its PNG (SHA-256 and size); a missing or corrupt one is requeued (an unfinished job)
+    /// so it is rendered again.
     func jobContext(_ id: Int64) throws -> JobContext {
         if let context = jobContexts[id] { return context }
         guard let record = try journal.job(id) else { throw JournalError.unknownJob(id) }
-        let context = try JobContext(record: record, frames: try journal.frames(job: id).map { UInt32($0.frame) },
+        let context = try JobContext(record: record, frames: try journal.frames(job: id),
                                      models: models, inputs: inputsDirectory)
         jobContexts[id] = context
+        for (frame, reason) in context.output.invalidRecords {
+            if record.state == .queued || record.state == .running {
+                do {
+                    try journal.requeueDoneFrame(job: id, frame: Int(frame), reason: "output lost: \(reason)")
+                    log("job \(id) frame \(frame): was done but \(reason); requeued")
+                    dispatchNeeded = true
+                } catch {
+                    log("job \(id) frame \(frame): was done but \(reason); cannot requeue it: \(error)")
+                }
+            } else {
+                log("job \(id) frame \(frame): was done but \(reason) (job \(record.state.rawValue); not requeued)")
+            }
+        }
         return context
     }
 
@@ -489,7 +505,7 @@ extension Coordinator {
 
     func counts(_ job: Int64) -> FarmJobCounts {
         var counts = FarmJobCounts()
-        guard let p = try? journal.progress(job: job) else { return counts }
+        guard let p = try? journal.liveCounts(job: job) else { return counts }
         counts.total = UInt32(p.total)
         counts.queued = UInt32(p.queued)
         counts.inFlight = UInt32(p.dispatched)

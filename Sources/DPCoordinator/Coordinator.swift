@@ -39,6 +39,12 @@ public final class Coordinator: @unchecked Sendable {
     var graceDone = false
     var dispatchNeeded = true
     var heartbeatSequence: UInt64 = 0
+    /// Messages of the current loop turn, sent after its journal commit (nil outside a turn).
+    var outbox: [OutgoingMessage]?
+    var lastManifestFlushMs: Int64 = 0
+    /// manifest.json of a running job is rewritten at most this often (and when it ends or the
+    /// coordinator stops); the journal is the record in between (DESIGN.md, "Durability and batching").
+    let manifestIntervalSeconds = 1.0
     /// Videos encoded on `videoQueue`, reported back to the loop: (job, video path or nil, message).
     let videoLock = NSLock()
     var videosDone: [(Int64, String?, String)] = []
@@ -94,21 +100,58 @@ public final class Coordinator: @unchecked Sendable {
         try poller.add(router)
         let pollMs = max(5, min(100, settings.heartbeatIntervalMs / 4))
         log("coordinator \(coordinatorID) serving on \(endpoint) (state \(settings.stateDirectory.path))")
+        defer { flushOutputs(force: true) }
         while !isStopping {
             let ready = try poller.poll(timeoutMilliseconds: pollMs)
-            if ready[0].contains(.readable) {
-                var handled = 0
-                while handled < 1024, let frames = try router.receive(flags: .dontWait) {
-                    handle(frames)
-                    handled += 1
+            // One loop turn = one journal transaction; its messages go out after the commit.
+            try turn {
+                if ready[0].contains(.readable) {
+                    var handled = 0
+                    while handled < 1024, let frames = try router.receive(flags: .dontWait) {
+                        handle(frames)
+                        handled += 1
+                    }
                 }
+                tick()
+                if dispatchNeeded { dispatch() }
             }
-            tick()
-            if dispatchNeeded { dispatch() }
+            flushOutputs(force: false)
         }
         // Let a video being encoded finish its journal write before the state goes away.
         videoQueue.sync {}
         log("coordinator \(coordinatorID) stopped")
+    }
+
+    /// Runs one loop turn's work in one journal transaction (`Journal.batch`), holding back every
+    /// message it sends (`outbox`) until the commit: no worker gets an attempt id and no follower a
+    /// FrameDone that a crash could still take back. If the commit fails, the turn's messages are
+    /// dropped and `run()` stops with the error (a restart resumes from the journal).
+    func turn(_ body: () throws -> Void) throws {
+        outbox = []
+        do {
+            try journal.batch { try body() }
+        } catch {
+            outbox = nil
+            throw CoordinatorError("journal transaction of a loop turn failed (its messages were not sent): \(error)")
+        }
+        let messages = outbox ?? []
+        outbox = nil
+        for m in messages { sendNow(m.peer, m.body, requestID: m.requestID) }
+    }
+
+    /// Rewrites the manifest.json of every job with frames written since its last rewrite, at most
+    /// once per `manifestIntervalSeconds` unless `force`d (the coordinator is stopping).
+    func flushOutputs(force: Bool) {
+        let t = now
+        guard force || Double(t - lastManifestFlushMs) >= manifestIntervalSeconds * 1000 else { return }
+        lastManifestFlushMs = t
+        for (id, context) in jobContexts where context.output.needsFlush {
+            do {
+                try context.output.flush()
+            } catch {
+                log("job \(id): cannot rewrite manifest.json: \(error)")
+            }
+        }
     }
 
     /// Thread-safe; `run()` returns within one poll interval.
@@ -136,6 +179,15 @@ public final class Coordinator: @unchecked Sendable {
         for job in try journal.jobs(states: [.completed]) where (job.videoPath ?? "") != "" && !job.videoWritten {
             log("job \(job.id) '\(job.name)': completed without its video; encoding it now")
             scheduleVideo(job: job.id)
+        }
+        // Open every unfinished job's output now: its done frames' PNGs are checked against the
+        // journal (a missing or corrupt one is requeued) before anything is dispatched.
+        for job in try journal.jobs(states: [.queued, .running]) {
+            do {
+                _ = try jobContext(job.id)
+            } catch {
+                log("job \(job.id) '\(job.name)': cannot open its output at start-up: \(error)")
+            }
         }
         let inFlight = try journal.runningAttempts()
         if !inFlight.isEmpty {
@@ -243,8 +295,18 @@ public final class Coordinator: @unchecked Sendable {
     // MARK: sending
 
     /// Sends one Envelope to `peer`; false if it could not be queued (then the peer may be dropped).
+    /// Inside a loop turn (`turn`) the message is held until the turn's journal commit (true).
     @discardableResult
     func send(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64 = 0) -> Bool {
+        if outbox != nil {
+            outbox!.append(OutgoingMessage(peer: peer, body: body, requestID: requestID))
+            return true
+        }
+        return sendNow(peer, body, requestID: requestID)
+    }
+
+    @discardableResult
+    func sendNow(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64) -> Bool {
         let maxBytes = sessions[peer]?.maxMessageBytes ?? FarmProtocol.defaultMaxMessageBytes
         do {
             let data = try FarmEnvelope(body, requestID: requestID).encoded(maxBytes: maxBytes)
@@ -348,6 +410,12 @@ struct LiveAttempt {
     var step: Int
     var total: Int
     var lastProgressMs: Int64
+}
+
+struct OutgoingMessage {
+    let peer: Data
+    let body: FarmEnvelope.OneOf_Body
+    let requestID: UInt64
 }
 
 struct Follower {

@@ -16,7 +16,9 @@ final class JobContext {
     private let available: Set<UInt32>
     private var poseCache: [UInt32: Data] = [:]
 
-    init(record: JobRecord, frames: [UInt32], models: ModelStore, inputs: URL) throws {
+    /// `frames`: the job's frames in the journal; the done ones vouch for their PNGs (see
+    /// `OutputWriter`'s `recorded`).
+    init(record: JobRecord, frames: [FrameRecord], models: ModelStore, inputs: URL) throws {
         id = record.id
         do {
             spec = try FarmJobSpec(serializedBytes: record.spec)
@@ -63,8 +65,18 @@ final class JobContext {
             steps: s.steps == 0 ? defaults.steps : Int(s.steps),
             imageGuidance: s.hasImageGuidance_p ? s.imageGuidance : defaults.imageGuidance,
             poseGuidance: s.hasPoseGuidance_p ? s.poseGuidance : defaults.poseGuidance)
+        let model = modelID
+        let recorded = frames.filter { $0.state == .done }.map { f in
+            OutputFrameRecord(frame: UInt32(f.frame), file: OutputWriter.fileName(frame: UInt32(f.frame)),
+                              attempt: UInt64(f.doneAttemptID ?? 0), worker: f.worker ?? "", modelID: model,
+                              seed: outputSettings.seed, sampler: outputSettings.sampler, steps: outputSettings.steps,
+                              imageGuidance: outputSettings.imageGuidance, poseGuidance: outputSettings.poseGuidance,
+                              renderSeconds: f.renderSeconds ?? 0, pngSHA256: f.outputSHA256 ?? "",
+                              pngSize: f.outputSize ?? -1)
+        }
         output = try OutputWriter(directory: URL(fileURLWithPath: record.outputDir), jobID: UInt64(record.id),
-                                  modelID: modelID, settings: outputSettings, frames: frames)
+                                  modelID: modelID, settings: outputSettings, frames: frames.map { UInt32($0.frame) },
+                                  durability: .batched, recorded: recorded)
     }
 
     /// The .npy bytes of poses n-2 ... n+2 (centre-pose fallback applied) for frame `frame`.

@@ -2,11 +2,19 @@
 // zero-padded), `manifest.json` describing the job and every frame written, and optionally a video
 // made by ffmpeg once every frame is there.
 //
-// Crash safety: each PNG is written to a temp file, fsynced and linked into place (never replacing
-// an existing file); manifest.json is rewritten the same way (temp + rename). The manifest is the
-// record of what was written: on reopening, a frame PNG that the manifest does not list (the crash
-// hit between the PNG and the manifest) is removed so the frame can be written again. The
-// coordinator should mark a frame done in its journal only after `write` (with flush) returned.
+// Crash safety, two modes (`Durability`):
+// * `.syncEachFrame` (standalone use): each PNG is written to a temp file, fsynced and linked into
+//   place (never replacing an existing file); manifest.json is rewritten the same way (temp +
+//   rename). The manifest is the record of what was written: on reopening, a frame PNG that the
+//   manifest does not list (the crash hit between the PNG and the manifest) is removed so the frame
+//   can be written again.
+// * `.batched` (the coordinator): PNGs are written temp + link without an fsync each, and the
+//   manifest is rewritten only by `flush()` (the coordinator: at most about once a second, and when a
+//   job ends or the coordinator stops). The caller's journal is the record: on reopening it passes
+//   the frames its journal says are done (`recorded`); each one's PNG is checked against the
+//   recorded SHA-256 and size and kept, and a missing or corrupt one is reported in
+//   `invalidRecords` (the caller requeues that frame). Every other frame PNG is removed. See
+//   DESIGN.md, "Durability and batching".
 import DPFileKit
 import Foundation
 
@@ -52,6 +60,24 @@ public struct OutputFrameRecord: Codable, Equatable, Sendable {
     public var renderSeconds: Double
     public var pngSHA256: String
     public var pngSize: Int
+
+    public init(frame: UInt32, file: String, attempt: UInt64, worker: String, modelID: String, seed: UInt64?,
+                sampler: String, steps: Int, imageGuidance: Float, poseGuidance: Float, renderSeconds: Double,
+                pngSHA256: String, pngSize: Int) {
+        self.frame = frame
+        self.file = file
+        self.attempt = attempt
+        self.worker = worker
+        self.modelID = modelID
+        self.seed = seed
+        self.sampler = sampler
+        self.steps = steps
+        self.imageGuidance = imageGuidance
+        self.poseGuidance = poseGuidance
+        self.renderSeconds = renderSeconds
+        self.pngSHA256 = pngSHA256
+        self.pngSize = pngSize
+    }
 
     enum CodingKeys: String, CodingKey {
         case frame, file, attempt, worker, modelID = "model_id", seed, sampler, steps
@@ -122,7 +148,20 @@ public enum OutputError: Error, CustomStringConvertible, Equatable {
 }
 
 public final class OutputWriter: @unchecked Sendable {
+    /// How frame PNGs are made durable (see the file comment).
+    public enum Durability: Sendable {
+        /// fsync each PNG and its folder; `write(flush: true)` also rewrites manifest.json durably.
+        case syncEachFrame
+        /// No fsync per PNG (temp + link only); the caller's journal is the record and vouches for
+        /// frames through `recorded` when the folder is reopened.
+        case batched
+    }
+
     public let directory: URL
+    public let durability: Durability
+    /// Frames of `recorded` whose PNG was missing or did not match its record when the folder was
+    /// opened (frame, what was wrong), ascending; their files were removed and they count as missing.
+    public private(set) var invalidRecords: [(frame: UInt32, reason: String)] = []
     private let lock = NSLock()
     private var manifest: OutputManifest
     private var written: [UInt32: OutputFrameRecord] = [:]
@@ -135,12 +174,17 @@ public final class OutputWriter: @unchecked Sendable {
         return "frame_" + String(repeating: "0", count: max(0, 5 - digits.count)) + digits + ".png"
     }
 
-    /// Opens the output folder of a job (created if needed). If it already holds a manifest.json of
-    /// the same job (a coordinator restart), the frames it lists are kept; one of another job or
-    /// model is an error. Frame PNGs the manifest does not list are removed (see the file comment).
+    /// Opens the output folder of a job (created if needed). A manifest.json there of another job
+    /// or model is an error. With `recorded` nil, the frames listed by a manifest.json of the same
+    /// job (a coordinator restart) are kept; with `recorded` (the frames the caller's journal says
+    /// are done), those are kept instead, each only if its PNG matches its record's SHA-256 and
+    /// size (the others land in `invalidRecords`). Every other frame PNG is removed (see the file
+    /// comment).
     public init(directory: URL, jobID: UInt64, modelID: String, settings: OutputJobSettings,
-                frames: [UInt32]) throws {
+                frames: [UInt32], durability: Durability = .syncEachFrame,
+                recorded: [OutputFrameRecord]? = nil) throws {
         self.directory = directory.standardizedFileURL
+        self.durability = durability
         let fm = FileManager.default
         do {
             try fm.createDirectory(at: self.directory, withIntermediateDirectories: true)
@@ -167,10 +211,30 @@ public final class OutputWriter: @unchecked Sendable {
                     message: "belongs to job \(old.jobID) (model \(old.modelID), format \(old.format)), "
                         + "not job \(jobID) (model \(modelID)); choose another output folder")
             }
-            for record in old.frames where expected.contains(record.frame) {
-                written[record.frame] = record
+            if recorded == nil {
+                for record in old.frames where expected.contains(record.frame) {
+                    written[record.frame] = record
+                }
             }
             manifest.video = old.video
+        }
+        if let recorded {
+            var invalid: [(frame: UInt32, reason: String)] = []
+            for record in recorded.sorted(by: { $0.frame < $1.frame }) where expected.contains(record.frame) {
+                let url = self.directory.appendingPathComponent(OutputWriter.fileName(frame: record.frame))
+                guard let data = try? Data(contentsOf: url) else {
+                    invalid.append((record.frame, "\(url.path) is missing (journal: done by attempt \(record.attempt))"))
+                    continue
+                }
+                let digest = FileDigest.sha256(data)
+                guard digest == record.pngSHA256, data.count == record.pngSize else {
+                    invalid.append((record.frame, "\(url.path) has \(data.count) bytes, sha256 \(digest); journal expects "
+                        + "\(record.pngSize) bytes, sha256 \(record.pngSHA256) (attempt \(record.attempt))"))
+                    continue
+                }
+                written[record.frame] = record
+            }
+            invalidRecords = invalid
         }
         // PNGs the manifest does not vouch for.
         let names = (try? fm.contentsOfDirectory(atPath: self.directory.path)) ?? []
@@ -232,7 +296,10 @@ public final class OutputWriter: @unchecked Sendable {
         }
         let name = OutputWriter.fileName(frame: frame)
         do {
-            try DurableFile.writeNew(png, to: directory.appendingPathComponent(name))
+            switch durability {
+            case .syncEachFrame: try DurableFile.writeNew(png, to: directory.appendingPathComponent(name))
+            case .batched: try OutputWriter.writeNewUnsynced(png, to: directory.appendingPathComponent(name))
+            }
         } catch let error as DurableFileError where error.alreadyExists {
             // Only possible if something else writes into the folder: never overwrite it.
             throw OutputError.io(path: directory.appendingPathComponent(name).path,
@@ -256,6 +323,47 @@ public final class OutputWriter: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         if dirty { try writeManifestLocked() }
+    }
+
+    /// True when frames were written since manifest.json was last rewritten.
+    public var needsFlush: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return dirty
+    }
+
+    /// `.batched` PNG write: a temp file next to `url` (`.<name>.tmp-<pid>-<random>`, removed on
+    /// reopening if a crash leaves it), then link(2) into place, which refuses an existing file.
+    /// No fsync: the journal vouches for the frame (see the file comment).
+    static func writeNewUnsynced(_ data: Data, to url: URL) throws {
+        let path = url.path
+        let tempPath = DurableFile.temporaryURL(besides: url).path
+        let fd = open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        if fd < 0 { throw DurableFileError(path: path, message: "create \(tempPath): \(String(cString: strerror(errno)))") }
+        defer { unlink(tempPath) }
+        let written = data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> Int in
+            var offset = 0
+            while offset < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return -1
+                }
+                offset += n
+            }
+            return offset
+        }
+        let writeError = written < 0 ? String(cString: strerror(errno)) : nil
+        if close(fd) != 0, writeError == nil {
+            throw DurableFileError(path: path, message: "close \(tempPath): \(String(cString: strerror(errno)))")
+        }
+        if let writeError { throw DurableFileError(path: path, message: "write \(tempPath): \(writeError)") }
+        if link(tempPath, path) != 0 {
+            let exists = errno == EEXIST
+            throw DurableFileError(path: path, message: exists ? "already exists (refusing to overwrite)"
+                                       : "link \(tempPath) -> \(path): \(String(cString: strerror(errno)))",
+                                   alreadyExists: exists)
+        }
     }
 
     /// Encodes the whole sequence with ffmpeg into `video` (H.264, yuv420p, `fps` frames per second),

@@ -168,6 +168,39 @@ extension Journal {
         }
     }
 
+    /// A done frame whose output turned out missing or corrupt (the coordinator checks every done
+    /// frame's PNG against `output_sha256` when it reopens a job's output): the frame goes back to
+    /// queued, the job's done count down by one, and its done attempt is marked `lost` with `reason`
+    /// (its output is gone; the frame keeps one `ok` attempt once re-rendered). Only for a job that
+    /// is queued or running; returns false (nothing changed) when the frame is not done.
+    @discardableResult
+    public func requeueDoneFrame(job: Int64, frame: Int, reason: String) throws -> Bool {
+        try write {
+            let t = now
+            guard let state = try jobState(job) else { throw JournalError.unknownJob(job) }
+            guard state == .queued || state == .running else {
+                throw JournalError.notDispatchable(job: job, frame: frame, reason: "job is \(state.rawValue)")
+            }
+            guard let row = try db.query("SELECT state, done_attempt_id FROM frames WHERE job_id = ? AND frame = ?",
+                                         [.integer(job), .int(frame)]).first else {
+                throw JournalError.unknownFrame(job: job, frame: frame)
+            }
+            guard row.string("state") == FrameState.done.rawValue else { return false }
+            if let attempt = row.int64("done_attempt_id") {
+                try db.run("UPDATE attempts SET result = 'lost', error = ? WHERE id = ? AND result = 'ok'",
+                           [.text(reason), .integer(attempt)])
+            }
+            try db.run("""
+                UPDATE frames SET state = 'queued', current_attempt_id = NULL, output_sha256 = NULL, output_size = NULL,
+                                  render_seconds = NULL, worker = NULL, done_attempt_id = NULL, updated_at_ms = ?
+                WHERE job_id = ? AND frame = ?
+                """, [.integer(t), .integer(job), .int(frame)])
+            try db.run("UPDATE jobs SET frames_done = frames_done - 1, updated_at_ms = ? WHERE id = ?",
+                       [.integer(t), .integer(job)])
+            return true
+        }
+    }
+
     /// Attempts still running, oldest first (after a restart: what workers may re-adopt).
     public func runningAttempts() throws -> [AttemptRecord] {
         try locked { try db.query("SELECT * FROM attempts WHERE state = 'running' ORDER BY id").map(Journal.attemptRecord) }

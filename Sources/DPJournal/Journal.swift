@@ -36,6 +36,16 @@ public final class Journal: @unchecked Sendable {
 
     var now: Int64 { clock.nowMilliseconds() }
 
+    /// Runs `body` as ONE transaction holding the journal's lock: every journal call made inside it
+    /// joins it (each in its own savepoint, so a call that throws undoes only its own changes), and
+    /// all of them commit together when `body` returns - one WAL commit for a whole coordinator loop
+    /// turn instead of one per event. Nothing is visible to other connections, or survives a crash,
+    /// before the commit: send nothing that depends on these changes (a FrameTask with a new attempt
+    /// id, a FrameDone event) until `batch` has returned. Rolls everything back if `body` throws.
+    public func batch<T>(_ body: () throws -> T) throws -> T {
+        try write(body)
+    }
+
     // MARK: jobs
 
     /// Creates a job and its frames (dispatch ranks from `job.order`) in one transaction.
@@ -116,6 +126,34 @@ public final class Journal: @unchecked Sendable {
                 case nil: break
                 }
             }
+            return p
+        }
+    }
+
+    /// Frame counts by state for a job without scanning its frames (the per-event counts of
+    /// JobEvent): an unfinished job's counts come from its counters and its running attempts (a
+    /// frame is dispatched exactly while its current attempt runs, and only `cancelJob` cancels
+    /// frames, which also finishes the job); a finished job's from `progress(job:)`.
+    /// `renderSeconds` is left 0 (it needs the scan; `progress(job:)` has it).
+    public func liveCounts(job id: Int64) throws -> JobProgress {
+        try locked {
+            guard let row = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
+                                         [.integer(id)]).first,
+                  let state = JobState(rawValue: row.string("state") ?? "") else { throw JournalError.unknownJob(id) }
+            if state.isFinished {
+                var p = try progress(job: id)
+                p.renderSeconds = 0
+                return p
+            }
+            let dispatched = try db.query("""
+                SELECT COUNT(*) AS n FROM attempts INDEXED BY attempts_running WHERE state = 'running' AND job_id = ?
+                """, [.integer(id)]).first?.int("n") ?? 0
+            var p = JobProgress()
+            p.total = row.int("frames_total") ?? 0
+            p.done = row.int("frames_done") ?? 0
+            p.failed = row.int("frames_failed") ?? 0
+            p.dispatched = dispatched
+            p.queued = max(0, p.total - p.done - p.failed - dispatched)
             return p
         }
     }

@@ -256,12 +256,24 @@ public final class SQLiteDatabase {
     public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
     /// Runs `body` in one transaction (BEGIN IMMEDIATE, so the write lock is taken up front);
-    /// commits when it returns, rolls back when it throws. Nested calls join the outer transaction.
+    /// commits when it returns, rolls back when it throws. A nested call runs in a SAVEPOINT of the
+    /// outer transaction: if it throws, only its own changes are rolled back (the outer transaction
+    /// goes on); if it returns, its changes commit or roll back with the outer transaction.
     public func transaction<T>(_ body: () throws -> T) throws -> T {
         if transactionDepth > 0 {
+            let name = "nested_\(transactionDepth)"
+            try run("SAVEPOINT \(name)")
             transactionDepth += 1
             defer { transactionDepth -= 1 }
-            return try body()
+            do {
+                let result = try body()
+                try run("RELEASE \(name)")
+                return result
+            } catch {
+                _ = try? run("ROLLBACK TO \(name)")
+                _ = try? run("RELEASE \(name)")
+                throw error
+            }
         }
         try run("BEGIN IMMEDIATE")
         transactionDepth = 1
