@@ -87,7 +87,7 @@ let package = Package(
         // Tests.
         .testTarget(name: "DPTensorTests", dependencies: ["DPTensor"], swiftSettings: v5),
         .testTarget(name: "DPModelsTests", dependencies: ["DPModels", "DPTensor", "DPGolden"], swiftSettings: v5),
-        .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor"], exclude: ["Reference"],
+        .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor", "DPGolden"], exclude: ["Reference"],
                     swiftSettings: v5),
         .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden", "DPFileKit"], swiftSettings: v5),
         .testTarget(name: "DPFarmTests",

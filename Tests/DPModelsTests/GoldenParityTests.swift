@@ -11,17 +11,7 @@ import Foundation
 import XCTest
 
 /// <repo>/Tests/DPModelsTests/<this file> -> <repo>/../shared/golden, or $DP_GOLDEN_DIR.
-func goldenRoot(file: String = #filePath) -> URL {
-    if let dir = ProcessInfo.processInfo.environment["DP_GOLDEN_DIR"], !dir.isEmpty {
-        return URL(fileURLWithPath: dir, isDirectory: true)
-    }
-    return URL(fileURLWithPath: file)
-        .deletingLastPathComponent()       // DPModelsTests
-        .deletingLastPathComponent()       // Tests
-        .deletingLastPathComponent()       // <repo>
-        .deletingLastPathComponent()       // parent of the repo
-        .appendingPathComponent("shared/golden", isDirectory: true)
-}
+func goldenRoot() -> URL { GoldenCase.goldenRoot }
 
 /// The golden case directories (those holding a manifest.json), sorted by name.
 func goldenCaseDirectories() throws -> [URL] {

@@ -1,5 +1,6 @@
 // Helpers for the weights tests: temporary folders and hand-built safetensors files.
 
+import DPGolden
 import DPModels
 import DPTensor
 import Foundation
@@ -87,16 +88,9 @@ func assertWeightsError(_ body: @autoclosure () throws -> Any, file: StaticStrin
 
 /// The golden folder (shared/golden/README.md); `DP_GOLDEN_DIR` overrides it.
 func wtGoldenRoot() throws -> URL {
-    if let env = ProcessInfo.processInfo.environment["DP_GOLDEN_DIR"], !env.isEmpty {
-        return URL(fileURLWithPath: env)
-    }
-    // <repo>/Tests/DPModelsTests/WeightsTestSupport.swift -> <repo>/../shared/golden
-    let root = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        .deletingLastPathComponent()
-        .appendingPathComponent("shared/golden")
+    let root = GoldenCase.goldenRoot
     guard FileManager.default.fileExists(atPath: root.path) else {
-        throw XCTSkip("golden directory \(root.path) not found (set DP_GOLDEN_DIR)")
+        throw GoldenError.io(file: root.path, reason: "golden directory not found (set DP_GOLDEN_DIR)")
     }
     return root
 }

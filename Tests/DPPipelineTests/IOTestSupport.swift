@@ -1,18 +1,12 @@
 // Helpers shared by the IO*/Resample* tests: locating the golden cases (../shared/golden, produced by
 // diffusers/transformers/Pillow; see golden/README.md) and reading their raw float32 tensors.
+import DPGolden
 import Foundation
 import XCTest
 
 enum IOGolden {
-    /// The golden root: $DP_GOLDEN_DIR, else <package root>/../shared/golden.
-    static var root: URL {
-        if let env = ProcessInfo.processInfo.environment["DP_GOLDEN_DIR"], !env.isEmpty {
-            return URL(fileURLWithPath: env)
-        }
-        return URL(fileURLWithPath: #filePath)
-            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("../shared/golden").standardizedFileURL
-    }
+    /// The golden root (DPGolden: $DP_GOLDEN_DIR, else <repo>/../shared/golden).
+    static var root: URL { GoldenCase.goldenRoot }
 
     /// Every case folder (one holding a manifest.json) under the golden root, sorted by name.
     static func caseDirectories() throws -> [URL] {

@@ -1,3 +1,4 @@
+import DPGolden
 import DPTensor
 import Foundation
 import XCTest
@@ -5,21 +6,13 @@ import XCTest
 /// Reads the golden cases in ../shared/golden (produced by diffusers 0.42.1 / torch, see golden/README.md).
 /// `DP_GOLDEN_DIR` overrides the location.
 enum Golden {
-    static var root: URL {
-        if let env = ProcessInfo.processInfo.environment["DP_GOLDEN_DIR"], !env.isEmpty {
-            return URL(fileURLWithPath: env)
-        }
-        // <repo>/Tests/DPSamplingTests/GoldenCases.swift -> <repo>/../shared/golden
-        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("shared/golden")
-    }
+    static var root: URL { GoldenCase.goldenRoot }
 
-    /// The golden root, or an XCTSkip when it is absent (a checkout without the shared folder).
+    /// The golden root; its absence is a failure (golden checks must not pass by finding nothing).
     static func requireRoot() throws -> URL {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: root.path, isDirectory: &isDir), isDir.boolValue else {
-            throw XCTSkip("golden directory \(root.path) not found (set DP_GOLDEN_DIR)")
+            throw DPGolden.GoldenError.io(file: root.path, reason: "golden directory not found (set DP_GOLDEN_DIR)")
         }
         return root
     }
