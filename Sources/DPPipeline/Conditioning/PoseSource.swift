@@ -13,7 +13,7 @@ public struct Pose: Sendable, Equatable {
         self.height = height; self.width = width; self.values = values
     }
 
-    /// Parses a pose from `.npy` bytes of shape (2, H0, W0) (`what` names the source in errors).
+    /// Reads a pose `.npy` file of shape (2, H0, W0); errors name the file.
     public init(npy url: URL) throws {
         let (shape, values) = try NPY.read(url)
         guard shape.count == 3, shape[0] == 2, shape[1] > 0, shape[2] > 0 else {
