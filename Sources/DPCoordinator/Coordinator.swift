@@ -147,7 +147,7 @@ public final class Coordinator: @unchecked Sendable {
         lastManifestFlushMs = t
         for (id, context) in jobContexts where context.output.needsFlush {
             do {
-                try context.output.flush()
+                try context.output.flush(durable: force)
             } catch {
                 log("job \(id): cannot rewrite manifest.json: \(error)")
             }
@@ -423,3 +423,4 @@ struct Follower {
     let requestID: UInt64
     let includePNG: Bool
 }
+

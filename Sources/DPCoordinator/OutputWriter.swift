@@ -167,6 +167,10 @@ public final class OutputWriter: @unchecked Sendable {
     private var written: [UInt32: OutputFrameRecord] = [:]
     private var expected: Set<UInt32>
     private var dirty = false
+    /// Each written frame's manifest entry, encoded once when it is written (`ManifestJSON`).
+    private var entryJSON: [UInt32: String] = [:]
+    /// The sorted frame list of manifest.json, encoded once.
+    private let expectedJSON: String
 
     /// The file name of frame `n`: `frame_00042.png` (at least 5 digits).
     public static func fileName(frame: UInt32) -> String {
@@ -196,6 +200,7 @@ public final class OutputWriter: @unchecked Sendable {
         manifest = OutputManifest(format: OutputManifest.currentFormat, jobID: jobID, modelID: modelID,
                                   settings: settings, framesExpected: sortedFrames, frames: [],
                                   complete: sortedFrames.isEmpty, video: nil)
+        expectedJSON = ManifestJSON.list(sortedFrames)
 
         let manifestURL = self.directory.appendingPathComponent("manifest.json")
         if let data = try? Data(contentsOf: manifestURL) {
@@ -246,7 +251,7 @@ public final class OutputWriter: @unchecked Sendable {
         for name in names where name.hasPrefix(".") && name.contains(".tmp-") {
             try? fm.removeItem(at: self.directory.appendingPathComponent(name))
         }
-        manifest.frames = written.values.sorted { $0.frame < $1.frame }
+        for (frame, record) in written { entryJSON[frame] = ManifestJSON.entry(record) }
         manifest.complete = written.count == expected.count
         try writeManifestLocked()
     }
@@ -313,16 +318,19 @@ public final class OutputWriter: @unchecked Sendable {
                                        imageGuidance: s.imageGuidance, poseGuidance: s.poseGuidance,
                                        renderSeconds: renderSeconds, pngSHA256: digest, pngSize: png.count)
         written[frame] = record
+        entryJSON[frame] = ManifestJSON.entry(record)
         dirty = true
         if flush { try writeManifestLocked() }
         return record
     }
 
-    /// Rewrites manifest.json if frames were written since the last rewrite.
-    public func flush() throws {
+    /// Rewrites manifest.json if frames were written since the last rewrite. `durable: false` (the
+    /// coordinator's periodic rewrite of a running job) skips the fsyncs: the journal is the record,
+    /// the manifest a report rebuilt from it on reopening; the rewrite when a job ends is durable.
+    public func flush(durable: Bool = true) throws {
         lock.lock()
         defer { lock.unlock() }
-        if dirty { try writeManifestLocked() }
+        if dirty { try writeManifestLocked(durable: durable) }
     }
 
     /// True when frames were written since manifest.json was last rewritten.
@@ -435,14 +443,23 @@ public final class OutputWriter: @unchecked Sendable {
 
     private func flushIgnoringErrors() { try? flush() }
 
-    private func writeManifestLocked() throws {
-        manifest.frames = written.values.sorted { $0.frame < $1.frame }
+    private func writeManifestLocked(durable: Bool = true) throws {
         manifest.complete = written.count == expected.count
         let url = directory.appendingPathComponent("manifest.json")
+        let entries = manifest.framesExpected.lazy.compactMap { self.entryJSON[$0] }
+        let data = Data(ManifestJSON.manifest(manifest, entries: entries, framesExpected: expectedJSON).utf8)
         do {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try DurableFile.write(try encoder.encode(manifest), to: url)
+            if durable {
+                try DurableFile.write(data, to: url)
+            } else {
+                let temp = DurableFile.temporaryURL(besides: url)
+                try data.write(to: temp)
+                if rename(temp.path, url.path) != 0 {
+                    let why = String(cString: strerror(errno))
+                    try? FileManager.default.removeItem(at: temp)
+                    throw DurableFileError(path: url.path, message: "rename \(temp.path) -> \(url.path): \(why)")
+                }
+            }
         } catch {
             throw OutputError.io(path: url.path, message: "cannot write manifest: \(error)")
         }
@@ -475,5 +492,85 @@ public final class OutputWriter: @unchecked Sendable {
             throw OutputError.ffmpegFailed(status: process.terminationStatus, command: command,
                                            stderr: String(decoding: stderr, as: UTF8.self))
         }
+    }
+}
+
+/// manifest.json's text, written by hand: JSONEncoder re-encoding every frame on each rewrite cost
+/// O(frames) Codable work per rewrite. Each frame's entry is encoded once when it is written; a
+/// rewrite joins them. Same keys (sorted) and values as `OutputManifest`'s Codable form, which
+/// reads it back (OutputWriterTests check the round trip).
+enum ManifestJSON {
+    static func string(_ s: String) -> String {
+        var out = "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
+                    + String(scalar.value, radix: 16)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    /// A finite number in JSON (Swift's shortest round-trip form); non-finite ones, which JSON
+    /// cannot hold, as 0.
+    static func number<F: BinaryFloatingPoint & LosslessStringConvertible>(_ v: F) -> String {
+        v.isFinite ? v.description : "0"
+    }
+
+    static func list(_ frames: [UInt32]) -> String {
+        "[" + frames.map(String.init).joined(separator: ", ") + "]"
+    }
+
+    static func entry(_ r: OutputFrameRecord) -> String {
+        var fields = [
+            "\"attempt\" : \(r.attempt)",
+            "\"file\" : \(string(r.file))",
+            "\"frame\" : \(r.frame)",
+            "\"image_guidance\" : \(number(r.imageGuidance))",
+            "\"model_id\" : \(string(r.modelID))",
+            "\"png_sha256\" : \(string(r.pngSHA256))",
+            "\"png_size\" : \(r.pngSize)",
+            "\"pose_guidance\" : \(number(r.poseGuidance))",
+            "\"render_seconds\" : \(number(r.renderSeconds))",
+            "\"sampler\" : \(string(r.sampler))",
+        ]
+        if let seed = r.seed { fields.append("\"seed\" : \(seed)") }
+        fields.append("\"steps\" : \(r.steps)")
+        fields.append("\"worker\" : \(string(r.worker))")
+        return "    {\n      " + fields.joined(separator: ",\n      ") + "\n    }"
+    }
+
+    static func manifest<S: Sequence>(_ m: OutputManifest, entries: S, framesExpected: String) -> String
+    where S.Element == String {
+        let s = m.settings
+        var settings = ["\"image_guidance\" : \(number(s.imageGuidance))"]
+        if let noise = s.noiseSHA256 { settings.append("\"noise_sha256\" : \(string(noise))") }
+        settings.append("\"pose_guidance\" : \(number(s.poseGuidance))")
+        settings.append("\"sampler\" : \(string(s.sampler))")
+        if let seed = s.seed { settings.append("\"seed\" : \(seed)") }
+        settings.append("\"steps\" : \(s.steps)")
+        var out = "{\n  \"complete\" : \(m.complete),\n  \"format\" : \(string(m.format)),\n  \"frames\" : ["
+        var first = true
+        for entry in entries {
+            out += first ? "\n" : ",\n"
+            out += entry
+            first = false
+        }
+        out += first ? "],\n" : "\n  ],\n"
+        out += "  \"frames_expected\" : \(framesExpected),\n  \"job_id\" : \(m.jobID),\n"
+        out += "  \"model_id\" : \(string(m.modelID)),\n"
+        out += "  \"settings\" : {\n    " + settings.joined(separator: ",\n    ") + "\n  }"
+        if let v = m.video {
+            out += ",\n  \"video\" : {\n    \"fps\" : \(v.fps),\n    \"frames\" : \(v.frames),\n    \"path\" : "
+                + "\(string(v.path)),\n    \"sha256\" : \(string(v.sha256))\n  }"
+        }
+        return out + "\n}\n"
     }
 }

@@ -100,6 +100,17 @@ extension Journal {
                 last_used_ms    INTEGER NOT NULL
             );
             """),
+        // A job's spec (all its pose file entries: ~100 bytes a frame) lived in its jobs row, so every
+        // counter update on a result rewrote it and every read of a column after it walked its
+        // overflow pages: O(frames) per event. The hot row is small now.
+        Migration(version: 2, name: "job specs in their own table", sql: """
+            CREATE TABLE job_specs (
+                job_id          INTEGER PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
+                spec            BLOB    NOT NULL                    -- the coordinator's encoded job spec (opaque here)
+            );
+            INSERT INTO job_specs (job_id, spec) SELECT id, spec FROM jobs;
+            ALTER TABLE jobs DROP COLUMN spec;
+            """),
     ]
 
     /// Applies the migrations `db` lacks, in order, each in a transaction. Refuses a database

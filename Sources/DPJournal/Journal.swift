@@ -63,13 +63,14 @@ public final class Journal: @unchecked Sendable {
         let id: Int64 = try write {
             let t = now
             try db.run("""
-                INSERT INTO jobs (name, spec, model_id, priority, order_mode, state, output_dir, video_path, video_fps,
+                INSERT INTO jobs (name, model_id, priority, order_mode, state, output_dir, video_path, video_fps,
                                   frames_total, created_at_ms, updated_at_ms)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, [.text(job.name), .blob(job.spec), .text(job.modelID), .int(job.priority), .text(job.order.rawValue),
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, [.text(job.name), .text(job.modelID), .int(job.priority), .text(job.order.rawValue),
                       .text(job.initialState.rawValue), .text(job.outputDir), .optionalText(job.videoPath),
                       .int(job.videoFPS), .int(sorted.count), .integer(t), .integer(t)])
             let id = db.lastInsertRowID
+            try db.run("INSERT INTO job_specs (job_id, spec) VALUES (?, ?)", [.integer(id), .blob(job.spec)])
             let insert = try db.statement("""
                 INSERT INTO frames (job_id, frame, dispatch_rank, state, updated_at_ms) VALUES (?, ?, ?, 'queued', ?)
                 """)
@@ -96,13 +97,15 @@ public final class Journal: @unchecked Sendable {
     }
 
     public func job(_ id: Int64) throws -> JobRecord? {
-        try locked { try db.query("SELECT * FROM jobs WHERE id = ?", [.integer(id)]).first.map(Journal.jobRecord) }
+        try locked {
+            try db.query("\(Journal.jobColumns) WHERE j.id = ?", [.integer(id)]).first.map(Journal.jobRecord)
+        }
     }
 
     /// Jobs, oldest first; `states` nil = all.
     public func jobs(states: Set<JobState>? = nil) throws -> [JobRecord] {
         try locked {
-            try db.query("SELECT * FROM jobs ORDER BY id").map(Journal.jobRecord)
+            try db.query("\(Journal.jobColumns) ORDER BY j.id").map(Journal.jobRecord)
                 .filter { states?.contains($0.state) ?? true }
         }
     }
@@ -238,6 +241,9 @@ public final class Journal: @unchecked Sendable {
                     failed > 0 ? .text("\(failed) frame(s) failed") : .null, .integer(id)])
         return (final, true)
     }
+
+    /// A job row with its spec (kept in job_specs, see migration 2).
+    static let jobColumns = "SELECT j.*, s.spec AS spec FROM jobs j LEFT JOIN job_specs s ON s.job_id = j.id"
 
     static func jobRecord(_ r: SQLiteRow) -> JobRecord {
         JobRecord(id: r.int64("id") ?? 0, name: r.string("name") ?? "", spec: r.data("spec") ?? Data(),

@@ -30,10 +30,19 @@ struct FarmBenchCommand: ParsableCommand {
     func run() throws {
         print("farm benchmark: \(frames) frames, fake renderer \(renderMs) ms/frame, \(slots) slot(s)/worker, "
             + "TCP loopback, \(ProcessInfo.processInfo.activeProcessorCount) cores")
-        let one = try FarmBench.run(workers: 1, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose)
+        // Each run's folders are removed only when the command ends: deleting the first run's 10,000
+        // frame files right before the second run would slow every file creation of the second run
+        // (ext4 without a journal skips recently deleted inodes when it allocates one), which is the
+        // file system's cost, not the farm's.
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("dp-bench-farm-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        let one = try FarmBench.run(workers: 1, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
+                                    scratch: scratch)
         print(one.line)
         guard workers > 1 else { return }
-        let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose)
+        let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
+                                     scratch: scratch)
         print(many.line)
         let efficiency = many.cyclesPerSecond / (Double(workers) * one.cyclesPerSecond)
         print(String(format: "scaling efficiency %.3f = %.0f / (%d x %.0f) cycles/s", efficiency,
@@ -57,12 +66,13 @@ enum FarmBench {
         let description: String
     }
 
-    /// One timed job: from the submit being accepted to the JobFinished event.
-    static func run(workers: Int, frames: Int, renderSeconds: Double, slots: Int, verbose: Bool) throws -> Result {
+    /// One timed job: from the submit being accepted to the JobFinished event. Its files go to a
+    /// new folder in `scratch` (removed by the caller).
+    static func run(workers: Int, frames: Int, renderSeconds: Double, slots: Int, verbose: Bool,
+                    scratch: URL) throws -> Result {
         let fm = FileManager.default
-        let root = fm.temporaryDirectory.appendingPathComponent("dp-bench-farm-\(UUID().uuidString)")
+        let root = scratch.appendingPathComponent("run-\(workers)-\(UUID().uuidString)")
         try fm.createDirectory(at: root, withIntermediateDirectories: true)
-        defer { try? fm.removeItem(at: root) }
 
         // A model folder the coordinator can serve: its dreampose.json holds the defaults the coordinator
         // reads (the fake renderer never loads weights; one step per frame).

@@ -159,6 +159,35 @@ final class FarmBatchingTests: XCTestCase {
         XCTAssertEqual((try FarmFixtures.manifest(out)["frames"] as? [[String: Any]])?.map { $0["frame"] as? Int }, [0, 2])
     }
 
+    func testHandWrittenManifestReadsBackAsTheWritersManifest() throws {
+        let out = root.appendingPathComponent("out-json")
+        let noise = OutputJobSettings(seed: nil, noiseSHA256: String(repeating: "c", count: 64), sampler: "pndm",
+                                      steps: 25, imageGuidance: 7.5, poseGuidance: 0.1)
+        let writer = try OutputWriter(directory: out, jobID: 3, modelID: "mod\"el", settings: noise, frames: [5, 2, 9],
+                                      durability: .batched, recorded: [])
+        try writer.write(frame: 9, png: Data("nine".utf8), attempt: 41, worker: "w \"quoted\" \\ tab\t\u{1}é",
+                         renderSeconds: 1e-7, flush: false)
+        try writer.write(frame: 2, png: Data("two".utf8), attempt: 40, worker: "plain", renderSeconds: 12.25, flush: false)
+        try writer.flush(durable: false)
+        let data = try Data(contentsOf: out.appendingPathComponent("manifest.json"))
+        let decoded = try JSONDecoder().decode(OutputManifest.self, from: data)
+        XCTAssertEqual(decoded, writer.currentManifest, String(decoding: data, as: UTF8.self))
+        XCTAssertEqual(decoded.frames.map(\.frame), [2, 9])
+        XCTAssertFalse(decoded.complete)
+        XCTAssertNil(decoded.settings.seed)
+        XCTAssertNotNil(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        // Seeded settings, every frame: complete.
+        let seeded = try OutputWriter(directory: root.appendingPathComponent("out-json2"), jobID: 4, modelID: "m",
+                                      settings: settings, frames: [0], durability: .batched, recorded: [])
+        try seeded.write(frame: 0, png: Data("zero".utf8), attempt: 1, worker: "w", renderSeconds: 3, flush: false)
+        try seeded.flush()
+        let again = try JSONDecoder().decode(OutputManifest.self,
+                                             from: Data(contentsOf: seeded.directory.appendingPathComponent("manifest.json")))
+        XCTAssertEqual(again, seeded.currentManifest)
+        XCTAssertTrue(again.complete)
+        XCTAssertEqual(again.frames.first?.seed, 1)
+    }
+
     // MARK: coordinator
 
     func testDoneFrameWithMissingOrCorruptPNGIsRenderedAgainAfterRestart() throws {
@@ -235,5 +264,32 @@ final class FarmBatchingTests: XCTestCase {
         XCTAssertEqual(listed.map { $0["worker"] as? String }, ["w2", "w2", "w1", "w2"])
         XCTAssertEqual(listed[2]["attempt"] as? Int, Int(firstAttempts[2]!))
         XCTAssertEqual(try FarmFixtures.manifest(out)["complete"] as? Bool, true)
+    }
+}
+
+final class JournalSpecMigrationTests: XCTestCase {
+    func testVersion1JournalKeepsItsJobSpecsAfterMigration2() throws {
+        let root = try FarmFixtures.tempDirectory("migrate")
+        defer { try? FileManager.default.removeItem(at: root) }
+        let path = root.appendingPathComponent("journal.sqlite").path
+        let clock = ManualClock()
+        let spec = Data((0 ..< 5000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        do {
+            let db = try SQLiteDatabase(path: path)
+            XCTAssertEqual(try Journal.migrate(db, migrations: Array(Journal.migrations.prefix(1)), clock: clock), [1])
+            try db.run("""
+                INSERT INTO jobs (name, spec, model_id, order_mode, state, output_dir, frames_total, created_at_ms, updated_at_ms)
+                VALUES ('old', ?, 'm', 'frame', 'queued', '/tmp/x', 1, 0, 0)
+                """, [.blob(spec)])
+        }
+        let journal = try Journal(path: path, clock: clock)
+        XCTAssertEqual(try journal.schemaVersion(), 2)
+        let jobs = try journal.jobs()
+        XCTAssertEqual(jobs.map(\.name), ["old"])
+        XCTAssertEqual(jobs.first?.spec, spec, "spec moved to job_specs")
+        let fresh = try journal.createJob(NewJob(name: "new", spec: Data([9, 8]), modelID: "m", outputDir: "/tmp/y",
+                                                 frames: [0]))
+        XCTAssertEqual(try journal.job(fresh.id)?.spec, Data([9, 8]))
+        XCTAssertEqual(try journal.job(jobs[0].id)?.spec, spec)
     }
 }

@@ -69,7 +69,7 @@ final class JournalTests: XCTestCase {
         XCTAssertEqual(rows.first?.int64("applied_at_ms"), 1_000_000, "applied time comes from the injected clock")
         do {
             let j = try open()
-            XCTAssertEqual(try j.schemaVersion(), 1)
+            XCTAssertEqual(try j.schemaVersion(), Journal.migrations.last?.version)
         }
     }
 
