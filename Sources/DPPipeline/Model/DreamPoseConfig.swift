@@ -93,27 +93,3 @@ public struct DreamPoseConfig: Codable, Equatable, Sendable {
         return config
     }
 }
-
-/// `adapter/config.json`: the CLIP + VAE embedding adapter's sizes.
-public struct AdapterConfig: Codable, Equatable, Sendable {
-    public var clipTokens: Int
-    public var vaeTokens: Int
-    public var vaeFeatures: Int
-    public var hidden: Int
-
-    enum CodingKeys: String, CodingKey {
-        case clipTokens = "clip_tokens", vaeTokens = "vae_tokens", vaeFeatures = "vae_features", hidden
-    }
-
-    public init(clipTokens: Int, vaeTokens: Int, vaeFeatures: Int, hidden: Int) {
-        self.clipTokens = clipTokens; self.vaeTokens = vaeTokens; self.vaeFeatures = vaeFeatures; self.hidden = hidden
-    }
-
-    public static func load(_ url: URL) throws -> AdapterConfig {
-        do {
-            return try JSONDecoder().decode(AdapterConfig.self, from: Data(contentsOf: url))
-        } catch {
-            throw PipelineError("\(url.path): cannot read adapter config: \(error)")
-        }
-    }
-}

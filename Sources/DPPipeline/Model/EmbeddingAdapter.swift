@@ -21,7 +21,7 @@ public final class EmbeddingAdapter {
         try weights.finish()
     }
 
-    /// Loads `adapter/config.json` and `adapter/adapter.safetensors`.
+    /// Loads `adapter/config.json` (DPModels' `AdapterConfig`) and `adapter/adapter.safetensors`.
     public static func load(directory: URL) throws -> EmbeddingAdapter {
         let config = try AdapterConfig.load(directory.appendingPathComponent("config.json"))
         let file = try SafeTensorsFile(url: directory.appendingPathComponent("adapter.safetensors"))
