@@ -174,8 +174,7 @@ public final class OutputWriter: @unchecked Sendable {
 
     /// The file name of frame `n`: `frame_00042.png` (at least 5 digits).
     public static func fileName(frame: UInt32) -> String {
-        let digits = String(frame)
-        return "frame_" + String(repeating: "0", count: max(0, 5 - digits.count)) + digits + ".png"
+        FrameFileName.png(frame: Int(frame))
     }
 
     /// Opens the output folder of a job (created if needed). A manifest.json there of another job

@@ -19,9 +19,9 @@ public enum FrameSelection {
 
     /// Zero-padded output name of pose frame `n`: `frame_00042.png`.
     public static func outputName(frame n: Int) -> String {
-        let digits = String(n)
-        return "frame_" + String(repeating: "0", count: max(0, 5 - digits.count)) + digits + ".png"
+        FrameFileName.png(frame: n)
     }
 }
 
+import DPFileKit
 import Foundation
