@@ -31,12 +31,7 @@ func benchFrame(preset: String, steps: Int, sampler: SamplerKind, height: Int, w
         config: AdapterConfig(clipTokens: 50, vaeTokens: vae.config.latentChannels,
                               vaeFeatures: (height / 16) * (width / 16), hidden: hidden),
         weights: random(4))
-    let schedulerJSON = """
-        {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-         "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true, "steps_offset": 1,
-         "timestep_spacing": "leading", "prediction_type": "epsilon"}
-        """
-    let schedulerConfig = try JSONDecoder().decode(SchedulerConfig.self, from: Data(schedulerJSON.utf8))
+    let schedulerConfig = SchedulerConfig.stableDiffusion            // SD-1.5 PNDM settings
     let config = DreamPoseConfig(name: "bench-\(preset)", height: height, width: width)
     let model = try DreamPoseModel(config: config, unet: unet, vae: vae, imageEncoder: clip, adapter: adapter,
                                    schedulerConfig: schedulerConfig, id: "bench-\(preset)-random")

@@ -63,22 +63,24 @@ public enum DemoAssets {
                       to: staging.appendingPathComponent("dreampose.json"))
 
         // Build each network with seeded random weights and save exactly what it took.
-        let unetWeights = RandomWeights(seed: seed)
-        _ = try UNet2DConditionModel(config: .load(staging.appendingPathComponent("unet/config.json")), weights: unetWeights)
-        try SafeTensorsWriter.write(unetWeights.recorded.map { ($0.key, $0.tensor) },
-                                    to: staging.appendingPathComponent("unet/diffusion_pytorch_model.safetensors"))
-        let vaeWeights = RandomWeights(seed: seed &+ 1)
-        _ = try AutoencoderKL(config: .load(staging.appendingPathComponent("vae/config.json")), weights: vaeWeights)
-        try SafeTensorsWriter.write(vaeWeights.recorded.map { ($0.key, $0.tensor) },
-                                    to: staging.appendingPathComponent("vae/diffusion_pytorch_model.safetensors"))
-        let clipWeights = RandomWeights(seed: seed &+ 2)
-        _ = try CLIPVisionModel(config: .load(staging.appendingPathComponent("image_encoder/config.json")), weights: clipWeights)
-        try SafeTensorsWriter.write(clipWeights.recorded.map { ($0.key, $0.tensor) },
-                                    to: staging.appendingPathComponent("image_encoder/model.safetensors"))
-        let adapterWeights = RandomWeights(seed: seed &+ 3)
-        _ = try EmbeddingAdapter(config: .load(staging.appendingPathComponent("adapter/config.json")), weights: adapterWeights)
-        try SafeTensorsWriter.write(adapterWeights.recorded.map { ($0.key, $0.tensor) },
-                                    to: staging.appendingPathComponent("adapter/adapter.safetensors"))
+        func build(_ seed: UInt64, _ weightsFile: String, _ make: (WeightSource) throws -> Void) throws {
+            let weights = RandomWeights(seed: seed)
+            try make(weights)
+            try weights.write(to: staging.appendingPathComponent(weightsFile))
+        }
+        func config(_ path: String) -> URL { staging.appendingPathComponent(path) }
+        try build(seed, "unet/diffusion_pytorch_model.safetensors") {
+            _ = try UNet2DConditionModel(config: .load(config("unet/config.json")), weights: $0)
+        }
+        try build(seed &+ 1, "vae/diffusion_pytorch_model.safetensors") {
+            _ = try AutoencoderKL(config: .load(config("vae/config.json")), weights: $0)
+        }
+        try build(seed &+ 2, "image_encoder/model.safetensors") {
+            _ = try CLIPVisionModel(config: .load(config("image_encoder/config.json")), weights: $0)
+        }
+        try build(seed &+ 3, "adapter/adapter.safetensors") {
+            _ = try EmbeddingAdapter(config: .load(config("adapter/config.json")), weights: $0)
+        }
 
         try? fm.removeItem(at: model)
         try fm.moveItem(at: staging, to: model)
