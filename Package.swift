@@ -68,13 +68,19 @@ let package = Package(
                 swiftSettings: v5),
 
         // Executables.
+        // The rendering options (--model ... --noise) that dp-coord submit and dp-worker render both take:
+        // one ParsableArguments declaration with the checks that need no files. DPSampling only for the sampler
+        // names; both executables already link it (dp-coord through DPWorker, for its embedded farm).
+        .target(name: "DPCLISupport",
+                dependencies: ["DPSampling", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                swiftSettings: v5),
         .executableTarget(name: "dp-coord",
-                          dependencies: ["DPCoordinator", "DPWorker",
+                          dependencies: ["DPCoordinator", "DPWorker", "DPCLISupport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: v5),
         .executableTarget(name: "dp-worker",
-                          dependencies: ["DPWorker", "DPPipeline", "DPFileKit",
+                          dependencies: ["DPWorker", "DPPipeline", "DPFileKit", "DPCLISupport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: v5),

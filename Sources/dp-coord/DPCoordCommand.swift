@@ -1,4 +1,5 @@
 import ArgumentParser
+import DPCLISupport
 import DPCoordinator
 import Foundation
 
@@ -83,17 +84,10 @@ extension DPCoordCommand {
         static let configuration = CommandConfiguration(
             abstract: "Submit a job: to --coordinator, or (default) render it here with an embedded coordinator and --workers local workers.")
 
-        @Option(help: "Model folder (dreampose-model/1 layout).") var model: String
-        @Option(help: "Subject photo (PNG).") var subject: String
-        @Option(help: "Folder of frame_<n>_densepose.npy files, or one stacked (N, 2, H, W) .npy.") var poses: String
+        /// --model, --subject, --poses, --frames, --steps, --sampler, --image-guidance, --pose-guidance, --seed,
+        /// --noise: the same declaration (and file-free checks) as `dp-worker render`.
+        @OptionGroup var render: RenderOptions
         @Option(help: "Output folder for frame_<n>.png and manifest.json (on the coordinator's machine).") var out: String
-        @Option(help: "Frames to render: N, A-B, comma-separated (default: every pose frame).") var frames: String?
-        @Option(help: "Denoising steps (default: the model's dreampose.json).") var steps: Int?
-        @Option(help: "Sampler: pndm, ddim or dpm (default: the model's).") var sampler: String?
-        @Option(name: .customLong("image-guidance"), help: "Image guidance scale s_I (default: the model's).") var imageGuidance: Float?
-        @Option(name: .customLong("pose-guidance"), help: "Pose guidance scale s_P (default: the model's).") var poseGuidance: Float?
-        @Option(help: "Seed of the job's noise (portable generator; default 0).") var seed: UInt64?
-        @Option(help: "Raw little-endian float32 noise file [1, 4, H/8, W/8] instead of --seed.") var noise: String?
         @Option(help: "Job priority (higher goes first).") var priority = 0
         @Option(help: "Dispatch order: frame (ascending) or preview (first, last, middle, then halves).") var order = "frame"
         @Option(help: "Write an H.264 video of the finished sequence to this file (on the coordinator's machine).") var video: String?
@@ -114,9 +108,7 @@ extension DPCoordCommand {
 
         func run() throws {
             let inputs = try SubmitInputs.load(.init(
-                model: model, subject: subject, poses: poses, out: out, frames: frames, steps: steps, sampler: sampler,
-                imageGuidance: imageGuidance, poseGuidance: poseGuidance, seed: seed, noise: noise, priority: priority,
-                order: order, video: video, fps: fps, name: name))
+                render: render, out: out, priority: priority, order: order, video: video, fps: fps, name: name))
             let display = FollowDisplay(json: json)
             if !json { display.line("dp-coord submit: \(inputs.summary)") }
 

@@ -1,7 +1,7 @@
+import DPCLISupport
 import DPCoordinator
 import DPModels
 import DPPipeline
-import DPSampling
 import Foundation
 
 /// The local files of a `dp-coord submit`, read and checked on the submitting machine before anything is
@@ -12,17 +12,10 @@ struct SubmitInputs {
     var summary: String
 
     struct Options {
-        var model: String
-        var subject: String
-        var poses: String
+        /// The shared rendering options, already through `RenderOptions.validate()` (sampler name, steps,
+        /// finite guidance, --seed or --noise).
+        var render: RenderOptions
         var out: String
-        var frames: String?
-        var steps: Int?
-        var sampler: String?
-        var imageGuidance: Float?
-        var poseGuidance: Float?
-        var seed: UInt64?
-        var noise: String?
         var priority: Int
         var order: String
         var video: String?
@@ -32,8 +25,9 @@ struct SubmitInputs {
 
     /// Reads and validates every input named by `o` (paths relative to the current directory).
     static func load(_ o: Options) throws -> SubmitInputs {
+        let r = o.render
         let fm = FileManager.default
-        let modelURL = absoluteURL(o.model)
+        let modelURL = absoluteURL(r.model)
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: modelURL.path, isDirectory: &isDir), isDir.boolValue else {
             throw CLIError("--model \(modelURL.path): no such folder (expected a dreampose-model/1 folder)")
@@ -44,7 +38,7 @@ struct SubmitInputs {
         let latentShape = [1, vaeConfig.latentChannels, config.height / 8, config.width / 8]
 
         // Subject: decoded once to prove it is a readable PNG; the original bytes travel.
-        let subjectURL = absoluteURL(o.subject)
+        let subjectURL = absoluteURL(r.subject)
         _ = try PNGCodec.read(subjectURL)
         let subjectPNG: Data
         do { subjectPNG = try Data(contentsOf: subjectURL) } catch {
@@ -52,7 +46,7 @@ struct SubmitInputs {
         }
 
         // Poses: every pose of the sequence as (2, H, W) .npy bytes (a window needs its neighbours).
-        let posesURL = absoluteURL(o.poses)
+        let posesURL = absoluteURL(r.poses)
         let source = try PoseSource(url: posesURL)
         var poses: [Int: Data] = [:]
         var poseSize: (Int, Int)?
@@ -72,21 +66,13 @@ struct SubmitInputs {
             }
         }
 
-        let frames = try o.frames.map(FrameSelection.parse) ?? source.frameNumbers
+        let frames = try r.frames.map(FrameSelection.parse) ?? source.frameNumbers
         let missing = frames.filter { poses[$0] == nil }
         guard missing.isEmpty else {
             throw CLIError("--frames asks for frame(s) \(missing.prefix(10).map(String.init).joined(separator: ", "))"
                 + "\(missing.count > 10 ? ", ..." : "") that have no pose in \(posesURL.path)")
         }
 
-        if let s = o.sampler, SamplerKind(rawValue: s) == nil {
-            throw CLIError("unknown sampler \"\(s)\" (expected one of: \(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
-        }
-        if let s = o.steps, s < 1 { throw CLIError("--steps must be at least 1 (got \(s))") }
-        for (flag, value) in [("--image-guidance", o.imageGuidance), ("--pose-guidance", o.poseGuidance)] {
-            if let v = value, !v.isFinite { throw CLIError("\(flag) must be a finite number (got \(v))") }
-        }
-        if o.seed != nil && o.noise != nil { throw CLIError("give either --seed or --noise, not both") }
         guard ["frame", "preview"].contains(o.order) else {
             throw CLIError("--order \"\(o.order)\": expected frame or preview")
         }
@@ -94,7 +80,7 @@ struct SubmitInputs {
 
         // Noise: a raw float32 file becomes a float32 .npy of the latent shape for the wire.
         var noiseNPY: Data?
-        if let noise = o.noise {
+        if let noise = r.noise {
             let url = absoluteURL(noise)
             guard case .values(let values) = try NoiseSource.file(url, shape: latentShape) else {
                 throw CLIError("noise file \(url.path): not read as values")
@@ -116,11 +102,11 @@ struct SubmitInputs {
         let name = o.name ?? "\(modelURL.lastPathComponent):\(subjectURL.deletingPathExtension().lastPathComponent)"
         var job = JobSubmission(name: name, modelDirectory: modelURL, subjectPNG: subjectPNG, poses: poses,
                                 frames: frames, outputDirectory: out.path)
-        job.steps = o.steps
-        job.sampler = o.sampler
-        job.imageGuidance = o.imageGuidance
-        job.poseGuidance = o.poseGuidance
-        job.seed = o.seed ?? 0
+        job.steps = r.steps
+        job.sampler = r.sampler
+        job.imageGuidance = r.imageGuidance
+        job.poseGuidance = r.poseGuidance
+        job.seed = r.seed ?? 0
         job.noiseNPY = noiseNPY
         job.priority = o.priority
         job.order = o.order
@@ -128,8 +114,8 @@ struct SubmitInputs {
         job.fps = o.fps
         let d = config.defaults
         let summary = "\(frames.count) frame(s) of \(poses.count) pose(s), model \(config.name) \(config.height)x\(config.width), "
-            + "\(o.sampler ?? d.sampler) \(o.steps ?? d.steps) steps, s_I \(o.imageGuidance ?? d.imageGuidance), "
-            + "s_P \(o.poseGuidance ?? d.poseGuidance), \(noiseNPY == nil ? "seed \(o.seed ?? 0)" : "noise file") -> \(out.path)"
+            + "\(r.sampler ?? d.sampler) \(r.steps ?? d.steps) steps, s_I \(r.imageGuidance ?? d.imageGuidance), "
+            + "s_P \(r.poseGuidance ?? d.poseGuidance), \(noiseNPY == nil ? "seed \(r.seed ?? 0)" : "noise file") -> \(out.path)"
         return SubmitInputs(submission: job, summary: summary)
     }
 

@@ -1,7 +1,7 @@
 import ArgumentParser
+import DPCLISupport
 import DPFileKit
 import DPPipeline
-import DPSampling
 import DPTensor
 import Foundation
 
@@ -11,24 +11,13 @@ struct RenderCommand: ParsableCommand {
         commandName: "render",
         abstract: "Render frames of one job on this machine, without a coordinator.")
 
-    @Option(help: "Model folder (dreampose-model/1 layout).") var model: String
-    @Option(help: "Subject photo (PNG).") var subject: String
-    @Option(help: "Folder of frame_<n>_densepose.npy files, or one stacked (N, 2, H, W) .npy.") var poses: String
+    /// --model, --subject, --poses, --frames, --steps, --sampler, --image-guidance, --pose-guidance, --seed,
+    /// --noise: the same declaration (and file-free checks) as `dp-coord submit`.
+    @OptionGroup var options: RenderOptions
     @Option(help: "Output folder for frame_<n>.png (created if missing).") var out: String
-    @Option(help: "Frames to render: N, A-B, comma-separated (default: every pose frame).") var frames: String?
-    @Option(help: "Denoising steps (default: the model's dreampose.json).") var steps: Int?
-    @Option(help: "Sampler: pndm, ddim or dpm (default: the model's).") var sampler: String?
-    @Option(name: .customLong("image-guidance"), help: "Image guidance scale s_I (default: the model's).") var imageGuidance: Float?
-    @Option(name: .customLong("pose-guidance"), help: "Pose guidance scale s_P (default: the model's).") var poseGuidance: Float?
-    @Option(help: "Seed of the job's noise (portable generator; default 0).") var seed: UInt64?
-    @Option(help: "Raw little-endian float32 noise file [1, 4, H/8, W/8] instead of --seed.") var noise: String?
     @Option(help: "Threads for the engine (default: all cores).") var threads: Int?
 
     func validate() throws {
-        if seed != nil && noise != nil { throw ValidationError("give either --seed or --noise, not both") }
-        if let s = sampler, SamplerKind(rawValue: s) == nil {
-            throw ValidationError("unknown sampler \"\(s)\" (expected one of: \(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
-        }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
@@ -43,23 +32,24 @@ struct RenderCommand: ParsableCommand {
     }
 
     func render() throws {
+        let o = options
         if let threads { EngineThreads.configure(threads) }
         let log = ProgressLog()
-        let subjectURL = URL(fileURLWithPath: subject)
+        let subjectURL = URL(fileURLWithPath: o.subject)
         let subjectImage = try PNGCodec.read(subjectURL)
-        let poseSource = try PoseSource(url: URL(fileURLWithPath: poses))
-        let wanted = try frames.map(FrameSelection.parse) ?? poseSource.frameNumbers
+        let poseSource = try PoseSource(url: URL(fileURLWithPath: o.poses))
+        let wanted = try o.frames.map(FrameSelection.parse) ?? poseSource.frameNumbers
         let missing = wanted.filter { !poseSource.frameNumbers.contains($0) }
         guard missing.isEmpty else {
-            throw PipelineError("--frames asks for frame(s) \(missing.prefix(10).map(String.init).joined(separator: ", ")) that have no pose in \(poses)")
+            throw PipelineError("--frames asks for frame(s) \(missing.prefix(10).map(String.init).joined(separator: ", ")) that have no pose in \(o.poses)")
         }
-        log.line("loading model \(model)")
-        let loaded = try DreamPoseModel(directory: URL(fileURLWithPath: model))
+        log.line("loading model \(o.model)")
+        let loaded = try DreamPoseModel(directory: URL(fileURLWithPath: o.model))
         let latentShape = [1, loaded.latentChannels, loaded.latentHeight, loaded.latentWidth]
-        let noiseSource: NoiseSource = try noise.map { try NoiseSource.file(URL(fileURLWithPath: $0), shape: latentShape) }
-            ?? .seed(seed ?? 0)
-        let settings = RenderSettings(steps: steps, sampler: sampler.flatMap(SamplerKind.init(rawValue:)),
-                                      imageGuidance: imageGuidance, poseGuidance: poseGuidance, noise: noiseSource)
+        let noiseSource: NoiseSource = try o.noise.map { try NoiseSource.file(URL(fileURLWithPath: $0), shape: latentShape) }
+            ?? .seed(o.seed ?? 0)
+        let settings = RenderSettings(steps: o.steps, sampler: o.samplerKind,
+                                      imageGuidance: o.imageGuidance, poseGuidance: o.poseGuidance, noise: noiseSource)
         // Read every window's poses up front, so a bad pose file fails before any frame is rendered.
         for n in wanted { _ = try poseSource.window(center: n, size: loaded.config.poseWindow) }
         let outDir = URL(fileURLWithPath: out)
