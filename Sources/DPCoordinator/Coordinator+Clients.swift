@@ -310,13 +310,13 @@ extension Coordinator {
             return
         }
         let follower = Follower(peer: peer, requestID: requestID, includePNG: follow.includePng)
-        sendEvent(follower, job: id, counts: counts(id), nil)
+        sendEvent(follower, job: id, nil)
         if record.state.isFinished && !videosPending.contains(id) {
             var finished = FarmJobFinished()
             finished.state = FarmJobState(record.state)
             finished.videoPath = record.videoWritten ? record.videoPath ?? "" : ""
             finished.message = record.error ?? ""
-            sendEvent(follower, job: id, counts: counts(id), .jobFinished(finished))
+            sendEvent(follower, job: id, .jobFinished(finished))
             return
         }
         followers[id, default: []].append(follower)

@@ -109,6 +109,8 @@ extension Coordinator {
                 }
             }
         case .frameResult(let result):
+            // The credit rides on the result whatever becomes of it (refused, stale or written).
+            session.credit += Int(result.credits)
             try onFrameResult(session, result)
         case .goodbye(let goodbye):
             let handed = Set(goodbye.handedBackAttemptIds.map { Int64(truncatingIfNeeded: $0) })
@@ -188,7 +190,7 @@ extension Coordinator {
         let id = Int64(truncatingIfNeeded: result.attemptID)
         session.attempts[id] = nil
         dispatchNeeded = true
-        guard let record = try journal.attempt(id) else {
+        guard let (record, current) = try journal.resultTarget(id) else {
             log("result for unknown attempt \(id) from \(peerName(session.routingID)): refused")
             send(session.routingID, .error(FarmError(.unknownAttempt, "no attempt \(id)", attemptID: result.attemptID)))
             return
@@ -204,15 +206,10 @@ extension Coordinator {
             try onFailedResult(session, record, result.error)
             return
         }
-        let digest = FileDigest.sha256(result.png)
-        guard digest == result.pngSha256 else {
-            try onFailedResult(session, record, FarmError(.checksumMismatch,
-                "job \(record.jobID) frame \(record.frame): PNG has sha256 \(digest), worker claimed \(result.pngSha256)"))
-            return
-        }
-        let output = FrameOutput(sha256: digest, size: result.png.count, renderSeconds: result.renderSeconds)
-        guard try journal.isCurrent(id) else {
-            let outcome = try journal.completeAttempt(id, output: output)
+        guard current else {
+            // Recorded as stale; the PNG (and so its checksum) does not matter.
+            let outcome = try journal.completeAttempt(id, output: FrameOutput(sha256: result.pngSha256, size: result.png.count,
+                                                                                renderSeconds: result.renderSeconds))
             log("stale result: attempt \(id) (job \(record.jobID) frame \(record.frame)) from worker '\(session.name)' "
                 + "is not current (\(outcome.staleReason ?? "frame moved on")); recorded, PNG dropped")
             return
@@ -225,12 +222,24 @@ extension Coordinator {
             failJob(record.jobID, error: "\(error)")
             return
         }
+        // The writer hashes the PNG once and refuses it if that is not the worker's claimed SHA-256.
+        let digest: String
         do {
-            try context.output.write(frame: UInt32(record.frame), png: result.png, attempt: UInt64(id),
-                                     worker: session.name, renderSeconds: result.renderSeconds,
-                                     claimedSHA256: result.pngSha256, flush: false)
+            digest = try context.output.write(frame: UInt32(record.frame), png: result.png, attempt: UInt64(id),
+                                              worker: session.name, renderSeconds: result.renderSeconds,
+                                              claimedSHA256: result.pngSha256, flush: false).pngSHA256
         } catch let error as OutputError {
-            if case .alreadyWritten = error {
+            if case let .checksumMismatch(_, _, claimed, found) = error {
+                try onFailedResult(session, record, FarmError(.checksumMismatch,
+                    "job \(record.jobID) frame \(record.frame): PNG has sha256 \(found), worker claimed \(claimed)"))
+                return
+            } else if case .alreadyWritten = error {
+                digest = FileDigest.sha256(result.png)
+                guard digest == result.pngSha256 else {
+                    try onFailedResult(session, record, FarmError(.checksumMismatch,
+                        "job \(record.jobID) frame \(record.frame): PNG has sha256 \(digest), worker claimed \(result.pngSha256)"))
+                    return
+                }
                 // Written before a crash that came before the journal update: same job, same bytes.
                 log("job \(record.jobID) frame \(record.frame): already in the output folder (\(error)); marking done")
             } else {
@@ -239,10 +248,11 @@ extension Coordinator {
                 return
             }
         }
-        let outcome = try journal.completeAttempt(id, output: output)
+        let outcome = try journal.completeAttempt(id, output: FrameOutput(sha256: digest, size: result.png.count,
+                                                                          renderSeconds: result.renderSeconds))
         session.models.insert(context.modelID)
         log("job \(record.jobID) frame \(record.frame) done by worker '\(session.name)' (attempt \(id), "
-            + String(format: "%.2f s", result.renderSeconds) + ")")
+            + Self.seconds(result.renderSeconds) + ")")
         if let list = followers[record.jobID] {
             var done = FarmFrameDone()
             done.frame = UInt32(record.frame)
@@ -251,11 +261,10 @@ extension Coordinator {
             done.renderSeconds = result.renderSeconds
             done.pngSha256 = digest
             done.pngSize = UInt64(result.png.count)
-            let counts = self.counts(record.jobID)
             for follower in list {
                 var event = done
                 if follower.includePNG { event.png = result.png }
-                sendEvent(follower, job: record.jobID, counts: counts, .frameDone(event))
+                sendEvent(follower, job: record.jobID, .frameDone(event))
             }
         }
         if outcome.jobFinished { finishJob(record.jobID) }
@@ -517,18 +526,31 @@ extension Coordinator {
 
     func emit(job: Int64, _ event: DPProtocol.FarmJobEvent.OneOf_Event) {
         guard let list = followers[job], !list.isEmpty else { return }
-        let counts = self.counts(job)
-        for follower in list { sendEvent(follower, job: job, counts: counts, event) }
+        for follower in list { sendEvent(follower, job: job, event) }
     }
 
-    func sendEvent(_ follower: Follower, job: Int64, counts: FarmJobCounts,
-                   _ event: DPProtocol.FarmJobEvent.OneOf_Event?) {
+    /// A JobEvent to a follower. Its counts are the job's as the event leaves: inside a loop turn
+    /// they are filled in after the turn's commit, once per job however many events the turn has.
+    func sendEvent(_ follower: Follower, job: Int64, _ event: DPProtocol.FarmJobEvent.OneOf_Event?) {
         var message = DPProtocol.FarmJobEvent()
         message.jobID = UInt64(job)
-        message.counts = counts
         message.sentUnixMs = UInt64(max(0, now))
         message.event = event
-        send(follower.peer, .jobEvent(message), requestID: follower.requestID)
+        if outbox != nil {
+            outbox!.append(OutgoingMessage(peer: follower.peer, body: .jobEvent(message), requestID: follower.requestID,
+                                           countsOfJob: job))
+            return
+        }
+        message.counts = counts(job)
+        sendNow(follower.peer, .jobEvent(message), requestID: follower.requestID)
+    }
+
+    /// `x` seconds with 2 decimals ("12.34 s"), for log lines written once per frame.
+    static func seconds(_ x: Double) -> String {
+        guard x.isFinite, x >= 0, x < 1e12 else { return "\(x) s" }
+        let hundredths = Int((x * 100).rounded())
+        let fraction = hundredths % 100
+        return "\(hundredths / 100)." + (fraction < 10 ? "0" : "") + "\(fraction) s"
     }
 }
 

@@ -136,7 +136,16 @@ public final class Coordinator: @unchecked Sendable {
         }
         let messages = outbox ?? []
         outbox = nil
-        for m in messages { sendNow(m.peer, m.body, requestID: m.requestID) }
+        var jobCounts: [Int64: FarmJobCounts] = [:]
+        for m in messages {
+            guard let job = m.countsOfJob, case .jobEvent(var event) = m.body else {
+                sendNow(m.peer, m.body, requestID: m.requestID)
+                continue
+            }
+            if jobCounts[job] == nil { jobCounts[job] = counts(job) }
+            event.counts = jobCounts[job]!
+            sendNow(m.peer, .jobEvent(event), requestID: m.requestID)
+        }
     }
 
     /// Rewrites the manifest.json of every job with frames written since its last rewrite, at most
@@ -416,6 +425,8 @@ struct OutgoingMessage {
     let peer: Data
     let body: FarmEnvelope.OneOf_Body
     let requestID: UInt64
+    /// A JobEvent whose counts are filled in when it is sent (after the turn's commit).
+    var countsOfJob: Int64? = nil
 }
 
 struct Follower {

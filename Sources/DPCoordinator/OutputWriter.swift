@@ -158,6 +158,8 @@ public final class OutputWriter: @unchecked Sendable {
     }
 
     public let directory: URL
+    /// `directory.path` (the per-frame writes build paths from strings, not URLs).
+    let directoryPath: String
     public let durability: Durability
     /// Frames of `recorded` whose PNG was missing or did not match its record when the folder was
     /// opened (frame, what was wrong), ascending; their files were removed and they count as missing.
@@ -187,6 +189,7 @@ public final class OutputWriter: @unchecked Sendable {
                 frames: [UInt32], durability: Durability = .syncEachFrame,
                 recorded: [OutputFrameRecord]? = nil) throws {
         self.directory = directory.standardizedFileURL
+        directoryPath = self.directory.path
         self.durability = durability
         let fm = FileManager.default
         do {
@@ -299,17 +302,17 @@ public final class OutputWriter: @unchecked Sendable {
             throw OutputError.checksumMismatch(jobID: job, frame: frame, claimed: claimedSHA256, found: digest)
         }
         let name = OutputWriter.fileName(frame: frame)
+        let path = directoryPath + "/" + name
         do {
             switch durability {
-            case .syncEachFrame: try DurableFile.writeNew(png, to: directory.appendingPathComponent(name))
-            case .batched: try OutputWriter.writeNewUnsynced(png, to: directory.appendingPathComponent(name))
+            case .syncEachFrame: try DurableFile.writeNew(png, to: URL(fileURLWithPath: path))
+            case .batched: try OutputWriter.writeNewUnsynced(png, folder: directoryPath, name: name)
             }
         } catch let error as DurableFileError where error.alreadyExists {
             // Only possible if something else writes into the folder: never overwrite it.
-            throw OutputError.io(path: directory.appendingPathComponent(name).path,
-                                 message: "exists but is not in manifest.json (another writer in this folder?)")
+            throw OutputError.io(path: path, message: "exists but is not in manifest.json (another writer in this folder?)")
         } catch {
-            throw OutputError.io(path: directory.appendingPathComponent(name).path, message: "\(error)")
+            throw OutputError.io(path: path, message: "\(error)")
         }
         let s = manifest.settings
         let record = OutputFrameRecord(frame: frame, file: name, attempt: attempt, worker: worker,
@@ -339,12 +342,13 @@ public final class OutputWriter: @unchecked Sendable {
         return dirty
     }
 
-    /// `.batched` PNG write: a temp file next to `url` (`.<name>.tmp-<pid>-<random>`, removed on
-    /// reopening if a crash leaves it), then link(2) into place, which refuses an existing file.
-    /// No fsync: the journal vouches for the frame (see the file comment).
-    static func writeNewUnsynced(_ data: Data, to url: URL) throws {
-        let path = url.path
-        let tempPath = DurableFile.temporaryURL(besides: url).path
+    /// `.batched` PNG write: a temp file next to `folder/name` (`.<name>.tmp-<pid>-<random>`, as
+    /// DurableFile names them; removed on reopening if a crash leaves it), then link(2) into place,
+    /// which refuses an existing file. No fsync: the journal vouches for the frame (see the file
+    /// comment). Paths are strings: this runs once per frame on the coordinator's loop thread.
+    static func writeNewUnsynced(_ data: Data, folder: String, name: String) throws {
+        let path = folder + "/" + name
+        let tempPath = folder + "/" + DurableFile.temporaryName(besides: name)
         let fd = open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         if fd < 0 { throw DurableFileError(path: path, message: "create \(tempPath): \(String(cString: strerror(errno)))") }
         defer { unlink(tempPath) }
@@ -500,6 +504,10 @@ public final class OutputWriter: @unchecked Sendable {
 /// reads it back (OutputWriterTests check the round trip).
 enum ManifestJSON {
     static func string(_ s: String) -> String {
+        // Most strings (hex digests, names, file names) need no escaping.
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            return "\"" + s + "\""
+        }
         var out = "\""
         for scalar in s.unicodeScalars {
             switch scalar {
@@ -527,23 +535,33 @@ enum ManifestJSON {
         "[" + frames.map(String.init).joined(separator: ", ") + "]"
     }
 
+    /// One frame's entry (runs once per frame written: appended into one string, not joined).
     static func entry(_ r: OutputFrameRecord) -> String {
-        var fields = [
-            "\"attempt\" : \(r.attempt)",
-            "\"file\" : \(string(r.file))",
-            "\"frame\" : \(r.frame)",
-            "\"image_guidance\" : \(number(r.imageGuidance))",
-            "\"model_id\" : \(string(r.modelID))",
-            "\"png_sha256\" : \(string(r.pngSHA256))",
-            "\"png_size\" : \(r.pngSize)",
-            "\"pose_guidance\" : \(number(r.poseGuidance))",
-            "\"render_seconds\" : \(number(r.renderSeconds))",
-            "\"sampler\" : \(string(r.sampler))",
-        ]
-        if let seed = r.seed { fields.append("\"seed\" : \(seed)") }
-        fields.append("\"steps\" : \(r.steps)")
-        fields.append("\"worker\" : \(string(r.worker))")
-        return "    {\n      " + fields.joined(separator: ",\n      ") + "\n    }"
+        var out = ""
+        out.reserveCapacity(512)
+        var first = true
+        func field(_ key: String, _ value: String) {
+            out += first ? "    {\n      \"" : ",\n      \""
+            first = false
+            out += key
+            out += "\" : "
+            out += value
+        }
+        field("attempt", String(r.attempt))
+        field("file", string(r.file))
+        field("frame", String(r.frame))
+        field("image_guidance", number(r.imageGuidance))
+        field("model_id", string(r.modelID))
+        field("png_sha256", string(r.pngSHA256))
+        field("png_size", String(r.pngSize))
+        field("pose_guidance", number(r.poseGuidance))
+        field("render_seconds", number(r.renderSeconds))
+        field("sampler", string(r.sampler))
+        if let seed = r.seed { field("seed", String(seed)) }
+        field("steps", String(r.steps))
+        field("worker", string(r.worker))
+        out += "\n    }"
+        return out
     }
 
     static func manifest<S: Sequence>(_ m: OutputManifest, entries: S, framesExpected: String) -> String

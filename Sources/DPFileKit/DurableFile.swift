@@ -46,9 +46,15 @@ public enum DurableFile {
 
     /// A temp-file name next to `url`: `.<name>.tmp-<pid>-<random>` (hidden, unique).
     public static func temporaryURL(besides url: URL) -> URL {
-        url.deletingLastPathComponent().appendingPathComponent(
-            "." + url.lastPathComponent + ".tmp-\(getpid())-\(UInt32.random(in: 0 ... .max))")
+        url.deletingLastPathComponent().appendingPathComponent(temporaryName(besides: url.lastPathComponent))
     }
+
+    /// The temp file name for a file named `name` in the same folder: `.<name>.tmp-<pid>-<random>`.
+    public static func temporaryName(besides name: String) -> String {
+        "." + name + ".tmp-" + String(processID) + "-" + String(UInt32.random(in: 0 ... .max))
+    }
+
+    private static let processID = getpid()
 
     private static func write(_ data: Data, to url: URL, replace: Bool) throws {
         let path = url.path

@@ -60,8 +60,10 @@ extension Journal {
             try db.run("""
                 UPDATE frames SET state = 'dispatched', current_attempt_id = ?, updated_at_ms = ? WHERE job_id = ? AND frame = ?
                 """, [.integer(id), .integer(t), .integer(job), .int(frame)])
-            try db.run("UPDATE jobs SET state = 'running', updated_at_ms = ? WHERE id = ? AND state = 'queued'",
-                       [.integer(t), .integer(job)])
+            if state == .queued {
+                try db.run("UPDATE jobs SET state = 'running', updated_at_ms = ? WHERE id = ? AND state = 'queued'",
+                           [.integer(t), .integer(job)])
+            }
             return AttemptRecord(id: id, jobID: job, frame: frame, worker: worker, result: nil,
                                  startedAtMs: t, finishedAtMs: nil, renderSeconds: nil, error: nil)
         }
@@ -81,10 +83,12 @@ extension Journal {
                 WHERE job_id = ? AND frame = ?
                 """, [.text(output.sha256), .int(output.size), .real(output.renderSeconds), .text(a.worker),
                       .integer(a.id), .integer(t), .integer(a.jobID), .int(a.frame)])
-            try db.run("UPDATE jobs SET frames_done = frames_done + 1, updated_at_ms = ? WHERE id = ?",
-                       [.integer(t), .integer(a.jobID)])
+            let counters = try db.query("""
+                UPDATE jobs SET frames_done = frames_done + 1, updated_at_ms = ? WHERE id = ?
+                RETURNING state, frames_total, frames_done, frames_failed
+                """, [.integer(t), .integer(a.jobID)]).first
             try db.run("UPDATE workers SET frames_done = frames_done + 1 WHERE name = ?", [.text(a.worker)])
-            let (jobState, finished) = try settleJob(a.jobID, at: t)
+            let (jobState, finished) = try settleJob(a.jobID, at: t, counters: counters)
             return AttemptOutcome(applied: true, attemptID: a.id, jobID: a.jobID, frame: a.frame, frameState: .done,
                                   jobState: jobState, jobFinished: finished, workerBannedFromJob: false, staleReason: nil)
         }
@@ -226,16 +230,29 @@ extension Journal {
         try locked { try loadForResult(attempt).1 }
     }
 
+    /// The attempt a result names and whether that result would count now (`isCurrent`), in one
+    /// lookup; nil for an unknown attempt id. The coordinator's per-result check.
+    public func resultTarget(_ attempt: Int64) throws -> (attempt: AttemptRecord, current: Bool)? {
+        try locked { try loadForResultIfKnown(attempt) }
+    }
+
     // MARK: internals (called inside a transaction)
 
     func loadForResult(_ id: Int64) throws -> (AttemptRecord, Bool) {
-        guard let a = try db.query("SELECT * FROM attempts WHERE id = ?", [.integer(id)]).first.map(Journal.attemptRecord) else {
-            throw JournalError.unknownAttempt(id)
-        }
-        guard a.result == nil else { return (a, false) }
-        let f = try db.query("SELECT state, current_attempt_id FROM frames WHERE job_id = ? AND frame = ?",
-                             [.integer(a.jobID), .int(a.frame)]).first
-        let current = f?.string("state") == FrameState.dispatched.rawValue && f?.int64("current_attempt_id") == id
+        guard let loaded = try loadForResultIfKnown(id) else { throw JournalError.unknownAttempt(id) }
+        return loaded
+    }
+
+    /// The attempt and whether it is current (running, and its frame is dispatched to it).
+    func loadForResultIfKnown(_ id: Int64) throws -> (AttemptRecord, Bool)? {
+        guard let row = try db.query("""
+            SELECT a.*, f.state AS frame_state, f.current_attempt_id AS frame_attempt
+            FROM attempts a LEFT JOIN frames f ON f.job_id = a.job_id AND f.frame = a.frame
+            WHERE a.id = ?
+            """, [.integer(id)]).first else { return nil }
+        let a = Journal.attemptRecord(row)
+        let current = a.result == nil && row.string("frame_state") == FrameState.dispatched.rawValue
+            && row.int64("frame_attempt") == id
         return (a, current)
     }
 

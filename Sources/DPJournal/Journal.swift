@@ -226,10 +226,12 @@ public final class Journal: @unchecked Sendable {
 
     /// After a frame left queued/dispatched: finish the job when none of its frames is pending.
     /// Returns the job's state and whether this call finished it.
-    func settleJob(_ id: Int64, at t: Int64) throws -> (JobState, Bool) {
+    /// `counters`: the job's row (state, frames_total, frames_done, frames_failed) if the caller
+    /// already has it current (e.g. from an UPDATE ... RETURNING).
+    func settleJob(_ id: Int64, at t: Int64, counters: SQLiteRow? = nil) throws -> (JobState, Bool) {
         // Counters, not a scan of the frames: this runs on every result.
-        guard let row = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
-                                     [.integer(id)]).first,
+        guard let row = try counters ?? db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
+                                                 [.integer(id)]).first,
               let state = JobState(rawValue: row.string("state") ?? "") else { throw JournalError.unknownJob(id) }
         guard !state.isFinished else { return (state, false) }
         let failed = row.int("frames_failed") ?? 0

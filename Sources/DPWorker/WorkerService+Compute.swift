@@ -14,6 +14,8 @@ final class AttemptTask {
     var jobID: UInt64 { task.jobID }
     var frame: UInt32 { task.frame }
     // guarded by WorkerService.lock
+    /// Taken by a compute thread (false while queued behind another frame).
+    var started = false
     var step = 0
     var totalSteps = 0
     /// Set when the attempt must stop (Cancel, shutdown, not adopted after a reconnect).
@@ -103,12 +105,19 @@ extension WorkerService {
             let prepared = try preparedRenderer(for: task.job, label: label, cancelReason: cancelReason)
             let total = prepared.totalSteps
             lock.lock(); task.totalSteps = total; lock.unlock()
+            // One Progress per interval at most; the steps in between reach the coordinator with the
+            // next Progress, a Heartbeat (task.step) or the FrameResult.
+            let intervalNs = UInt64(settings.progressIntervalMs) * 1_000_000
+            var lastReportNs = DispatchTime.now().uptimeNanoseconds
             let output = try prepared.render(
                 frame: Int(task.frame), poseWindow: task.task.poseWindowNpy,
                 progress: { [self] step in
                     lock.lock()
                     task.step = step
                     lock.unlock()
+                    let t = DispatchTime.now().uptimeNanoseconds
+                    guard t - lastReportNs >= intervalNs else { return }
+                    lastReportNs = t
                     post(.progress(attemptID: task.attemptID, step: step))
                 },
                 isCancelled: { cancelReason() != nil })
@@ -118,6 +127,7 @@ extension WorkerService {
                 result.png = output.png
                 result.pngSha256 = FileDigest.sha256(output.png)
                 result.renderSeconds = output.seconds
+                lock.lock(); lastFrameSeconds = output.seconds; lock.unlock()
             }
         } catch {
             if let reason = cancelReason() {

@@ -5,14 +5,17 @@
 //   * the I/O thread (the caller of `run()`) owns the DEALER socket: it is the only thread that sends
 //     or receives on it. It also sends the heartbeats, so a long matrix product on a compute thread
 //     can never starve them (the I/O thread does no compute and sleeps in zmq_poll).
-//   * one compute thread per frame task (at most `slots`, enforced by credits): fetches the model if
-//     the cache lacks it, prepares the job once (cached per job), renders with per-step progress,
-//     and polls the attempt's cancel flag between denoising steps.
+//   * `slots` compute threads (started by `run()`), each taking frame tasks from a queue in arrival
+//     order: fetches the model if the cache lacks it, prepares the job once (cached per job),
+//     renders with per-step progress (coalesced to one Progress per `progressIntervalMs`), and
+//     polls the attempt's cancel flag between denoising steps.
 //   Compute threads hand messages to the I/O thread through a lock-protected inbox and wake it
 //   through a pipe that zmq_poll watches next to the socket.
 //
-// Session: a fresh DEALER (fresh random routing id) per connection, Hello -> Welcome, credits =
-// free slots. A coordinator silent for liveness x interval (or a Hello unanswered as long) ends
+// Session: a fresh DEALER (fresh random routing id) per connection, Hello -> Welcome, then credits:
+// the worker asks for as many frames as it has slots (twice as many while its frames are short:
+// prefetch, see WorkerSettings.prefetchBelowSeconds), granting them in Credit messages and in
+// FrameResult.credits. A coordinator silent for liveness x interval (or a Hello unanswered as long) ends
 // the session: the socket is closed and a new one connects after an exponential backoff; its
 // Hello lists the attempts still held, and results finished meanwhile are sent once welcomed.
 import DPFileKit
@@ -42,6 +45,15 @@ public final class WorkerService: @unchecked Sendable {
     private let wakeWrite: Int32
     /// Serialises model fetches: one model downloads at a time, a second frame of the same model waits.
     let fetchLock = NSLock()
+    /// Frame tasks waiting for a compute thread, oldest first (guarded by `lock`); `workSignal` is
+    /// signalled once per task queued and once per compute thread to stop when `run()` ends.
+    private var queued: [AttemptTask] = []
+    private var computeOpen = false
+    private let workSignal = DispatchSemaphore(value: 0)
+    /// Render seconds of the last frame rendered (guarded by `lock`): decides prefetch.
+    var lastFrameSeconds: Double?
+    /// Credits granted on this session and not yet used by a FrameTask (guarded by `lock`).
+    private var creditsOutstanding = 0
 
     // MARK: I/O thread state
     private var socket: ZMQSocket?
@@ -91,11 +103,19 @@ public final class WorkerService: @unchecked Sendable {
         lock.lock()
         if running { lock.unlock(); throw WorkerServiceError.alreadyRunning(settings.name) }
         running = true
+        computeOpen = true
         lock.unlock()
+        for i in 0 ..< settings.slots {
+            let thread = Thread { [self] in computeLoop() }
+            thread.name = "dp-worker compute \(i + 1)"
+            thread.stackSize = settings.computeThreadStackBytes
+            thread.start()
+        }
         defer {
             socket?.close()
             socket = nil
-            lock.lock(); running = false; lock.unlock()
+            lock.lock(); running = false; computeOpen = false; lock.unlock()
+            for _ in 0 ..< settings.slots { workSignal.signal() }
         }
         log("worker \(settings.name): \(settings.slots) slot(s), cache \(settings.cacheDirectory.path), "
             + "coordinator \(settings.connect)")
@@ -122,8 +142,9 @@ public final class WorkerService: @unchecked Sendable {
     public func shutdown(handBack: Bool = true) {
         lock.lock()
         if stopMode == nil { stopMode = handBack ? .handBack : .finish }
-        if handBack {
-            for task in tasks.values where task.result == nil { task.cancelReasonLocked = .shuttingDown }
+        // Frames not started yet (prefetched) are always handed back.
+        for task in tasks.values where task.result == nil && (handBack || !task.started) {
+            task.cancelReasonLocked = .shuttingDown
         }
         lock.unlock()
         wake()
@@ -280,6 +301,8 @@ public final class WorkerService: @unchecked Sendable {
                 // No session to say goodbye on: the coordinator requeues after its liveness timeout.
                 return .stopped
             }
+            // Finished frames go out before the Goodbye (a handed-back one is listed in it instead).
+            try flushResults()
             var bye = FarmGoodbye()
             bye.reason = mode == .handBack ? "shutting down (SIGTERM): frames handed back" : "shutting down"
             lock.lock()
@@ -352,8 +375,8 @@ public final class WorkerService: @unchecked Sendable {
         }
     }
 
-    /// Sends the FrameResult of every finished attempt (only on a welcomed session), each followed
-    /// by a Credit{1} for the freed slot unless the worker is stopping.
+    /// Sends the FrameResult of every finished attempt (only on a welcomed session), each granting
+    /// the credits its freed slot makes wanted (`FrameResult.credits`, see `grantCredits`).
     private func flushResults() throws {
         guard welcomed else { return }
         lock.lock()
@@ -369,13 +392,28 @@ public final class WorkerService: @unchecked Sendable {
                 continue
             }
             result.workerName = settings.name
-            try send(FarmEnvelope(.frameResult(result)))
             lock.lock()
             tasks[task.attemptID] = nil
             lock.unlock()
-            if mode == nil { try sendCredit(1) }
+            result.credits = UInt32(grantCredits())
+            try send(FarmEnvelope(.frameResult(result)))
         }
         evictIdleJobs()
+    }
+
+    /// Frames the worker wants assigned at once: `slots`, or 2 x `slots` while its last frame took
+    /// less than `prefetchBelowSeconds` (a queued frame starts the moment a slot frees, hiding the
+    /// round trip to the coordinator), or none while stopping. Returns how many credits to grant now
+    /// (wanted - held - granted and unused) and counts them as granted.
+    private func grantCredits() -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        guard stopMode == nil else { return 0 }
+        var wanted = settings.slots
+        if let last = lastFrameSeconds, last < settings.prefetchBelowSeconds { wanted *= 2 }
+        let n = max(0, wanted - tasks.count - creditsOutstanding)
+        creditsOutstanding += n
+        return n
     }
 
     private func sendCredit(_ n: Int) throws {
@@ -478,7 +516,6 @@ public final class WorkerService: @unchecked Sendable {
             task.cancelReasonLocked = .cancelled
             dropped.append(task.attemptID)
         }
-        let held = tasks.count
         let mode = stopMode
         lock.unlock()
         if coordinatorID != w.coordinatorID {
@@ -486,7 +523,9 @@ public final class WorkerService: @unchecked Sendable {
             coordinatorID = w.coordinatorID
         }
         if !dropped.isEmpty { log("worker \(settings.name): attempts \(dropped.sorted()) not adopted; cancelling them") }
-        if mode == nil { try sendCredit(settings.slots - held) }
+        // A new session: the coordinator's credit for this worker starts at 0.
+        lock.lock(); creditsOutstanding = 0; lock.unlock()
+        if mode == nil { try sendCredit(grantCredits()) }
         // Model requests of compute threads waiting across the reconnect go out again.
         for request in pendingModelRequests.values.sorted(by: { $0.requestID < $1.requestID }) {
             try send(FarmEnvelope(request.body, requestID: request.requestID))
@@ -530,17 +569,18 @@ public final class WorkerService: @unchecked Sendable {
     }
 
     private func handleFrameTask(_ frameTask: FarmFrameTask) throws {
-        func answer(_ code: FarmErrorCode, _ message: String, credit: Bool) throws {
+        func answer(_ code: FarmErrorCode, _ message: String) throws {
             var result = FarmFrameResult()
             result.attemptID = frameTask.attemptID
             result.jobID = frameTask.jobID
             result.frame = frameTask.frame
             result.workerName = settings.name
             result.error = FarmError(code, message, jobID: frameTask.jobID, attemptID: frameTask.attemptID)
+            result.credits = UInt32(grantCredits())
             try send(FarmEnvelope(.frameResult(result)))
-            if credit { try sendCredit(1) }
         }
         lock.lock()
+        creditsOutstanding = max(0, creditsOutstanding - 1)  // every FrameTask used one credit
         let stopping = stopMode != nil
         let duplicate = tasks[frameTask.attemptID] != nil
         let job = jobs[frameTask.jobID]
@@ -550,24 +590,40 @@ public final class WorkerService: @unchecked Sendable {
             return
         }
         if stopping {
-            try answer(.shuttingDown, "worker \(settings.name) is shutting down; frame \(frameTask.frame) handed back", credit: false)
+            try answer(.shuttingDown, "worker \(settings.name) is shutting down; frame \(frameTask.frame) handed back")
             return
         }
         guard let job else {
             log("worker \(settings.name): FrameTask attempt \(frameTask.attemptID) (job \(frameTask.jobID) frame \(frameTask.frame)) without a JobPrep")
             try answer(.jobPrepMissing, "worker \(settings.name) holds no JobPrep for job \(frameTask.jobID) "
-                       + "(frame \(frameTask.frame), attempt \(frameTask.attemptID))", credit: true)
+                       + "(frame \(frameTask.frame), attempt \(frameTask.attemptID))")
             return
         }
         let task = AttemptTask(task: frameTask, job: job)
         lock.lock()
         tasks[frameTask.attemptID] = task
+        queued.append(task)
         job.lastUsed = Date()
         lock.unlock()
-        let thread = Thread { [self] in self.compute(task) }
-        thread.name = "dp-worker compute attempt \(frameTask.attemptID)"
-        thread.stackSize = settings.computeThreadStackBytes
-        thread.start()
+        workSignal.signal()
+    }
+
+    /// A compute thread: renders queued tasks in arrival order until `run()` ends.
+    private func computeLoop() {
+        while true {
+            workSignal.wait()
+            lock.lock()
+            if !queued.isEmpty {
+                let task = queued.removeFirst()
+                task.started = true
+                lock.unlock()
+                compute(task)
+                continue
+            }
+            let open = computeOpen
+            lock.unlock()
+            if !open { return }
+        }
     }
 
     private func handleCancel(_ cancel: FarmCancel) {

@@ -34,6 +34,17 @@ public struct WorkerSettings: Sendable {
     public var modelRequestTimeoutSeconds: Double = 120
     /// Stack size of each compute thread (the engine's recursion is shallow; its buffers are heap).
     public var computeThreadStackBytes: Int = 16 << 20
+    /// Progress is sent at most this often per attempt (default 100 ms): a step that
+    /// ends sooner after the attempt started or after its last Progress is folded into the next
+    /// Progress, Heartbeat or the FrameResult. A DreamPose step takes seconds, so every real step is
+    /// reported; only sub-100 ms steps (tiny models, test renderers) are coalesced. 0 = every step.
+    public var progressIntervalMs: Int = 100
+    /// Prefetch (default 1 s): while this worker's last frame took less than
+    /// this, each slot asks for its next frame when it starts one (credit = 2 x slots), so the
+    /// dispatch round trip is hidden behind the frame being rendered. Longer frames are asked for
+    /// when the slot is free (credit = slots): a frame queued behind a long one would wait while
+    /// another worker may be idle. 0 = never prefetch.
+    public var prefetchBelowSeconds: Double = 1.0
 
     public init(connect: String, name: String, cacheDirectory: URL) {
         self.connect = connect
@@ -69,6 +80,8 @@ public struct WorkerSettings: Sendable {
         guard reconnectInitialMs >= 1, reconnectMaxMs >= reconnectInitialMs else {
             throw bad("reconnect backoff must satisfy 1 <= initial (\(reconnectInitialMs) ms) <= max (\(reconnectMaxMs) ms)")
         }
+        guard progressIntervalMs >= 0 else { throw bad("progress interval must be >= 0 ms, got \(progressIntervalMs)") }
+        guard prefetchBelowSeconds >= 0 else { throw bad("prefetch threshold must be >= 0 s, got \(prefetchBelowSeconds)") }
         guard !name.isEmpty else { throw bad("worker name is empty") }
         guard connect.contains("://") else { throw bad("connect endpoint '\(connect)' is not transport://address") }
     }

@@ -199,6 +199,10 @@ final class WorkerServiceTests: XCTestCase {
         settings.reconnectInitialMs = 20
         settings.reconnectMaxMs = 100
         settings.modelRequestTimeoutSeconds = 10
+        // Every step reported and no prefetch, unless a test is about those (the gated renderer's
+        // steps and frames are far shorter than the defaults' thresholds).
+        settings.progressIntervalMs = 0
+        settings.prefetchBelowSeconds = 0
         configure(&settings)
         let service = try WorkerService(settings: settings, renderer: renderer, log: { print($0) })
         let done = NSCondition()
@@ -297,8 +301,7 @@ final class WorkerServiceTests: XCTestCase {
         XCTAssertEqual(r.workerName, "w-test")
         XCTAssertEqual(r.pngSha256, FileDigest.sha256(r.png))
         XCTAssertTrue(String(decoding: r.png, as: UTF8.self).hasPrefix("PNG:job=3 seed=7 frame=12"))
-        guard case .credit(let again)? = try coordinator.expect("credit").envelope.body else { return XCTFail() }
-        XCTAssertEqual(again.credits, 1, "the freed slot is granted back")
+        XCTAssertEqual(r.credits, 1, "the freed slot is granted back with the result")
         XCTAssertEqual(renderer.prepares.count, 1)
         XCTAssertEqual(renderer.prepares.first?.1.lastPathComponent, manifest.modelID)
 
@@ -308,10 +311,70 @@ final class WorkerServiceTests: XCTestCase {
         XCTAssertEqual(renderer.prepares.count, 1, "a job is prepared once")
 
         service.shutdown(handBack: true)
-        _ = try coordinator.expect("credit")
         guard case .goodbye(let bye)? = try coordinator.expect("goodbye").envelope.body else { return XCTFail() }
         XCTAssertTrue(bye.handedBackAttemptIds.isEmpty)
         XCTAssertTrue(isFinished(), "run() returns after Goodbye")
+    }
+
+    func testStepsFasterThanTheProgressIntervalAreFoldedIntoTheResult() throws {
+        let coordinator = try ScriptedCoordinator()
+        let (dir, manifest) = try makeModel()
+        try cacheModel(dir, manifest)
+        let (service, _, _, isFinished) = try start(coordinator, renderer: GatedRenderer(steps: 6)) {
+            $0.progressIntervalMs = 60_000
+        }
+        let (peer, _) = try coordinator.expect("hello")
+        try coordinator.send(peer, ScriptedCoordinator.welcome())
+        _ = try coordinator.expect("credit")
+        try coordinator.send(peer, prep(job: 3, modelID: manifest.modelID))
+        try coordinator.send(peer, task(job: 3, attempt: 5, frame: 0, modelID: manifest.modelID))
+        var progress = 0
+        var result: FarmFrameResult?
+        while result == nil, let got = try coordinator.next() {
+            if case .progress? = got.envelope.body { progress += 1 }
+            if case .frameResult(let r)? = got.envelope.body { result = r }
+        }
+        XCTAssertEqual(progress, 0, "6 fast steps within one 60 s interval: no Progress, the result says it all")
+        XCTAssertFalse(try XCTUnwrap(result).hasError)
+        service.shutdown()
+        _ = try coordinator.expect("goodbye")
+        XCTAssertTrue(isFinished())
+    }
+
+    func testShortFramesArePrefetchedAndAnUnstartedOneIsHandedBackOnShutdown() throws {
+        let coordinator = try ScriptedCoordinator()
+        let (dir, manifest) = try makeModel()
+        try cacheModel(dir, manifest)
+        let renderer = GatedRenderer(steps: 1, allowedSteps: 1)
+        let (service, _, _, isFinished) = try start(coordinator, renderer: renderer) {
+            $0.prefetchBelowSeconds = 30
+            $0.progressIntervalMs = 60_000
+        }
+        let (peer, _) = try coordinator.expect("hello")
+        try coordinator.send(peer, ScriptedCoordinator.welcome())
+        guard case .credit(let first)? = try coordinator.expect("credit").envelope.body else { return XCTFail() }
+        XCTAssertEqual(first.credits, 1, "no frame measured yet: one per slot")
+        try coordinator.send(peer, prep(job: 8, modelID: manifest.modelID))
+        try coordinator.send(peer, task(job: 8, attempt: 1, frame: 0, modelID: manifest.modelID))
+        guard case .frameResult(let r1)? = try coordinator.expect("frame_result").envelope.body else { return XCTFail() }
+        XCTAssertFalse(r1.hasError)
+        XCTAssertEqual(r1.credits, 2, "a frame under the prefetch threshold: the freed slot plus one frame ahead")
+        // Attempt 2 renders (held at the renderer's gate), attempt 3 waits on the worker behind it.
+        try coordinator.send(peer, task(job: 8, attempt: 2, frame: 1, modelID: manifest.modelID))
+        try coordinator.send(peer, task(job: 8, attempt: 3, frame: 2, modelID: manifest.modelID))
+        try coordinator.onlyHeartbeats(for: 0.2)
+        XCTAssertEqual(service.heldAttemptIDs, [2, 3])
+        // Finish mode: the running frame is finished and sent, the unstarted one handed back.
+        service.shutdown(handBack: false)
+        renderer.openAll()
+        guard case .frameResult(let r2)? = try coordinator.expect("frame_result").envelope.body else { return XCTFail() }
+        XCTAssertEqual(r2.attemptID, 2)
+        XCTAssertFalse(r2.hasError, "\(r2.error)")
+        XCTAssertEqual(r2.credits, 0, "no credit while stopping")
+        guard case .goodbye(let bye)? = try coordinator.expect("goodbye").envelope.body else { return XCTFail() }
+        XCTAssertEqual(bye.handedBackAttemptIds, [3])
+        XCTAssertTrue(isFinished())
+        XCTAssertEqual(renderer.counts.run, 2, "attempt 3 never ran")
     }
 
     func testFrameTaskWithoutJobPrepIsAnsweredAndCreditReturned() throws {
@@ -324,8 +387,7 @@ final class WorkerServiceTests: XCTestCase {
         guard case .frameResult(let r)? = try coordinator.expect("frame_result").envelope.body else { return XCTFail() }
         XCTAssertEqual(r.error.code, .jobPrepMissing)
         XCTAssertTrue(r.error.message.contains("job 9"), r.error.message)
-        guard case .credit(let c)? = try coordinator.expect("credit").envelope.body else { return XCTFail() }
-        XCTAssertEqual(c.credits, 1)
+        XCTAssertEqual(r.credits, 1, "the slot is granted back with the answer")
         service.shutdown()
         _ = try coordinator.expect("goodbye")
         XCTAssertTrue(isFinished())
@@ -358,13 +420,13 @@ final class WorkerServiceTests: XCTestCase {
         XCTAssertEqual(result?.error.code, .cancelled)
         XCTAssertEqual(result?.attemptID, 7)
         XCTAssertLessThanOrEqual(renderer.counts.run, 3, "stopped within one step of the Cancel (50 steps total)")
-        _ = try coordinator.expect("credit")
+        XCTAssertEqual(result?.credits, 1)
         // Cancel{job} dropped the job prep: a new task of that job gets JOB_PREP_MISSING.
         try coordinator.send(peer, task(job: 1, attempt: 8, frame: 1, modelID: manifest.modelID))
         guard case .frameResult(let r2)? = try coordinator.expect("frame_result").envelope.body else { return XCTFail() }
         XCTAssertEqual(r2.error.code, .jobPrepMissing)
+        XCTAssertEqual(r2.credits, 1)
         service.shutdown()
-        _ = try coordinator.expect("credit")
         _ = try coordinator.expect("goodbye")
         XCTAssertTrue(isFinished())
     }
@@ -424,8 +486,8 @@ final class WorkerServiceTests: XCTestCase {
         // The installed model is byte-identical to the source and is what the renderer was given.
         let installed = try XCTUnwrap(renderer.prepares.first?.1)
         XCTAssertEqual(try ModelManifest.compute(directory: installed), manifest)
+        XCTAssertEqual(r.credits, 1)
         service.shutdown()
-        _ = try coordinator.expect("credit")
         _ = try coordinator.expect("goodbye")
         XCTAssertTrue(isFinished())
     }
@@ -462,8 +524,7 @@ final class WorkerServiceTests: XCTestCase {
         }
         XCTAssertEqual(result?.attemptID, 70)
         XCTAssertFalse(result?.hasError ?? true)
-        guard case .credit(let c2)? = try coordinator.expect("credit").envelope.body else { return XCTFail() }
-        XCTAssertEqual(c2.credits, 1)
+        XCTAssertEqual(result?.credits, 1, "the slot is granted back with the result")
         service.shutdown()
         _ = try coordinator.expect("goodbye")
         XCTAssertTrue(isFinished())
@@ -512,7 +573,6 @@ final class WorkerServiceTests: XCTestCase {
         let gaps = zip(during.dropFirst(), during).map { $0.timeIntervalSince($1) }
         XCTAssertLessThan(gaps.max() ?? 0, 0.2, "no heartbeat gap near the 250 ms liveness limit")
         service.shutdown()
-        _ = try coordinator.expect("credit")
         _ = try coordinator.expect("goodbye")
         XCTAssertTrue(isFinished())
     }

@@ -899,7 +899,9 @@ public nonisolated struct FarmFrameTask: Sendable {
   public init() {}
 }
 
-/// Worker -> coordinator, after each denoising step (may be coalesced; at least every heartbeat).
+/// Worker -> coordinator, after a denoising step. Coalesced: at most one per attempt per progress
+/// interval (WorkerSettings.progressIntervalMs); steps in between are reported by the next Progress,
+/// Heartbeat or the FrameResult.
 public nonisolated struct FarmProgress: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -921,7 +923,9 @@ public nonisolated struct FarmProgress: Sendable {
 }
 
 /// Worker -> coordinator, exactly once per FrameTask received (success, failure or cancel).
-/// The worker then sends Credit{1} when the slot is free again.
+/// `credits` grants more FrameTasks with the result, exactly like a Credit message sent right after it
+/// (usually 1: the slot this frame held is free again; 0 while the worker is stopping or when it
+/// already asked for the slot's next frame ahead of time).
 public nonisolated struct FarmFrameResult: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -952,6 +956,9 @@ public nonisolated struct FarmFrameResult: Sendable {
   public var hasError: Bool {self._error != nil}
   /// Clears the value of `error`. Subsequent reads from it will return its default value.
   public mutating func clearError() {self._error = nil}
+
+  /// credit granted with this result (see Credit)
+  public var credits: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -2911,7 +2918,7 @@ nonisolated extension FarmProgress: SwiftProtobuf.Message, SwiftProtobuf._Messag
 
 nonisolated extension FarmFrameResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".FrameResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}attempt_id\0\u{3}job_id\0\u{1}frame\0\u{3}worker_name\0\u{3}render_seconds\0\u{1}png\0\u{3}png_sha256\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}attempt_id\0\u{3}job_id\0\u{1}frame\0\u{3}worker_name\0\u{3}render_seconds\0\u{1}png\0\u{3}png_sha256\0\u{1}error\0\u{1}credits\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2927,6 +2934,7 @@ nonisolated extension FarmFrameResult: SwiftProtobuf.Message, SwiftProtobuf._Mes
       case 6: try { try decoder.decodeSingularBytesField(value: &self.png) }()
       case 7: try { try decoder.decodeSingularStringField(value: &self.pngSha256) }()
       case 8: try { try decoder.decodeSingularMessageField(value: &self._error) }()
+      case 9: try { try decoder.decodeSingularUInt32Field(value: &self.credits) }()
       default: break
       }
     }
@@ -2961,6 +2969,9 @@ nonisolated extension FarmFrameResult: SwiftProtobuf.Message, SwiftProtobuf._Mes
     try { if let v = self._error {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 8)
     } }()
+    if self.credits != 0 {
+      try visitor.visitSingularUInt32Field(value: self.credits, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2973,6 +2984,7 @@ nonisolated extension FarmFrameResult: SwiftProtobuf.Message, SwiftProtobuf._Mes
     if lhs.png != rhs.png {return false}
     if lhs.pngSha256 != rhs.pngSha256 {return false}
     if lhs._error != rhs._error {return false}
+    if lhs.credits != rhs.credits {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
