@@ -545,6 +545,40 @@ extension Coordinator {
         sendNow(follower.peer, .jobEvent(message), requestID: follower.requestID)
     }
 
+    /// Sends a follower's events in order: one JobEvent alone, several as JobEvents batches.
+    func sendEvents(_ events: [DPProtocol.FarmJobEvent], to stream: FollowerStream) {
+        let limit = max(64 << 10, FarmProtocol.defaultMaxMessageBytes / 4)
+        for batch in Self.eventBatches(events, limitBytes: limit) {
+            if batch.count == 1 {
+                sendNow(stream.peer, .jobEvent(batch[0]), requestID: stream.requestID)
+            } else {
+                var message = DPProtocol.FarmJobEvents()
+                message.events = batch
+                sendNow(stream.peer, .jobEvents(message), requestID: stream.requestID)
+            }
+        }
+    }
+
+    /// `events` cut, in order, into batches whose estimated size (256 bytes an event plus its PNG,
+    /// if it carries one) stays under `limitBytes`; an event larger than that is a batch of its own.
+    static func eventBatches(_ events: [DPProtocol.FarmJobEvent], limitBytes: Int) -> [[DPProtocol.FarmJobEvent]] {
+        var batches: [[DPProtocol.FarmJobEvent]] = []
+        var current: [DPProtocol.FarmJobEvent] = []
+        var bytes = 0
+        for event in events {
+            let size = 256 + event.frameDone.png.count
+            if !current.isEmpty && bytes + size > limitBytes {
+                batches.append(current)
+                current = []
+                bytes = 0
+            }
+            current.append(event)
+            bytes += size
+        }
+        if !current.isEmpty { batches.append(current) }
+        return batches
+    }
+
     /// `x` seconds with 2 decimals ("12.34 s"), for log lines written once per frame.
     static func seconds(_ x: Double) -> String {
         guard x.isFinite, x >= 0, x < 1e12 else { return "\(x) s" }

@@ -136,15 +136,29 @@ public final class Coordinator: @unchecked Sendable {
         }
         let messages = outbox ?? []
         outbox = nil
+        // Follower events: counts filled in once per job, and a follower's events of this turn go
+        // out together (JobEvents) at the place of its first one, so a busy turn costs a follower
+        // one message, not one per finished frame.
         var jobCounts: [Int64: FarmJobCounts] = [:]
+        var streams: [FollowerStream: [DPProtocol.FarmJobEvent]] = [:]
+        var order: [(FollowerStream?, OutgoingMessage)] = []
         for m in messages {
             guard let job = m.countsOfJob, case .jobEvent(var event) = m.body else {
-                sendNow(m.peer, m.body, requestID: m.requestID)
+                order.append((nil, m))
                 continue
             }
             if jobCounts[job] == nil { jobCounts[job] = counts(job) }
             event.counts = jobCounts[job]!
-            sendNow(m.peer, .jobEvent(event), requestID: m.requestID)
+            let stream = FollowerStream(peer: m.peer, requestID: m.requestID)
+            if streams[stream] == nil { order.append((stream, m)) }
+            streams[stream, default: []].append(event)
+        }
+        for (stream, m) in order {
+            guard let stream, let events = streams[stream] else {
+                sendNow(m.peer, m.body, requestID: m.requestID)
+                continue
+            }
+            sendEvents(events, to: stream)
         }
     }
 
@@ -375,6 +389,12 @@ public final class Coordinator: @unchecked Sendable {
         }
         drainVideos()
     }
+}
+
+/// A follower's event stream: its connection and the request id of its FollowJob.
+struct FollowerStream: Hashable {
+    let peer: Data
+    let requestID: UInt64
 }
 
 /// A coordinator failure at start-up or in `run()`.

@@ -270,10 +270,18 @@ public final class FarmClient {
                 continue
             }
             guard envelope.requestID == id else { continue }
+            let events: [DPProtocol.FarmJobEvent]
             switch envelope.body {
             case .error(let e)?:
                 throw FarmClientError.remote(code: e.code, message: e.message)
             case .jobEvent(let event)?:
+                events = [event]
+            case .jobEvents(let batch)?:
+                events = batch.events
+            default:
+                continue
+            }
+            for event in events {
                 let c = event.counts
                 info.total = Int(c.total)
                 info.done = Int(c.done)
@@ -303,8 +311,6 @@ public final class FarmClient {
                     last = true
                 }
                 if !onEvent(converted) || last { return }
-            default:
-                continue
             }
         }
     }

@@ -192,9 +192,22 @@ public enum FileDigest {
         hex(SHA256.hash(data: data))
     }
 
+    /// The first 8 bytes (little-endian) of the SHA-256 of `parts`, each prefixed by its length as
+    /// 8 little-endian bytes (so no two different part lists hash alike): a cheap 64-bit seed
+    /// derived from several buffers without concatenating them.
+    public static func seed64(_ parts: [Data]) -> UInt64 {
+        var hasher = SHA256()
+        for part in parts {
+            withUnsafeBytes(of: UInt64(part.count).littleEndian) { hasher.update(bufferPointer: $0) }
+            hasher.update(data: part)
+        }
+        return hasher.finalize().withUnsafeBytes { raw in
+            (0 ..< 8).reduce(UInt64(0)) { $0 | UInt64(raw[$1]) << (8 * UInt64($1)) }
+        }
+    }
+
     /// Lowercase hex of a byte sequence (a digest).
     public static func hex<D: Sequence>(_ digest: D) -> String where D.Element == UInt8 {
-        let digits = Array("0123456789abcdef".utf8)
         var out = [UInt8]()
         out.reserveCapacity(64)
         for b in digest {
@@ -203,6 +216,8 @@ public enum FileDigest {
         }
         return String(decoding: out, as: UTF8.self)
     }
+
+    private static let digits = Array("0123456789abcdef".utf8)
 
     /// True for exactly 64 lowercase hex digits (a model id or file digest).
     public static func isHexSHA256(_ s: String) -> Bool {

@@ -139,15 +139,19 @@ public final class SQLiteStatement {
         }
     }
 
+    /// Column names of the last row read (one array shared by every row of this statement; read
+    /// again when the column count changes, as after a schema change re-prepares the statement).
+    private var columnNames: [String] = []
+
     /// The current row's values (after `step()` returned true).
     public func row() -> SQLiteRow {
         let n = sqlite3_column_count(handle)
-        var names: [String] = []
+        if columnNames.count != Int(n) {
+            columnNames = (0 ..< n).map { String(cString: sqlite3_column_name(handle, $0)) }
+        }
         var values: [SQLiteValue] = []
-        names.reserveCapacity(Int(n))
         values.reserveCapacity(Int(n))
         for i in 0..<n {
-            names.append(String(cString: sqlite3_column_name(handle, i)))
             switch sqlite3_column_type(handle, i) {
             case SQLITE_INTEGER: values.append(.integer(sqlite3_column_int64(handle, i)))
             case SQLITE_FLOAT: values.append(.real(sqlite3_column_double(handle, i)))
@@ -160,7 +164,7 @@ public final class SQLiteStatement {
             default: values.append(.null)
             }
         }
-        return SQLiteRow(columns: names, values: values)
+        return SQLiteRow(columns: columnNames, values: values)
     }
 
     /// All remaining rows.

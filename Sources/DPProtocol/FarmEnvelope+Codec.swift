@@ -120,6 +120,7 @@ extension FarmEnvelope.OneOf_Body {
         case .submitReply: return "submit_reply"
         case .uploadAck: return "upload_ack"
         case .jobEvent: return "job_event"
+        case .jobEvents: return "job_events"
         case .statusReply: return "status_reply"
         case .cancelReply: return "cancel_reply"
         case .workersReply: return "workers_reply"

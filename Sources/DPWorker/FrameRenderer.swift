@@ -182,13 +182,22 @@ public final class SyntheticFrameRenderer: FrameRenderer {
     /// - steps: steps per frame when the job does not set `steps` (a job's own `steps` wins).
     /// - stepDelaySeconds: time per step, spent in `sleeper` (default: `Thread.sleep`).
     public init(steps: Int = 4, stepDelaySeconds: Double = 0, width: Int = 8, height: Int = 8,
-                sleeper: @escaping (Double) -> Void = { Thread.sleep(forTimeInterval: $0) }) {
+                sleeper: @escaping (Double) -> Void = SyntheticFrameRenderer.nanosleep) {
         precondition(steps > 0 && width > 0 && height > 0 && stepDelaySeconds >= 0)
         self.steps = steps
         self.stepDelaySeconds = stepDelaySeconds
         self.width = width
         self.height = height
         self.sleeper = sleeper
+    }
+
+    /// Sleeps `seconds` with nanosleep(2), resuming after signals (a plain syscall: the synthetic
+    /// renderer runs thousands of frames a second in the farm benchmark).
+    public static func nanosleep(_ seconds: Double) {
+        guard seconds > 0 else { return }
+        var request = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - seconds.rounded(.down)) * 1e9))
+        var remaining = timespec()
+        while Glibc.nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
     }
 
     public func prepare(job: JobRenderSpec, modelDirectory: URL) throws -> any PreparedFrameRenderer {
@@ -213,16 +222,17 @@ public final class SyntheticFrameRenderer: FrameRenderer {
         put(job.imageGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max)
         put(job.poseGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max)
         if let noise = job.noise { put(noise) } else { put(job.seed) }
-        return SyntheticPreparedFrames(jobDigest: FileDigest.sha256(seed), steps: steps, renderer: self)
+        return SyntheticPreparedFrames(jobDigest: Data(FileDigest.sha256(seed).utf8), steps: steps, renderer: self)
     }
 }
 
 final class SyntheticPreparedFrames: PreparedFrameRenderer {
-    let jobDigest: String
+    /// SHA-256 hex of the job's inputs, as bytes.
+    let jobDigest: Data
     let totalSteps: Int
     let renderer: SyntheticFrameRenderer
 
-    init(jobDigest: String, steps: Int, renderer: SyntheticFrameRenderer) {
+    init(jobDigest: Data, steps: Int, renderer: SyntheticFrameRenderer) {
         self.jobDigest = jobDigest
         totalSteps = steps
         self.renderer = renderer
@@ -236,12 +246,9 @@ final class SyntheticPreparedFrames: PreparedFrameRenderer {
             if renderer.stepDelaySeconds > 0 { renderer.sleeper(renderer.stepDelaySeconds) }
             progress(step + 1)
         }
-        var material = Data(jobDigest.utf8)
-        material.append(Data(String(frame).utf8))
-        for pose in poseWindow { material.append(Data(FileDigest.sha256(pose).utf8)) }
-        // Pixels from a xorshift generator seeded by the digest.
-        let digest = FileDigest.sha256(material)
-        var state = UInt64(digest.prefix(16), radix: 16) ?? 1
+        // Pixels from a xorshift generator seeded by the job, the frame number and the window's bytes.
+        var frameNumber = UInt64(frame).littleEndian
+        var state = FileDigest.seed64([jobDigest, Data(bytes: &frameNumber, count: 8)] + poseWindow)
         if state == 0 { state = 1 }
         var image = RGBImage(width: renderer.width, height: renderer.height)
         for i in 0 ..< image.pixels.count {

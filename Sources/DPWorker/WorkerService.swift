@@ -401,16 +401,15 @@ public final class WorkerService: @unchecked Sendable {
         evictIdleJobs()
     }
 
-    /// Frames the worker wants assigned at once: `slots`, or 2 x `slots` while its last frame took
-    /// less than `prefetchBelowSeconds` (a queued frame starts the moment a slot frees, hiding the
-    /// round trip to the coordinator), or none while stopping. Returns how many credits to grant now
-    /// (wanted - held - granted and unused) and counts them as granted.
+    /// Frames the worker wants assigned at once: one per slot, plus `settings.prefetchDepth(...)`
+    /// queued per slot while its frames are short (a queued frame starts the moment a slot frees,
+    /// hiding the round trip to the coordinator), or none while stopping. Returns how many credits
+    /// to grant now (wanted - held - granted and unused) and counts them as granted.
     private func grantCredits() -> Int {
         lock.lock()
         defer { lock.unlock() }
         guard stopMode == nil else { return 0 }
-        var wanted = settings.slots
-        if let last = lastFrameSeconds, last < settings.prefetchBelowSeconds { wanted *= 2 }
+        let wanted = settings.slots * (1 + settings.prefetchDepth(lastFrameSeconds: lastFrameSeconds))
         let n = max(0, wanted - tasks.count - creditsOutstanding)
         creditsOutstanding += n
         return n

@@ -39,12 +39,24 @@ public struct WorkerSettings: Sendable {
     /// Progress, Heartbeat or the FrameResult. A DreamPose step takes seconds, so every real step is
     /// reported; only sub-100 ms steps (tiny models, test renderers) are coalesced. 0 = every step.
     public var progressIntervalMs: Int = 100
-    /// Prefetch (default 1 s): while this worker's last frame took less than
-    /// this, each slot asks for its next frame when it starts one (credit = 2 x slots), so the
-    /// dispatch round trip is hidden behind the frame being rendered. Longer frames are asked for
-    /// when the slot is free (credit = slots): a frame queued behind a long one would wait while
-    /// another worker may be idle. 0 = never prefetch.
+    /// Prefetch: while this worker's last frame took less than `prefetchBelowSeconds` (default 1 s),
+    /// each slot keeps about `prefetchWindowSeconds` (default 10 ms) of frames queued on the worker
+    /// - at least 1, at most `maxPrefetchPerSlot` (8) - so a freed slot starts its next frame at
+    /// once and the round trip to the coordinator (well under a millisecond on an idle network, a
+    /// few on a loaded machine) never leaves it idle. Longer frames are asked for when the slot is
+    /// free: a frame queued behind a long one would wait while another worker may be idle at the
+    /// end of a job. `prefetchBelowSeconds` 0 = never prefetch.
     public var prefetchBelowSeconds: Double = 1.0
+    public var prefetchWindowSeconds: Double = 0.010
+    public var maxPrefetchPerSlot: Int = 8
+
+    /// Frames queued per slot beyond the one rendering, after a frame of `lastFrameSeconds`
+    /// (nil: none rendered yet, so nothing is known and nothing prefetched).
+    public func prefetchDepth(lastFrameSeconds: Double?) -> Int {
+        guard let last = lastFrameSeconds, last < prefetchBelowSeconds else { return 0 }
+        guard last > 0 else { return maxPrefetchPerSlot }
+        return min(maxPrefetchPerSlot, max(1, Int((prefetchWindowSeconds / last).rounded(.up))))
+    }
 
     public init(connect: String, name: String, cacheDirectory: URL) {
         self.connect = connect
@@ -82,6 +94,8 @@ public struct WorkerSettings: Sendable {
         }
         guard progressIntervalMs >= 0 else { throw bad("progress interval must be >= 0 ms, got \(progressIntervalMs)") }
         guard prefetchBelowSeconds >= 0 else { throw bad("prefetch threshold must be >= 0 s, got \(prefetchBelowSeconds)") }
+        guard prefetchWindowSeconds >= 0 else { throw bad("prefetch window must be >= 0 s, got \(prefetchWindowSeconds)") }
+        guard maxPrefetchPerSlot >= 1 else { throw bad("prefetch per slot must be at least 1, got \(maxPrefetchPerSlot)") }
         guard !name.isEmpty else { throw bad("worker name is empty") }
         guard connect.contains("://") else { throw bad("connect endpoint '\(connect)' is not transport://address") }
     }

@@ -1,6 +1,7 @@
 import Foundation
 import SwiftProtobuf
 import XCTest
+@testable import DPCoordinator
 @testable import DPProtocol
 
 final class ProtocolTests: XCTestCase {
@@ -124,12 +125,30 @@ final class ProtocolTests: XCTestCase {
             .heartbeat(.init()), .error(.init()), .submitJob(.init()), .uploadChunk(.init()), .followJob(.init()),
             .statusRequest(.init()), .cancelJob(.init()), .workersRequest(.init()), .submitReply(.init()),
             .uploadAck(.init()), .jobEvent(.init()), .statusReply(.init()), .cancelReply(.init()), .workersReply(.init()),
+            .jobEvents(.init()),
         ]
         // (`OneOf_Body.name` is an exhaustive switch, so a new body cannot be left unnamed.)
         XCTAssertEqual(Set(bodies.map(\.name)).count, bodies.count)
         for body in bodies {
             XCTAssertEqual(FarmEnvelope(body).bodyName, body.name)
         }
+    }
+
+    func testFollowerEventBatchesKeepOrderAndStayUnderTheLimit() {
+        func done(_ frame: UInt32, png bytes: Int) -> DPProtocol.FarmJobEvent {
+            var d = FarmFrameDone()
+            d.frame = frame
+            d.png = Data(count: bytes)
+            var e = DPProtocol.FarmJobEvent()
+            e.frameDone = d
+            return e
+        }
+        let events = [done(0, png: 0), done(1, png: 0), done(2, png: 5_000), done(3, png: 20_000), done(4, png: 0)]
+        let batches = Coordinator.eventBatches(events, limitBytes: 10_000)
+        XCTAssertEqual(batches.map { batch in batch.map { $0.frameDone.frame } }, [[0, 1, 2], [3], [4]],
+                       "in order; the 20 kB event alone; none over 10 kB unless it is one event")
+        XCTAssertEqual(Coordinator.eventBatches(Array(events.prefix(2)), limitBytes: 10_000).count, 1)
+        XCTAssertTrue(Coordinator.eventBatches([], limitBytes: 10_000).isEmpty)
     }
 
     func testPoseWindowCentreFallback() {

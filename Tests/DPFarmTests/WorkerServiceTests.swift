@@ -348,6 +348,7 @@ final class WorkerServiceTests: XCTestCase {
         let renderer = GatedRenderer(steps: 1, allowedSteps: 1)
         let (service, _, _, isFinished) = try start(coordinator, renderer: renderer) {
             $0.prefetchBelowSeconds = 30
+            $0.prefetchWindowSeconds = 0  // one frame ahead per slot, whatever the frame took
             $0.progressIntervalMs = 60_000
         }
         let (peer, _) = try coordinator.expect("hello")
@@ -375,6 +376,22 @@ final class WorkerServiceTests: XCTestCase {
         XCTAssertEqual(bye.handedBackAttemptIds, [3])
         XCTAssertTrue(isFinished())
         XCTAssertEqual(renderer.counts.run, 2, "attempt 3 never ran")
+    }
+
+    func testPrefetchDepthCoversTheWindowForShortFramesOnly() {
+        var s = WorkerSettings(connect: "tcp://127.0.0.1:1", name: "w", cacheDirectory: temp)
+        s.prefetchBelowSeconds = 1
+        s.prefetchWindowSeconds = 0.010
+        s.maxPrefetchPerSlot = 8
+        XCTAssertEqual(s.prefetchDepth(lastFrameSeconds: nil), 0, "nothing rendered yet")
+        XCTAssertEqual(s.prefetchDepth(lastFrameSeconds: 0.003), 4, "10 ms of 3 ms frames")
+        XCTAssertEqual(s.prefetchDepth(lastFrameSeconds: 0.0001), 8, "capped")
+        XCTAssertEqual(s.prefetchDepth(lastFrameSeconds: 0), 8)
+        XCTAssertEqual(s.prefetchDepth(lastFrameSeconds: 0.2), 1, "at least one while under the threshold")
+        XCTAssertEqual(s.prefetchDepth(lastFrameSeconds: 1.0), 0, "long frames are not prefetched")
+        XCTAssertEqual(s.prefetchDepth(lastFrameSeconds: 95 * 60), 0)
+        s.prefetchBelowSeconds = 0
+        XCTAssertEqual(s.prefetchDepth(lastFrameSeconds: 0.003), 0, "0 turns prefetch off")
     }
 
     func testFrameTaskWithoutJobPrepIsAnsweredAndCreditReturned() throws {

@@ -23,6 +23,22 @@ final class IOPNGTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir.path), ["frame.png"])
     }
 
+    func testIncompressibleAndTinyImagesRoundTrip() throws {
+        // Noise does not compress: the PNG is larger than the raw pixels, the worst case for the
+        // encoder's one-pass buffer.
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        for (w, h) in [(1, 1), (3, 2), (301, 203), (640, 512)] {
+            var img = RGBImage(width: w, height: h)
+            for i in 0 ..< img.pixels.count {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17
+                img.pixels[i] = UInt8(truncatingIfNeeded: state >> 24)
+            }
+            let data = try PNGCodec.encode(img)
+            XCTAssertEqual(try PNGCodec.decode(data), img, "\(w)x\(h)")
+            if w * h > 1000 { XCTAssertGreaterThan(data.count, w * h * 3, "\(w)x\(h) noise should not compress") }
+        }
+    }
+
     func testGoldenPNGsDecodeToTheirSizes() throws {
         // The pipeline subject is RGB8; its size is in the manifest (PIL order: width, height).
         let cases = try IOGolden.pipelineCases()

@@ -100,30 +100,38 @@ public enum PNGCodec {
             throw PNGError(path: "<memory>", message: "cannot encode an empty \(img.width)x\(img.height) image")
         }
         precondition(img.pixels.count == img.width * img.height * 3, "RGBImage pixel count does not match its size")
-        var image = png_image()
-        image.version = png_uint_32(PNG_IMAGE_VERSION)
-        image.width = png_uint_32(img.width)
-        image.height = png_uint_32(img.height)
-        image.format = png_uint_32(PNG_FORMAT_FLAG_COLOR)
+        func header() -> png_image {
+            var image = png_image()
+            image.version = png_uint_32(PNG_IMAGE_VERSION)
+            image.width = png_uint_32(img.width)
+            image.height = png_uint_32(img.height)
+            image.format = png_uint_32(PNG_FORMAT_FLAG_COLOR)
+            return image
+        }
         let stride = png_int_32(img.width * 3)
         return try img.pixels.withUnsafeBytes { (pixels: UnsafeRawBufferPointer) -> Data in
-            // First call measures, second call writes.
-            var size: png_alloc_size_t = 0
-            guard png_image_write_to_memory(&image, nil, &size, 0, pixels.baseAddress, stride, nil) != 0,
-                  size > 0
-            else {
-                throw PNGError(path: "<memory>", message: "libpng could not encode (\(message(of: image)))")
+            // One compression pass into a buffer that fits any PNG of this size (the filtered rows
+            // stored uncompressed, plus chunk and zlib framing); libpng says so if it still does not
+            // fit, and then the second pass gets the size it asked for.
+            let raw = img.height * (img.width * 3 + 1)
+            var capacity = png_alloc_size_t(raw + raw / 256 + 1024)
+            for _ in 0 ..< 2 {
+                var image = header()
+                var out = Data(count: Int(capacity))
+                var written = capacity
+                let ok = out.withUnsafeMutableBytes {
+                    png_image_write_to_memory(&image, $0.baseAddress, &written, 0, pixels.baseAddress, stride, nil)
+                }
+                if ok != 0 {
+                    out.count = Int(written)
+                    return out
+                }
+                guard written > capacity else {
+                    throw PNGError(path: "<memory>", message: "libpng could not encode (\(message(of: image)))")
+                }
+                capacity = written
             }
-            var out = Data(count: Int(size))
-            var written = size
-            let ok = out.withUnsafeMutableBytes {
-                png_image_write_to_memory(&image, $0.baseAddress, &written, 0, pixels.baseAddress, stride, nil)
-            }
-            guard ok != 0 else {
-                throw PNGError(path: "<memory>", message: "libpng could not encode (\(message(of: image)))")
-            }
-            out.count = Int(written)
-            return out
+            throw PNGError(path: "<memory>", message: "libpng could not encode: buffer size kept growing")
         }
     }
 

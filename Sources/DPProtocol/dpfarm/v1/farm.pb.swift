@@ -536,6 +536,14 @@ public nonisolated struct FarmEnvelope: @unchecked Sendable {
     set {_uniqueStorage()._body = .workersReply(newValue)}
   }
 
+  public var jobEvents: FarmJobEvents {
+    get {
+      if case .jobEvents(let v)? = _storage._body {return v}
+      return FarmJobEvents()
+    }
+    set {_uniqueStorage()._body = .jobEvents(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Body: Equatable, Sendable {
@@ -571,6 +579,7 @@ public nonisolated struct FarmEnvelope: @unchecked Sendable {
     case statusReply(FarmStatusReply)
     case cancelReply(FarmCancelReply)
     case workersReply(FarmWorkersReply)
+    case jobEvents(FarmJobEvents)
 
   }
 
@@ -1556,6 +1565,21 @@ public nonisolated struct FarmJobEvent: Sendable {
   fileprivate var _counts: FarmJobCounts? = nil
 }
 
+/// Several JobEvents of one FollowJob stream in one message, oldest first: what the coordinator sends
+/// when one loop turn produced more than one event for the same follower (a busy farm finishes many
+/// frames per turn). A follower handles them exactly as if they had come one by one.
+public nonisolated struct FarmJobEvents: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var events: [FarmJobEvent] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
 public nonisolated struct FarmStatusRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -1731,7 +1755,7 @@ nonisolated extension FarmJobState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension FarmEnvelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{2}\u{8}hello\0\u{1}credit\0\u{1}progress\0\u{3}frame_result\0\u{3}model_manifest_request\0\u{3}model_chunk_request\0\u{1}goodbye\0\u{2}\u{4}welcome\0\u{3}job_prep\0\u{3}frame_task\0\u{1}cancel\0\u{3}model_manifest\0\u{3}model_chunk\0\u{2}\u{5}heartbeat\0\u{1}error\0\u{4}\u{9}submit_job\0\u{3}upload_chunk\0\u{3}follow_job\0\u{3}status_request\0\u{3}cancel_job\0\u{3}workers_request\0\u{4}\u{5}submit_reply\0\u{3}upload_ack\0\u{3}job_event\0\u{3}status_reply\0\u{3}cancel_reply\0\u{3}workers_reply\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{2}\u{8}hello\0\u{1}credit\0\u{1}progress\0\u{3}frame_result\0\u{3}model_manifest_request\0\u{3}model_chunk_request\0\u{1}goodbye\0\u{2}\u{4}welcome\0\u{3}job_prep\0\u{3}frame_task\0\u{1}cancel\0\u{3}model_manifest\0\u{3}model_chunk\0\u{2}\u{5}heartbeat\0\u{1}error\0\u{4}\u{9}submit_job\0\u{3}upload_chunk\0\u{3}follow_job\0\u{3}status_request\0\u{3}cancel_job\0\u{3}workers_request\0\u{4}\u{5}submit_reply\0\u{3}upload_ack\0\u{3}job_event\0\u{3}status_reply\0\u{3}cancel_reply\0\u{3}workers_reply\0\u{3}job_events\0")
 
   fileprivate class _StorageClass {
     var _protocolVersion: UInt32 = 0
@@ -2121,6 +2145,19 @@ nonisolated extension FarmEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
             _storage._body = .workersReply(v)
           }
         }()
+        case 56: try {
+          var v: FarmJobEvents?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .jobEvents(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .jobEvents(v)
+          }
+        }()
         default: break
         }
       }
@@ -2247,6 +2284,10 @@ nonisolated extension FarmEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
       case .workersReply?: try {
         guard case .workersReply(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 55)
+      }()
+      case .jobEvents?: try {
+        guard case .jobEvents(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 56)
       }()
       case nil: break
       }
@@ -4121,6 +4162,36 @@ nonisolated extension FarmJobEvent: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if lhs._counts != rhs._counts {return false}
     if lhs.sentUnixMs != rhs.sentUnixMs {return false}
     if lhs.event != rhs.event {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension FarmJobEvents: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobEvents"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}events\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.events) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.events.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.events, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: FarmJobEvents, rhs: FarmJobEvents) -> Bool {
+    if lhs.events != rhs.events {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
