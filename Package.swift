@@ -75,7 +75,7 @@ let package = Package(
                 dependencies: ["DPSampling", .product(name: "ArgumentParser", package: "swift-argument-parser")],
                 swiftSettings: v5),
         .executableTarget(name: "dp-coord",
-                          dependencies: ["DPCoordinator", "DPWorker", "DPCLISupport",
+                          dependencies: ["DPCoordinator", "DPWorker", "DPTransport", "DPCLISupport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: v5),
@@ -86,7 +86,7 @@ let package = Package(
                           swiftSettings: v5),
         .executableTarget(name: "dp-bench",
                           dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPGolden",
-                                         "DPCoordinator", "DPWorker",
+                                         "DPCoordinator", "DPWorker", "DPTransport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: v5 + release),
 

@@ -204,7 +204,7 @@ public final class SQLiteDatabase {
             guard mode?.lowercased() == "wal" else {
                 throw SQLiteError(code: SQLITE_ERROR, message: "journal_mode is \(mode ?? "unknown"), expected wal", context: "open \(path)")
             }
-            try execute("PRAGMA foreign_keys=ON; PRAGMA synchronous=\(synchronousFull ? "FULL" : "NORMAL");")
+            try execute("PRAGMA foreign_keys=ON; PRAGMA synchronous=\(synchronousFull ? "FULL" : "NORMAL"); PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456;")
         } catch {
             cache.removeAll()
             sqlite3_close_v2(h)

@@ -65,24 +65,31 @@ extension FarmEnvelope {
         return data
     }
 
-    /// Decodes a peer's bytes: size limit first, then the version (read on its own, so a peer of
-    /// another version gets `unsupportedVersion` rather than a decode error), then the body.
+    /// Decodes a peer's bytes: size limit first, then the Envelope, then its version. Only when the
+    /// bytes do not decode is the version read on its own (a `FarmVersionProbe` ignoring every other
+    /// field), so a peer of another version gets `unsupportedVersion` rather than a decode error; the
+    /// common case decodes once.
     public static func decode(_ data: Data, maxBytes: Int = FarmProtocol.defaultMaxMessageBytes) throws -> FarmEnvelope {
         guard data.count <= maxBytes else { throw FarmProtocolError.tooLarge(bytes: data.count, limit: maxBytes) }
-        let probe: FarmVersionProbe
-        do {
-            probe = try FarmVersionProbe(serializedBytes: data)
-        } catch {
-            throw FarmProtocolError.malformed("\(data.count) bytes are not a protobuf message (\(error))")
-        }
-        guard probe.protocolVersion == FarmProtocol.version else {
-            throw FarmProtocolError.unsupportedVersion(found: probe.protocolVersion, supported: FarmProtocol.version)
-        }
         let envelope: FarmEnvelope
         do {
             envelope = try FarmEnvelope(serializedBytes: data)
         } catch {
+            var options = BinaryDecodingOptions()
+            options.discardUnknownFields = true
+            let probe: FarmVersionProbe
+            do {
+                probe = try FarmVersionProbe(serializedBytes: data, options: options)
+            } catch {
+                throw FarmProtocolError.malformed("\(data.count) bytes are not a protobuf message (\(error))")
+            }
+            guard probe.protocolVersion == FarmProtocol.version else {
+                throw FarmProtocolError.unsupportedVersion(found: probe.protocolVersion, supported: FarmProtocol.version)
+            }
             throw FarmProtocolError.malformed("\(data.count) bytes are not a dpfarm.v1.Envelope (\(error))")
+        }
+        guard envelope.protocolVersion == FarmProtocol.version else {
+            throw FarmProtocolError.unsupportedVersion(found: envelope.protocolVersion, supported: FarmProtocol.version)
         }
         guard envelope.body != nil else { throw FarmProtocolError.missingBody }
         return envelope

@@ -71,13 +71,17 @@ public final class WorkerService: @unchecked Sendable {
     private var stopStartedAt: Date?
     private var handedBack: Set<UInt64> = []
 
-    public init(settings: WorkerSettings, renderer: FrameRenderer, log: @escaping @Sendable (String) -> Void) throws {
+    /// - context: the ZeroMQ context for the worker's sockets. Several workers in one process (the
+    ///   embedded farm, the benchmark) should share one, as zguide advises (one context per process):
+    ///   one I/O thread for all of them instead of one each. nil = a context of its own.
+    public init(settings: WorkerSettings, renderer: FrameRenderer, context: ZMQContext? = nil,
+                log: @escaping @Sendable (String) -> Void) throws {
         try settings.validate()
         self.settings = settings
         self.renderer = renderer
         self.log = log
         self.cache = try ModelCache(directory: settings.cacheDirectory, maxBytes: UInt64(settings.cacheBytes))
-        self.context = try ZMQContext()
+        self.context = try context ?? ZMQContext()
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else {
             throw WorkerServiceError.badSettings("cannot create the wake pipe: \(String(cString: strerror(errno)))")
@@ -651,6 +655,7 @@ public final class WorkerService: @unchecked Sendable {
     private func evictIdleJobs() {
         lock.lock()
         defer { lock.unlock() }
+        guard jobs.count > settings.maxIdleJobPreps else { return }  // nothing could be evicted
         let busy = Set(tasks.values.map(\.jobID))
         let idle = jobs.values.filter { !busy.contains($0.prep.jobID) }.sorted { $0.lastUsed < $1.lastUsed }
         let excess = idle.count - settings.maxIdleJobPreps

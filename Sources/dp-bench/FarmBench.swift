@@ -1,6 +1,7 @@
 import ArgumentParser
 import DPCoordinator
 import DPPipeline
+import DPTransport
 import DPWorker
 import Foundation
 
@@ -28,6 +29,9 @@ struct FarmBenchCommand: ParsableCommand {
     var scratch: String?
     @Option(help: "Slots (frames at once) per worker.") var slots = 1
     @Flag(help: "Print the coordinator's and workers' log lines.") var verbose = false
+    @Flag(name: .customLong("context-per-worker"),
+          help: "Give each worker its own ZeroMQ context (I/O thread), as separate dp-worker processes have, instead of one shared context.")
+    var contextPerWorker = false
 
     func validate() throws {
         if workers < 1 { throw ValidationError("--workers must be at least 1") }
@@ -49,11 +53,11 @@ struct FarmBenchCommand: ParsableCommand {
         defer { try? FileManager.default.removeItem(at: scratch) }
         print("scratch folder (journal, PNGs, manifest): \(scratch.path)")
         let one = try FarmBench.run(workers: 1, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
-                                    scratch: scratch)
+                                    sharedContext: !contextPerWorker, scratch: scratch)
         print(one.line)
         guard workers > 1 else { return }
         let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
-                                     scratch: scratch)
+                                     sharedContext: !contextPerWorker, scratch: scratch)
         print(many.line)
         let efficiency = many.cyclesPerSecond / (Double(workers) * one.cyclesPerSecond)
         print(String(format: "scaling efficiency %.3f = %.0f / (%d x %.0f) cycles/s", efficiency,
@@ -101,7 +105,7 @@ enum FarmBench {
     /// One timed job: from the submit being accepted to the JobFinished event. Its files go to a
     /// new folder in `scratch` (removed by the caller).
     static func run(workers: Int, frames: Int, renderSeconds: Double, slots: Int, verbose: Bool,
-                    scratch: URL) throws -> Result {
+                    sharedContext: Bool, scratch: URL) throws -> Result {
         let fm = FileManager.default
         let root = scratch.appendingPathComponent("run-\(workers)-\(UUID().uuidString)")
         try fm.createDirectory(at: root, withIntermediateDirectories: true)
@@ -132,12 +136,14 @@ enum FarmBench {
 
         var services: [WorkerService] = []
         var threads: [Joinable] = []
+        let workerContext = sharedContext ? try ZMQContext() : nil  // one per process, as in the embedded farm
         for i in 0..<workers {
             var ws = WorkerSettings(connect: coordinator.endpoint, name: "bench-\(i + 1)",
                                     cacheDirectory: root.appendingPathComponent("cache-\(i + 1)"))
             ws.slots = slots
             ws.threads = 1
             let service = try WorkerService(settings: ws, renderer: SyntheticFrameRenderer(steps: 1, stepDelaySeconds: renderSeconds),
+                                            context: workerContext,
                                             log: log)
             services.append(service)
             threads.append(Joinable { try service.run() })

@@ -1,4 +1,5 @@
 import DPCoordinator
+import DPTransport
 import DPWorker
 import Foundation
 
@@ -29,12 +30,14 @@ final class EmbeddedFarm {
 
         let totalThreads = threads ?? ProcessInfo.processInfo.activeProcessorCount
         let perWorker = Self.split(threads: totalThreads, workers: workers)
+        let workerContext = try ZMQContext()  // one ZeroMQ context (one I/O thread) for all local workers
         for i in 0..<workers {
             let name = "local-\(i + 1)"
             var ws = WorkerSettings(connect: coordinator.endpoint, name: name,
                                     cacheDirectory: stateDirectory.appendingPathComponent("workers/\(name)/models"))
             ws.threads = perWorker[i]
-            let service = try WorkerService(settings: ws, renderer: PipelineFrameRenderer(), log: { log("\(name): \($0)") })
+            let service = try WorkerService(settings: ws, renderer: PipelineFrameRenderer(), context: workerContext,
+                                            log: { log("\(name): \($0)") })
             services.append(service)
             workerThreads.append(BackgroundThread(name: "dp-worker-\(name)") { try service.run() })
         }
