@@ -29,9 +29,9 @@ struct FarmBenchCommand: ParsableCommand {
     var scratch: String?
     @Option(help: "Slots (frames at once) per worker.") var slots = 1
     @Flag(help: "Print the coordinator's and workers' log lines.") var verbose = false
-    @Flag(name: .customLong("context-per-worker"),
-          help: "Give each worker its own ZeroMQ context (I/O thread), as separate dp-worker processes have, instead of one shared context.")
-    var contextPerWorker = false
+    @Flag(name: .customLong("shared-context"),
+          help: "One ZeroMQ context (one I/O thread) for all workers, as in the embedded farm, instead of one per worker as separate dp-worker processes have.")
+    var sharedContext = false
 
     func validate() throws {
         if workers < 1 { throw ValidationError("--workers must be at least 1") }
@@ -53,11 +53,11 @@ struct FarmBenchCommand: ParsableCommand {
         defer { try? FileManager.default.removeItem(at: scratch) }
         print("scratch folder (journal, PNGs, manifest): \(scratch.path)")
         let one = try FarmBench.run(workers: 1, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
-                                    sharedContext: !contextPerWorker, scratch: scratch)
+                                    sharedContext: sharedContext, scratch: scratch)
         print(one.line)
         guard workers > 1 else { return }
         let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
-                                     sharedContext: !contextPerWorker, scratch: scratch)
+                                     sharedContext: sharedContext, scratch: scratch)
         print(many.line)
         let efficiency = many.cyclesPerSecond / (Double(workers) * one.cyclesPerSecond)
         print(String(format: "scaling efficiency %.3f = %.0f / (%d x %.0f) cycles/s", efficiency,
@@ -136,7 +136,8 @@ enum FarmBench {
 
         var services: [WorkerService] = []
         var threads: [Joinable] = []
-        let workerContext = sharedContext ? try ZMQContext() : nil  // one per process, as in the embedded farm
+        // By default each worker gets its own context, like a dp-worker process on its own machine.
+        let workerContext = sharedContext ? try ZMQContext() : nil
         for i in 0..<workers {
             var ws = WorkerSettings(connect: coordinator.endpoint, name: "bench-\(i + 1)",
                                     cacheDirectory: root.appendingPathComponent("cache-\(i + 1)"))

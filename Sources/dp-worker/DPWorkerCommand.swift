@@ -24,12 +24,20 @@ struct DPWorkerCommand: ParsableCommand {
     @Option(help: "Frames rendered at once (default 1).") var slots = 1
     @Option(name: .customLong("heartbeat-ms"), help: "Heartbeat interval in milliseconds until the coordinator's Welcome (default 1000).")
     var heartbeatMs: Int?
+    @Option(name: .customLong("progress-ms"),
+            help: "Send step progress at most this often per frame, in ms; faster steps are folded into the next report (default 100).")
+    var progressMs: Int?
+    @Option(name: .customLong("prefetch-below"),
+            help: "Ask for the next frames ahead of time while frames take less than this many seconds (default 1; 0 = never).")
+    var prefetchBelow: Double?
 
     func validate() throws {
         if slots < 1 { throw ValidationError("--slots must be at least 1") }
         if let t = threads, t < 1 { throw ValidationError("--threads must be at least 1") }
         if let g = cacheGB, !(g > 0) { throw ValidationError("--cache-gb must be positive") }
         if let h = heartbeatMs, h < 1 { throw ValidationError("--heartbeat-ms must be at least 1") }
+        if let p = progressMs, p < 0 { throw ValidationError("--progress-ms must be zero or positive") }
+        if let p = prefetchBelow, !(p >= 0) { throw ValidationError("--prefetch-below must be zero or positive") }
     }
 
     func run() throws {
@@ -45,6 +53,8 @@ struct DPWorkerCommand: ParsableCommand {
         settings.threads = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / slots)
         if let cacheGB { settings.cacheBytes = Int64(cacheGB * Double(1 << 30)) }
         if let heartbeatMs { settings.heartbeatIntervalMs = heartbeatMs }
+        if let progressMs { settings.progressIntervalMs = progressMs }
+        if let prefetchBelow { settings.prefetchBelowSeconds = prefetchBelow }
         do { try settings.validate() } catch { throw CLIError("\(error)") }
 
         let workerName = settings.name
