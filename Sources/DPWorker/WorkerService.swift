@@ -13,9 +13,9 @@
 //   through a pipe that zmq_poll watches next to the socket.
 //
 // Session: a fresh DEALER (fresh random routing id) per connection, Hello -> Welcome, then credits:
-// the worker asks for as many frames as it has slots (twice as many while its frames are short:
-// prefetch, see WorkerSettings.prefetchBelowSeconds), granting them in Credit messages and in
-// FrameResult.credits. A coordinator silent for liveness x interval (or a Hello unanswered as long) ends
+// the worker asks for as many frames as it has slots (plus 1-8 queued per slot while its frames
+// take under a second: prefetch, see WorkerSettings.prefetchDepth), granting them in Credit
+// messages and in FrameResult.credits. A coordinator silent for liveness x interval (or a Hello unanswered as long) ends
 // the session: the socket is closed and a new one connects after an exponential backoff; its
 // Hello lists the attempts still held, and results finished meanwhile are sent once welcomed.
 import DPFileKit
@@ -72,8 +72,9 @@ public final class WorkerService: @unchecked Sendable {
     private var handedBack: Set<UInt64> = []
 
     /// - context: the ZeroMQ context for the worker's sockets. Several workers in one process (the
-    ///   embedded farm, the benchmark) should share one, as zguide advises (one context per process):
-    ///   one I/O thread for all of them instead of one each. nil = a context of its own.
+    ///   embedded farm) can share one, as zguide advises (one context per process): one I/O thread
+    ///   for all of them instead of one each (at thousands of frames a second that one thread is the
+    ///   limit, see PERF.md). nil = a context of its own.
     public init(settings: WorkerSettings, renderer: FrameRenderer, context: ZMQContext? = nil,
                 log: @escaping @Sendable (String) -> Void) throws {
         try settings.validate()
