@@ -335,6 +335,14 @@ extension Coordinator {
         status.createdUnixMs = UInt64(max(0, record.createdAtMs))
         status.updatedUnixMs = UInt64(max(0, record.updatedAtMs))
         status.renderSeconds = (try? journal.progress(job: record.id).renderSeconds) ?? 0
+        if record.videoWritten { status.videoPath = record.videoPath ?? "" }
+        status.error = record.error ?? ""
+        status.framesByWorker = ((try? journal.framesDoneByWorker(job: record.id)) ?? []).map {
+            var w = FarmWorkerFrames()
+            w.worker = $0.worker
+            w.frames = UInt32(clamping: $0.frames)
+            return w
+        }
         return status
     }
 

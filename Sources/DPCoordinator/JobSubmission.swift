@@ -75,10 +75,12 @@ public struct JobStatusInfo: Sendable, Codable, Equatable {
     public var queued: Int
     public var cancelled: Int
     public var outputDirectory: String
-    /// The written video (known to followers from the JobFinished event; status does not carry it).
+    /// The written video, once written.
     public var video: String?
-    /// Frames done per worker, accumulated by `FarmClient.follow` from FrameDone events.
+    /// Frames done per worker (from the status reply; `FarmClient.follow` adds its FrameDone events).
     public var perWorker: [String: Int]
+    /// Why a failed job failed.
+    public var error: String?
     public var renderSeconds: Double
     public var createdUnixMs: UInt64
     public var updatedUnixMs: UInt64
@@ -86,8 +88,8 @@ public struct JobStatusInfo: Sendable, Codable, Equatable {
     public init(id: Int64, name: String, state: String, modelID: String = "", priority: Int = 0,
                 order: String = "frame", total: Int = 0, done: Int = 0, failed: Int = 0, inFlight: Int = 0,
                 queued: Int = 0, cancelled: Int = 0, outputDirectory: String = "", video: String? = nil,
-                perWorker: [String: Int] = [:], renderSeconds: Double = 0, createdUnixMs: UInt64 = 0,
-                updatedUnixMs: UInt64 = 0) {
+                perWorker: [String: Int] = [:], error: String? = nil, renderSeconds: Double = 0,
+                createdUnixMs: UInt64 = 0, updatedUnixMs: UInt64 = 0) {
         self.id = id
         self.name = name
         self.state = state
@@ -103,6 +105,7 @@ public struct JobStatusInfo: Sendable, Codable, Equatable {
         self.outputDirectory = outputDirectory
         self.video = video
         self.perWorker = perWorker
+        self.error = error
         self.renderSeconds = renderSeconds
         self.createdUnixMs = createdUnixMs
         self.updatedUnixMs = updatedUnixMs
@@ -160,6 +163,9 @@ extension JobStatusInfo {
                   priority: Int(s.priority), order: FarmNames.order(s.order), total: Int(s.counts.total),
                   done: Int(s.counts.done), failed: Int(s.counts.failed), inFlight: Int(s.counts.inFlight),
                   queued: Int(s.counts.queued), cancelled: Int(s.counts.cancelled), outputDirectory: s.outputDir,
+                  video: s.videoPath.isEmpty ? nil : s.videoPath,
+                  perWorker: Dictionary(s.framesByWorker.map { ($0.worker, Int($0.frames)) }, uniquingKeysWith: +),
+                  error: s.error.isEmpty ? nil : s.error,
                   renderSeconds: s.renderSeconds, createdUnixMs: s.createdUnixMs, updatedUnixMs: s.updatedUnixMs)
     }
 }

@@ -161,6 +161,15 @@ public final class Journal: @unchecked Sendable {
         }
     }
 
+    /// A job's done frames per worker (the worker whose attempt was written), by worker name.
+    public func framesDoneByWorker(job id: Int64) throws -> [(worker: String, frames: Int)] {
+        try locked {
+            try db.query("""
+                SELECT worker, COUNT(*) AS n FROM frames WHERE job_id = ? AND state = 'done' GROUP BY worker ORDER BY worker
+                """, [.integer(id)]).map { ($0.string("worker") ?? "", $0.int("n") ?? 0) }
+        }
+    }
+
     /// A job's frames in frame order.
     public func frames(job id: Int64) throws -> [FrameRecord] {
         try locked { try db.query("SELECT * FROM frames WHERE job_id = ? ORDER BY frame", [.integer(id)]).map(Journal.frameRecord) }

@@ -180,6 +180,7 @@ extension DPCoordCommand {
             for j in jobs {
                 print(pad(["\(j.id)", j.state, "\(j.priority)", "\(j.done)/\(j.total)", "\(j.failed)", "\(j.inFlight)",
                            "\(j.queued)", j.name, j.outputDirectory + (j.video.map { "  video \($0)" } ?? "")]))
+                if let error = j.error { print("    error: \(error)") }
                 if job != nil, !j.perWorker.isEmpty {
                     for (w, n) in j.perWorker.sorted(by: { $0.key < $1.key }) { print("    \(w): \(n) frame(s)") }
                 }

@@ -72,6 +72,9 @@ final class CoordinatorTests: XCTestCase {
         let status = try XCTUnwrap(client.status(job: job).first)
         XCTAssertEqual(status.state, "completed")
         XCTAssertEqual(status.done, 2)
+        XCTAssertEqual(status.perWorker, ["w1": 2], "status carries the done frames per worker")
+        XCTAssertNil(status.video, "no video was asked for")
+        XCTAssertNil(status.error)
         let workers = try client.workers()
         XCTAssertEqual(workers.map(\.name), ["w1"])
         XCTAssertEqual(workers.first?.framesDone, 2)
@@ -282,6 +285,33 @@ final class CoordinatorTests: XCTestCase {
         try worker.send(.modelManifestRequest(unknown))
         let error = try worker.expect("error") { if case .error(let e) = $0 { return e } else { return nil } }
         XCTAssertEqual(error.code, .unknownModel)
+    }
+
+    func testFrameFailingOnThreeWorkersFailsTheJobAndStatusSaysWhy() throws {
+        let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: ManualClock())
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let job = try client.submit(FarmFixtures.submission(model: model, frames: [2], out: root.appendingPathComponent("out")))
+        for name in ["a", "b", "c"] {
+            let worker = try RawPeer(coord.endpoint, name: name)
+            _ = try worker.hello()
+            try worker.credit(1)
+            let (_, task) = try worker.expectPrepAndTask()
+            XCTAssertEqual(task.frame, 2)
+            try worker.failure(task, .renderFailed, "out of memory on \(name)")
+        }
+        var finished: String?
+        try client.follow(job: job) { event in
+            if case .finished(let state, _) = event { finished = state }
+            return true
+        }
+        XCTAssertEqual(finished, "failed", "frame 2 failed on 3 different workers")
+        let status = try XCTUnwrap(client.status(job: job).first)
+        XCTAssertEqual(status.failed, 1)
+        XCTAssertEqual(status.error, "1 frame(s) failed")
+        XCTAssertTrue(status.perWorker.isEmpty)
     }
 
     func testCancelSendsCancelToTheWorkerHoldingTheJob() throws {

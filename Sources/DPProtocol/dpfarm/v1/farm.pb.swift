@@ -1593,46 +1593,108 @@ public nonisolated struct FarmStatusRequest: Sendable {
   public init() {}
 }
 
-public nonisolated struct FarmJobStatus: Sendable {
+public nonisolated struct FarmJobStatus: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var jobID: UInt64 = 0
+  public var jobID: UInt64 {
+    get {_storage._jobID}
+    set {_uniqueStorage()._jobID = newValue}
+  }
 
-  public var name: String = String()
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
 
-  public var state: FarmJobState = .unspecified
+  public var state: FarmJobState {
+    get {_storage._state}
+    set {_uniqueStorage()._state = newValue}
+  }
 
-  public var modelID: String = String()
+  public var modelID: String {
+    get {_storage._modelID}
+    set {_uniqueStorage()._modelID = newValue}
+  }
 
-  public var priority: Int32 = 0
+  public var priority: Int32 {
+    get {_storage._priority}
+    set {_uniqueStorage()._priority = newValue}
+  }
 
-  public var order: FarmOrderMode = .frame
+  public var order: FarmOrderMode {
+    get {_storage._order}
+    set {_uniqueStorage()._order = newValue}
+  }
 
   public var counts: FarmJobCounts {
-    get {_counts ?? FarmJobCounts()}
-    set {_counts = newValue}
+    get {_storage._counts ?? FarmJobCounts()}
+    set {_uniqueStorage()._counts = newValue}
   }
   /// Returns true if `counts` has been explicitly set.
-  public var hasCounts: Bool {self._counts != nil}
+  public var hasCounts: Bool {_storage._counts != nil}
   /// Clears the value of `counts`. Subsequent reads from it will return its default value.
-  public mutating func clearCounts() {self._counts = nil}
+  public mutating func clearCounts() {_uniqueStorage()._counts = nil}
 
-  public var outputDir: String = String()
+  public var outputDir: String {
+    get {_storage._outputDir}
+    set {_uniqueStorage()._outputDir = newValue}
+  }
 
-  public var createdUnixMs: UInt64 = 0
+  public var createdUnixMs: UInt64 {
+    get {_storage._createdUnixMs}
+    set {_uniqueStorage()._createdUnixMs = newValue}
+  }
 
-  public var updatedUnixMs: UInt64 = 0
+  public var updatedUnixMs: UInt64 {
+    get {_storage._updatedUnixMs}
+    set {_uniqueStorage()._updatedUnixMs = newValue}
+  }
 
   /// sum over done frames
-  public var renderSeconds: Double = 0
+  public var renderSeconds: Double {
+    get {_storage._renderSeconds}
+    set {_uniqueStorage()._renderSeconds = newValue}
+  }
+
+  /// the written video, once written ("" otherwise)
+  public var videoPath: String {
+    get {_storage._videoPath}
+    set {_uniqueStorage()._videoPath = newValue}
+  }
+
+  /// why a failed job failed ("" otherwise)
+  public var error: String {
+    get {_storage._error}
+    set {_uniqueStorage()._error = newValue}
+  }
+
+  /// done frames per worker, by worker name
+  public var framesByWorker: [FarmWorkerFrames] {
+    get {_storage._framesByWorker}
+    set {_uniqueStorage()._framesByWorker = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _counts: FarmJobCounts? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+public nonisolated struct FarmWorkerFrames: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var worker: String = String()
+
+  public var frames: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 public nonisolated struct FarmStatusReply: Sendable {
@@ -4229,7 +4291,168 @@ nonisolated extension FarmStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}name\0\u{1}state\0\u{3}model_id\0\u{1}priority\0\u{1}order\0\u{1}counts\0\u{3}output_dir\0\u{3}created_unix_ms\0\u{3}updated_unix_ms\0\u{3}render_seconds\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}name\0\u{1}state\0\u{3}model_id\0\u{1}priority\0\u{1}order\0\u{1}counts\0\u{3}output_dir\0\u{3}created_unix_ms\0\u{3}updated_unix_ms\0\u{3}render_seconds\0\u{3}video_path\0\u{1}error\0\u{3}frames_by_worker\0")
+
+  fileprivate class _StorageClass {
+    var _jobID: UInt64 = 0
+    var _name: String = String()
+    var _state: FarmJobState = .unspecified
+    var _modelID: String = String()
+    var _priority: Int32 = 0
+    var _order: FarmOrderMode = .frame
+    var _counts: FarmJobCounts? = nil
+    var _outputDir: String = String()
+    var _createdUnixMs: UInt64 = 0
+    var _updatedUnixMs: UInt64 = 0
+    var _renderSeconds: Double = 0
+    var _videoPath: String = String()
+    var _error: String = String()
+    var _framesByWorker: [FarmWorkerFrames] = []
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _jobID = source._jobID
+      _name = source._name
+      _state = source._state
+      _modelID = source._modelID
+      _priority = source._priority
+      _order = source._order
+      _counts = source._counts
+      _outputDir = source._outputDir
+      _createdUnixMs = source._createdUnixMs
+      _updatedUnixMs = source._updatedUnixMs
+      _renderSeconds = source._renderSeconds
+      _videoPath = source._videoPath
+      _error = source._error
+      _framesByWorker = source._framesByWorker
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularUInt64Field(value: &_storage._jobID) }()
+        case 2: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 3: try { try decoder.decodeSingularEnumField(value: &_storage._state) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._modelID) }()
+        case 5: try { try decoder.decodeSingularInt32Field(value: &_storage._priority) }()
+        case 6: try { try decoder.decodeSingularEnumField(value: &_storage._order) }()
+        case 7: try { try decoder.decodeSingularMessageField(value: &_storage._counts) }()
+        case 8: try { try decoder.decodeSingularStringField(value: &_storage._outputDir) }()
+        case 9: try { try decoder.decodeSingularUInt64Field(value: &_storage._createdUnixMs) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._updatedUnixMs) }()
+        case 11: try { try decoder.decodeSingularDoubleField(value: &_storage._renderSeconds) }()
+        case 12: try { try decoder.decodeSingularStringField(value: &_storage._videoPath) }()
+        case 13: try { try decoder.decodeSingularStringField(value: &_storage._error) }()
+        case 14: try { try decoder.decodeRepeatedMessageField(value: &_storage._framesByWorker) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if _storage._jobID != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._jobID, fieldNumber: 1)
+      }
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 2)
+      }
+      if _storage._state != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._state, fieldNumber: 3)
+      }
+      if !_storage._modelID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._modelID, fieldNumber: 4)
+      }
+      if _storage._priority != 0 {
+        try visitor.visitSingularInt32Field(value: _storage._priority, fieldNumber: 5)
+      }
+      if _storage._order != .frame {
+        try visitor.visitSingularEnumField(value: _storage._order, fieldNumber: 6)
+      }
+      try { if let v = _storage._counts {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
+      } }()
+      if !_storage._outputDir.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._outputDir, fieldNumber: 8)
+      }
+      if _storage._createdUnixMs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._createdUnixMs, fieldNumber: 9)
+      }
+      if _storage._updatedUnixMs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._updatedUnixMs, fieldNumber: 10)
+      }
+      if _storage._renderSeconds.bitPattern != 0 {
+        try visitor.visitSingularDoubleField(value: _storage._renderSeconds, fieldNumber: 11)
+      }
+      if !_storage._videoPath.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._videoPath, fieldNumber: 12)
+      }
+      if !_storage._error.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._error, fieldNumber: 13)
+      }
+      if !_storage._framesByWorker.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._framesByWorker, fieldNumber: 14)
+      }
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: FarmJobStatus, rhs: FarmJobStatus) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._jobID != rhs_storage._jobID {return false}
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._state != rhs_storage._state {return false}
+        if _storage._modelID != rhs_storage._modelID {return false}
+        if _storage._priority != rhs_storage._priority {return false}
+        if _storage._order != rhs_storage._order {return false}
+        if _storage._counts != rhs_storage._counts {return false}
+        if _storage._outputDir != rhs_storage._outputDir {return false}
+        if _storage._createdUnixMs != rhs_storage._createdUnixMs {return false}
+        if _storage._updatedUnixMs != rhs_storage._updatedUnixMs {return false}
+        if _storage._renderSeconds != rhs_storage._renderSeconds {return false}
+        if _storage._videoPath != rhs_storage._videoPath {return false}
+        if _storage._error != rhs_storage._error {return false}
+        if _storage._framesByWorker != rhs_storage._framesByWorker {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension FarmWorkerFrames: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WorkerFrames"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}worker\0\u{1}frames\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4237,75 +4460,26 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.jobID) }()
-      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
-      case 3: try { try decoder.decodeSingularEnumField(value: &self.state) }()
-      case 4: try { try decoder.decodeSingularStringField(value: &self.modelID) }()
-      case 5: try { try decoder.decodeSingularInt32Field(value: &self.priority) }()
-      case 6: try { try decoder.decodeSingularEnumField(value: &self.order) }()
-      case 7: try { try decoder.decodeSingularMessageField(value: &self._counts) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.outputDir) }()
-      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.createdUnixMs) }()
-      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.updatedUnixMs) }()
-      case 11: try { try decoder.decodeSingularDoubleField(value: &self.renderSeconds) }()
+      case 1: try { try decoder.decodeSingularStringField(value: &self.worker) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.frames) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if self.jobID != 0 {
-      try visitor.visitSingularUInt64Field(value: self.jobID, fieldNumber: 1)
+    if !self.worker.isEmpty {
+      try visitor.visitSingularStringField(value: self.worker, fieldNumber: 1)
     }
-    if !self.name.isEmpty {
-      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
-    }
-    if self.state != .unspecified {
-      try visitor.visitSingularEnumField(value: self.state, fieldNumber: 3)
-    }
-    if !self.modelID.isEmpty {
-      try visitor.visitSingularStringField(value: self.modelID, fieldNumber: 4)
-    }
-    if self.priority != 0 {
-      try visitor.visitSingularInt32Field(value: self.priority, fieldNumber: 5)
-    }
-    if self.order != .frame {
-      try visitor.visitSingularEnumField(value: self.order, fieldNumber: 6)
-    }
-    try { if let v = self._counts {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 7)
-    } }()
-    if !self.outputDir.isEmpty {
-      try visitor.visitSingularStringField(value: self.outputDir, fieldNumber: 8)
-    }
-    if self.createdUnixMs != 0 {
-      try visitor.visitSingularUInt64Field(value: self.createdUnixMs, fieldNumber: 9)
-    }
-    if self.updatedUnixMs != 0 {
-      try visitor.visitSingularUInt64Field(value: self.updatedUnixMs, fieldNumber: 10)
-    }
-    if self.renderSeconds.bitPattern != 0 {
-      try visitor.visitSingularDoubleField(value: self.renderSeconds, fieldNumber: 11)
+    if self.frames != 0 {
+      try visitor.visitSingularUInt32Field(value: self.frames, fieldNumber: 2)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: FarmJobStatus, rhs: FarmJobStatus) -> Bool {
-    if lhs.jobID != rhs.jobID {return false}
-    if lhs.name != rhs.name {return false}
-    if lhs.state != rhs.state {return false}
-    if lhs.modelID != rhs.modelID {return false}
-    if lhs.priority != rhs.priority {return false}
-    if lhs.order != rhs.order {return false}
-    if lhs._counts != rhs._counts {return false}
-    if lhs.outputDir != rhs.outputDir {return false}
-    if lhs.createdUnixMs != rhs.createdUnixMs {return false}
-    if lhs.updatedUnixMs != rhs.updatedUnixMs {return false}
-    if lhs.renderSeconds != rhs.renderSeconds {return false}
+  public static func ==(lhs: FarmWorkerFrames, rhs: FarmWorkerFrames) -> Bool {
+    if lhs.worker != rhs.worker {return false}
+    if lhs.frames != rhs.frames {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
