@@ -301,7 +301,25 @@ extension Coordinator {
         failed.error = error
         failed.final = final
         emit(job: record.jobID, .frameFailed(failed))
-        if outcome.jobFinished { finishJob(record.jobID) }
+        if outcome.jobFinished {
+            finishJob(record.jobID)
+        } else if outcome.workerBannedFromJob {
+            noticeIfNoWorkerMayTake(job: record.jobID)
+        }
+    }
+
+    /// After a ban: when every connected worker is banned from `job`, its queued frames wait for a
+    /// worker that is not. Says so (log line, JobNotice to followers) instead of stalling silently.
+    func noticeIfNoWorkerMayTake(job: Int64) {
+        let names = sessions.values.map(\.name).sorted()
+        guard !names.isEmpty, (try? names.allSatisfy({ try journal.isBanned(worker: $0, job: job) })) == true else { return }
+        let message = "no connected worker may take job \(job) any more (\(names.joined(separator: ", ")): each failed "
+            + "\(settings.maxFailedFramesPerWorkerJob) of its frames); its remaining frames wait for another worker "
+            + "(start one, or dp-coord cancel \(job))"
+        log("job \(job): \(message)")
+        var notice = FarmJobNotice()
+        notice.message = message
+        emit(job: job, .jobNotice(notice))
     }
 
     // MARK: dispatch

@@ -304,6 +304,8 @@ public final class FarmClient {
                 case .frameFailed(let f)?:
                     converted = .frameFailed(frame: Int(f.frame), error: "\(f.error.code) on worker '\(f.workerName)': "
                         + f.error.message + (f.final ? " (frame given up)" : " (requeued)"))
+                case .jobNotice(let n)?:
+                    converted = .notice(n.message)
                 case .jobFinished(let f)?:
                     info.state = FarmNames.state(f.state)
                     info.video = f.videoPath.isEmpty ? nil : f.videoPath

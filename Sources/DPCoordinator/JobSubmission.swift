@@ -56,6 +56,8 @@ public enum FarmJobEvent: Sendable {
     case frameDone(frame: Int, attempt: Int64, worker: String, seconds: Double, png: Data?)
     case frameProgress(frame: Int, worker: String, step: Int, total: Int)
     case frameFailed(frame: Int, error: String)
+    /// Not a frame's fate: e.g. no connected worker may take the job any more.
+    case notice(String)
     case finished(state: String, video: String?)
 }
 

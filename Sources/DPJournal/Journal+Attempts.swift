@@ -291,6 +291,11 @@ extension Journal {
             """, [.integer(t), .integer(a.jobID), .int(a.frame), .integer(a.id)])
     }
 
+    /// True when `worker` failed too many frames of `job` to be given it again.
+    public func isBanned(worker: String, job: Int64) throws -> Bool {
+        try locked { try isBannedLocked(worker: worker, job: job) }
+    }
+
     func isBannedLocked(worker: String, job: Int64) throws -> Bool {
         (try db.query("SELECT banned FROM worker_job_failures WHERE worker = ? AND job_id = ?",
                       [.text(worker), .integer(job)]).first?.int("banned") ?? 0) != 0

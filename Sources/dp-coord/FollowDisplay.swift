@@ -73,6 +73,12 @@ final class FollowDisplay {
             } else {
                 line("frame \(frame) FAILED: \(error)")
             }
+        case .notice(let message):
+            if mode == .json {
+                emit(["event": "notice", "message": message])
+            } else {
+                line("note: \(message)")
+            }
         case let .finished(state, video):
             finalState = state
             self.video = video

@@ -132,11 +132,52 @@ final class ClientTests: XCTestCase {
                 events.append("done \(frame) \(worker)")
                 png = data
             case .frameFailed(let frame, let error): events.append("failed \(frame) \(error)")
+            case .notice(let message): events.append("notice \(message)")
             case .finished(let state, let video): events.append("finished \(state) \(video ?? "-")")
             }
             return true
         }
         XCTAssertEqual(events, ["snapshot 1/1", "progress 5 w 3/7", "done 5 w", "finished completed -"])
         XCTAssertEqual(png, FarmFixtures.png(frame: 5, by: "w"))
+    }
+
+    func testFollowerIsToldWhenNoConnectedWorkerMayTakeTheJob() throws {
+        let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: ManualClock())
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let job = try client.submit(FarmFixtures.submission(model: model, frames: [0, 1, 2, 3], out: root.appendingPathComponent("o")))
+        let worker = try RawPeer(coord.endpoint, name: "solo")
+        _ = try worker.hello()
+        let script = Thread {
+            usleep(100_000)  // the follower registers first
+            // The only worker fails 3 frames of the job: it is banned from it, and nobody else is connected.
+            for i in 0 ..< 3 {
+                try? worker.credit(1)
+                guard let task = try? (i == 0 ? worker.expectPrepAndTask().1 : worker.expectTask()) else {
+                    coord.stop()  // the follower then fails instead of waiting forever
+                    return
+                }
+                try? worker.failure(task, .renderFailed, "bad GPU driver")
+            }
+        }
+        script.start()
+        var failures = 0
+        var notice: String?
+        try client.follow(job: job) { event in
+            switch event {
+            case .frameFailed: failures += 1
+            case .notice(let message): notice = message; return false
+            case .finished: return false
+            default: break
+            }
+            return true
+        }
+        XCTAssertEqual(failures, 3)
+        let text = try XCTUnwrap(notice, "no notice: the job would wait silently")
+        XCTAssertTrue(text.contains("no connected worker may take job \(job)") && text.contains("solo"), text)
+        XCTAssertEqual(coord.logs.count("no connected worker may take job \(job)"), 1)
+        XCTAssertEqual(try client.status(job: job).first?.state, "running", "the job waits for another worker")
     }
 }

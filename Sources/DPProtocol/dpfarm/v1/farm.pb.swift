@@ -1550,6 +1550,14 @@ public nonisolated struct FarmJobEvent: Sendable {
     set {event = .jobFinished(newValue)}
   }
 
+  public var jobNotice: FarmJobNotice {
+    get {
+      if case .jobNotice(let v)? = event {return v}
+      return FarmJobNotice()
+    }
+    set {event = .jobNotice(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Event: Equatable, Sendable {
@@ -1557,12 +1565,27 @@ public nonisolated struct FarmJobEvent: Sendable {
     case frameProgress(FarmFrameProgress)
     case frameFailed(FarmFrameFailed)
     case jobFinished(FarmJobFinished)
+    case jobNotice(FarmJobNotice)
 
   }
 
   public init() {}
 
   fileprivate var _counts: FarmJobCounts? = nil
+}
+
+/// Something a follower should know that is not a frame's fate, e.g. that no connected worker may
+/// take the job's frames any more (each was banned after failing too many of them).
+public nonisolated struct FarmJobNotice: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var message: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
 }
 
 /// Several JobEvents of one FollowJob stream in one message, oldest first: what the coordinator sends
@@ -4115,7 +4138,7 @@ nonisolated extension FarmJobFinished: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension FarmJobEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}counts\0\u{3}sent_unix_ms\0\u{4}\u{7}frame_done\0\u{3}frame_progress\0\u{3}frame_failed\0\u{3}job_finished\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}counts\0\u{3}sent_unix_ms\0\u{4}\u{7}frame_done\0\u{3}frame_progress\0\u{3}frame_failed\0\u{3}job_finished\0\u{3}job_notice\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4178,6 +4201,19 @@ nonisolated extension FarmJobEvent: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.event = .jobFinished(v)
         }
       }()
+      case 14: try {
+        var v: FarmJobNotice?
+        var hadOneofValue = false
+        if let current = self.event {
+          hadOneofValue = true
+          if case .jobNotice(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.event = .jobNotice(v)
+        }
+      }()
       default: break
       }
     }
@@ -4214,6 +4250,10 @@ nonisolated extension FarmJobEvent: SwiftProtobuf.Message, SwiftProtobuf._Messag
       guard case .jobFinished(let v)? = self.event else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 13)
     }()
+    case .jobNotice?: try {
+      guard case .jobNotice(let v)? = self.event else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+    }()
     case nil: break
     }
     try unknownFields.traverse(visitor: &visitor)
@@ -4224,6 +4264,36 @@ nonisolated extension FarmJobEvent: SwiftProtobuf.Message, SwiftProtobuf._Messag
     if lhs._counts != rhs._counts {return false}
     if lhs.sentUnixMs != rhs.sentUnixMs {return false}
     if lhs.event != rhs.event {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension FarmJobNotice: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".JobNotice"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}message\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.message) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.message.isEmpty {
+      try visitor.visitSingularStringField(value: self.message, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: FarmJobNotice, rhs: FarmJobNotice) -> Bool {
+    if lhs.message != rhs.message {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
