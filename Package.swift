@@ -2,7 +2,7 @@
 // dp-farm: a CPU DreamPose renderer and render farm.
 // Module graph (dependencies point down):
 //   DPTensor <- DPModels <- DPSampling / DPPipeline <- DPWorker
-//   DPProtocol <- DPTransport <- DPCoordinator and DPWorker
+//   DPFileKit <- DPProtocol <- DPTransport <- DPCoordinator and DPWorker
 //   executables on top. The engine never imports ZeroMQ or SQLite; DPCoordinator never imports the models.
 import PackageDescription
 
@@ -51,7 +51,7 @@ let package = Package(
         .target(name: "DPFileKit", dependencies: [.product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: v5),
         .target(name: "DPProtocol",
-                dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                dependencies: ["DPFileKit", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
                 swiftSettings: v5),
         .target(name: "DPTransport", dependencies: ["CZeroMQ"], swiftSettings: v5),
         .target(name: "DPJournal", dependencies: ["CSQLite3"], swiftSettings: v5),

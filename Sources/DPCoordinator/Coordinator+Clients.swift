@@ -46,10 +46,7 @@ extension Coordinator {
 
     func onSubmit(_ peer: Data, _ requestID: UInt64, _ submit: FarmSubmitJob) throws {
         var spec = submit.spec
-        let wireManifest = submit.model
-        let manifest = ModelManifest(modelID: wireManifest.modelID, files: wireManifest.files.map {
-            ModelFileEntry(path: $0.path, size: $0.size, sha256: $0.sha256)
-        })
+        let manifest = ModelManifest(wire: submit.model)
         if let problem = validate(spec: spec, manifest: manifest) {
             badRequest(peer, requestID, problem)
             return

@@ -123,16 +123,7 @@ extension Coordinator {
         case .modelManifestRequest(let request):
             do {
                 let manifest = try models.manifest(for: request.modelID)
-                var reply = FarmModelManifest()
-                reply.modelID = manifest.modelID
-                reply.files = manifest.files.map {
-                    var f = FarmModelFile()
-                    f.path = $0.path
-                    f.size = $0.size
-                    f.sha256 = $0.sha256
-                    return f
-                }
-                send(session.routingID, .modelManifest(reply), requestID: requestID)
+                send(session.routingID, .modelManifest(FarmModelManifest(manifest)), requestID: requestID)
             } catch let error as ModelStoreError {
                 log("refused model manifest request from \(peerName(session.routingID)): \(error.message)")
                 send(session.routingID, .error(FarmError(error.code, error.message)), requestID: requestID)

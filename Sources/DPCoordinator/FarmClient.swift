@@ -171,16 +171,7 @@ public final class FarmClient {
         spec.video = video
         var submit = FarmSubmitJob()
         submit.spec = spec
-        var wire = FarmModelManifest()
-        wire.modelID = manifest.modelID
-        wire.files = manifest.files.map {
-            var f = FarmModelFile()
-            f.path = $0.path
-            f.size = $0.size
-            f.sha256 = $0.sha256
-            return f
-        }
-        submit.model = wire
+        submit.model = FarmModelManifest(manifest)
 
         let reply = try request(.submitJob(submit))
         guard case .submitReply(let submitted)? = reply.body else {

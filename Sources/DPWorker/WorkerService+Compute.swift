@@ -211,8 +211,7 @@ extension WorkerService {
                 throw WorkerServiceError.modelUnavailable("model \(modelID): manifest path '\(file.path)' refused: \(problem)")
             }
         }
-        let manifest = ModelManifest(modelID: wire.modelID,
-                                     files: wire.files.map { ModelFileEntry(path: $0.path, size: $0.size, sha256: $0.sha256) })
+        let manifest = ModelManifest(wire: wire)
         guard manifest.modelID == modelID else {
             throw WorkerServiceError.modelUnavailable("asked for model \(modelID), the coordinator sent manifest \(manifest.modelID)")
         }
