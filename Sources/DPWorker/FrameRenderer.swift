@@ -203,37 +203,26 @@ public final class SyntheticFrameRenderer: FrameRenderer {
     public func prepare(job: JobRenderSpec, modelDirectory: URL) throws -> any PreparedFrameRenderer {
         let steps = job.steps ?? self.steps
         guard steps >= 1 else { throw FrameRenderError("job \(job.jobID): steps must be at least 1, got \(steps)") }
-        // The job's part of the digest, in a fixed layout: every field length-prefixed.
-        var seed = Data()
-        func put(_ bytes: Data) {
-            var n = UInt64(bytes.count).littleEndian
-            seed.append(Data(bytes: &n, count: 8))
-            seed.append(bytes)
-        }
-        func put(_ value: UInt64) {
-            var v = value.littleEndian
-            put(Data(bytes: &v, count: 8))
-        }
-        put(Data("dp-farm synthetic renderer v1".utf8))
-        put(Data(job.modelID.utf8))
-        put(job.subjectPNG)
-        put(UInt64(steps))
-        put(Data((job.sampler ?? "").utf8))
-        put(job.imageGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max)
-        put(job.poseGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max)
-        if let noise = job.noise { put(noise) } else { put(job.seed) }
-        return SyntheticPreparedFrames(jobDigest: Data(FileDigest.sha256(seed).utf8), steps: steps, renderer: self)
+        // The job's part of the seed: every input that changes a real render (seed64 length-prefixes each).
+        let jobSeed = FileDigest.seed64([
+            Data("dp-farm synthetic renderer v1".utf8), Data(job.modelID.utf8), job.subjectPNG, le64(UInt64(steps)),
+            Data((job.sampler ?? "").utf8),
+            le64(job.imageGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max),
+            le64(job.poseGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max),
+            job.noise ?? le64(job.seed),
+        ])
+        return SyntheticPreparedFrames(jobSeed: jobSeed, steps: steps, renderer: self)
     }
 }
 
 final class SyntheticPreparedFrames: PreparedFrameRenderer {
-    /// SHA-256 hex of the job's inputs, as bytes.
-    let jobDigest: Data
+    /// `FileDigest.seed64` of the job's inputs.
+    let jobSeed: UInt64
     let totalSteps: Int
     let renderer: SyntheticFrameRenderer
 
-    init(jobDigest: Data, steps: Int, renderer: SyntheticFrameRenderer) {
-        self.jobDigest = jobDigest
+    init(jobSeed: UInt64, steps: Int, renderer: SyntheticFrameRenderer) {
+        self.jobSeed = jobSeed
         totalSteps = steps
         self.renderer = renderer
     }
@@ -247,8 +236,7 @@ final class SyntheticPreparedFrames: PreparedFrameRenderer {
             progress(step + 1)
         }
         // Pixels from a xorshift generator seeded by the job, the frame number and the window's bytes.
-        var frameNumber = UInt64(frame).littleEndian
-        var state = FileDigest.seed64([jobDigest, Data(bytes: &frameNumber, count: 8)] + poseWindow)
+        var state = FileDigest.seed64([le64(jobSeed), le64(UInt64(frame))] + poseWindow)
         if state == 0 { state = 1 }
         var image = RGBImage(width: renderer.width, height: renderer.height)
         for i in 0 ..< image.pixels.count {
@@ -260,4 +248,9 @@ final class SyntheticPreparedFrames: PreparedFrameRenderer {
         let png = try PNGCodec.encode(image)
         return (png, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
+}
+
+/// `value` as 8 little-endian bytes (a part of a `FileDigest.seed64`).
+private func le64(_ value: UInt64) -> Data {
+    withUnsafeBytes(of: value.littleEndian) { Data($0) }
 }
