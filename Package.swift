@@ -35,6 +35,8 @@ let package = Package(
         // The engine.
         // Vectorised pointwise kernels (exp/erf/softmax loops, AVX2+FMA picked at run time), -O2 even in debug.
         .target(name: "CDPKernels", path: "Sources/CDPKernels", cSettings: [.unsafeFlags(["-O2"])]),
+        // Linux calls Swift cannot make itself (variadic prctl).
+        .target(name: "CDPSys", path: "Sources/CDPSys"),
         .target(name: "DPTensor", dependencies: ["COpenBLAS", "CDPKernels"], swiftSettings: v5 + release),
         .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: v5 + release),
         .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: v5 + release),
@@ -62,7 +64,7 @@ let package = Package(
                 exclude: ["DESIGN.md"],
                 swiftSettings: v5),
         .target(name: "DPWorker",
-                dependencies: ["DPPipeline", "DPProtocol", "DPTransport", "DPFileKit",
+                dependencies: ["DPPipeline", "DPProtocol", "DPTransport", "DPFileKit", "CDPSys",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: v5),

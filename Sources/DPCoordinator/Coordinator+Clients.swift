@@ -69,11 +69,12 @@ extension Coordinator {
             }
         }
         var pendingInputs: [String: FarmInputFile] = [:]
-        var listedDigests: Set<String> = []
+        // Each distinct file once (a job's poses often repeat): held already, or listed to upload.
+        var seenDigests: Set<String> = []
+        let inputsPath = inputsDirectory.path
         for input in [spec.subject] + spec.poses.map(\.file) {
-            let target = inputsDirectory.appendingPathComponent(input.sha256)
-            if FileManager.default.fileExists(atPath: target.path) || listedDigests.contains(input.sha256) { continue }
-            listedDigests.insert(input.sha256)
+            guard seenDigests.insert(input.sha256).inserted else { continue }
+            if access(inputsPath + "/" + input.sha256, F_OK) == 0 { continue }
             pendingInputs[input.path] = input
             var ref = FarmFileRef()
             ref.kind = .input
@@ -99,6 +100,15 @@ extension Coordinator {
         }
         if record.state == .uploading {
             uploads[record.id] = JobUpload(jobID: record.id, modelID: manifest.modelID, pendingInputs: pendingInputs)
+        } else {
+            // Everything is here: open the job's context now, with the spec already decoded (the
+            // first dispatch would otherwise read it back from the journal and decode it again).
+            do {
+                jobContexts[record.id] = try JobContext(record: record, spec: spec, doneFrames: [], models: models,
+                                                        inputs: inputsDirectory)
+            } catch {
+                log("job \(record.id): cannot open its context yet (\(error)); the first dispatch tries again")
+            }
         }
         var reply = FarmSubmitReply()
         reply.jobID = UInt64(record.id)

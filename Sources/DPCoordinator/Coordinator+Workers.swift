@@ -404,7 +404,7 @@ extension Coordinator {
     func jobContext(_ id: Int64) throws -> JobContext {
         if let context = jobContexts[id] { return context }
         guard let record = try journal.job(id) else { throw JournalError.unknownJob(id) }
-        let context = try JobContext(record: record, frames: try journal.frames(job: id),
+        let context = try JobContext(record: record, doneFrames: try journal.frames(job: id, state: .done),
                                      models: models, inputs: inputsDirectory)
         jobContexts[id] = context
         for (frame, reason) in context.output.invalidRecords {

@@ -12,18 +12,28 @@ final class JobContext {
     let prep: FarmJobPrep
     let output: OutputWriter
     let poseWindowSize: Int
-    private let poseFiles: [UInt32: URL]
+    /// The inputs folder's path, and each frame's pose file in it (its SHA-256).
+    private let inputsPath: String
+    private let poseFiles: [UInt32: String]
     private let available: Set<UInt32>
-    private var poseCache: [UInt32: Data] = [:]
+    /// Pose bytes by file (SHA-256): a frame's window shares 4 poses with the previous frame's, and
+    /// repeated poses are one file.
+    private var poseCache: [String: Data] = [:]
 
-    /// `frames`: the job's frames in the journal; the done ones vouch for their PNGs (see
-    /// `OutputWriter`'s `recorded`).
-    init(record: JobRecord, frames: [FrameRecord], models: ModelStore, inputs: URL) throws {
+    /// `doneFrames`: the job's done frames in the journal, which vouch for their PNGs (see
+    /// `OutputWriter`'s `recorded`). `spec`: the job's spec when the caller has it decoded (a job just
+    /// submitted); nil = decoded from the record.
+    init(record: JobRecord, spec decoded: FarmJobSpec? = nil, doneFrames: [FrameRecord], models: ModelStore,
+         inputs: URL) throws {
         id = record.id
-        do {
-            spec = try FarmJobSpec(serializedBytes: record.spec)
-        } catch {
-            throw CoordinatorError("job \(record.id): its journaled spec does not decode: \(error)")
+        if let decoded {
+            spec = decoded
+        } else {
+            do {
+                spec = try FarmJobSpec(serializedBytes: record.spec)
+            } catch {
+                throw CoordinatorError("job \(record.id): its journaled spec does not decode: \(error)")
+            }
         }
         modelID = record.modelID
         guard models.contains(modelID) else {
@@ -31,9 +41,11 @@ final class JobContext {
         }
         let defaults = try ModelDefaults(folder: models.folder(for: modelID), modelID: modelID)
         poseWindowSize = defaults.poseWindow
-        var files: [UInt32: URL] = [:]
+        inputsPath = inputs.path
+        var files: [UInt32: String] = [:]
+        files.reserveCapacity(spec.poses.count)
         for pose in spec.poses {
-            files[pose.frame] = inputs.appendingPathComponent(pose.file.sha256)
+            files[pose.frame] = pose.file.sha256
         }
         poseFiles = files
         available = Set(files.keys)
@@ -66,7 +78,7 @@ final class JobContext {
             imageGuidance: s.hasImageGuidance_p ? s.imageGuidance : defaults.imageGuidance,
             poseGuidance: s.hasPoseGuidance_p ? s.poseGuidance : defaults.poseGuidance)
         let model = modelID
-        let recorded = frames.filter { $0.state == .done }.map { f in
+        let recorded = doneFrames.filter { $0.state == .done }.map { f in
             OutputFrameRecord(frame: UInt32(f.frame), file: OutputWriter.fileName(frame: UInt32(f.frame)),
                               attempt: UInt64(f.doneAttemptID ?? 0), worker: f.worker ?? "", modelID: model,
                               seed: outputSettings.seed, sampler: outputSettings.sampler, steps: outputSettings.steps,
@@ -75,7 +87,8 @@ final class JobContext {
                               pngSize: f.outputSize ?? -1)
         }
         output = try OutputWriter(directory: URL(fileURLWithPath: record.outputDir), jobID: UInt64(record.id),
-                                  modelID: modelID, settings: outputSettings, frames: frames.map { UInt32($0.frame) },
+                                  modelID: modelID, settings: outputSettings,
+                                  frames: spec.frames.isEmpty ? spec.poses.map(\.frame) : spec.frames,
                                   durability: .batched, recorded: recorded)
     }
 
@@ -84,17 +97,17 @@ final class JobContext {
         let numbers = PoseWindow.frames(for: frame, available: available, size: poseWindowSize)
         if poseCache.count > 256 { poseCache.removeAll(keepingCapacity: true) }
         return try numbers.map { n in
-            if let data = poseCache[n] { return data }
-            guard let url = poseFiles[n] else {
+            guard let file = poseFiles[n] else {
                 throw CoordinatorError("job \(id): frame \(frame) needs pose \(n), which the job does not list")
             }
+            if let data = poseCache[file] { return data }
             let data: Data
             do {
-                data = try Data(contentsOf: url)
+                data = try FileRead.contents(ofFile: inputsPath + "/" + file)
             } catch {
-                throw CoordinatorError("job \(id): cannot read pose \(n) (\(url.path)): \(error)")
+                throw CoordinatorError("job \(id): cannot read pose \(n): \(error)")
             }
-            poseCache[n] = data
+            poseCache[file] = data
             return data
         }
     }

@@ -160,7 +160,7 @@ public final class FarmClient {
         spec.poses = job.poses.keys.sorted().map { n in
             var p = FarmPoseInput()
             p.frame = UInt32(n)
-            p.file = inputFile("poses/" + String(format: "frame_%05d.npy", n), job.poses[n]!)
+            p.file = inputFile("poses/" + FrameFileName.name(frame: n, extension: "npy"), job.poses[n]!)
             return p
         }
         spec.frames = job.frames.sorted().map { UInt32($0) }

@@ -2,7 +2,12 @@
 /// (`frame_00042.png`). One definition for `dp-worker render` and the coordinator's output writer.
 public enum FrameFileName {
     public static func png(frame n: Int) -> String {
+        name(frame: n, extension: "png")
+    }
+
+    /// `frame_<n>.<ext>`, n zero-padded to 5 digits (a submitted job's pose upload names use "npy").
+    public static func name(frame n: Int, extension ext: String) -> String {
         let digits = String(n)
-        return "frame_" + String(repeating: "0", count: max(0, 5 - digits.count)) + digits + ".png"
+        return "frame_" + String(repeating: "0", count: max(0, 5 - digits.count)) + digits + "." + ext
     }
 }

@@ -83,10 +83,12 @@ extension Journal {
                 WHERE job_id = ? AND frame = ?
                 """, [.text(output.sha256), .int(output.size), .real(output.renderSeconds), .text(a.worker),
                       .integer(a.id), .integer(t), .integer(a.jobID), .int(a.frame)])
-            let counters = try db.query("""
-                UPDATE jobs SET frames_done = frames_done + 1, updated_at_ms = ? WHERE id = ?
-                RETURNING state, frames_total, frames_done, frames_failed
-                """, [.integer(t), .integer(a.jobID)]).first
+            // A plain UPDATE and a SELECT by primary key: UPDATE .. RETURNING builds an ephemeral
+            // table each time, which cost more than the second statement.
+            try db.run("UPDATE jobs SET frames_done = frames_done + 1, updated_at_ms = ? WHERE id = ?",
+                       [.integer(t), .integer(a.jobID)])
+            let counters = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
+                                        [.integer(a.jobID)]).first
             try db.run("UPDATE workers SET frames_done = frames_done + 1 WHERE name = ?", [.text(a.worker)])
             let (jobState, finished) = try settleJob(a.jobID, at: t, counters: counters)
             return AttemptOutcome(applied: true, attemptID: a.id, jobID: a.jobID, frame: a.frame, frameState: .done,

@@ -37,8 +37,9 @@ public final class Journal: @unchecked Sendable {
     var now: Int64 { clock.nowMilliseconds() }
 
     /// Runs `body` as ONE transaction holding the journal's lock: every journal call made inside it
-    /// joins it (each in its own savepoint, so a call that throws undoes only its own changes), and
-    /// all of them commit together when `body` returns - one WAL commit for a whole coordinator loop
+    /// joins it (a call that throws before changing anything, like a refused dispatch, leaves the
+    /// batch going on; one that throws after changing rows makes the whole batch roll back, see
+    /// `SQLiteDatabase.transaction`), and all of them commit together when `body` returns - one WAL commit for a whole coordinator loop
     /// turn instead of one per event. Nothing is visible to other connections, or survives a crash,
     /// before the commit: send nothing that depends on these changes (a FrameTask with a new attempt
     /// id, a FrameDone event) until `batch` has returned. Rolls everything back if `body` throws.
@@ -71,17 +72,40 @@ public final class Journal: @unchecked Sendable {
                       .int(job.videoFPS), .int(sorted.count), .integer(t), .integer(t)])
             let id = db.lastInsertRowID
             try db.run("INSERT INTO job_specs (job_id, spec) VALUES (?, ?)", [.integer(id), .blob(job.spec)])
-            let insert = try db.statement("""
-                INSERT INTO frames (job_id, frame, dispatch_rank, state, updated_at_ms) VALUES (?, ?, ?, 'queued', ?)
-                """)
-            for (i, frame) in sorted.enumerated() {
-                try insert.bind([.integer(id), .int(frame), .int(ranks[i]), .integer(t)])
-                try insert.run()
+            // Rows of `chunk` frames per statement (a job can have tens of thousands of frames), the
+            // rest one by one.
+            let chunk = Journal.frameInsertChunk
+            var i = 0
+            if sorted.count >= chunk {
+                let insertMany = try db.statement(Journal.frameInsertSQL(rows: chunk))
+                var values: [SQLiteValue] = [.integer(id), .integer(t)]
+                values.reserveCapacity(2 + 2 * chunk)
+                while i + chunk <= sorted.count {
+                    values.removeSubrange(2...)
+                    for k in i ..< i + chunk { values.append(.int(sorted[k])); values.append(.int(ranks[k])) }
+                    try insertMany.bind(values)
+                    try insertMany.run()
+                    i += chunk
+                }
+            }
+            let insertOne = try db.statement(Journal.frameInsertSQL(rows: 1))
+            while i < sorted.count {
+                try insertOne.bind([.integer(id), .integer(t), .int(sorted[i]), .int(ranks[i])])
+                try insertOne.run()
+                i += 1
             }
             return id
         }
         guard let record = try self.job(id) else { throw JournalError.unknownJob(id) }
         return record
+    }
+
+    static let frameInsertChunk = 256
+
+    /// INSERT of `rows` frames of one job: ?1 job id, ?2 time, then frame and dispatch rank per row.
+    static func frameInsertSQL(rows: Int) -> String {
+        "INSERT INTO frames (job_id, frame, dispatch_rank, state, updated_at_ms) VALUES "
+            + (0 ..< rows).map { "(?1, ?\(3 + 2 * $0), ?\(4 + 2 * $0), 'queued', ?2)" }.joined(separator: ", ")
     }
 
     /// uploading -> queued: the job's inputs have all arrived.
@@ -173,6 +197,14 @@ public final class Journal: @unchecked Sendable {
     /// A job's frames in frame order.
     public func frames(job id: Int64) throws -> [FrameRecord] {
         try locked { try db.query("SELECT * FROM frames WHERE job_id = ? ORDER BY frame", [.integer(id)]).map(Journal.frameRecord) }
+    }
+
+    /// The job's frames in one state, by frame number.
+    public func frames(job id: Int64, state: FrameState) throws -> [FrameRecord] {
+        try locked {
+            try db.query("SELECT * FROM frames WHERE job_id = ? AND state = ? ORDER BY frame", [.integer(id), .text(state.rawValue)])
+                .map(Journal.frameRecord)
+        }
     }
 
     public func frame(job id: Int64, frame: Int) throws -> FrameRecord? {

@@ -260,38 +260,50 @@ public final class SQLiteDatabase {
     public var lastInsertRowID: Int64 { sqlite3_last_insert_rowid(handle) }
 
     /// Runs `body` in one transaction (BEGIN IMMEDIATE, so the write lock is taken up front);
-    /// commits when it returns, rolls back when it throws. A nested call runs in a SAVEPOINT of the
-    /// outer transaction: if it throws, only its own changes are rolled back (the outer transaction
-    /// goes on); if it returns, its changes commit or roll back with the outer transaction.
+    /// commits when it returns, rolls back when it throws.
+    ///
+    /// A nested call joins the outer transaction without a savepoint (a SAVEPOINT + RELEASE pair per
+    /// call was a fifth of the coordinator's journal time). If it throws before changing a row (the
+    /// usual case: a refused dispatch, an unknown attempt) the outer transaction goes on as if it had
+    /// not been called. If it throws after changing rows, those changes cannot be undone alone: the
+    /// whole outer transaction is rolled back when it ends, and the outer call throws
+    /// `SQLiteError` naming the nested error (nothing half-done is ever committed).
     public func transaction<T>(_ body: () throws -> T) throws -> T {
         if transactionDepth > 0 {
-            let name = "nested_\(transactionDepth)"
-            try run("SAVEPOINT \(name)")
+            let changesBefore = sqlite3_total_changes64(handle)
             transactionDepth += 1
             defer { transactionDepth -= 1 }
             do {
-                let result = try body()
-                try run("RELEASE \(name)")
-                return result
+                return try body()
             } catch {
-                _ = try? run("ROLLBACK TO \(name)")
-                _ = try? run("RELEASE \(name)")
+                if poisonedBy == nil, sqlite3_total_changes64(handle) != changesBefore { poisonedBy = error }
                 throw error
             }
         }
         try run("BEGIN IMMEDIATE")
         transactionDepth = 1
+        poisonedBy = nil
         do {
             let result = try body()
             transactionDepth = 0
+            if let nested = poisonedBy {
+                poisonedBy = nil
+                _ = try? run("ROLLBACK")
+                throw SQLiteError(code: SQLITE_ABORT, message: "a nested change failed after writing rows, so the whole transaction was rolled back: \(nested)",
+                                  context: path)
+            }
             try run("COMMIT")
             return result
         } catch {
             transactionDepth = 0
-            _ = try? run("ROLLBACK")
+            if poisonedBy != nil { poisonedBy = nil }
+            if sqlite3_get_autocommit(handle) == 0 { _ = try? run("ROLLBACK") }
             throw error
         }
     }
+
+    /// The first error of a nested transaction that had already changed rows (see `transaction`).
+    private var poisonedBy: Error?
 
     public var isInTransaction: Bool { transactionDepth > 0 }
 }

@@ -2,6 +2,7 @@
 // interface), and its two implementations:
 // * `PipelineFrameRenderer`: the real one, over DPPipeline (`DreamPoseModel` + `PreparedJob`).
 // * `SyntheticFrameRenderer`: a TEST AND BENCHMARK renderer (constant time, deterministic bytes).
+import CDPSys
 import DPFileKit
 import DPPipeline
 import DPSampling
@@ -195,6 +196,9 @@ public final class SyntheticFrameRenderer: FrameRenderer {
     /// renderer runs thousands of frames a second in the farm benchmark).
     public static func nanosleep(_ seconds: Double) {
         guard seconds > 0 else { return }
+        // This thread's timer slack down from the default 50 us to 1 us: a constant-time renderer
+        // should wake on time (the farm benchmark's frames are 3 ms).
+        _ = dp_set_timer_slack_ns(1000)
         var request = timespec(tv_sec: Int(seconds), tv_nsec: Int((seconds - seconds.rounded(.down)) * 1e9))
         var remaining = timespec()
         while Glibc.nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
@@ -230,11 +234,9 @@ final class SyntheticPreparedFrames: PreparedFrameRenderer {
     func render(frame: Int, poseWindow: [Data], progress: (Int) -> Void,
                 isCancelled: () -> Bool) throws -> (png: Data, seconds: Double) {
         let start = DispatchTime.now().uptimeNanoseconds
-        for step in 0 ..< totalSteps {
-            if isCancelled() { throw FrameRenderCancelled(frame: frame, step: step) }
-            if renderer.stepDelaySeconds > 0 { renderer.sleeper(renderer.stepDelaySeconds) }
-            progress(step + 1)
-        }
+        // The image first, then the steps, each ending at its deadline (start + k x step time): the
+        // frame takes `steps x stepDelaySeconds` however long the image took, and sleeps that
+        // overshoot do not add up over the steps.
         // Pixels from a xorshift generator seeded by the job, the frame number and the window's bytes.
         var state = FileDigest.seed64([le64(jobSeed), le64(UInt64(frame))] + poseWindow)
         if state == 0 { state = 1 }
@@ -245,7 +247,17 @@ final class SyntheticPreparedFrames: PreparedFrameRenderer {
             state ^= state << 17
             image.pixels[i] = UInt8(truncatingIfNeeded: state >> 32)
         }
-        let png = try PNGCodec.encode(image)
+        let png = PNGCodec.encodeStored(image)
+        let stepNs = renderer.stepDelaySeconds * 1e9
+        for step in 0 ..< totalSteps {
+            if isCancelled() { throw FrameRenderCancelled(frame: frame, step: step) }
+            if stepNs > 0 {
+                let deadline = Double(start) + stepNs * Double(step + 1)
+                let left = deadline - Double(DispatchTime.now().uptimeNanoseconds)
+                if left > 0 { renderer.sleeper(left / 1e9) }
+            }
+            progress(step + 1)
+        }
         return (png, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
     }
 }

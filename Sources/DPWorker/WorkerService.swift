@@ -52,6 +52,8 @@ public final class WorkerService: @unchecked Sendable {
     private let workSignal = DispatchSemaphore(value: 0)
     /// Render seconds of the last frame rendered (guarded by `lock`): decides prefetch.
     var lastFrameSeconds: Double?
+    /// What the compute threads did (guarded by `lock`); see `slotStatistics`.
+    private var slotStats = SlotStatistics()
     /// Credits granted on this session and not yet used by a FrameTask (guarded by `lock`).
     private var creditsOutstanding = 0
 
@@ -164,6 +166,22 @@ public final class WorkerService: @unchecked Sendable {
         for task in tasks.values where task.result == nil { task.cancelReasonLocked = .shuttingDown }
         lock.unlock()
         wake()
+    }
+
+    /// How the compute threads spent their time since `run()` started, summed over slots:
+    /// `computing` from taking a frame to posting its result, `waiting` from one frame's end to the
+    /// next frame's start (an empty queue: the coordinator did not keep this worker fed; the wait
+    /// before a slot's first frame is not counted, nor the one still going on).
+    public var slotStatistics: SlotStatistics {
+        lock.lock(); defer { lock.unlock() }
+        return slotStats
+    }
+
+    public struct SlotStatistics: Sendable {
+        public var frames = 0
+        public var computingNs: UInt64 = 0
+        public var waitingNs: UInt64 = 0
+        public init() {}
     }
 
     /// Attempt ids currently held (rendering, or finished and not yet answered).
@@ -614,14 +632,23 @@ public final class WorkerService: @unchecked Sendable {
 
     /// A compute thread: renders queued tasks in arrival order until `run()` ends.
     private func computeLoop() {
+        var lastEnd: UInt64?
         while true {
             workSignal.wait()
             lock.lock()
             if !queued.isEmpty {
                 let task = queued.removeFirst()
                 task.started = true
+                let start = DispatchTime.now().uptimeNanoseconds
+                if let lastEnd { slotStats.waitingNs += start - lastEnd }
                 lock.unlock()
                 compute(task)
+                let end = DispatchTime.now().uptimeNanoseconds
+                lock.lock()
+                slotStats.frames += 1
+                slotStats.computingNs += end - start
+                lock.unlock()
+                lastEnd = end
                 continue
             }
             let open = computeOpen

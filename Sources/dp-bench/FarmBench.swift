@@ -32,6 +32,9 @@ struct FarmBenchCommand: ParsableCommand {
     @Flag(name: .customLong("shared-context"),
           help: "One ZeroMQ context (one I/O thread) for all workers, as in the embedded farm, instead of one per worker as separate dp-worker processes have.")
     var sharedContext = false
+    @Flag(name: .customLong("scaled-only"),
+          help: "Skip the 1-worker run (no efficiency is printed): for profiling the scaled run alone.")
+    var scaledOnly = false
 
     func validate() throws {
         if workers < 1 { throw ValidationError("--workers must be at least 1") }
@@ -52,6 +55,12 @@ struct FarmBenchCommand: ParsableCommand {
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: scratch) }
         print("scratch folder (journal, PNGs, manifest): \(scratch.path)")
+        if scaledOnly {
+            let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
+                                         sharedContext: sharedContext, scratch: scratch)
+            print(many.line)
+            return
+        }
         let one = try FarmBench.run(workers: 1, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
                                     sharedContext: sharedContext, scratch: scratch)
         print(one.line)
@@ -72,10 +81,15 @@ enum FarmBench {
         var seconds: Double
         /// User + system CPU seconds of the whole process (coordinator, workers, ZeroMQ, follower).
         var cpuSeconds: Double
+        /// The workers' compute threads: time per frame computing, and waiting for a frame.
+        var slots: WorkerService.SlotStatistics
         var cyclesPerSecond: Double { Double(frames) / seconds }
         var line: String {
-            String(format: "%2d worker(s): %d frames in %.3f s = %.0f dispatch+result cycles/s, CPU %.0f us/cycle (all threads)",
-                   workers, frames, seconds, cyclesPerSecond, cpuSeconds / Double(frames) * 1e6)
+            let n = Double(max(slots.frames, 1))
+            return String(format: "%2d worker(s): %d frames in %.3f s = %.0f dispatch+result cycles/s, CPU %.0f us/cycle (all threads); "
+                          + "per frame a slot computed %.3f ms, waited for work %.3f ms",
+                          workers, frames, seconds, cyclesPerSecond, cpuSeconds / Double(frames) * 1e6,
+                          Double(slots.computingNs) / n / 1e6, Double(slots.waitingNs) / n / 1e6)
         }
     }
 
@@ -163,17 +177,35 @@ enum FarmBench {
         let start = Date()
         let cpuStart = processCPUSeconds()
         let id = try client.submit(job)
+        let submitted = Date().timeIntervalSince(start)
         var state: String?
+        var firstDone: Double?, lastDone = 0.0
         try client.follow(job: id) { event in
+            if case .frameDone = event {
+                let t = Date().timeIntervalSince(start)
+                if firstDone == nil { firstDone = t }
+                lastDone = t
+            }
             if case .finished(let s, _) = event { state = s; return false }
             return true
         }
         let seconds = Date().timeIntervalSince(start)
+        if ProcessInfo.processInfo.environment["DP_BENCH_TIMELINE"] != nil {
+            print(String(format: "   timeline: submitted %.3f s, first frame done %.3f s, last %.3f s, finished %.3f s",
+                         submitted, firstDone ?? -1, lastDone, seconds))
+        }
         let cpuSeconds = processCPUSeconds() - cpuStart
+        var slots = WorkerService.SlotStatistics()
+        for s in services {
+            let x = s.slotStatistics
+            slots.frames += x.frames
+            slots.computingNs += x.computingNs
+            slots.waitingNs += x.waitingNs
+        }
         guard state == "completed" else {
             throw BenchError(description: "farm bench job \(id) with \(workers) worker(s) ended \(state ?? "without a JobFinished event")")
         }
-        return Result(workers: workers, frames: frames, seconds: seconds, cpuSeconds: cpuSeconds)
+        return Result(workers: workers, frames: frames, seconds: seconds, cpuSeconds: cpuSeconds, slots: slots)
     }
 }
 

@@ -163,10 +163,10 @@ final class ProtocolTests: XCTestCase {
     }
 
     func testRelativePathSafety() {
-        for good in ["unet/config.json", "subject.png", "poses/frame_00012_densepose.npy"] {
+        for good in ["unet/config.json", "subject.png", "poses/frame_00012_densepose.npy", "a/.../b", ".hidden/x", "x..y", "a/.b/..c"] {
             XCTAssertNil(RelativePath.problem(good), good)
         }
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a/./b", "a\\b", "a/"] {
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a/./b", "a\\b", "a/", ".", "..", "a/..", "./a", "a\u{0}b", "/"] {
             XCTAssertNotNil(RelativePath.problem(bad), bad)
         }
     }

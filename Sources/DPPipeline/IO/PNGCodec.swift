@@ -135,6 +135,55 @@ public enum PNGCodec {
         }
     }
 
+    /// An uncompressed PNG of `img` (8-bit RGB, filter 0, zlib "stored" blocks), written here without
+    /// libpng or zlib: for tiny images, where setting up a deflate stream costs far more than the
+    /// bytes it saves (the synthetic test renderer's 8x8 frames). Any PNG decoder reads it;
+    /// `encode` stays the choice for real frames.
+    public static func encodeStored(_ img: RGBImage) -> Data {
+        precondition(img.width > 0 && img.height > 0 && img.pixels.count == img.width * img.height * 3,
+                     "RGBImage pixel count does not match its size")
+        let rowBytes = img.width * 3 + 1
+        let raw = img.height * rowBytes
+        let blocks = max(1, (raw + 65534) / 65535)
+        let idatLength = 2 + raw + 5 * blocks + 4
+        var out = [UInt8]()
+        out.reserveCapacity(8 + 25 + 12 + idatLength + 12)
+        out += [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+        func be32(_ v: Int) -> [UInt8] { [UInt8(v >> 24 & 0xff), UInt8(v >> 16 & 0xff), UInt8(v >> 8 & 0xff), UInt8(v & 0xff)] }
+        func chunk(_ type: String, _ body: (inout [UInt8]) -> Void) {
+            out += be32(0)  // length, patched below
+            let start = out.count
+            out += Array(type.utf8)
+            body(&out)
+            let length = out.count - start - 4
+            out.replaceSubrange(start - 4 ..< start, with: be32(length))
+            out += be32(Int(PNGCRC.crc32(out[start...])))
+        }
+        chunk("IHDR") { $0 += be32(img.width) + be32(img.height) + [8, 2, 0, 0, 0] }
+        chunk("IDAT") { data in
+            data += [0x78, 0x01]  // zlib header: deflate, 32 KiB window, no dictionary, fastest
+            var a: UInt32 = 1, b: UInt32 = 0  // Adler-32 of the uncompressed stream
+            var remaining = raw
+            var row = 0, column = -1  // column -1: the row's filter byte
+            for block in 0 ..< blocks {
+                let n = min(remaining, 65535)
+                remaining -= n
+                data += [block == blocks - 1 ? 1 : 0, UInt8(n & 0xff), UInt8(n >> 8), UInt8(~n & 0xff), UInt8(~n >> 8 & 0xff)]
+                for _ in 0 ..< n {
+                    let byte: UInt8 = column < 0 ? 0 : img.pixels[row * img.width * 3 + column]
+                    data.append(byte)
+                    a = (a + UInt32(byte)) % 65521
+                    b = (b + a) % 65521
+                    column += 1
+                    if column == img.width * 3 { column = -1; row += 1 }
+                }
+            }
+            data += be32(Int(b << 16 | a))
+        }
+        chunk("IEND") { _ in }
+        return Data(out)
+    }
+
     /// Encodes and writes atomically (temp file in the same folder, fsync, rename): `url` is either
     /// untouched or holds the complete new PNG.
     public static func write(_ img: RGBImage, to url: URL) throws {
@@ -156,5 +205,20 @@ public enum PNGCodec {
             return String(decoding: bytes[..<end], as: UTF8.self)
         }
         return text.isEmpty ? "no libpng message" : text
+    }
+}
+
+/// CRC-32 (ISO 3309, as PNG chunks use it), table-driven.
+enum PNGCRC {
+    static let table: [UInt32] = (0 ..< 256).map { n -> UInt32 in
+        var c = UInt32(n)
+        for _ in 0 ..< 8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        return c
+    }
+
+    static func crc32<C: Collection>(_ bytes: C) -> UInt32 where C.Element == UInt8 {
+        var c: UInt32 = 0xFFFF_FFFF
+        for byte in bytes { c = table[Int((c ^ UInt32(byte)) & 0xff)] ^ (c >> 8) }
+        return c ^ 0xFFFF_FFFF
     }
 }
