@@ -101,8 +101,15 @@ public final class Coordinator: @unchecked Sendable {
         let pollMs = max(5, min(100, settings.heartbeatIntervalMs / 4))
         log("coordinator \(coordinatorID) serving on \(endpoint) (state \(settings.stateDirectory.path))")
         defer { flushOutputs(force: true) }
+        var lastTurnNs: UInt64 = 0
+        let minTurnNs = UInt64(max(0, settings.minTurnIntervalMicroseconds)) * 1000
         while !isStopping {
+            if minTurnNs > 0 {
+                let sinceLast = DispatchTime.now().uptimeNanoseconds &- lastTurnNs
+                if sinceLast < minTurnNs { Self.pause(nanoseconds: minTurnNs - sinceLast) }
+            }
             let ready = try poller.poll(timeoutMilliseconds: pollMs)
+            lastTurnNs = DispatchTime.now().uptimeNanoseconds
             // One loop turn = one journal transaction; its messages go out after the commit.
             try turn {
                 if ready[0].contains(.readable) {
@@ -120,6 +127,13 @@ public final class Coordinator: @unchecked Sendable {
         // Let a video being encoded finish its journal write before the state goes away.
         videoQueue.sync {}
         log("coordinator \(coordinatorID) stopped")
+    }
+
+    /// Sleeps `nanoseconds` (the group-commit pause between busy loop turns).
+    static func pause(nanoseconds: UInt64) {
+        var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
+        var remaining = timespec()
+        while nanosleep(&request, &remaining) != 0 && errno == EINTR { request = remaining }
     }
 
     /// Runs one loop turn's work in one journal transaction (`Journal.batch`), holding back every

@@ -27,6 +27,12 @@ public struct CoordinatorSettings: Sendable {
     public var maxMessageBytes: Int = FarmProtocol.defaultMaxMessageBytes
     /// Model chunk size offered to workers in Welcome.
     public var modelChunkBytes: Int = FarmProtocol.defaultChunkBytes
+    /// Group commit: a loop turn (one journal commit, then its messages) starts at most this long
+    /// after the previous one started; messages arriving meanwhile wait in the socket and are handled
+    /// together. A quiet farm sees no delay (the previous turn is long past); a busy one commits
+    /// once per ~this interval instead of once per message or two. Adds at most this much to a
+    /// dispatch's latency, which prefetch hides for short frames. 0 = no pause.
+    public var minTurnIntervalMicroseconds: Int = 500
 
     public init(bind: String, stateDirectory: URL) {
         self.bind = bind
