@@ -239,8 +239,10 @@ extension Coordinator {
                 return
             }
         }
-        let outcome = try journal.completeAttempt(id, output: FrameOutput(sha256: digest, size: result.png.count,
-                                                                          renderSeconds: result.renderSeconds))
+        // Checked by resultTarget above, in this same turn's transaction.
+        let outcome = try journal.completeAttempt(checked: record, current: current,
+                                                  output: FrameOutput(sha256: digest, size: result.png.count,
+                                                                      renderSeconds: result.renderSeconds))
         session.models.insert(context.modelID)
         log("job \(record.jobID) frame \(record.frame) done by worker '\(session.name)' (attempt \(id), "
             + Self.seconds(result.renderSeconds) + ")")

@@ -73,27 +73,38 @@ extension Journal {
     /// the attempt is recorded as stale and the frame is not touched (the coordinator drops the PNG).
     public func completeAttempt(_ attempt: Int64, output: FrameOutput) throws -> AttemptOutcome {
         try write {
-            let t = now
             let (a, current) = try loadForResult(attempt)
-            guard current else { return try recordStale(a, at: t, late: "ok") }
-            try finishAttempt(a.id, result: .ok, at: t, renderSeconds: output.renderSeconds, error: nil)
-            try db.run("""
-                UPDATE frames SET state = 'done', current_attempt_id = NULL, output_sha256 = ?, output_size = ?,
-                                  render_seconds = ?, worker = ?, done_attempt_id = ?, updated_at_ms = ?
-                WHERE job_id = ? AND frame = ?
-                """, [.text(output.sha256), .int(output.size), .real(output.renderSeconds), .text(a.worker),
-                      .integer(a.id), .integer(t), .integer(a.jobID), .int(a.frame)])
-            // A plain UPDATE and a SELECT by primary key: UPDATE .. RETURNING builds an ephemeral
-            // table each time, which cost more than the second statement.
-            try db.run("UPDATE jobs SET frames_done = frames_done + 1, updated_at_ms = ? WHERE id = ?",
-                       [.integer(t), .integer(a.jobID)])
-            let counters = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
-                                        [.integer(a.jobID)]).first
-            try db.run("UPDATE workers SET frames_done = frames_done + 1 WHERE name = ?", [.text(a.worker)])
-            let (jobState, finished) = try settleJob(a.jobID, at: t, counters: counters)
-            return AttemptOutcome(applied: true, attemptID: a.id, jobID: a.jobID, frame: a.frame, frameState: .done,
-                                  jobState: jobState, jobFinished: finished, workerBannedFromJob: false, staleReason: nil)
+            return try completeLoaded(a, current: current, output: output)
         }
+    }
+
+    /// `completeAttempt` for an attempt the caller looked up with `resultTarget` inside the same
+    /// `batch`, with no change to that attempt or its frame since (the coordinator's per-result
+    /// path): saves looking it up a second time.
+    public func completeAttempt(checked a: AttemptRecord, current: Bool, output: FrameOutput) throws -> AttemptOutcome {
+        try write { try completeLoaded(a, current: current, output: output) }
+    }
+
+    private func completeLoaded(_ a: AttemptRecord, current: Bool, output: FrameOutput) throws -> AttemptOutcome {
+        let t = now
+        guard current else { return try recordStale(a, at: t, late: "ok") }
+        try finishAttempt(a.id, result: .ok, at: t, renderSeconds: output.renderSeconds, error: nil)
+        try db.run("""
+            UPDATE frames SET state = 'done', current_attempt_id = NULL, output_sha256 = ?, output_size = ?,
+                              render_seconds = ?, worker = ?, done_attempt_id = ?, updated_at_ms = ?
+            WHERE job_id = ? AND frame = ?
+            """, [.text(output.sha256), .int(output.size), .real(output.renderSeconds), .text(a.worker),
+                  .integer(a.id), .integer(t), .integer(a.jobID), .int(a.frame)])
+        // A plain UPDATE and a SELECT by primary key: UPDATE .. RETURNING builds an ephemeral
+        // table each time, which cost more than the second statement.
+        try db.run("UPDATE jobs SET frames_done = frames_done + 1, updated_at_ms = ? WHERE id = ?",
+                   [.integer(t), .integer(a.jobID)])
+        let counters = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
+                                    [.integer(a.jobID)]).first
+        try db.run("UPDATE workers SET frames_done = frames_done + 1 WHERE name = ?", [.text(a.worker)])
+        let (jobState, finished) = try settleJob(a.jobID, at: t, counters: counters)
+        return AttemptOutcome(applied: true, attemptID: a.id, jobID: a.jobID, frame: a.frame, frameState: .done,
+                              jobState: jobState, jobFinished: finished, workerBannedFromJob: false, staleReason: nil)
     }
 
     /// A failed render. If current: the worker's failure count for the job goes up (banned at

@@ -171,7 +171,8 @@ final class PipelinePreparedFrames: PreparedFrameRenderer {
 /// noise bytes, frame number, pose window bytes), so the bytes depend only on the job's settings, the
 /// frame and its poses (not on the job id, the worker, timing or order), which lets farm tests check
 /// determinism and exactly-once output. It takes `steps` steps of `stepDelaySeconds` each through the
-/// injected `sleeper` (tests pass one that does not sleep), reports progress and honours cancel
+/// injected `sleeper` (tests pass one that does not sleep, and a `clock` it advances), each step
+/// ending at its deadline from the frame's start, reports progress and honours cancel
 /// like the real renderer. The model folder is not read.
 public final class SyntheticFrameRenderer: FrameRenderer {
     public let steps: Int
@@ -179,17 +180,22 @@ public final class SyntheticFrameRenderer: FrameRenderer {
     public let width: Int
     public let height: Int
     let sleeper: (Double) -> Void
+    /// Monotonic nanoseconds.
+    let clock: () -> UInt64
 
     /// - steps: steps per frame when the job does not set `steps` (a job's own `steps` wins).
-    /// - stepDelaySeconds: time per step, spent in `sleeper` (default: `Thread.sleep`).
+    /// - stepDelaySeconds: time per step, spent in `sleeper` (default: nanosleep(2)) until the step's
+    ///   deadline on `clock` (default: the monotonic clock).
     public init(steps: Int = 4, stepDelaySeconds: Double = 0, width: Int = 8, height: Int = 8,
-                sleeper: @escaping (Double) -> Void = SyntheticFrameRenderer.nanosleep) {
+                sleeper: @escaping (Double) -> Void = SyntheticFrameRenderer.nanosleep,
+                clock: @escaping () -> UInt64 = { DispatchTime.now().uptimeNanoseconds }) {
         precondition(steps > 0 && width > 0 && height > 0 && stepDelaySeconds >= 0)
         self.steps = steps
         self.stepDelaySeconds = stepDelaySeconds
         self.width = width
         self.height = height
         self.sleeper = sleeper
+        self.clock = clock
     }
 
     /// Sleeps `seconds` with nanosleep(2), resuming after signals (a plain syscall: the synthetic
@@ -233,7 +239,7 @@ final class SyntheticPreparedFrames: PreparedFrameRenderer {
 
     func render(frame: Int, poseWindow: [Data], progress: (Int) -> Void,
                 isCancelled: () -> Bool) throws -> (png: Data, seconds: Double) {
-        let start = DispatchTime.now().uptimeNanoseconds
+        let start = renderer.clock()
         // The image first, then the steps, each ending at its deadline (start + k x step time): the
         // frame takes `steps x stepDelaySeconds` however long the image took, and sleeps that
         // overshoot do not add up over the steps.
@@ -253,12 +259,12 @@ final class SyntheticPreparedFrames: PreparedFrameRenderer {
             if isCancelled() { throw FrameRenderCancelled(frame: frame, step: step) }
             if stepNs > 0 {
                 let deadline = Double(start) + stepNs * Double(step + 1)
-                let left = deadline - Double(DispatchTime.now().uptimeNanoseconds)
+                let left = deadline - Double(renderer.clock())
                 if left > 0 { renderer.sleeper(left / 1e9) }
             }
             progress(step + 1)
         }
-        return (png, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        return (png, Double(renderer.clock() - start) / 1e9)
     }
 }
 

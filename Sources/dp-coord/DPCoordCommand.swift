@@ -47,12 +47,16 @@ extension DPCoordCommand {
         var stallTimeout: Double?
         @Option(help: "Seconds after start before frames in flight at the last shutdown are requeued (default 5).") var grace: Double?
         @Option(help: "ffmpeg executable used for --video jobs.") var ffmpeg: String?
+        @Option(name: .customLong("turn-interval-us"),
+                help: "Group commit: microseconds between the starts of busy loop turns (one journal commit each; default 500, 0 = none).")
+        var turnIntervalUs: Int?
 
         func validate() throws {
             if let h = heartbeatMs, h < 1 { throw ValidationError("--heartbeat-ms must be at least 1") }
             if let l = liveness, l < 1 { throw ValidationError("--liveness must be at least 1") }
             if let s = stallTimeout, !(s > 0) { throw ValidationError("--stall-timeout must be positive") }
             if let g = grace, !(g >= 0) { throw ValidationError("--grace must be zero or positive") }
+            if let t = turnIntervalUs, t < 0 { throw ValidationError("--turn-interval-us must be 0 or more") }
         }
 
         func run() throws {
@@ -64,6 +68,7 @@ extension DPCoordCommand {
             if let stallTimeout { settings.stallTimeoutSeconds = stallTimeout }
             if let grace { settings.restartGraceSeconds = grace }
             if let ffmpeg { settings.ffmpegPath = ffmpeg }
+            if let turnIntervalUs { settings.minTurnIntervalMicroseconds = turnIntervalUs }
             let coordinator = try Coordinator(settings: settings, log: { DPCoordCommand.stderrLine($0) })
             DPCoordCommand.stderrLine("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
             let trap = SignalTrap { sig in

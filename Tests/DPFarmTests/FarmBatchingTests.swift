@@ -56,6 +56,34 @@ final class FarmBatchingTests: XCTestCase {
         XCTAssertEqual(try j.attempts(job: job).count, 2)
     }
 
+    func testANestedCallThatFailsAfterWritingRollsTheWholeTransactionBack() throws {
+        // Nested transactions have no savepoints: a nested failure before any write leaves the outer
+        // transaction going; one after a write cannot be undone alone, so everything rolls back.
+        let db = try SQLiteDatabase(path: root.appendingPathComponent("nested.sqlite").path)
+        try db.execute("CREATE TABLE t (x INTEGER)")
+        struct Boom: Error {}
+        try db.transaction {
+            try db.run("INSERT INTO t VALUES (1)")
+            XCTAssertThrowsError(try db.transaction { () throws -> Void in throw Boom() })
+            try db.run("INSERT INTO t VALUES (2)")
+        }
+        XCTAssertEqual(try db.query("SELECT COUNT(*) AS n FROM t").first?.int("n"), 2)
+        XCTAssertThrowsError(try db.transaction {
+            try db.run("INSERT INTO t VALUES (3)")
+            XCTAssertThrowsError(try db.transaction { () throws -> Void in
+                try db.run("INSERT INTO t VALUES (4)")
+                throw Boom()
+            })
+            try db.run("INSERT INTO t VALUES (5)")
+        }) { error in
+            XCTAssertTrue("\(error)".contains("rolled back"), "\(error)")
+        }
+        XCTAssertEqual(try db.query("SELECT x FROM t ORDER BY x").map { $0.int("x") }, [1, 2], "nothing of the failed transaction")
+        XCTAssertFalse(db.isInTransaction)
+        try db.transaction { try db.run("INSERT INTO t VALUES (6)") }
+        XCTAssertEqual(try db.query("SELECT COUNT(*) AS n FROM t").first?.int("n"), 3, "the connection works on")
+    }
+
     func testLiveCountsMatchTheFullScanThroughEveryTransition() throws {
         let j = try journal()
         let job = try newJob(j, frames: Array(0 ..< 6))

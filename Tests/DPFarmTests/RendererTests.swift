@@ -42,13 +42,25 @@ final class RendererTests: XCTestCase {
 
     func testSyntheticStepsProgressDelayAndCancel() throws {
         var slept: [Double] = []
-        let renderer = SyntheticFrameRenderer(steps: 4, stepDelaySeconds: 0.25, sleeper: { slept.append($0) })
+        var clock: UInt64 = 1_000_000_000
+        let renderer = SyntheticFrameRenderer(steps: 4, stepDelaySeconds: 0.25, sleeper: { seconds in
+            slept.append(seconds)
+            clock += UInt64((seconds * 1e9).rounded())
+        }, clock: { clock })
         let prepared = try renderer.prepare(job: spec(), modelDirectory: URL(fileURLWithPath: "/x"))
         XCTAssertEqual(prepared.totalSteps, 4)
         var steps: [Int] = []
         _ = try prepared.render(frame: 0, poseWindow: poses, progress: { steps.append($0) }, isCancelled: { false })
         XCTAssertEqual(steps, [1, 2, 3, 4])
         XCTAssertEqual(slept, [0.25, 0.25, 0.25, 0.25])
+        // Each step ends at its deadline from the frame's start: a step that overran is followed by a
+        // shorter sleep, so the frame still takes 4 x 0.25 s.
+        slept = []
+        var overran = false
+        _ = try prepared.render(frame: 1, poseWindow: poses, progress: { step in
+            if step == 1 && !overran { overran = true; clock += 100_000_000 }
+        }, isCancelled: { false })
+        XCTAssertEqual(slept.map { ($0 * 1000).rounded() }, [250, 150, 250, 250])
         // The job's steps win over the renderer's default.
         XCTAssertEqual(try renderer.prepare(job: spec(steps: 7), modelDirectory: URL(fileURLWithPath: "/x")).totalSteps, 7)
         // Cancelled after two steps: stops before the third.

@@ -39,6 +39,27 @@ final class IOPNGTests: XCTestCase {
         }
     }
 
+    func testStoredPNGsDecodeWithLibpng() throws {
+        // Uncompressed PNGs (encodeStored): one stored block, exactly 65,535 raw bytes (the block limit),
+        // and several blocks; libpng checks every CRC and the Adler-32 while decoding.
+        var state: UInt64 = 0x2545_F491_4F6C_DD1D
+        for (w, h) in [(1, 1), (8, 8), (28, 771), (21845, 3), (150, 200)] {
+            var img = RGBImage(width: w, height: h)
+            for i in 0 ..< img.pixels.count {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17
+                img.pixels[i] = UInt8(truncatingIfNeeded: state >> 24)
+            }
+            let data = PNGCodec.encodeStored(img)
+            XCTAssertEqual(try PNGCodec.decode(data), img, "\(w)x\(h)")
+            let raw = h * (w * 3 + 1)
+            XCTAssertEqual(data.count, 8 + 25 + 12 + 2 + raw + 5 * max(1, (raw + 65534) / 65535) + 4 + 12, "\(w)x\(h)")
+        }
+        // A flipped byte inside the image data is caught (chunk CRC).
+        var bad = PNGCodec.encodeStored(RGBImage(width: 4, height: 4, pixels: [UInt8](repeating: 7, count: 48)))
+        bad[60] ^= 0x01
+        XCTAssertThrowsError(try PNGCodec.decode(bad))
+    }
+
     func testGoldenPNGsDecodeToTheirSizes() throws {
         // The pipeline subject is RGB8; its size is in the manifest (PIL order: width, height).
         let cases = try IOGolden.pipelineCases()
