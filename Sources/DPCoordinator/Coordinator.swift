@@ -50,6 +50,9 @@ public final class Coordinator: @unchecked Sendable {
     var videosDone: [(Int64, String?, String)] = []
     var videosPending: Set<Int64> = []
     let videoQueue = DispatchQueue(label: "dp-coord.video")
+    /// Periodic manifest.json rewrites, off the loop thread (see `flushOutputs`).
+    let manifestQueue = DispatchQueue(label: "dp-coord.manifest")
+    let manifestRewritePending = LockedFlag()
 
     public init(settings: CoordinatorSettings, clock: JournalClock = SystemClock(),
                 log: @escaping @Sendable (String) -> Void) throws {
@@ -178,16 +181,35 @@ public final class Coordinator: @unchecked Sendable {
 
     /// Rewrites the manifest.json of every job with frames written since its last rewrite, at most
     /// once per `manifestIntervalSeconds` unless `force`d (the coordinator is stopping).
+    ///
+    /// The periodic rewrites run on `manifestQueue`, off the loop thread: for a job of 10,000 frames
+    /// one takes ~10 ms, which would hold up dispatching (OutputWriter snapshots under its lock and
+    /// writes outside it). At most one batch of them is pending; a forced flush waits for it first.
     func flushOutputs(force: Bool) {
         let t = now
         guard force || Double(t - lastManifestFlushMs) >= manifestIntervalSeconds * 1000 else { return }
         lastManifestFlushMs = t
-        for (id, context) in jobContexts where context.output.needsFlush {
-            do {
-                try context.output.flush(durable: force)
-            } catch {
-                log("job \(id): cannot rewrite manifest.json: \(error)")
+        let due = jobContexts.filter { $0.value.output.needsFlush }.map { ($0.key, $0.value.output) }
+        let log = self.log
+        let rewrite = {
+            for (id, output) in due {
+                do {
+                    try output.flush(durable: force)
+                } catch {
+                    log("job \(id): cannot rewrite manifest.json: \(error)")
+                }
             }
+        }
+        if force {
+            manifestQueue.sync {}
+            rewrite()
+            return
+        }
+        guard !due.isEmpty, !manifestRewritePending.exchange(true) else { return }
+        let pending = manifestRewritePending
+        manifestQueue.async {
+            rewrite()
+            _ = pending.exchange(false)
         }
     }
 
@@ -469,3 +491,18 @@ struct Follower {
     let includePNG: Bool
 }
 
+
+/// A Bool shared between threads.
+final class LockedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+
+    /// Sets the flag to `newValue` and returns what it was.
+    func exchange(_ newValue: Bool) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        let old = value
+        value = newValue
+        return old
+    }
+}

@@ -165,6 +165,10 @@ public final class OutputWriter: @unchecked Sendable {
     /// opened (frame, what was wrong), ascending; their files were removed and they count as missing.
     public private(set) var invalidRecords: [(frame: UInt32, reason: String)] = []
     private let lock = NSLock()
+    /// Serialises manifest rewrites (taken before `lock`): a rewrite snapshots the manifest under
+    /// `lock` and builds and writes the JSON after releasing it, so frames keep being written
+    /// meanwhile; a later rewrite always writes a later snapshot.
+    private let rewriteLock = NSLock()
     private var manifest: OutputManifest
     private var written: [UInt32: OutputFrameRecord] = [:]
     private var expected: Set<UInt32>
@@ -291,7 +295,21 @@ public final class OutputWriter: @unchecked Sendable {
     public func write(frame: UInt32, png: Data, attempt: UInt64, worker: String, renderSeconds: Double,
                       claimedSHA256: String? = nil, flush: Bool = true) throws -> OutputFrameRecord {
         lock.lock()
-        defer { lock.unlock() }
+        let record: OutputFrameRecord
+        do {
+            record = try writeLocked(frame: frame, png: png, attempt: attempt, worker: worker, renderSeconds: renderSeconds,
+                                     claimedSHA256: claimedSHA256)
+        } catch {
+            lock.unlock()
+            throw error
+        }
+        lock.unlock()
+        if flush { try self.flush() }
+        return record
+    }
+
+    private func writeLocked(frame: UInt32, png: Data, attempt: UInt64, worker: String, renderSeconds: Double,
+                             claimedSHA256: String?) throws -> OutputFrameRecord {
         let job = manifest.jobID
         guard expected.contains(frame) else { throw OutputError.unexpectedFrame(jobID: job, frame: frame) }
         if let previous = written[frame] {
@@ -322,17 +340,32 @@ public final class OutputWriter: @unchecked Sendable {
         written[frame] = record
         entryJSON[frame] = ManifestJSON.entry(record)
         dirty = true
-        if flush { try writeManifestLocked() }
         return record
     }
 
     /// Rewrites manifest.json if frames were written since the last rewrite. `durable: false` (the
     /// coordinator's periodic rewrite of a running job) skips the fsyncs: the journal is the record,
     /// the manifest a report rebuilt from it on reopening; the rewrite when a job ends is durable.
+    /// Thread-safe; the JSON is built and written outside the writer's lock (see `rewriteLock`).
     public func flush(durable: Bool = true) throws {
+        rewriteLock.lock()
+        defer { rewriteLock.unlock() }
         lock.lock()
-        defer { lock.unlock() }
-        if dirty { try writeManifestLocked(durable: durable) }
+        guard dirty else { lock.unlock(); return }
+        manifest.complete = written.count == expected.count
+        let snapshot = manifest
+        let entries = entryJSON  // copied on write: the next frame written pays for the copy, once
+        dirty = false
+        lock.unlock()
+        do {
+            try OutputWriter.writeManifest(snapshot, entries: entries, expectedJSON: expectedJSON, directory: directory,
+                                           durable: durable)
+        } catch {
+            lock.lock()
+            dirty = true
+            lock.unlock()
+            throw error
+        }
     }
 
     /// True when frames were written since manifest.json was last rewritten.
@@ -438,9 +471,10 @@ public final class OutputWriter: @unchecked Sendable {
         }
         let record = OutputVideoRecord(path: target.path, fps: fps, frames: frames.count, sha256: digest)
         lock.lock()
-        defer { lock.unlock() }
         manifest.video = record
-        try writeManifestLocked()
+        dirty = true
+        lock.unlock()
+        try flush()
         return record
     }
 
@@ -448,8 +482,15 @@ public final class OutputWriter: @unchecked Sendable {
 
     private func writeManifestLocked(durable: Bool = true) throws {
         manifest.complete = written.count == expected.count
+        try OutputWriter.writeManifest(manifest, entries: entryJSON, expectedJSON: expectedJSON, directory: directory,
+                                       durable: durable)
+        dirty = false
+    }
+
+    private static func writeManifest(_ manifest: OutputManifest, entries entryJSON: [UInt32: String], expectedJSON: String,
+                                      directory: URL, durable: Bool) throws {
         let url = directory.appendingPathComponent("manifest.json")
-        let entries = manifest.framesExpected.lazy.compactMap { self.entryJSON[$0] }
+        let entries = manifest.framesExpected.lazy.compactMap { entryJSON[$0] }
         let data = Data(ManifestJSON.manifest(manifest, entries: entries, framesExpected: expectedJSON).utf8)
         do {
             if durable {
@@ -466,7 +507,6 @@ public final class OutputWriter: @unchecked Sendable {
         } catch {
             throw OutputError.io(path: url.path, message: "cannot write manifest: \(error)")
         }
-        dirty = false
     }
 
     /// Runs `tool` (a path, or a name looked up in PATH) and throws with its stderr if it fails.

@@ -160,6 +160,7 @@ enum FarmBench {
         }
         var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: root.appendingPathComponent("state"))
         if let v = ProcessInfo.processInfo.environment["DP_BENCH_TURN_US"], let us = Int(v) { settings.minTurnIntervalMicroseconds = us }
+        let windowMs = ProcessInfo.processInfo.environment["DP_BENCH_WINDOW_MS"].flatMap(Double.init)
         let coordinator = try Coordinator(settings: settings, log: log)
         let coordThread = Joinable { try coordinator.run() }
 
@@ -171,6 +172,7 @@ enum FarmBench {
             var ws = WorkerSettings(connect: coordinator.endpoint, name: "bench-\(i + 1)",
                                     cacheDirectory: root.appendingPathComponent("cache-\(i + 1)"))
             ws.slots = slots
+            if let windowMs { ws.prefetchWindowSeconds = windowMs / 1000 }
             ws.threads = 1
             let service = try WorkerService(settings: ws, renderer: SyntheticFrameRenderer(steps: 1, stepDelaySeconds: renderSeconds),
                                             context: workerContext,
