@@ -41,12 +41,18 @@ struct FarmBenchCommand: ParsableCommand {
     @Flag(name: .customLong("scaled-only"),
           help: "Skip the 1-worker run (no efficiency is printed): for profiling the scaled run alone.")
     var scaledOnly = false
+    @Option(name: .customLong("turn-interval-us"), help: "The coordinator's group-commit interval (default: its default, 500).")
+    var turnIntervalUs: Int?
+    @Option(name: .customLong("prefetch-window-ms"), help: "The workers' prefetch window (default: their default, 10).")
+    var prefetchWindowMs: Double?
 
     func validate() throws {
         if workers < 1 { throw ValidationError("--workers must be at least 1") }
         if frames < 1 { throw ValidationError("--frames must be at least 1") }
         if slots < 1 { throw ValidationError("--slots must be at least 1") }
         if !(renderMs >= 0) { throw ValidationError("--render-ms must be zero or positive") }
+        if let t = turnIntervalUs, t < 0 { throw ValidationError("--turn-interval-us must be 0 or more") }
+        if let w = prefetchWindowMs, !(w >= 0) { throw ValidationError("--prefetch-window-ms must be 0 or more") }
     }
 
     func run() throws {
@@ -63,16 +69,19 @@ struct FarmBenchCommand: ParsableCommand {
         print("scratch folder (journal, PNGs, manifest): \(scratch.path)")
         if scaledOnly {
             let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
-                                         sharedContext: sharedContext, scratch: scratch)
+                                         sharedContext: sharedContext, scratch: scratch,
+                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs)
             print(many.line)
             return
         }
         let one = try FarmBench.run(workers: 1, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
-                                    sharedContext: sharedContext, scratch: scratch)
+                                    sharedContext: sharedContext, scratch: scratch,
+                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs)
         print(one.line)
         guard workers > 1 else { return }
         let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
-                                     sharedContext: sharedContext, scratch: scratch)
+                                     sharedContext: sharedContext, scratch: scratch,
+                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs)
         print(many.line)
         let efficiency = many.cyclesPerSecond / (Double(workers) * one.cyclesPerSecond)
         let endToEnd = many.endToEndPerSecond / (Double(workers) * one.endToEndPerSecond)
@@ -133,7 +142,8 @@ enum FarmBench {
     /// One timed job: from the submit being accepted to the JobFinished event. Its files go to a
     /// new folder in `scratch` (removed by the caller).
     static func run(workers: Int, frames: Int, renderSeconds: Double, slots: Int, verbose: Bool,
-                    sharedContext: Bool, scratch: URL) throws -> Result {
+                    sharedContext: Bool, scratch: URL, turnIntervalUs: Int? = nil,
+                    prefetchWindowMs: Double? = nil) throws -> Result {
         let fm = FileManager.default
         let root = scratch.appendingPathComponent("run-\(workers)-\(UUID().uuidString)")
         try fm.createDirectory(at: root, withIntermediateDirectories: true)
@@ -159,8 +169,7 @@ enum FarmBench {
             if verbose { FileHandle.standardError.write(Data((line + "\n").utf8)) }
         }
         var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: root.appendingPathComponent("state"))
-        if let v = ProcessInfo.processInfo.environment["DP_BENCH_TURN_US"], let us = Int(v) { settings.minTurnIntervalMicroseconds = us }
-        let windowMs = ProcessInfo.processInfo.environment["DP_BENCH_WINDOW_MS"].flatMap(Double.init)
+        if let turnIntervalUs { settings.minTurnIntervalMicroseconds = turnIntervalUs }
         let coordinator = try Coordinator(settings: settings, log: log)
         let coordThread = Joinable { try coordinator.run() }
 
@@ -172,7 +181,7 @@ enum FarmBench {
             var ws = WorkerSettings(connect: coordinator.endpoint, name: "bench-\(i + 1)",
                                     cacheDirectory: root.appendingPathComponent("cache-\(i + 1)"))
             ws.slots = slots
-            if let windowMs { ws.prefetchWindowSeconds = windowMs / 1000 }
+            if let prefetchWindowMs { ws.prefetchWindowSeconds = prefetchWindowMs / 1000 }
             ws.threads = 1
             let service = try WorkerService(settings: ws, renderer: SyntheticFrameRenderer(steps: 1, stepDelaySeconds: renderSeconds),
                                             context: workerContext,
