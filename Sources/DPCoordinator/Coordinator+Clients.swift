@@ -318,7 +318,7 @@ extension Coordinator {
         }
         let follower = Follower(peer: peer, requestID: requestID, includePNG: follow.includePng)
         sendEvent(follower, job: id, nil)
-        if record.state.isFinished && !videosPending.contains(id) {
+        if record.state.isFinished && !finishing.contains(id) {
             var finished = FarmJobFinished()
             finished.state = FarmJobState(record.state)
             finished.videoPath = record.videoWritten ? record.videoPath ?? "" : ""

@@ -451,16 +451,92 @@ extension Coordinator {
         }
     }
 
-    /// The job reached a final state: video (off the loop thread), JobFinished to followers.
+    /// The job reached a final state (in this turn's transaction). Its last manifest.json rewrite
+    /// and, for a completed job that asked for one, its video are made off the loop thread: the
+    /// manifest on `manifestQueue` (after any periodic rewrite of it), the video then on
+    /// `videoQueue`. A 10,000-frame job's manifest and its context's teardown took ~25 ms, which
+    /// held up every other job's dispatch. When both are written, `drainFinishedOutputs` marks
+    /// the job's outputs final in the journal and sends JobFinished to its followers, so a
+    /// follower that sees JobFinished finds every output in place. A crash before that is
+    /// finished by the next start-up (`startUp`: finished jobs whose outputs are not final).
     func finishJob(_ id: Int64) {
-        guard let record = try? journal.job(id) else { return }
-        try? jobContexts[id]?.output.flush()
-        if record.state == .completed, let video = record.videoPath, !video.isEmpty, !record.videoWritten {
-            scheduleVideo(job: id)
-            return
+        guard !finishing.contains(id), let record = try? journal.job(id) else { return }
+        finishing.insert(id)
+        // Its context leaves the loop: the job gets no more frames, and the background work owns
+        // (and frees) it. A job whose output cannot be opened (it failed for that) has nothing to write.
+        let context: JobContext?
+        if let open = jobContexts.removeValue(forKey: id) {
+            context = open
+        } else {
+            do {
+                context = try jobContext(id)
+                jobContexts[id] = nil
+            } catch {
+                log("job \(id): cannot open its output to finish it: \(error)")
+                context = nil
+            }
         }
-        let video = record.videoWritten ? record.videoPath : nil
-        announceFinished(id, state: record.state, video: video, message: record.error ?? "")
+        let wantsVideo = record.state == .completed && !(record.videoPath ?? "").isEmpty && !record.videoWritten
+        let journal = self.journal
+        let ffmpeg = settings.ffmpegPath
+        let log = self.log
+        let report: @Sendable (String?, String) -> Void = { [weak self] video, message in
+            guard let self else { return }
+            self.finishLock.lock()
+            self.finishedOutputs.append(FinishedOutputs(job: id, state: record.state, video: video, message: message))
+            self.finishLock.unlock()
+            self.wakeLoop()
+        }
+        let message = record.error ?? ""
+        let videoQueue = self.videoQueue
+        manifestQueue.async {
+            do {
+                try context?.output.flush()
+            } catch {
+                log("job \(id): cannot write its final manifest.json: \(error)")
+            }
+            guard wantsVideo, let context else {
+                report(record.videoWritten ? record.videoPath : nil, message)
+                return
+            }
+            videoQueue.async {
+                do {
+                    let video = try context.output.makeVideo(at: URL(fileURLWithPath: record.videoPath ?? ""),
+                                                             fps: record.videoFPS, ffmpeg: ffmpeg)
+                    try journal.markVideoWritten(job: id)
+                    report(video.path, message)
+                } catch {
+                    report(nil, "video failed: \(error)")
+                }
+            }
+        }
+    }
+
+    /// What `finishJob`'s background work reports back to the loop.
+    struct FinishedOutputs {
+        var job: Int64
+        var state: JobState
+        var video: String?
+        var message: String
+    }
+
+    /// Jobs whose final outputs were written since the last turn: marked final in the journal
+    /// (this turn's transaction), then JobFinished to their followers.
+    func drainFinishedOutputs() {
+        finishLock.lock()
+        let done = finishedOutputs
+        finishedOutputs.removeAll()
+        finishLock.unlock()
+        for f in done {
+            finishing.remove(f.job)
+            do {
+                try journal.markOutputsFinal(job: f.job)
+            } catch {
+                log("job \(f.job): cannot mark its outputs final: \(error)")
+            }
+            if f.message.hasPrefix("video failed") { log("job \(f.job): \(f.message)") }
+            announceFinished(f.job, state: f.state, video: f.video, message: f.message)
+        }
     }
 
     func announceFinished(_ id: Int64, state: JobState, video: String?, message: String) {
@@ -472,53 +548,6 @@ extension Coordinator {
             + (message.isEmpty ? "" : " (\(message))"))
         emit(job: id, .jobFinished(finished))
         followers[id] = nil
-        jobContexts[id] = nil
-    }
-
-    func scheduleVideo(job id: Int64) {
-        guard !videosPending.contains(id) else { return }
-        let context: JobContext
-        let record: JobRecord
-        do {
-            guard let r = try journal.job(id) else { return }
-            record = r
-            context = try jobContext(id)
-        } catch {
-            log("job \(id): cannot make its video: \(error)")
-            return
-        }
-        videosPending.insert(id)
-        let journal = self.journal
-        let ffmpeg = settings.ffmpegPath
-        videoQueue.async { [weak self] in
-            var path: String?
-            var message = ""
-            do {
-                let video = try context.output.makeVideo(at: URL(fileURLWithPath: record.videoPath ?? ""),
-                                                         fps: record.videoFPS, ffmpeg: ffmpeg)
-                try journal.markVideoWritten(job: id)
-                path = video.path
-            } catch {
-                message = "video failed: \(error)"
-            }
-            guard let self else { return }
-            self.videoLock.lock()
-            self.videosDone.append((id, path, message))
-            self.videoLock.unlock()
-        }
-    }
-
-    func drainVideos() {
-        videoLock.lock()
-        let done = videosDone
-        videosDone.removeAll()
-        videoLock.unlock()
-        for (id, path, message) in done {
-            videosPending.remove(id)
-            if !message.isEmpty { log("job \(id): \(message)") }
-            let state = (try? journal.job(id))?.state ?? .completed
-            announceFinished(id, state: state, video: path, message: message)
-        }
     }
 
     // MARK: follower events

@@ -45,11 +45,16 @@ public final class Coordinator: @unchecked Sendable {
     /// manifest.json of a running job is rewritten at most this often (and when it ends or the
     /// coordinator stops); the journal is the record in between (DESIGN.md, "Durability and batching").
     let manifestIntervalSeconds = 1.0
-    /// Videos encoded on `videoQueue`, reported back to the loop: (job, video path or nil, message).
-    let videoLock = NSLock()
-    var videosDone: [(Int64, String?, String)] = []
-    var videosPending: Set<Int64> = []
+    /// Finished jobs whose final outputs (manifest.json, video) are being written off the loop
+    /// (`finishJob`); their followers get JobFinished when `finishedOutputs` reports them.
+    var finishing: Set<Int64> = []
+    let finishLock = NSLock()
+    var finishedOutputs: [FinishedOutputs] = []  // guarded by finishLock
     let videoQueue = DispatchQueue(label: "dp-coord.video")
+    /// A pipe in the loop's poll set: background work that leaves something for the loop (finished
+    /// outputs) and `shutdown()` write a byte to it, so the loop does not sleep out its poll timeout.
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
     /// Periodic manifest.json rewrites, off the loop thread (see `flushOutputs`).
     let manifestQueue = DispatchQueue(label: "dp-coord.manifest")
     let manifestRewritePending = LockedFlag()
@@ -85,6 +90,28 @@ public final class Coordinator: @unchecked Sendable {
             throw CoordinatorError("cannot bind \(settings.bind): \(error)")
         }
         coordinatorID = String(format: "%016llx", UInt64.random(in: 0 ... .max))
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else {
+            router.close()
+            throw CoordinatorError("cannot create the loop's wake pipe: \(String(cString: strerror(errno)))")
+        }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        wakeRead = fds[0]
+        wakeWrite = fds[1]
+    }
+
+    deinit {
+        close(wakeRead)
+        close(wakeWrite)
+    }
+
+    /// Makes the loop run a turn now (thread-safe).
+    func wakeLoop() {
+        var byte: UInt8 = 1
+        _ = write(wakeWrite, &byte, 1)
     }
 
     /// Runs the loop on the calling thread until `shutdown()`. Owns the ROUTER socket.
@@ -101,17 +128,23 @@ public final class Coordinator: @unchecked Sendable {
         try startUp()
         let poller = ZMQPoller()
         try poller.add(router)
+        poller.add(fileDescriptor: wakeRead)
         let pollMs = max(5, min(100, settings.heartbeatIntervalMs / 4))
         log("coordinator \(coordinatorID) serving on \(endpoint) (state \(settings.stateDirectory.path))")
         defer { flushOutputs(force: true) }
         var lastTurnNs: UInt64 = 0
         let minTurnNs = UInt64(max(0, settings.minTurnIntervalMicroseconds)) * 1000
+        let maxTurnNs = UInt64(max(0, settings.maxTurnMicroseconds)) * 1000
         while !isStopping {
             if minTurnNs > 0 {
                 let sinceLast = DispatchTime.now().uptimeNanoseconds &- lastTurnNs
                 if sinceLast < minTurnNs { Self.pause(nanoseconds: minTurnNs - sinceLast) }
             }
             let ready = try poller.poll(timeoutMilliseconds: pollMs)
+            if ready[1].contains(.readable) {
+                var buffer = [UInt8](repeating: 0, count: 64)
+                while read(wakeRead, &buffer, buffer.count) > 0 {}
+            }
             lastTurnNs = DispatchTime.now().uptimeNanoseconds
             // One loop turn = one journal transaction; its messages go out after the commit.
             try turn {
@@ -120,6 +153,7 @@ public final class Coordinator: @unchecked Sendable {
                     while handled < 1024, let frames = try router.receive(flags: .dontWait) {
                         handle(frames)
                         handled += 1
+                        if maxTurnNs > 0, DispatchTime.now().uptimeNanoseconds &- lastTurnNs >= maxTurnNs { break }
                     }
                 }
                 tick()
@@ -127,7 +161,9 @@ public final class Coordinator: @unchecked Sendable {
             }
             flushOutputs(force: false)
         }
-        // Let a video being encoded finish its journal write before the state goes away.
+        // Let final manifests and videos being written finish (a video's journal write too) before
+        // the state goes away; the next start-up marks their jobs' outputs final.
+        manifestQueue.sync {}
         videoQueue.sync {}
         log("coordinator \(coordinatorID) stopped")
     }
@@ -218,6 +254,7 @@ public final class Coordinator: @unchecked Sendable {
         stopLock.lock()
         stopRequested = true
         stopLock.unlock()
+        wakeLoop()
     }
 
     var isStopping: Bool {
@@ -235,9 +272,12 @@ public final class Coordinator: @unchecked Sendable {
             _ = try journal.failJob(job.id, error: "upload interrupted by a coordinator restart; submit the job again")
             log("job \(job.id) '\(job.name)': was uploading when the coordinator stopped; marked failed")
         }
-        for job in try journal.jobs(states: [.completed]) where (job.videoPath ?? "") != "" && !job.videoWritten {
-            log("job \(job.id) '\(job.name)': completed without its video; encoding it now")
-            scheduleVideo(job: job.id)
+        // A crash (or a stop) between a job's end and its last manifest rewrite or video: finish them now.
+        for job in try journal.jobs(states: [.completed, .failed, .cancelled]) where !job.outputsFinal {
+            let video = job.state == .completed && (job.videoPath ?? "") != "" && !job.videoWritten
+            log("job \(job.id) '\(job.name)': \(job.state.rawValue) before its final manifest.json"
+                + (video ? " and video" : "") + " were written; writing them now")
+            finishJob(job.id)
         }
         // Open every unfinished job's output now: its done frames' PNGs are checked against the
         // journal (a missing or corrupt one is requeued) before anything is dispatched.
@@ -423,7 +463,7 @@ public final class Coordinator: @unchecked Sendable {
             hb.sentUnixMs = UInt64(max(0, t))
             send(session.routingID, .heartbeat(hb))
         }
-        drainVideos()
+        drainFinishedOutputs()
     }
 }
 

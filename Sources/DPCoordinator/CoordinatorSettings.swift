@@ -33,6 +33,11 @@ public struct CoordinatorSettings: Sendable {
     /// once per ~this interval instead of once per message or two. Adds at most this much to a
     /// dispatch's latency, which prefetch hides for short frames. 0 = no pause.
     public var minTurnIntervalMicroseconds: Int = 500
+    /// A loop turn stops reading messages once it has run this long; the rest wait in the socket for
+    /// the next turn. Every message a turn sends waits for its commit, so after a stall (a backlog of
+    /// results) one long turn would hold every new attempt back until it had handled them all; short
+    /// turns send their dispatches out as they go. 0 = no limit (only the 1024-message cap).
+    public var maxTurnMicroseconds: Int = 2000
 
     public init(bind: String, stateDirectory: URL) {
         self.bind = bind

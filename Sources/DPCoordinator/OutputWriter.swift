@@ -613,7 +613,12 @@ enum ManifestJSON {
         settings.append("\"sampler\" : \(string(s.sampler))")
         if let seed = s.seed { settings.append("\"seed\" : \(seed)") }
         settings.append("\"steps\" : \(s.steps)")
-        var out = "{\n  \"complete\" : \(m.complete),\n  \"format\" : \(string(m.format)),\n  \"frames\" : ["
+        let entries = Array(entries)
+        // One allocation for the whole text: a 10,000-frame manifest is ~3 MB, and growing it by
+        // appends copied it over and over.
+        var out = ""
+        out.reserveCapacity(entries.reduce(framesExpected.utf8.count + 4096) { $0 + $1.utf8.count + 2 })
+        out += "{\n  \"complete\" : \(m.complete),\n  \"format\" : \(string(m.format)),\n  \"frames\" : ["
         var first = true
         for entry in entries {
             out += first ? "\n" : ",\n"

@@ -79,6 +79,8 @@ public struct JobRecord: Sendable, Equatable {
     public var videoPath: String?
     public var videoFPS: Int
     public var videoWritten: Bool
+    /// A finished job's final manifest.json (and video, if asked for) are written (migration 3).
+    public var outputsFinal: Bool
     public var framesTotal: Int
     public var framesDone: Int
     public var framesFailed: Int

@@ -111,6 +111,13 @@ extension Journal {
             INSERT INTO job_specs (job_id, spec) SELECT id, spec FROM jobs;
             ALTER TABLE jobs DROP COLUMN spec;
             """),
+        // A finished job's last manifest.json rewrite (and its video) run off the coordinator's loop
+        // thread after the commit that finished it; this marks them done, so a restart redoes what a
+        // crash cut short. Jobs finished before this migration had theirs written in that commit.
+        Migration(version: 3, name: "job outputs final", sql: """
+            ALTER TABLE jobs ADD COLUMN outputs_final INTEGER NOT NULL DEFAULT 0;
+            UPDATE jobs SET outputs_final = 1 WHERE state IN ('completed', 'failed', 'cancelled');
+            """),
     ]
 
     /// Applies the migrations `db` lacks, in order, each in a transaction. Refuses a database

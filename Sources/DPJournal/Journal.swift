@@ -160,25 +160,25 @@ public final class Journal: @unchecked Sendable {
     /// Frame counts by state for a job without scanning its frames (the per-event counts of
     /// JobEvent): an unfinished job's counts come from its counters and its running attempts (a
     /// frame is dispatched exactly while its current attempt runs, and only `cancelJob` cancels
-    /// frames, which also finishes the job); a finished job's from `progress(job:)`.
-    /// `renderSeconds` is left 0 (it needs the scan; `progress(job:)` has it).
+    /// frames, which also finishes the job). A finished job has no queued or dispatched frame (it
+    /// settles when none is pending; cancelling cancels them), so what is neither done nor failed
+    /// is cancelled. `renderSeconds` is left 0 (it needs the scan; `progress(job:)` has it).
     public func liveCounts(job id: Int64) throws -> JobProgress {
         try locked {
             guard let row = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
                                          [.integer(id)]).first,
                   let state = JobState(rawValue: row.string("state") ?? "") else { throw JournalError.unknownJob(id) }
+            var p = JobProgress()
+            p.total = row.int("frames_total") ?? 0
+            p.done = row.int("frames_done") ?? 0
+            p.failed = row.int("frames_failed") ?? 0
             if state.isFinished {
-                var p = try progress(job: id)
-                p.renderSeconds = 0
+                p.cancelled = max(0, p.total - p.done - p.failed)
                 return p
             }
             let dispatched = try db.query("""
                 SELECT COUNT(*) AS n FROM attempts INDEXED BY attempts_running WHERE state = 'running' AND job_id = ?
                 """, [.integer(id)]).first?.int("n") ?? 0
-            var p = JobProgress()
-            p.total = row.int("frames_total") ?? 0
-            p.done = row.int("frames_done") ?? 0
-            p.failed = row.int("frames_failed") ?? 0
             p.dispatched = dispatched
             p.queued = max(0, p.total - p.done - p.failed - dispatched)
             return p
@@ -247,6 +247,18 @@ public final class Journal: @unchecked Sendable {
         }
     }
 
+    /// Records that a finished job's final outputs (manifest.json, and the video if it asked for
+    /// one) are written: a restart leaves it alone. Refused for a job that is not finished.
+    public func markOutputsFinal(job id: Int64) throws {
+        try write {
+            guard let state = try jobState(id) else { throw JournalError.unknownJob(id) }
+            guard state.isFinished else {
+                throw JournalError.invalidJob("job \(id) is \(state.rawValue); only a finished job's outputs are final")
+            }
+            try db.run("UPDATE jobs SET outputs_final = 1, updated_at_ms = ? WHERE id = ?", [.integer(now), .integer(id)])
+        }
+    }
+
     /// Marks a job failed as a whole (e.g. its model could not be read), cancelling what is left.
     @discardableResult
     public func failJob(_ id: Int64, error: String) throws -> [AttemptRecord] {
@@ -295,6 +307,7 @@ public final class Journal: @unchecked Sendable {
                   state: JobState(rawValue: r.string("state") ?? "") ?? .failed,
                   outputDir: r.string("output_dir") ?? "", videoPath: r.string("video_path"),
                   videoFPS: r.int("video_fps") ?? 30, videoWritten: (r.int("video_written") ?? 0) != 0,
+                  outputsFinal: (r.int("outputs_final") ?? 0) != 0,
                   framesTotal: r.int("frames_total") ?? 0, framesDone: r.int("frames_done") ?? 0,
                   framesFailed: r.int("frames_failed") ?? 0, error: r.string("error"),
                   createdAtMs: r.int64("created_at_ms") ?? 0, updatedAtMs: r.int64("updated_at_ms") ?? 0,

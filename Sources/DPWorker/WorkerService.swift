@@ -54,6 +54,8 @@ public final class WorkerService: @unchecked Sendable {
     var lastFrameSeconds: Double?
     /// What the compute threads did (guarded by `lock`); see `slotStatistics`.
     private var slotStats = SlotStatistics()
+    /// Bumped by `resetSlotStatistics()` (guarded by `lock`).
+    private var slotStatsGeneration = 0
     /// Credits granted on this session and not yet used by a FrameTask (guarded by `lock`).
     private var creditsOutstanding = 0
 
@@ -168,19 +170,32 @@ public final class WorkerService: @unchecked Sendable {
         wake()
     }
 
-    /// How the compute threads spent their time since `run()` started, summed over slots:
-    /// `computing` from taking a frame to posting its result, `waiting` from one frame's end to the
-    /// next frame's start (an empty queue: the coordinator did not keep this worker fed; the wait
-    /// before a slot's first frame is not counted, nor the one still going on).
+    /// How the compute threads spent their time since `run()` started (or the last
+    /// `resetSlotStatistics()`), summed over slots: `computing` from taking a frame to posting its
+    /// result, `waiting` from one frame's end to the next frame's start (an empty queue: the
+    /// coordinator did not keep this worker fed; the wait before a slot's first frame is not
+    /// counted, nor the one still going on).
     public var slotStatistics: SlotStatistics {
         lock.lock(); defer { lock.unlock() }
         return slotStats
+    }
+
+    /// Starts `slotStatistics` afresh: the wait until each slot's next frame is not counted either
+    /// (a benchmark's pause between two jobs is not the coordinator's doing).
+    public func resetSlotStatistics() {
+        lock.lock(); defer { lock.unlock() }
+        slotStats = SlotStatistics()
+        slotStatsGeneration += 1
     }
 
     public struct SlotStatistics: Sendable {
         public var frames = 0
         public var computingNs: UInt64 = 0
         public var waitingNs: UInt64 = 0
+        /// Uptime (DispatchTime nanoseconds) of the first counted frame's start and the last one's
+        /// end, over all slots (0: no frame).
+        public var firstStartNs: UInt64 = 0
+        public var lastEndNs: UInt64 = 0
         public init() {}
     }
 
@@ -632,7 +647,7 @@ public final class WorkerService: @unchecked Sendable {
 
     /// A compute thread: renders queued tasks in arrival order until `run()` ends.
     private func computeLoop() {
-        var lastEnd: UInt64?
+        var lastEnd: (ns: UInt64, generation: Int)?
         while true {
             workSignal.wait()
             lock.lock()
@@ -640,15 +655,20 @@ public final class WorkerService: @unchecked Sendable {
                 let task = queued.removeFirst()
                 task.started = true
                 let start = DispatchTime.now().uptimeNanoseconds
-                if let lastEnd { slotStats.waitingNs += start - lastEnd }
+                let generation = slotStatsGeneration
+                if let lastEnd, lastEnd.generation == generation { slotStats.waitingNs += start - lastEnd.ns }
                 lock.unlock()
                 compute(task)
                 let end = DispatchTime.now().uptimeNanoseconds
                 lock.lock()
-                slotStats.frames += 1
-                slotStats.computingNs += end - start
+                if generation == slotStatsGeneration {  // a frame that straddles a reset is not counted
+                    slotStats.frames += 1
+                    slotStats.computingNs += end - start
+                    if slotStats.firstStartNs == 0 || start < slotStats.firstStartNs { slotStats.firstStartNs = start }
+                    slotStats.lastEndNs = max(slotStats.lastEndNs, end)
+                }
+                lastEnd = (end, slotStatsGeneration)
                 lock.unlock()
-                lastEnd = end
                 continue
             }
             let open = computeOpen

@@ -13,11 +13,19 @@ import Foundation
 /// time per cycle (all threads of the process) and the scaling efficiency = throughput(N) /
 /// (N x throughput(1)).
 ///
-/// Cycles per second count from the submit's reply (the job is journaled and queued) to the job's
-/// JobFinished event: that is when dispatch+result cycles happen. The submit itself is a per-job
-/// cost (the client hashes and lists every pose, the coordinator validates and journals every
-/// frame: ~0.1 s for 10,000 frames here), printed next to it, and so is the end-to-end rate that
-/// includes it, for both runs and the efficiency.
+/// Each run first renders a short warm-up job (`--warm-up-frames`, default 8 per worker slot; not
+/// counted): every worker fetches the model, connects and times a frame, which decides its
+/// prefetch. That start-up costs each worker 10-30 ms, once per model, not per cycle; left in, it is
+/// 1-2 % of a 2 s run of 16 workers and nothing of the 30 s one-worker run, so the efficiency would
+/// measure it instead of the farm's steady state. `--warm-up-frames 0` measures a cold start.
+///
+/// Cycles per second count from the submit's reply (the job is journaled and queued) to the last
+/// frame's FrameDone event (its result is journaled and its PNG written): that is when dispatch+result
+/// cycles happen. The job's two per-job costs are printed next to it: the submit before (the client
+/// hashes and lists every pose, the coordinator validates and journals every frame: ~0.1 s for
+/// 10,000 frames here) and the end after (JobFinished follows once the final manifest.json is
+/// written: ~15-20 ms for 10,000 frames), and so is the end-to-end rate that includes both, for both
+/// runs and the efficiency.
 ///
 /// Why 3 ms: with 0 ms the one-worker run measures a round trip, not a worker's share of the farm, so
 /// the efficiency ratio says nothing; at 3 ms, 16 workers ask for up to 5,333 frames/s, so the run
@@ -45,6 +53,9 @@ struct FarmBenchCommand: ParsableCommand {
     var turnIntervalUs: Int?
     @Option(name: .customLong("prefetch-window-ms"), help: "The workers' prefetch window (default: their default, 10).")
     var prefetchWindowMs: Double?
+    @Option(name: .customLong("warm-up-frames"),
+            help: "Frames of the warm-up job each run renders first, not counted (default: 8 per worker slot; 0 = measure a cold start).")
+    var warmUpFrames: Int?
 
     func validate() throws {
         if workers < 1 { throw ValidationError("--workers must be at least 1") }
@@ -53,6 +64,7 @@ struct FarmBenchCommand: ParsableCommand {
         if !(renderMs >= 0) { throw ValidationError("--render-ms must be zero or positive") }
         if let t = turnIntervalUs, t < 0 { throw ValidationError("--turn-interval-us must be 0 or more") }
         if let w = prefetchWindowMs, !(w >= 0) { throw ValidationError("--prefetch-window-ms must be 0 or more") }
+        if let w = warmUpFrames, w < 0 { throw ValidationError("--warm-up-frames must be 0 or more") }
     }
 
     func run() throws {
@@ -70,22 +82,28 @@ struct FarmBenchCommand: ParsableCommand {
         if scaledOnly {
             let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
                                          sharedContext: sharedContext, scratch: scratch,
-                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs)
+                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs,
+                                    warmUpFrames: warmUpFrames)
             print(many.line)
+        print(many.rampLine)
             return
         }
         let one = try FarmBench.run(workers: 1, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
                                     sharedContext: sharedContext, scratch: scratch,
-                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs)
+                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs,
+                                    warmUpFrames: warmUpFrames)
         print(one.line)
+        print(one.rampLine)
         guard workers > 1 else { return }
         let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
                                      sharedContext: sharedContext, scratch: scratch,
-                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs)
+                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs,
+                                    warmUpFrames: warmUpFrames)
         print(many.line)
+        print(many.rampLine)
         let efficiency = many.cyclesPerSecond / (Double(workers) * one.cyclesPerSecond)
         let endToEnd = many.endToEndPerSecond / (Double(workers) * one.endToEndPerSecond)
-        print(String(format: "scaling efficiency %.3f = %.0f / (%d x %.0f) cycles/s (end to end, with the submit: %.3f)",
+        print(String(format: "scaling efficiency %.3f = %.0f / (%d x %.0f) cycles/s (end to end, with the submit and the job's end: %.3f)",
                      efficiency, many.cyclesPerSecond, workers, one.cyclesPerSecond, endToEnd))
     }
 }
@@ -96,6 +114,8 @@ enum FarmBench {
         var frames: Int
         /// From the submit's start to the JobFinished event.
         var seconds: Double
+        /// From the submit's start to the last FrameDone event.
+        var lastDoneSeconds: Double
         /// From the submit's start to its reply (the job is in the journal and queued; the client has
         /// built the job, the coordinator validated and journaled its frames).
         var submitSeconds: Double
@@ -103,16 +123,28 @@ enum FarmBench {
         var cpuSeconds: Double
         /// The workers' compute threads: time per frame computing, and waiting for a frame.
         var slots: WorkerService.SlotStatistics
-        /// Dispatch+result cycles per second, from the job's acceptance to its end.
-        var cyclesPerSecond: Double { Double(frames) / (seconds - submitSeconds) }
-        /// Frames per second including the submit (a per-job cost, not a per-cycle one).
+        /// Per worker: from the submit's reply to its first frame's start, and from its last frame's
+        /// end to the job's last FrameDone (seconds): the run's ramp and tail.
+        var startLags: [Double]
+        var endLags: [Double]
+        /// Dispatch+result cycles per second, from the job's acceptance to its last frame's FrameDone.
+        var cyclesPerSecond: Double { Double(frames) / (lastDoneSeconds - submitSeconds) }
+        /// Frames per second from the submit's start to JobFinished (with the per-job costs).
         var endToEndPerSecond: Double { Double(frames) / seconds }
         var line: String {
             let n = Double(max(slots.frames, 1))
-            return String(format: "%2d worker(s): %d frames: submit %.3f s, then %.3f s = %.0f dispatch+result cycles/s "
-                          + "(end to end %.0f/s); CPU %.0f us/cycle (all threads); per frame a slot computed %.3f ms, waited for work %.3f ms",
-                          workers, frames, submitSeconds, seconds - submitSeconds, cyclesPerSecond, endToEndPerSecond,
+            return String(format: "%2d worker(s): %d frames: submit %.3f s, then %.3f s = %.0f dispatch+result cycles/s, "
+                          + "JobFinished %.0f ms later (end to end %.0f/s); CPU %.0f us/cycle (all threads); "
+                          + "per frame a slot computed %.3f ms, waited for work %.3f ms",
+                          workers, frames, submitSeconds, lastDoneSeconds - submitSeconds, cyclesPerSecond,
+                          (seconds - lastDoneSeconds) * 1e3, endToEndPerSecond,
                           cpuSeconds / Double(frames) * 1e6, Double(slots.computingNs) / n / 1e6, Double(slots.waitingNs) / n / 1e6)
+        }
+        var rampLine: String {
+            func mean(_ x: [Double]) -> Double { x.isEmpty ? 0 : x.reduce(0, +) / Double(x.count) }
+            return String(format: "   ramp and tail: a worker's first frame started %.1f ms after the submit's reply (max %.1f), "
+                          + "its last ended %.1f ms before the last FrameDone (max %.1f)",
+                          mean(startLags) * 1e3, (startLags.max() ?? 0) * 1e3, mean(endLags) * 1e3, (endLags.max() ?? 0) * 1e3)
         }
     }
 
@@ -143,7 +175,7 @@ enum FarmBench {
     /// new folder in `scratch` (removed by the caller).
     static func run(workers: Int, frames: Int, renderSeconds: Double, slots: Int, verbose: Bool,
                     sharedContext: Bool, scratch: URL, turnIntervalUs: Int? = nil,
-                    prefetchWindowMs: Double? = nil) throws -> Result {
+                    prefetchWindowMs: Double? = nil, warmUpFrames: Int? = nil) throws -> Result {
         let fm = FileManager.default
         let root = scratch.appendingPathComponent("run-\(workers)-\(UUID().uuidString)")
         try fm.createDirectory(at: root, withIntermediateDirectories: true)
@@ -198,19 +230,41 @@ enum FarmBench {
 
         let client = try FarmClient(endpoint: coordinator.endpoint, timeoutSeconds: 60)
         defer { client.close() }
+        let warmUp = min(frames, warmUpFrames ?? 8 * workers * slots)
+        if warmUp > 0 {
+            let job = JobSubmission(name: "bench warm-up", modelDirectory: model, subjectPNG: subject, poses: poses,
+                                    frames: Array(0..<warmUp), outputDirectory: root.appendingPathComponent("out-warm-up").path)
+            let start = Date()
+            let id = try client.submit(job)
+            var state: String?
+            try client.follow(job: id) { event in
+                if case .finished(let s, _) = event { state = s; return false }
+                return true
+            }
+            guard state == "completed" else {
+                throw BenchError(description: "farm bench warm-up job \(id) ended \(state ?? "without a JobFinished event")")
+            }
+            let cold = services.filter { $0.slotStatistics.frames == 0 }.count
+            print(String(format: "   warm-up: %d frames in %.3f s, not counted", warmUp, Date().timeIntervalSince(start))
+                  + (cold > 0 ? " (\(cold) worker(s) rendered none of them: they start the timed job cold)" : ""))
+            for s in services { s.resetSlotStatistics() }
+        }
         let job = JobSubmission(name: "bench", modelDirectory: model, subjectPNG: subject, poses: poses,
                                 frames: Array(0..<frames), outputDirectory: root.appendingPathComponent("out").path)
         let start = Date()
         let cpuStart = processCPUSeconds()
         let id = try client.submit(job)
         let submitted = Date().timeIntervalSince(start)
+        let repliedNs = DispatchTime.now().uptimeNanoseconds
         var state: String?
         var firstDone: Double?, lastDone = 0.0
+        var lastDoneNs: UInt64 = 0
         try client.follow(job: id) { event in
             if case .frameDone = event {
                 let t = Date().timeIntervalSince(start)
                 if firstDone == nil { firstDone = t }
                 lastDone = t
+                lastDoneNs = DispatchTime.now().uptimeNanoseconds
             }
             if case .finished(let s, _) = event { state = s; return false }
             return true
@@ -220,17 +274,23 @@ enum FarmBench {
                      submitted, firstDone ?? -1, lastDone, seconds))
         let cpuSeconds = processCPUSeconds() - cpuStart
         var slots = WorkerService.SlotStatistics()
+        var startLags: [Double] = [], endLags: [Double] = []
         for s in services {
             let x = s.slotStatistics
             slots.frames += x.frames
             slots.computingNs += x.computingNs
             slots.waitingNs += x.waitingNs
+            if x.frames > 0 {
+                startLags.append(Double(Int64(bitPattern: x.firstStartNs &- repliedNs)) / 1e9)
+                endLags.append(Double(Int64(bitPattern: lastDoneNs &- x.lastEndNs)) / 1e9)
+            }
         }
         guard state == "completed" else {
             throw BenchError(description: "farm bench job \(id) with \(workers) worker(s) ended \(state ?? "without a JobFinished event")")
         }
-        return Result(workers: workers, frames: frames, seconds: seconds, submitSeconds: submitted, cpuSeconds: cpuSeconds,
-                      slots: slots)
+        return Result(workers: workers, frames: frames, seconds: seconds, lastDoneSeconds: lastDone,
+                      submitSeconds: submitted, cpuSeconds: cpuSeconds,
+                      slots: slots, startLags: startLags, endLags: endLags)
     }
 }
 

@@ -227,6 +227,63 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(try coord.coordinator.journal.attempts(job: job, frame: 0).count, 1)
     }
 
+    func testJobFinishedBeforeItsFinalManifestIsFinishedAtStartUp() throws {
+        let state = root.appendingPathComponent("state")
+        let model = try FarmFixtures.model(in: root)
+        let out = root.appendingPathComponent("out")
+        let clock = ManualClock()
+        var job: Int64 = 0
+        do {
+            let coord = try RunningCoordinator(state: state, clock: clock)
+            let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+            job = try client.submit(FarmFixtures.submission(model: model, frames: [0, 1], out: out))
+            let worker = try RawPeer(coord.endpoint, name: "w1")
+            _ = try worker.hello(slots: 2)
+            try worker.credit(2)
+            let (_, a) = try worker.expectPrepAndTask()
+            let b = try worker.expectTask()
+            try worker.result(a, png: FarmFixtures.png(frame: a.frame, by: "w1"))
+            try worker.result(b, png: FarmFixtures.png(frame: b.frame, by: "w1"))
+            var finished: String?
+            try client.follow(job: job) { event in
+                if case .finished(let s, _) = event { finished = s }
+                return true
+            }
+            XCTAssertEqual(finished, "completed")
+            // JobFinished comes once the final manifest is written and the journal says so.
+            XCTAssertEqual(try FarmFixtures.manifest(out)["complete"] as? Bool, true)
+            XCTAssertEqual(try coord.coordinator.journal.job(job)?.outputsFinal, true)
+            client.close()
+            coord.stop()
+        }
+        // As if the coordinator died between the commit that completed the job and its last
+        // manifest rewrite: the journal says not final, manifest.json is a stale, partial one.
+        let db = try SQLiteDatabase(path: state.appendingPathComponent("journal.sqlite").path)
+        try db.run("UPDATE jobs SET outputs_final = 0 WHERE id = ?", [.integer(job)])
+        var stale = try FarmFixtures.manifest(out)
+        stale["complete"] = false
+        stale["frames"] = [[String: Any]]()
+        try JSONSerialization.data(withJSONObject: stale).write(to: out.appendingPathComponent("manifest.json"))
+
+        let logs = LogSink()
+        let coord = try RunningCoordinator(state: state, clock: clock, logs: logs)
+        defer { coord.stop() }
+        XCTAssertNotNil(logs.wait(for: "job \(job)", "completed before its final manifest.json were written; writing them now"))
+        XCTAssertNotNil(logs.wait(for: "job \(job) finished: completed"))
+        let manifest = try FarmFixtures.manifest(out)
+        XCTAssertEqual(manifest["complete"] as? Bool, true)
+        XCTAssertEqual((manifest["frames"] as? [[String: Any]])?.map { $0["frame"] as? Int }, [0, 1])
+        XCTAssertEqual(try coord.coordinator.journal.job(job)?.outputsFinal, true)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        var finished: String?
+        try client.follow(job: job) { event in
+            if case .finished(let s, _) = event { finished = s }
+            return true
+        }
+        XCTAssertEqual(finished, "completed", "a follower of the finished job gets JobFinished at once")
+    }
+
     func testWorkerFetchesModelManifestAndChunksAndBadPathsAreRefused() throws {
         let clock = ManualClock()
         let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: clock) {

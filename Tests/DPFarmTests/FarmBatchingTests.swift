@@ -109,6 +109,21 @@ final class FarmBatchingTests: XCTestCase {
         _ = try j.cancelJob(job)
         try check("cancelled")
         XCTAssertEqual(try j.liveCounts(job: job).cancelled, 5)
+
+        // A job that ends failed (a frame failed, the rest done) and one that completes.
+        let failing = try newJob(j, frames: [0, 1])
+        let f0 = try j.startAttempt(job: failing, frame: 0, worker: "w")
+        _ = try j.failAttempt(f0.id, error: "x", maxFailedWorkersPerFrame: 1)
+        let f1 = try j.startAttempt(job: failing, frame: 1, worker: "w")
+        XCTAssertEqual(try j.completeAttempt(f1.id, output: FrameOutput(sha256: "bb", size: 1, renderSeconds: 0.1)).jobState, .failed)
+        let completing = try newJob(j, frames: [0])
+        let c0 = try j.startAttempt(job: completing, frame: 0, worker: "w")
+        XCTAssertEqual(try j.completeAttempt(c0.id, output: FrameOutput(sha256: "cc", size: 1, renderSeconds: 0.1)).jobState, .completed)
+        for (id, label) in [(failing, "failed"), (completing, "completed")] {
+            var full = try j.progress(job: id)
+            full.renderSeconds = 0
+            XCTAssertEqual(try j.liveCounts(job: id), full, label)
+        }
     }
 
     func testRequeueDoneFrameMarksItsAttemptLostAndRefusesOtherStates() throws {
@@ -311,7 +326,7 @@ final class JournalSpecMigrationTests: XCTestCase {
                 """, [.blob(spec)])
         }
         let journal = try Journal(path: path, clock: clock)
-        XCTAssertEqual(try journal.schemaVersion(), 2)
+        XCTAssertEqual(try journal.schemaVersion(), Journal.migrations.last?.version)
         let jobs = try journal.jobs()
         XCTAssertEqual(jobs.map(\.name), ["old"])
         XCTAssertEqual(jobs.first?.spec, spec, "spec moved to job_specs")

@@ -86,6 +86,30 @@ final class JournalTests: XCTestCase {
         XCTAssertEqual(try Journal.migrate(db, migrations: Array(migrations.prefix(2)), clock: clock), [])
     }
 
+    func testMigrationThreeMarksOnlyFinishedJobsOutputsFinal() throws {
+        // A journal written before migration 3: one completed job, one still running.
+        let db = try SQLiteDatabase(path: path)
+        try Journal.migrate(db, migrations: Array(Journal.migrations.prefix(2)), clock: clock)
+        for (id, state) in [(1, "completed"), (2, "running")] {
+            try db.run("""
+                INSERT INTO jobs (id, name, model_id, order_mode, state, output_dir, frames_total, created_at_ms, updated_at_ms)
+                VALUES (?, 'old', 'm', 'frame', ?, '/out', 1, 0, 0)
+                """, [.int(id), .text(state)])
+        }
+        let j = try open()
+        XCTAssertEqual(try j.job(1)?.outputsFinal, true, "finished before the migration: written in that commit")
+        XCTAssertEqual(try j.job(2)?.outputsFinal, false)
+        let new = try j.createJob(newJob([0]))
+        XCTAssertEqual(new.outputsFinal, false)
+        XCTAssertThrowsError(try j.markOutputsFinal(job: new.id)) { error in
+            XCTAssertTrue("\(error)".contains("only a finished job"), "\(error)")
+        }
+        XCTAssertThrowsError(try j.markOutputsFinal(job: 99))
+        _ = try j.cancelJob(new.id)
+        try j.markOutputsFinal(job: new.id)
+        XCTAssertEqual(try j.job(new.id)?.outputsFinal, true)
+    }
+
     func testJournalFromANewerBuildIsRefused() throws {
         _ = try open()
         let db = try SQLiteDatabase(path: path)
