@@ -58,7 +58,7 @@ let package = Package(
         .target(name: "DPTransport", dependencies: ["CZeroMQ"], swiftSettings: v5),
         .target(name: "DPJournal", dependencies: ["CSQLite3"], swiftSettings: v5),
         .target(name: "DPCoordinator",
-                dependencies: ["DPProtocol", "DPTransport", "DPJournal", "DPFileKit",
+                dependencies: ["DPProtocol", "DPTransport", "DPJournal", "DPFileKit", "CDPSys",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "Logging", package: "swift-log")],
                 exclude: ["DESIGN.md"],

@@ -4,6 +4,7 @@
 // dead/stalled workers, the restart grace period) and dispatch. Journal calls run inline; the
 // journal is the source of truth for frames and attempts (fencing by attempt id).
 // Message flow: DESIGN.md next to this file.
+import CDPSys
 import DPFileKit
 import DPJournal
 import DPProtocol
@@ -125,6 +126,14 @@ public final class Coordinator: @unchecked Sendable {
             context.terminate()
         }
         startedMs = clock.nowMilliseconds()
+        if let nice = settings.loopThreadNice {
+            if dp_set_thread_nice(Int32(clamping: nice)) == 0 {
+                log("coordinator loop thread at nice \(nice)")
+            } else {
+                log("coordinator loop thread: cannot set nice \(nice) (\(String(cString: strerror(errno)))); running at the "
+                    + "inherited priority (a lower nice value needs CAP_SYS_NICE)")
+            }
+        }
         try startUp()
         let poller = ZMQPoller()
         try poller.add(router)

@@ -38,6 +38,11 @@ public struct CoordinatorSettings: Sendable {
     /// results) one long turn would hold every new attempt back until it had handled them all; short
     /// turns send their dispatches out as they go. 0 = no limit (only the 1024-message cap).
     public var maxTurnMicroseconds: Int = 2000
+    /// The loop thread's nice value (nil: leave it as inherited). On a machine it shares with busy
+    /// threads (a co-located dp-worker's BLAS, or the farm benchmark's simulated workers), a
+    /// negative value keeps dispatch and heartbeats prompt; lowering it needs CAP_SYS_NICE (root,
+    /// or systemd's `Nice=`, which covers the whole process). Refused: logged, and the loop runs on.
+    public var loopThreadNice: Int? = nil
 
     public init(bind: String, stateDirectory: URL) {
         self.bind = bind

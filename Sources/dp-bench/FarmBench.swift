@@ -56,6 +56,9 @@ struct FarmBenchCommand: ParsableCommand {
     @Option(name: .customLong("warm-up-frames"),
             help: "Frames of the warm-up job each run renders first, not counted (default: 8 per worker slot; 0 = measure a cold start).")
     var warmUpFrames: Int?
+    @Option(name: .customLong("coordinator-nice"),
+            help: "Nice value of the coordinator's loop thread (default -10; 0 = leave it). The simulated workers stand in for other machines; below 0 needs CAP_SYS_NICE.")
+    var coordinatorNice = -10
 
     func validate() throws {
         if workers < 1 { throw ValidationError("--workers must be at least 1") }
@@ -65,6 +68,7 @@ struct FarmBenchCommand: ParsableCommand {
         if let t = turnIntervalUs, t < 0 { throw ValidationError("--turn-interval-us must be 0 or more") }
         if let w = prefetchWindowMs, !(w >= 0) { throw ValidationError("--prefetch-window-ms must be 0 or more") }
         if let w = warmUpFrames, w < 0 { throw ValidationError("--warm-up-frames must be 0 or more") }
+        if !(-20...19).contains(coordinatorNice) { throw ValidationError("--coordinator-nice must be between -20 and 19") }
     }
 
     func run() throws {
@@ -83,7 +87,7 @@ struct FarmBenchCommand: ParsableCommand {
             let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
                                          sharedContext: sharedContext, scratch: scratch,
                                     turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs,
-                                    warmUpFrames: warmUpFrames)
+                                    warmUpFrames: warmUpFrames, coordinatorNice: coordinatorNice)
             print(many.line)
         print(many.rampLine)
             return
@@ -91,14 +95,14 @@ struct FarmBenchCommand: ParsableCommand {
         let one = try FarmBench.run(workers: 1, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
                                     sharedContext: sharedContext, scratch: scratch,
                                     turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs,
-                                    warmUpFrames: warmUpFrames)
+                                    warmUpFrames: warmUpFrames, coordinatorNice: coordinatorNice)
         print(one.line)
         print(one.rampLine)
         guard workers > 1 else { return }
         let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
                                      sharedContext: sharedContext, scratch: scratch,
                                     turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs,
-                                    warmUpFrames: warmUpFrames)
+                                    warmUpFrames: warmUpFrames, coordinatorNice: coordinatorNice)
         print(many.line)
         print(many.rampLine)
         let efficiency = many.cyclesPerSecond / (Double(workers) * one.cyclesPerSecond)
@@ -175,7 +179,7 @@ enum FarmBench {
     /// new folder in `scratch` (removed by the caller).
     static func run(workers: Int, frames: Int, renderSeconds: Double, slots: Int, verbose: Bool,
                     sharedContext: Bool, scratch: URL, turnIntervalUs: Int? = nil,
-                    prefetchWindowMs: Double? = nil, warmUpFrames: Int? = nil) throws -> Result {
+                    prefetchWindowMs: Double? = nil, warmUpFrames: Int? = nil, coordinatorNice: Int = 0) throws -> Result {
         let fm = FileManager.default
         let root = scratch.appendingPathComponent("run-\(workers)-\(UUID().uuidString)")
         try fm.createDirectory(at: root, withIntermediateDirectories: true)
@@ -198,10 +202,13 @@ enum FarmBench {
         let subject = try PNGCodec.encode(RGBImage(width: 8, height: 8, pixels: [UInt8](repeating: 128, count: 8 * 8 * 3)))
 
         let log: @Sendable (String) -> Void = { line in
-            if verbose { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+            if verbose || line.hasPrefix("coordinator loop thread") {
+                FileHandle.standardError.write(Data(("   " + line + "\n").utf8))
+            }
         }
         var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: root.appendingPathComponent("state"))
         if let turnIntervalUs { settings.minTurnIntervalMicroseconds = turnIntervalUs }
+        if coordinatorNice != 0 { settings.loopThreadNice = coordinatorNice }
         let coordinator = try Coordinator(settings: settings, log: log)
         let coordThread = Joinable { try coordinator.run() }
 

@@ -50,6 +50,9 @@ extension DPCoordCommand {
         @Option(name: .customLong("turn-interval-us"),
                 help: "Group commit: microseconds between the starts of busy loop turns (one journal commit each; default 500, 0 = none).")
         var turnIntervalUs: Int?
+        @Option(name: .customLong("loop-nice"),
+                help: "Nice value for the coordinator's loop thread, e.g. -5 on a machine shared with a dp-worker (below 0 needs CAP_SYS_NICE).")
+        var loopNice: Int?
 
         func validate() throws {
             if let h = heartbeatMs, h < 1 { throw ValidationError("--heartbeat-ms must be at least 1") }
@@ -57,6 +60,7 @@ extension DPCoordCommand {
             if let s = stallTimeout, !(s > 0) { throw ValidationError("--stall-timeout must be positive") }
             if let g = grace, !(g >= 0) { throw ValidationError("--grace must be zero or positive") }
             if let t = turnIntervalUs, t < 0 { throw ValidationError("--turn-interval-us must be 0 or more") }
+            if let n = loopNice, !(-20...19).contains(n) { throw ValidationError("--loop-nice must be between -20 and 19") }
         }
 
         func run() throws {
@@ -69,6 +73,7 @@ extension DPCoordCommand {
             if let grace { settings.restartGraceSeconds = grace }
             if let ffmpeg { settings.ffmpegPath = ffmpeg }
             if let turnIntervalUs { settings.minTurnIntervalMicroseconds = turnIntervalUs }
+            if let loopNice { settings.loopThreadNice = loopNice }
             let coordinator = try Coordinator(settings: settings, log: { DPCoordCommand.stderrLine($0) })
             DPCoordCommand.stderrLine("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
             let trap = SignalTrap { sig in

@@ -284,6 +284,15 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(finished, "completed", "a follower of the finished job gets JobFinished at once")
     }
 
+    func testLoopThreadNiceIsAppliedAndLogged() throws {
+        // Raising a nice value needs no privilege, so this holds for any user.
+        let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: ManualClock()) {
+            $0.loopThreadNice = 7
+        }
+        defer { coord.stop() }
+        XCTAssertNotNil(coord.logs.wait(for: "coordinator loop thread at nice 7"))
+    }
+
     func testWorkerFetchesModelManifestAndChunksAndBadPathsAreRefused() throws {
         let clock = ManualClock()
         let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: clock) {
