@@ -480,10 +480,11 @@ extension Coordinator {
         let journal = self.journal
         let ffmpeg = settings.ffmpegPath
         let log = self.log
-        let report: @Sendable (String?, String) -> Void = { [weak self] video, message in
+        let report: @Sendable (String?, String, Bool) -> Void = { [weak self] video, message, final in
             guard let self else { return }
             self.finishLock.lock()
-            self.finishedOutputs.append(FinishedOutputs(job: id, state: record.state, video: video, message: message))
+            self.finishedOutputs.append(FinishedOutputs(job: id, state: record.state, video: video, message: message,
+                                                        final: final))
             self.finishLock.unlock()
             self.wakeLoop()
         }
@@ -496,7 +497,7 @@ extension Coordinator {
                 log("job \(id): cannot write its final manifest.json: \(error)")
             }
             guard wantsVideo, let context else {
-                report(record.videoWritten ? record.videoPath : nil, message)
+                report(record.videoWritten ? record.videoPath : nil, message, true)
                 return
             }
             videoQueue.async {
@@ -504,9 +505,9 @@ extension Coordinator {
                     let video = try context.output.makeVideo(at: URL(fileURLWithPath: record.videoPath ?? ""),
                                                              fps: record.videoFPS, ffmpeg: ffmpeg)
                     try journal.markVideoWritten(job: id)
-                    report(video.path, message)
+                    report(video.path, message, true)
                 } catch {
-                    report(nil, "video failed: \(error)")
+                    report(nil, "video failed: \(error)", false)  // not final: the next start-up tries again
                 }
             }
         }
@@ -518,6 +519,8 @@ extension Coordinator {
         var state: JobState
         var video: String?
         var message: String
+        /// False when the video failed: its outputs stay not final, so a restart tries it again.
+        var final: Bool
     }
 
     /// Jobs whose final outputs were written since the last turn: marked final in the journal
@@ -529,10 +532,12 @@ extension Coordinator {
         finishLock.unlock()
         for f in done {
             finishing.remove(f.job)
-            do {
-                try journal.markOutputsFinal(job: f.job)
-            } catch {
-                log("job \(f.job): cannot mark its outputs final: \(error)")
+            if f.final {
+                do {
+                    try journal.markOutputsFinal(job: f.job)
+                } catch {
+                    log("job \(f.job): cannot mark its outputs final: \(error)")
+                }
             }
             if f.message.hasPrefix("video failed") { log("job \(f.job): \(f.message)") }
             announceFinished(f.job, state: f.state, video: f.video, message: f.message)
