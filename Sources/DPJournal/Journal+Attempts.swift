@@ -15,7 +15,8 @@ extension Journal {
         guard limit > 0 else { return [] }
         return try locked {
             let rows = try db.query("""
-                SELECT f.job_id AS job_id, f.frame AS frame, j.model_id AS model_id, j.priority AS priority
+                SELECT f.job_id AS job_id, f.frame AS frame, j.model_id AS model_id, j.priority AS priority,
+                       j.state AS job_state
                 FROM jobs j CROSS JOIN frames f ON f.job_id = j.id AND f.state = 'queued'
                 WHERE j.state IN ('queued', 'running')
                   AND NOT EXISTS (SELECT 1 FROM worker_job_failures b
@@ -25,7 +26,8 @@ extension Journal {
                 """, [.optionalText(worker), .int(limit)])
             return rows.map {
                 DispatchCandidate(jobID: $0.int64("job_id") ?? 0, frame: $0.int("frame") ?? 0,
-                                  modelID: $0.string("model_id") ?? "", priority: $0.int("priority") ?? 0)
+                                  modelID: $0.string("model_id") ?? "", priority: $0.int("priority") ?? 0,
+                                  jobState: JobState(rawValue: $0.string("job_state") ?? "") ?? .queued)
             }
         }
     }
@@ -53,19 +55,46 @@ extension Journal {
             if (row.int("banned") ?? 0) != 0 {
                 throw JournalError.notDispatchable(job: job, frame: frame, reason: "worker '\(worker)' is banned from this job")
             }
-            try db.run("""
-                INSERT INTO attempts (job_id, frame, worker, state, started_at_ms) VALUES (?, ?, ?, 'running', ?)
-                """, [.integer(job), .int(frame), .text(worker), .integer(t)])
-            let id = db.lastInsertRowID
-            try db.run("""
-                UPDATE frames SET state = 'dispatched', current_attempt_id = ?, updated_at_ms = ? WHERE job_id = ? AND frame = ?
-                """, [.integer(id), .integer(t), .integer(job), .int(frame)])
-            if state == .queued {
-                try db.run("UPDATE jobs SET state = 'running', updated_at_ms = ? WHERE id = ? AND state = 'queued'",
-                           [.integer(t), .integer(job)])
+            return try beginAttempt(job: job, frame: frame, worker: worker, jobQueued: state == .queued, at: t)
+        }
+    }
+
+    /// `startAttempt` for a candidate the caller got from `nextFrames` inside the same `batch` and
+    /// has not dispatched since, for a worker it checked is not banned from the job (`bannedJobs`):
+    /// the coordinator's per-turn dispatch. Those checks make `startAttempt`'s lookup redundant, so
+    /// this skips it (two statements instead of three).
+    public func startAttempt(checked candidate: DispatchCandidate, worker: String) throws -> AttemptRecord {
+        try write {
+            try beginAttempt(job: candidate.jobID, frame: candidate.frame, worker: worker,
+                             jobQueued: candidate.jobState == .queued, at: now)
+        }
+    }
+
+    /// A new running attempt (its id is the fencing token), frame -> dispatched, job queued -> running.
+    private func beginAttempt(job: Int64, frame: Int, worker: String, jobQueued: Bool, at t: Int64) throws -> AttemptRecord {
+        try db.run("""
+            INSERT INTO attempts (job_id, frame, worker, state, started_at_ms) VALUES (?, ?, ?, 'running', ?)
+            """, [.integer(job), .int(frame), .text(worker), .integer(t)])
+        let id = db.lastInsertRowID
+        try db.run("""
+            UPDATE frames SET state = 'dispatched', current_attempt_id = ?, updated_at_ms = ? WHERE job_id = ? AND frame = ?
+            """, [.integer(id), .integer(t), .integer(job), .int(frame)])
+        if jobQueued {
+            try db.run("UPDATE jobs SET state = 'running', updated_at_ms = ? WHERE id = ? AND state = 'queued'",
+                       [.integer(t), .integer(job)])
+        }
+        return AttemptRecord(id: id, jobID: job, frame: frame, worker: worker, result: nil,
+                             startedAtMs: t, finishedAtMs: nil, renderSeconds: nil, error: nil)
+    }
+
+    /// The jobs each worker is banned from (`worker_job_failures.banned`), by worker name.
+    public func bannedJobs() throws -> [String: Set<Int64>] {
+        try locked {
+            var out: [String: Set<Int64>] = [:]
+            for row in try db.query("SELECT worker, job_id FROM worker_job_failures WHERE banned = 1") {
+                out[row.string("worker") ?? "", default: []].insert(row.int64("job_id") ?? 0)
             }
-            return AttemptRecord(id: id, jobID: job, frame: frame, worker: worker, result: nil,
-                                 startedAtMs: t, finishedAtMs: nil, renderSeconds: nil, error: nil)
+            return out
         }
     }
 

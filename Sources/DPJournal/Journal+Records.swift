@@ -126,6 +126,8 @@ public struct DispatchCandidate: Sendable, Equatable {
     public var frame: Int
     public var modelID: String
     public var priority: Int
+    /// The job's state when the candidate was read (queued or running).
+    public var jobState: JobState
 }
 
 /// What the coordinator stored for an accepted frame.

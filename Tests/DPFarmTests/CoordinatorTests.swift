@@ -284,6 +284,36 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(finished, "completed", "a follower of the finished job gets JobFinished at once")
     }
 
+    func testWorkerBannedFromTheBestJobGetsAFrameOfAnother() throws {
+        // The turn's queue read holds only as many frames as there is credit; a worker banned from
+        // the job they belong to must still get frames of a job further down the queue.
+        let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: ManualClock()) {
+            $0.maxFailedFramesPerWorkerJob = 1
+        }
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        var first = FarmFixtures.submission(model: model, frames: [0, 1, 2], out: root.appendingPathComponent("a"))
+        first.priority = 5
+        let jobA = try client.submit(first)
+        let jobB = try client.submit(FarmFixtures.submission(model: model, frames: [7], out: root.appendingPathComponent("b")))
+
+        let worker = try RawPeer(coord.endpoint, name: "w1")
+        _ = try worker.hello()
+        try worker.credit(1)
+        let (_, a0) = try worker.expectPrepAndTask()
+        XCTAssertEqual(a0.jobID, UInt64(jobA), "the higher-priority job first")
+        try worker.failure(a0, .renderFailed, "boom")
+        XCTAssertNotNil(coord.logs.wait(for: "worker 'w1' gets no more frames of this job"))
+        try worker.credit(1)
+        let (prep, b) = try worker.expectPrepAndTask()
+        XCTAssertEqual(prep.jobID, UInt64(jobB))
+        XCTAssertEqual(b.jobID, UInt64(jobB))
+        XCTAssertEqual(b.frame, 7)
+        XCTAssertTrue(try coord.coordinator.journal.isBanned(worker: "w1", job: jobA))
+    }
+
     func testLoopThreadNiceIsAppliedAndLogged() throws {
         // Raising a nice value needs no privilege, so this holds for any user.
         let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: ManualClock()) {

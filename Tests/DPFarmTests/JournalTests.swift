@@ -180,6 +180,26 @@ final class JournalTests: XCTestCase {
         XCTAssertEqual(try j.job(job.id)?.videoWritten, true)
     }
 
+    func testStartAttemptCheckedDispatchesAQueueCandidateAndBannedJobsLists() throws {
+        let j = try open()
+        let job = try j.createJob(newJob([0, 1]))
+        let candidates = try j.nextFrames(limit: 5)
+        XCTAssertEqual(candidates.map(\.frame), [0, 1])
+        XCTAssertEqual(candidates.first?.jobState, .queued)
+        let a = try j.startAttempt(checked: candidates[0], worker: "w")
+        XCTAssertEqual(try j.job(job.id)?.state, .running, "the first dispatch starts the job")
+        XCTAssertEqual(try j.frame(job: job.id, frame: 0)?.state, .dispatched)
+        XCTAssertEqual(try j.frame(job: job.id, frame: 0)?.currentAttemptID, a.id)
+        XCTAssertTrue(try j.isCurrent(a.id))
+        _ = try j.startAttempt(checked: candidates[1], worker: "v")  // read while queued: the job stays running
+        XCTAssertEqual(try j.job(job.id)?.state, .running)
+        XCTAssertEqual(try j.nextFrames(limit: 5), [])
+
+        XCTAssertEqual(try j.bannedJobs(), [:])
+        _ = try j.failAttempt(a.id, error: "x", maxFailedFramesPerWorker: 1)
+        XCTAssertEqual(try j.bannedJobs(), ["w": [job.id]])
+    }
+
     // MARK: ordering
 
     func testPreviewOrderFirstLastMiddleThenHalves() {
