@@ -5,7 +5,7 @@ import Foundation
 /// `dp-bench journal`: the journal's share of a farm cycle, without sockets, workers or files. One job
 /// of `--frames` frames; then loop turns like the coordinator's: each turn is one `Journal.batch`
 /// that completes the frames dispatched `--in-flight` turns earlier (resultTarget + completeAttempt,
-/// as `Coordinator.onFrameResult`) and dispatches `--per-turn` new ones (nextFrames + startAttempt,
+/// as `Coordinator.onFrameResult`) and dispatches `--per-turn` new ones (nextFrames + bannedJobs once, startAttempt(checked:) each,
 /// as `Coordinator.dispatch`) to 16 worker names in turn. Prints microseconds per dispatch+result
 /// cycle in total and per call kind.
 struct JournalBenchCommand: ParsableCommand {
@@ -62,12 +62,15 @@ struct JournalBenchCommand: ParsableCommand {
                             done += 1
                         }
                     }
+                    // As Coordinator.dispatch: one queue read (and one ban read) for the turn's
+                    // credit, each frame started with startAttempt(checked:).
                     var started: [AttemptRecord] = []
-                    for _ in 0 ..< perTurn {
+                    let candidates = try timed("nextFrames", { try journal.nextFrames(limit: perTurn) })
+                    _ = try timed("bannedJobs", { try journal.bannedJobs() })
+                    for c in candidates {
                         let worker = workers[nextWorker % workers.count]
                         nextWorker += 1
-                        guard let c = try timed("nextFrames", { try journal.nextFrames(limit: 1, worker: worker).first }) else { break }
-                        started.append(try timed("startAttempt", { try journal.startAttempt(job: c.jobID, frame: c.frame, worker: worker) }))
+                        started.append(try timed("startAttempt", { try journal.startAttempt(checked: c, worker: worker) }))
                     }
                     if !started.isEmpty { inFlightTurns.append(started) }
                 }

@@ -1,7 +1,7 @@
 // The farm's batched durability (DESIGN.md, "Durability and batching"): journal batches with
 // savepoints, counts without a frame scan, OutputWriter's `.batched` mode vouched for by journal
 // records, and the coordinator re-rendering a done frame whose PNG went missing or corrupt.
-import DPCoordinator
+@testable import DPCoordinator
 import DPFileKit
 import DPJournal
 import DPProtocol
@@ -200,6 +200,26 @@ final class FarmBatchingTests: XCTestCase {
         try writer.flush()
         XCTAssertFalse(writer.needsFlush)
         XCTAssertEqual((try FarmFixtures.manifest(out)["frames"] as? [[String: Any]])?.map { $0["frame"] as? Int }, [0, 2])
+    }
+
+    func testBatchedPNGWriteCreatesOnlyTheFileAndRefusesAnExistingOne() throws {
+        let folder = root.appendingPathComponent("png-folder")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let bytes = Data((0 ..< 100_000).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        try OutputWriter.writeNewUnsynced(bytes, folder: folder.path, name: "frame_00001.png")
+        XCTAssertEqual(try Data(contentsOf: folder.appendingPathComponent("frame_00001.png")), bytes)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path), ["frame_00001.png"],
+                       "no temp file left behind")
+        XCTAssertThrowsError(try OutputWriter.writeNewUnsynced(Data("other".utf8), folder: folder.path, name: "frame_00001.png")) {
+            XCTAssertEqual(($0 as? DurableFileError)?.alreadyExists, true, "\($0)")
+        }
+        XCTAssertEqual(try Data(contentsOf: folder.appendingPathComponent("frame_00001.png")), bytes, "the first file stays")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: folder.path), ["frame_00001.png"])
+        let missing = root.appendingPathComponent("no-such-folder").path
+        XCTAssertThrowsError(try OutputWriter.writeNewUnsynced(bytes, folder: missing, name: "frame_00002.png")) {
+            XCTAssertTrue("\($0)".contains("frame_00002.png"), "\($0)")
+            XCTAssertEqual(($0 as? DurableFileError)?.alreadyExists, false)
+        }
     }
 
     func testHandWrittenManifestReadsBackAsTheWritersManifest() throws {
