@@ -83,28 +83,23 @@ struct FarmBenchCommand: ParsableCommand {
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: scratch) }
         print("scratch folder (journal, PNGs, manifest): \(scratch.path)")
+        // One timed run with `n` workers and this command's settings, its lines printed.
+        func timedRun(workers n: Int) throws -> FarmBench.Result {
+            let result = try FarmBench.run(workers: n, frames: frames, renderSeconds: renderMs / 1000, slots: slots,
+                                           verbose: verbose, sharedContext: sharedContext, scratch: scratch,
+                                           turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs,
+                                           warmUpFrames: warmUpFrames, coordinatorNice: coordinatorNice)
+            print(result.line)
+            print(result.rampLine)
+            return result
+        }
         if scaledOnly {
-            let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
-                                         sharedContext: sharedContext, scratch: scratch,
-                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs,
-                                    warmUpFrames: warmUpFrames, coordinatorNice: coordinatorNice)
-            print(many.line)
-        print(many.rampLine)
+            _ = try timedRun(workers: workers)
             return
         }
-        let one = try FarmBench.run(workers: 1, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
-                                    sharedContext: sharedContext, scratch: scratch,
-                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs,
-                                    warmUpFrames: warmUpFrames, coordinatorNice: coordinatorNice)
-        print(one.line)
-        print(one.rampLine)
+        let one = try timedRun(workers: 1)
         guard workers > 1 else { return }
-        let many = try FarmBench.run(workers: workers, frames: frames, renderSeconds: renderMs / 1000, slots: slots, verbose: verbose,
-                                     sharedContext: sharedContext, scratch: scratch,
-                                    turnIntervalUs: turnIntervalUs, prefetchWindowMs: prefetchWindowMs,
-                                    warmUpFrames: warmUpFrames, coordinatorNice: coordinatorNice)
-        print(many.line)
-        print(many.rampLine)
+        let many = try timedRun(workers: workers)
         let efficiency = many.cyclesPerSecond / (Double(workers) * one.cyclesPerSecond)
         let endToEnd = many.endToEndPerSecond / (Double(workers) * one.endToEndPerSecond)
         print(String(format: "scaling efficiency %.3f = %.0f / (%d x %.0f) cycles/s (end to end, with the submit and the job's end: %.3f)",
