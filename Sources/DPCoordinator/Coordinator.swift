@@ -54,8 +54,7 @@ public final class Coordinator: @unchecked Sendable {
     let videoQueue = DispatchQueue(label: "dp-coord.video")
     /// A pipe in the loop's poll set: background work that leaves something for the loop (finished
     /// outputs) and `shutdown()` write a byte to it, so the loop does not sleep out its poll timeout.
-    private let wakeRead: Int32
-    private let wakeWrite: Int32
+    private let wakePipe: WakePipe
     /// Periodic manifest.json rewrites, off the loop thread (see `flushOutputs`).
     let manifestQueue = DispatchQueue(label: "dp-coord.manifest")
     let manifestRewritePending = LockedFlag()
@@ -91,28 +90,17 @@ public final class Coordinator: @unchecked Sendable {
             throw CoordinatorError("cannot bind \(settings.bind): \(error)")
         }
         coordinatorID = String(format: "%016llx", UInt64.random(in: 0 ... .max))
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else {
+        do {
+            wakePipe = try WakePipe()
+        } catch {
             router.close()
-            throw CoordinatorError("cannot create the loop's wake pipe: \(String(cString: strerror(errno)))")
+            throw CoordinatorError("cannot create the loop's wake pipe: \(error)")
         }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        wakeRead = fds[0]
-        wakeWrite = fds[1]
-    }
-
-    deinit {
-        close(wakeRead)
-        close(wakeWrite)
     }
 
     /// Makes the loop run a turn now (thread-safe).
     func wakeLoop() {
-        var byte: UInt8 = 1
-        _ = write(wakeWrite, &byte, 1)
+        wakePipe.wake()
     }
 
     /// Runs the loop on the calling thread until `shutdown()`. Owns the ROUTER socket.
@@ -137,7 +125,7 @@ public final class Coordinator: @unchecked Sendable {
         try startUp()
         let poller = ZMQPoller()
         try poller.add(router)
-        poller.add(fileDescriptor: wakeRead)
+        poller.add(fileDescriptor: wakePipe.readDescriptor)
         let pollMs = max(5, min(100, settings.heartbeatIntervalMs / 4))
         log("coordinator \(coordinatorID) serving on \(endpoint) (state \(settings.stateDirectory.path))")
         defer { flushOutputs(force: true) }
@@ -150,10 +138,7 @@ public final class Coordinator: @unchecked Sendable {
                 if sinceLast < minTurnNs { Self.pause(nanoseconds: minTurnNs - sinceLast) }
             }
             let ready = try poller.poll(timeoutMilliseconds: pollMs)
-            if ready[1].contains(.readable) {
-                var buffer = [UInt8](repeating: 0, count: 64)
-                while read(wakeRead, &buffer, buffer.count) > 0 {}
-            }
+            if ready[1].contains(.readable) { wakePipe.drain() }
             lastTurnNs = DispatchTime.now().uptimeNanoseconds
             // One loop turn = one journal transaction; its messages go out after the commit.
             try turn {

@@ -41,8 +41,7 @@ public final class WorkerService: @unchecked Sendable {
     var jobs: [UInt64: JobContext] = [:]
     /// Chunk size for model fetches (Welcome.model_chunk_bytes).
     var modelChunkBytes = FarmProtocol.defaultChunkBytes
-    private let wakeRead: Int32
-    private let wakeWrite: Int32
+    private let wakePipe: WakePipe
     /// Serialises model fetches: one model downloads at a time, a second frame of the same model waits.
     let fetchLock = NSLock()
     /// Frame tasks waiting for a compute thread, oldest first (guarded by `lock`); `workSignal` is
@@ -87,21 +86,14 @@ public final class WorkerService: @unchecked Sendable {
         self.log = log
         self.cache = try ModelCache(directory: settings.cacheDirectory, maxBytes: UInt64(settings.cacheBytes))
         self.context = try context ?? ZMQContext()
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else {
-            throw WorkerServiceError.badSettings("cannot create the wake pipe: \(String(cString: strerror(errno)))")
+        do {
+            wakePipe = try WakePipe()
+        } catch {
+            throw WorkerServiceError.badSettings("cannot create the wake pipe: \(error)")
         }
-        for fd in fds { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
-        wakeRead = fds[0]
-        wakeWrite = fds[1]
         heartbeatIntervalMs = settings.heartbeatIntervalMs
         heartbeatLiveness = settings.heartbeatLiveness
         backoffMs = settings.reconnectInitialMs
-    }
-
-    deinit {
-        close(wakeRead)
-        close(wakeWrite)
     }
 
     // MARK: public control
@@ -222,15 +214,9 @@ public final class WorkerService: @unchecked Sendable {
         wake()
     }
 
-    private func wake() {
-        var byte: UInt8 = 1
-        _ = write(wakeWrite, &byte, 1)
-    }
+    private func wake() { wakePipe.wake() }
 
-    private func drainWakePipe() {
-        var buffer = [UInt8](repeating: 0, count: 256)
-        while read(wakeRead, &buffer, buffer.count) > 0 {}
-    }
+    private func drainWakePipe() { wakePipe.drain() }
 
     // MARK: session
 
@@ -278,7 +264,7 @@ public final class WorkerService: @unchecked Sendable {
         guard let socket else { return .lost("no socket") }
         let poller = ZMQPoller()
         try poller.add(socket)
-        poller.add(fileDescriptor: wakeRead)
+        poller.add(fileDescriptor: wakePipe.readDescriptor)
         while true {
             // Stop handling first: it may end the session.
             if let done = try handleStop() { return done }
@@ -367,7 +353,7 @@ public final class WorkerService: @unchecked Sendable {
             if stopping { return true }
             let left = deadline.timeIntervalSinceNow
             if left <= 0 { return false }
-            var pfd = pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)
+            var pfd = pollfd(fd: wakePipe.readDescriptor, events: Int16(POLLIN), revents: 0)
             _ = poll(&pfd, 1, Int32(max(1, (left * 1000).rounded(.up))))
             drainWakePipe()
             // Compute threads keep running while disconnected; their events wait in the inbox.

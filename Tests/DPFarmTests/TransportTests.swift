@@ -3,6 +3,22 @@ import XCTest
 @testable import DPTransport
 
 final class TransportTests: XCTestCase {
+    func testWakePipeWakesAPollerOnceUntilDrained() throws {
+        let pipe = try WakePipe()
+        let poller = ZMQPoller()
+        XCTAssertEqual(poller.add(fileDescriptor: pipe.readDescriptor), 0)
+        XCTAssertEqual(try poller.poll(timeoutMilliseconds: 0), [[]])
+        let woke = DispatchSemaphore(value: 0)
+        let waker = Thread { pipe.wake(); pipe.wake(); woke.signal() }
+        waker.start()
+        XCTAssertEqual(try poller.poll(timeoutMilliseconds: 5000), [.readable], "woken from another thread")
+        XCTAssertEqual(woke.wait(timeout: .now() + 5), .success)  // both wakes are in the pipe
+        pipe.drain()
+        XCTAssertEqual(try poller.poll(timeoutMilliseconds: 0), [[]], "drained: two wakes, one wake-up")
+        pipe.wake()
+        XCTAssertEqual(try poller.poll(timeoutMilliseconds: 0), [.readable])
+    }
+
     var context: ZMQContext!
 
     override func setUpWithError() throws {
