@@ -101,7 +101,7 @@ extension Journal {
     /// A successful result. Applied only if `attempt` is its frame's current attempt; otherwise
     /// the attempt is recorded as stale and the frame is not touched (the coordinator drops the PNG).
     public func completeAttempt(_ attempt: Int64, output: FrameOutput) throws -> AttemptOutcome {
-        try write {
+        try writeKeepingDeferred {
             let (a, current) = try loadForResult(attempt)
             return try completeLoaded(a, current: current, output: output)
         }
@@ -111,7 +111,7 @@ extension Journal {
     /// `batch`, with no change to that attempt or its frame since (the coordinator's per-result
     /// path): saves looking it up a second time.
     public func completeAttempt(checked a: AttemptRecord, current: Bool, output: FrameOutput) throws -> AttemptOutcome {
-        try write { try completeLoaded(a, current: current, output: output) }
+        try writeKeepingDeferred { try completeLoaded(a, current: current, output: output) }
     }
 
     private func completeLoaded(_ a: AttemptRecord, current: Bool, output: FrameOutput) throws -> AttemptOutcome {
@@ -124,14 +124,14 @@ extension Journal {
             WHERE job_id = ? AND frame = ?
             """, [.text(output.sha256), .int(output.size), .real(output.renderSeconds), .text(a.worker),
                   .integer(a.id), .integer(t), .integer(a.jobID), .int(a.frame)])
-        // A plain UPDATE and a SELECT by primary key: UPDATE .. RETURNING builds an ephemeral
-        // table each time, which cost more than the second statement.
-        try db.run("UPDATE jobs SET frames_done = frames_done + 1, updated_at_ms = ? WHERE id = ?",
-                   [.integer(t), .integer(a.jobID)])
-        let counters = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
-                                    [.integer(a.jobID)]).first
-        try db.run("UPDATE workers SET frames_done = frames_done + 1 WHERE name = ?", [.text(a.worker)])
-        let (jobState, finished) = try settleJob(a.jobID, at: t, counters: counters)
+        // The job's and the worker's frames_done are written once per transaction (DeferredCounters);
+        // the result that completes the job writes them now and settles it.
+        let job = try deferFrameDone(job: a.jobID, worker: a.worker, at: t)
+        var jobState = job.state, finished = false
+        if !job.state.isFinished && job.total - job.done - job.failed <= 0 {
+            try writeDeferredCounters()
+            (jobState, finished) = try settleJob(a.jobID, at: t)
+        }
         return AttemptOutcome(applied: true, attemptID: a.id, jobID: a.jobID, frame: a.frame, frameState: .done,
                               jobState: jobState, jobFinished: finished, workerBannedFromJob: false, staleReason: nil)
     }
@@ -275,7 +275,7 @@ extension Journal {
     /// The attempt a result names and whether that result would count now (`isCurrent`), in one
     /// lookup; nil for an unknown attempt id. The coordinator's per-result check.
     public func resultTarget(_ attempt: Int64) throws -> (attempt: AttemptRecord, current: Bool)? {
-        try locked { try loadForResultIfKnown(attempt) }
+        try lockedKeepingDeferred { try loadForResultIfKnown(attempt) }
     }
 
     // MARK: internals (called inside a transaction)

@@ -11,6 +11,8 @@ public final class Journal: @unchecked Sendable {
     public let clock: JournalClock
     let db: SQLiteDatabase
     let lock = NSRecursiveLock()  // recursive: composite changes (failJob) call other public methods
+    /// Counter increments of accepted results not yet written (see `DeferredCounters`); guarded by `lock`.
+    var deferred = DeferredCounters()
 
     /// Opens (or creates) the journal at `path` and runs pending migrations.
     public init(path: String, clock: JournalClock = SystemClock()) throws {
@@ -25,13 +27,45 @@ public final class Journal: @unchecked Sendable {
         try locked { try db.query("SELECT MAX(version) AS v FROM schema_migrations").first?.int("v") ?? 0 }
     }
 
-    func locked<T>(_ body: () throws -> T) rethrows -> T {
+    /// Holds the journal's lock for `body`, first writing the counters `completeAttempt` deferred
+    /// (so every other call, reader or writer, sees the rows as if each result had written them).
+    func locked<T>(_ body: () throws -> T) throws -> T {
+        lock.lock(); defer { lock.unlock() }
+        if !deferred.isEmpty { try writeDeferredCounters() }
+        return try body()
+    }
+
+    /// `locked` without writing deferred counters: only for the per-result calls, which neither read
+    /// the jobs' nor the workers' counters (`resultTarget`, `completeAttempt`).
+    func lockedKeepingDeferred<T>(_ body: () throws -> T) rethrows -> T {
         lock.lock(); defer { lock.unlock() }
         return try body()
     }
 
+    /// One transaction (or a part of the enclosing `batch`) holding the lock.
     func write<T>(_ body: () throws -> T) throws -> T {
-        try locked { try db.transaction(body) }
+        try locked { try transaction(body) }
+    }
+
+    /// `write` for the per-result calls (see `lockedKeepingDeferred`).
+    func writeKeepingDeferred<T>(_ body: () throws -> T) throws -> T {
+        try lockedKeepingDeferred { try transaction(body) }
+    }
+
+    /// `db.transaction` that, when it is the outermost one, writes the deferred counters before its
+    /// commit and drops them when it rolls back (they were part of what it undid).
+    private func transaction<T>(_ body: () throws -> T) throws -> T {
+        guard !db.isInTransaction else { return try db.transaction(body) }
+        do {
+            return try db.transaction {
+                let result = try body()
+                if !deferred.isEmpty { try writeDeferredCounters() }
+                return result
+            }
+        } catch {
+            deferred = DeferredCounters()
+            throw error
+        }
     }
 
     var now: Int64 { clock.nowMilliseconds() }
@@ -279,12 +313,10 @@ public final class Journal: @unchecked Sendable {
 
     /// After a frame left queued/dispatched: finish the job when none of its frames is pending.
     /// Returns the job's state and whether this call finished it.
-    /// `counters`: the job's row (state, frames_total, frames_done, frames_failed) if the caller
-    /// already has it current (e.g. from an UPDATE ... RETURNING).
-    func settleJob(_ id: Int64, at t: Int64, counters: SQLiteRow? = nil) throws -> (JobState, Bool) {
-        // Counters, not a scan of the frames: this runs on every result.
-        guard let row = try counters ?? db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
-                                                 [.integer(id)]).first,
+    func settleJob(_ id: Int64, at t: Int64) throws -> (JobState, Bool) {
+        // Counters, not a scan of the frames.
+        guard let row = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
+                                     [.integer(id)]).first,
               let state = JobState(rawValue: row.string("state") ?? "") else { throw JournalError.unknownJob(id) }
         guard !state.isFinished else { return (state, false) }
         let failed = row.int("frames_failed") ?? 0

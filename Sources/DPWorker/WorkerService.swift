@@ -107,8 +107,12 @@ public final class WorkerService: @unchecked Sendable {
         computeOpen = true
         lock.unlock()
         for i in 0 ..< settings.slots {
-            let thread = Thread { [self] in computeLoop() }
-            thread.name = "dp-worker compute \(i + 1)"
+            // Named from inside (Foundation names the OS thread only for the current thread): `top -H`
+            // shows "dp-compute 1" (Linux keeps 15 bytes).
+            let thread = Thread { [self] in
+                Thread.current.name = "dp-compute \(i + 1)"
+                computeLoop()
+            }
             thread.stackSize = settings.computeThreadStackBytes
             thread.start()
         }

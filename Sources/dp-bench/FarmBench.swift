@@ -91,6 +91,7 @@ struct FarmBenchCommand: ParsableCommand {
                                            warmUpFrames: warmUpFrames, coordinatorNice: coordinatorNice)
             print(result.line)
             print(result.rampLine)
+            print(result.rolesLine)
             return result
         }
         if scaledOnly {
@@ -120,6 +121,8 @@ enum FarmBench {
         var submitSeconds: Double
         /// User + system CPU seconds of the whole process (coordinator, workers, ZeroMQ, follower).
         var cpuSeconds: Double
+        /// CPU seconds on the CPU by thread role (`ThreadCPU`), from the submit to JobFinished.
+        var roleCPUSeconds: [String: Double]
         /// The workers' compute threads: time per frame computing, and waiting for a frame.
         var slots: WorkerService.SlotStatistics
         /// Per worker: from the submit's reply to its first frame's start, and from its last frame's
@@ -138,6 +141,15 @@ enum FarmBench {
                           workers, frames, submitSeconds, lastDoneSeconds - submitSeconds, cyclesPerSecond,
                           (seconds - lastDoneSeconds) * 1e3, endToEndPerSecond,
                           cpuSeconds / Double(frames) * 1e6, Double(slots.computingNs) / n / 1e6, Double(slots.waitingNs) / n / 1e6)
+        }
+        /// CPU per cycle by thread role, largest first: where the cycles' CPU goes (the coordinator's
+        /// loop thread is the one that would limit a real farm; the others stand in for other machines).
+        var rolesLine: String {
+            guard !roleCPUSeconds.isEmpty else { return "   CPU by thread: not available (no /proc/self/task)" }
+            let parts = roleCPUSeconds.sorted { $0.value > $1.value }.map { role, seconds in
+                String(format: "%@ %.0f", role, seconds / Double(frames) * 1e6)
+            }
+            return "   CPU by thread, us/cycle: " + parts.joined(separator: ", ")
         }
         var rampLine: String {
             func mean(_ x: [Double]) -> Double { x.isEmpty ? 0 : x.reduce(0, +) / Double(x.count) }
@@ -205,7 +217,7 @@ enum FarmBench {
         if let turnIntervalUs { settings.minTurnIntervalMicroseconds = turnIntervalUs }
         if coordinatorNice != 0 { settings.loopThreadNice = coordinatorNice }
         let coordinator = try Coordinator(settings: settings, log: log)
-        let coordThread = Joinable { try coordinator.run() }
+        let coordThread = Joinable(name: ThreadCPU.coordinatorLoop) { try coordinator.run() }
 
         var services: [WorkerService] = []
         var threads: [Joinable] = []
@@ -221,7 +233,7 @@ enum FarmBench {
                                             context: workerContext,
                                             log: log)
             services.append(service)
-            threads.append(Joinable { try service.run() })
+            threads.append(Joinable(name: ThreadCPU.workerIO) { try service.run() })
         }
         defer {
             for s in services { s.shutdown(handBack: true) }
@@ -255,6 +267,7 @@ enum FarmBench {
                                 frames: Array(0..<frames), outputDirectory: root.appendingPathComponent("out").path)
         let start = Date()
         let cpuStart = processCPUSeconds()
+        let threadsStart = ThreadCPU.byRole()
         let id = try client.submit(job)
         let submitted = Date().timeIntervalSince(start)
         let repliedNs = DispatchTime.now().uptimeNanoseconds
@@ -275,6 +288,9 @@ enum FarmBench {
         print(String(format: "   timeline: submit replied %.3f s, first frame done %.3f s, last %.3f s, JobFinished %.3f s",
                      submitted, firstDone ?? -1, lastDone, seconds))
         let cpuSeconds = processCPUSeconds() - cpuStart
+        let threadsEnd = ThreadCPU.byRole()
+        var roles: [String: Double] = [:]
+        for (role, ns) in threadsEnd { roles[role] = Double(ns - (threadsStart[role] ?? 0)) / 1e9 }
         var slots = WorkerService.SlotStatistics()
         var startLags: [Double] = [], endLags: [Double] = []
         for s in services {
@@ -291,7 +307,7 @@ enum FarmBench {
             throw BenchError(description: "farm bench job \(id) with \(workers) worker(s) ended \(state ?? "without a JobFinished event")")
         }
         return Result(workers: workers, frames: frames, seconds: seconds, lastDoneSeconds: lastDone,
-                      submitSeconds: submitted, cpuSeconds: cpuSeconds,
+                      submitSeconds: submitted, cpuSeconds: cpuSeconds, roleCPUSeconds: roles,
                       slots: slots, startLags: startLags, endLags: endLags)
     }
 }
@@ -299,9 +315,10 @@ enum FarmBench {
 /// A thread running `body`, joinable.
 final class Joinable {
     private let done = DispatchSemaphore(value: 0)
-    init(_ body: @escaping () throws -> Void) {
+    init(name: String? = nil, _ body: @escaping () throws -> Void) {
         let done = self.done
         let t = Thread {
+            if let name { Thread.current.name = name }
             do { try body() } catch { FileHandle.standardError.write(Data("farm bench thread: \(error)\n".utf8)) }
             done.signal()
         }
@@ -309,4 +326,41 @@ final class Joinable {
         t.start()
     }
     func join() { done.wait(); done.signal() }
+}
+
+/// CPU time of this process's threads grouped by role, from Linux's per-thread scheduler
+/// statistics (`/proc/self/task/TID/schedstat`: nanoseconds on a CPU; `comm`: the thread's name).
+enum ThreadCPU {
+    static let coordinatorLoop = "coord-loop"
+    static let workerIO = "worker-io"
+
+    /// Nanoseconds on a CPU so far, summed by role; empty where /proc is not there.
+    static func byRole() -> [String: UInt64] {
+        let tasks = "/proc/self/task"
+        guard let tids = try? FileManager.default.contentsOfDirectory(atPath: tasks) else { return [:] }
+        var out: [String: UInt64] = [:]
+        for tid in tids {
+            guard let stat = read(tasks + "/" + tid + "/schedstat"),
+                  let ns = stat.split(separator: " ").first.flatMap({ UInt64($0) }),
+                  let name = read(tasks + "/" + tid + "/comm") else { continue }
+            out[role(name.trimmingCharacters(in: .whitespacesAndNewlines)), default: 0] += ns
+        }
+        return out
+    }
+
+    /// Thread names as set by the bench, by Foundation, by WorkerService and by libzmq (Linux keeps
+    /// 15 bytes of a name).
+    static func role(_ name: String) -> String {
+        if name.hasPrefix(coordinatorLoop) { return "coordinator loop" }
+        if name.hasPrefix(workerIO) { return "worker I/O" }
+        if name.hasPrefix("dp-compute") { return "worker compute" }
+        if name.hasPrefix("ZMQbg") { return "ZeroMQ" }
+        if name == "dp-bench" { return "client" }
+        return "other"
+    }
+
+    private static func read(_ path: String) -> String? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        return String(decoding: data, as: UTF8.self)
+    }
 }

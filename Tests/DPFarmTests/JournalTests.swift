@@ -180,6 +180,55 @@ final class JournalTests: XCTestCase {
         XCTAssertEqual(try j.job(job.id)?.videoWritten, true)
     }
 
+    func testCountersOfResultsInABatchAreSeenByEveryReadAndUndoneByARollback() throws {
+        let j = try open()
+        try j.recordWorker(name: "w", host: "h", slots: 1, threads: 1)
+        try j.recordWorker(name: "v", host: "h", slots: 1, threads: 1)
+        let job = try j.createJob(newJob([0, 1, 2, 3]))
+        let a = try (0 ..< 4).map { try j.startAttempt(job: job.id, frame: $0, worker: $0 == 3 ? "v" : "w") }
+        let out = FrameOutput(sha256: "x", size: 1, renderSeconds: 1)
+        func done(_ name: String) throws -> Int? { try j.workers().first { $0.name == name }?.framesDone }
+
+        // Counted in memory inside the batch; any other call in it (or after it) sees them written.
+        try j.batch {
+            _ = try j.completeAttempt(checked: XCTUnwrap(j.resultTarget(a[0].id)).attempt, current: true, output: out)
+            clock.advance(milliseconds: 5)
+            _ = try j.completeAttempt(a[1].id, output: out)
+            XCTAssertEqual(try j.job(job.id)?.framesDone, 2)
+            XCTAssertEqual(try j.job(job.id)?.updatedAtMs, 1_000_005)
+            XCTAssertEqual(try done("w"), 2)
+            XCTAssertEqual(try j.liveCounts(job: job.id).done, 2)
+            XCTAssertEqual(try j.liveCounts(job: job.id).dispatched, 2)
+        }
+        XCTAssertEqual(try j.job(job.id)?.framesDone, 2)
+
+        // A batch that rolls back takes its counted results with it.
+        XCTAssertThrowsError(try j.batch {
+            _ = try j.completeAttempt(a[2].id, output: out)
+            throw JournalError.invalidJob("roll back")
+        })
+        XCTAssertEqual(try j.frame(job: job.id, frame: 2)?.state, .dispatched)
+        XCTAssertEqual(try j.job(job.id)?.framesDone, 2)
+        XCTAssertEqual(try done("w"), 2)
+
+        // The last results finish the job inside the batch, counters written.
+        let last = try j.batch { () throws -> [AttemptOutcome] in
+            [try j.completeAttempt(a[2].id, output: out), try j.completeAttempt(a[3].id, output: out)]
+        }
+        XCTAssertEqual(last.map(\.jobFinished), [false, true])
+        XCTAssertEqual(last.last?.jobState, .completed)
+        let record = try XCTUnwrap(j.job(job.id))
+        XCTAssertEqual(record.state, .completed)
+        XCTAssertEqual(record.framesDone, 4)
+        XCTAssertEqual(try done("w"), 3)
+        XCTAssertEqual(try done("v"), 1)
+
+        // And they are in the file, not only in this Journal object.
+        let reopened = try open()
+        XCTAssertEqual(try reopened.job(job.id)?.framesDone, 4)
+        XCTAssertEqual(try reopened.workers().map(\.framesDone).sorted(), [1, 3])
+    }
+
     func testStartAttemptCheckedDispatchesAQueueCandidateAndBannedJobsLists() throws {
         let j = try open()
         let job = try j.createJob(newJob([0, 1]))
