@@ -5,11 +5,17 @@ public struct Migration: Sendable {
     public let version: Int
     public let name: String
     public let sql: String
+    /// The migration replaces tables (create new, copy, drop old, rename): it runs with foreign-key
+    /// enforcement off, as SQLite's documented procedure for table changes requires (a DROP TABLE
+    /// would otherwise cascade into the tables that refer to it), and commits only if
+    /// `PRAGMA foreign_key_check` finds nothing.
+    public let rebuildsTables: Bool
 
-    public init(version: Int, name: String, sql: String) {
+    public init(version: Int, name: String, sql: String, rebuildsTables: Bool = false) {
         self.version = version
         self.name = name
         self.sql = sql
+        self.rebuildsTables = rebuildsTables
     }
 }
 
@@ -118,6 +124,66 @@ extension Journal {
             ALTER TABLE jobs ADD COLUMN outputs_final INTEGER NOT NULL DEFAULT 0;
             UPDATE jobs SET outputs_final = 1 WHERE state IN ('completed', 'failed', 'cancelled');
             """),
+        // SQLite checks `x IN ('a', 'b', 'c', ...)` (three values or more) by building a temporary
+        // b-tree of the list, on every INSERT or UPDATE that sets x: of the four per-frame writes
+        // (attempt insert and finish, frame dispatched and done) that was more than half the cost.
+        // The same checks as comparisons. Same columns, rows, indexes and attempt id sequence.
+        Migration(version: 4, name: "state checks as comparisons", sql: """
+            CREATE TABLE new_frames (
+                job_id              INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+                frame               INTEGER NOT NULL,
+                dispatch_rank       INTEGER NOT NULL,
+                state               TEXT    NOT NULL CHECK (state = 'queued' OR state = 'dispatched' OR state = 'done'
+                                                            OR state = 'failed' OR state = 'cancelled'),
+                current_attempt_id  INTEGER,
+                failures            INTEGER NOT NULL DEFAULT 0,
+                output_sha256       TEXT,
+                output_size         INTEGER,
+                render_seconds      REAL,
+                worker              TEXT,
+                done_attempt_id     INTEGER,
+                updated_at_ms       INTEGER NOT NULL,
+                PRIMARY KEY (job_id, frame)
+            ) WITHOUT ROWID;
+            INSERT INTO new_frames (job_id, frame, dispatch_rank, state, current_attempt_id, failures, output_sha256,
+                                    output_size, render_seconds, worker, done_attempt_id, updated_at_ms)
+                SELECT job_id, frame, dispatch_rank, state, current_attempt_id, failures, output_sha256,
+                       output_size, render_seconds, worker, done_attempt_id, updated_at_ms FROM frames;
+            DROP TABLE frames;
+            ALTER TABLE new_frames RENAME TO frames;
+            CREATE INDEX frames_queued ON frames(job_id, dispatch_rank) WHERE state = 'queued';
+
+            CREATE TABLE new_attempts (
+                id              INTEGER PRIMARY KEY AUTOINCREMENT,
+                job_id          INTEGER NOT NULL,
+                frame           INTEGER NOT NULL,
+                worker          TEXT    NOT NULL,
+                state           TEXT    NOT NULL CHECK (state = 'running' OR state = 'finished'),
+                result          TEXT    CHECK (result = 'ok' OR result = 'failed' OR result = 'stale' OR result = 'lost'
+                                               OR result = 'cancelled'),
+                started_at_ms   INTEGER NOT NULL,
+                finished_at_ms  INTEGER,
+                render_seconds  REAL,
+                error           TEXT,
+                FOREIGN KEY (job_id, frame) REFERENCES frames(job_id, frame) ON DELETE CASCADE,
+                CHECK ((state = 'running') = (result IS NULL))
+            );
+            INSERT INTO new_attempts (id, job_id, frame, worker, state, result, started_at_ms, finished_at_ms,
+                                      render_seconds, error)
+                SELECT id, job_id, frame, worker, state, result, started_at_ms, finished_at_ms, render_seconds, error
+                FROM attempts;
+            -- Attempt ids are fencing tokens, never reused: the new table goes on from the old
+            -- sequence, which can be past the largest id left (attempts of deleted jobs).
+            DELETE FROM sqlite_sequence WHERE name = 'new_attempts';
+            INSERT INTO sqlite_sequence (name, seq)
+                SELECT 'new_attempts', last FROM (SELECT MAX(n) AS last FROM (
+                    SELECT seq AS n FROM sqlite_sequence WHERE name = 'attempts' UNION ALL SELECT MAX(id) FROM attempts))
+                WHERE last IS NOT NULL;
+            DROP TABLE attempts;
+            ALTER TABLE new_attempts RENAME TO attempts;
+            CREATE INDEX attempts_frame ON attempts(job_id, frame);
+            CREATE INDEX attempts_running ON attempts(id) WHERE state = 'running';
+            """, rebuildsTables: true),
     ]
 
     /// Applies the migrations `db` lacks, in order, each in a transaction. Refuses a database
@@ -152,8 +218,16 @@ extension Journal {
         }
         var now: [Int] = []
         for migration in sorted where applied[migration.version] == nil {
+            // PRAGMA foreign_keys is a no-op inside a transaction: set around it.
+            if migration.rebuildsTables { try db.execute("PRAGMA foreign_keys=OFF") }
+            defer { if migration.rebuildsTables { try? db.execute("PRAGMA foreign_keys=ON") } }
             try db.transaction {
                 try db.execute(migration.sql)
+                if migration.rebuildsTables, let bad = try db.query("PRAGMA foreign_key_check").first {
+                    throw JournalError.schemaMismatch(path: db.path,
+                        "migration \(migration.version) ('\(migration.name)') would leave a row of table "
+                        + "'\(bad.string("table") ?? "?")' without its '\(bad.string("parent") ?? "?")' row; not applied")
+                }
                 try db.run("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES (?, ?, ?)",
                            [.int(migration.version), .text(migration.name), .integer(clock.nowMilliseconds())])
             }

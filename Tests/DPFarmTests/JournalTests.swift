@@ -110,6 +110,70 @@ final class JournalTests: XCTestCase {
         XCTAssertEqual(try j.job(new.id)?.outputsFinal, true)
     }
 
+    func testMigrationFourKeepsRowsForeignKeysAndTheAttemptSequence() throws {
+        // A journal written before migration 4: a job with a done and a dispatched frame, and a
+        // deleted job whose attempts had taken ids 3-7 (so the sequence is past the largest id left).
+        let db = try SQLiteDatabase(path: path)
+        try Journal.migrate(db, migrations: Array(Journal.migrations.prefix(3)), clock: clock)
+        try db.execute("""
+            INSERT INTO jobs (id, name, model_id, order_mode, state, output_dir, frames_total, created_at_ms, updated_at_ms)
+                VALUES (1, 'kept', 'm', 'frame', 'running', '/out', 2, 0, 0), (2, 'gone', 'm', 'frame', 'running', '/out', 1, 0, 0);
+            INSERT INTO job_specs (job_id, spec) VALUES (1, x'00'), (2, x'00');
+            INSERT INTO frames (job_id, frame, dispatch_rank, state, current_attempt_id, output_sha256, worker, done_attempt_id, updated_at_ms)
+                VALUES (1, 0, 0, 'done', NULL, 'abc', 'w', 1, 5), (1, 1, 1, 'dispatched', 2, NULL, NULL, NULL, 6), (2, 0, 0, 'queued', NULL, NULL, NULL, NULL, 0);
+            INSERT INTO attempts (id, job_id, frame, worker, state, result, started_at_ms, finished_at_ms, render_seconds)
+                VALUES (1, 1, 0, 'w', 'finished', 'ok', 1, 2, 0.5), (2, 1, 1, 'w', 'running', NULL, 3, NULL, NULL);
+            INSERT INTO attempts (id, job_id, frame, worker, state, started_at_ms) VALUES (3, 2, 0, 'v', 'running', 0), (7, 2, 0, 'v', 'running', 0);
+            DELETE FROM jobs WHERE id = 2;
+            """)
+        XCTAssertEqual(try db.query("SELECT COUNT(*) AS n FROM attempts").first?.int("n"), 2, "cascaded before the migration")
+
+        let j = try open()
+        XCTAssertEqual(try j.schemaVersion(), 4)
+        XCTAssertEqual(try j.frame(job: 1, frame: 0)?.state, .done)
+        XCTAssertEqual(try j.frame(job: 1, frame: 0)?.outputSHA256, "abc")
+        XCTAssertEqual(try j.frame(job: 1, frame: 1)?.currentAttemptID, 2)
+        XCTAssertTrue(try j.isCurrent(2))
+        XCTAssertEqual(try j.job(1)?.spec, Data([0]))
+        // Attempt ids go on after 7, never reusing one that fenced a result.
+        _ = try j.completeAttempt(2, output: FrameOutput(sha256: "d", size: 1, renderSeconds: 1))
+        XCTAssertNil(try j.nextFrames(limit: 1).first, "every frame done or dispatched")
+        let other = try j.createJob(newJob([0]))
+        XCTAssertEqual(try j.startAttempt(job: other.id, frame: 0, worker: "w").id, 8)
+        // The checks and foreign keys hold as before: a bad state is refused, deleting a job
+        // cascades to its frames and attempts.
+        let check = try SQLiteDatabase(path: path)
+        XCTAssertThrowsError(try check.run("UPDATE frames SET state = 'bogus' WHERE job_id = 1")) {
+            XCTAssertTrue(($0 as? SQLiteError)?.isConstraint == true, "\($0)")
+        }
+        XCTAssertThrowsError(try check.run("UPDATE attempts SET result = 'bogus' WHERE id = 1"))
+        XCTAssertThrowsError(try check.run("INSERT INTO frames (job_id, frame, dispatch_rank, state, updated_at_ms) VALUES (99, 0, 0, 'queued', 0)"))
+        try check.run("DELETE FROM jobs WHERE id = 1")
+        XCTAssertEqual(try check.query("SELECT COUNT(*) AS n FROM frames WHERE job_id = 1").first?.int("n"), 0)
+        XCTAssertEqual(try check.query("SELECT COUNT(*) AS n FROM attempts WHERE job_id = 1").first?.int("n"), 0)
+        XCTAssertEqual(try check.query("PRAGMA foreign_keys").first?.int("foreign_keys"), 1)
+    }
+
+    func testPerFrameWritesBuildNoTemporaryTables() throws {
+        // SQLite checks `x IN (three or more values)` with a temporary b-tree built on every write;
+        // the four writes of every dispatch+result cycle must not (migration 4).
+        let j = try open()
+        for sql in [
+            "INSERT INTO attempts (job_id, frame, worker, state, started_at_ms) VALUES (?, ?, ?, 'running', ?)",
+            "UPDATE frames SET state = 'dispatched', current_attempt_id = ?, updated_at_ms = ? WHERE job_id = ? AND frame = ?",
+            "UPDATE attempts SET state = 'finished', result = ?, finished_at_ms = ?, render_seconds = ?, error = ? WHERE id = ?",
+            """
+            UPDATE frames SET state = 'done', current_attempt_id = NULL, output_sha256 = ?, output_size = ?,
+                              render_seconds = ?, worker = ?, done_attempt_id = ?, updated_at_ms = ? WHERE job_id = ? AND frame = ?
+            """,
+        ] {
+            let parameters = [SQLiteValue](repeating: .null, count: sql.filter { $0 == "?" }.count)
+            let opcodes = try j.db.query("EXPLAIN " + sql, parameters).compactMap { $0.string("opcode") }
+            XCTAssertFalse(opcodes.isEmpty)
+            XCTAssertFalse(opcodes.contains("OpenEphemeral"), "a temporary b-tree in: \(sql)")
+        }
+    }
+
     func testJournalFromANewerBuildIsRefused() throws {
         _ = try open()
         let db = try SQLiteDatabase(path: path)
