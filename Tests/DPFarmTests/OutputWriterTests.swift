@@ -109,6 +109,26 @@ final class OutputWriterTests: XCTestCase {
         XCTAssertTrue(out.isComplete)
     }
 
+    func testManifestEntryEscapesWhatJSONNeedsAndReadsBack() throws {
+        let odd = "bench \"7\" \\ tab\there\nnew line \u{1} é ✓"
+        for (worker, seed) in [(odd, UInt64?.none), ("plain-worker", UInt64.max)] {
+            let record = OutputFrameRecord(frame: 12, file: "frame_00012.png", attempt: 9, worker: worker, modelID: "m\"id",
+                                           seed: seed, sampler: "ddim", steps: 3, imageGuidance: 7.25, poseGuidance: -0.5,
+                                           renderSeconds: 0.1, pngSHA256: "ab", pngSize: 77)
+            let text = ManifestJSON.entry(record)
+            let parsed = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], text)
+            XCTAssertEqual(parsed["worker"] as? String, worker)
+            XCTAssertEqual(parsed["model_id"] as? String, "m\"id")
+            XCTAssertEqual(parsed["seed"] as? UInt64, seed)
+            XCTAssertEqual(parsed.keys.count, seed == nil ? 12 : 13)
+            XCTAssertEqual(parsed["image_guidance"] as? Double, 7.25)
+            XCTAssertEqual(parsed["pose_guidance"] as? Double, -0.5)
+            XCTAssertEqual(parsed["render_seconds"] as? Double, 0.1)
+            XCTAssertEqual(parsed["png_size"] as? Int, 77)
+            XCTAssertTrue(text.hasPrefix("    {\n      \"attempt\" : 9,\n"), text)
+        }
+    }
+
     func testSecondWriteOfAFrameIsRefusedAndNothingChanges() throws {
         let out = try writer([0, 1])
         let first = try png(width: 4, height: 4, colour: 0)
