@@ -312,7 +312,7 @@ extension Coordinator {
 
     func onFollow(_ peer: Data, _ requestID: UInt64, _ follow: FarmFollowJob) throws {
         let id = Int64(truncatingIfNeeded: follow.jobID)
-        guard let record = try journal.job(id) else {
+        guard let record = try journal.job(id, includingSpec: false) else {
             badRequest(peer, requestID, .unknownJob, "no job \(follow.jobID)", job: follow.jobID)
             return
         }
@@ -356,9 +356,9 @@ extension Coordinator {
     func onStatus(_ peer: Data, _ requestID: UInt64, _ request: FarmStatusRequest) throws {
         var reply = FarmStatusReply()
         if request.jobID == 0 {
-            reply.jobs = try journal.jobs().map(jobStatus)
+            reply.jobs = try journal.jobs(includingSpec: false).map(jobStatus)
         } else {
-            guard let record = try journal.job(Int64(truncatingIfNeeded: request.jobID)) else {
+            guard let record = try journal.job(Int64(truncatingIfNeeded: request.jobID), includingSpec: false) else {
                 badRequest(peer, requestID, .unknownJob, "no job \(request.jobID)", job: request.jobID)
                 return
             }
@@ -369,14 +369,14 @@ extension Coordinator {
 
     func onCancel(_ peer: Data, _ requestID: UInt64, _ request: FarmCancelJob) throws {
         let id = Int64(truncatingIfNeeded: request.jobID)
-        guard try journal.job(id) != nil else {
+        guard try journal.job(id, includingSpec: false) != nil else {
             badRequest(peer, requestID, .unknownJob, "no job \(request.jobID)", job: request.jobID)
             return
         }
         let running = try journal.cancelJob(id, reason: "cancelled by \(peerName(peer))")
         uploads[id] = nil
         cancelOnWorkers(job: id, attempts: running, reason: "job \(id) cancelled")
-        let state = try journal.job(id)?.state ?? .cancelled
+        let state = try journal.job(id, includingSpec: false)?.state ?? .cancelled
         var reply = FarmCancelReply()
         reply.jobID = request.jobID
         reply.state = FarmJobState(state)

@@ -495,7 +495,7 @@ extension Coordinator {
     /// follower that sees JobFinished finds every output in place. A crash before that is
     /// finished by the next start-up (`startUp`: finished jobs whose outputs are not final).
     func finishJob(_ id: Int64) {
-        guard !finishing.contains(id), let record = try? journal.job(id) else { return }
+        guard !finishing.contains(id), let record = try? journal.job(id, includingSpec: false) else { return }
         finishing.insert(id)
         // Its context leaves the loop: the job gets no more frames, and the background work owns
         // (and frees) it. A job whose output cannot be opened (it failed for that) has nothing to write.

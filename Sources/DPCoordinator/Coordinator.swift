@@ -262,12 +262,12 @@ public final class Coordinator: @unchecked Sendable {
     // MARK: start-up
 
     func startUp() throws {
-        for job in try journal.jobs(states: [.uploading]) {
+        for job in try journal.jobs(states: [.uploading], includingSpec: false) {
             _ = try journal.failJob(job.id, error: "upload interrupted by a coordinator restart; submit the job again")
             log("job \(job.id) '\(job.name)': was uploading when the coordinator stopped; marked failed")
         }
         // A crash (or a stop) between a job's end and its last manifest rewrite or video: finish them now.
-        for job in try journal.jobs(states: [.completed, .failed, .cancelled]) where !job.outputsFinal {
+        for job in try journal.jobs(states: [.completed, .failed, .cancelled], includingSpec: false) where !job.outputsFinal {
             let video = job.state == .completed && (job.videoPath ?? "") != "" && !job.videoWritten
             log("job \(job.id) '\(job.name)': \(job.state.rawValue) before its final manifest.json"
                 + (video ? " and video" : "") + " were written; writing them now")
@@ -275,7 +275,7 @@ public final class Coordinator: @unchecked Sendable {
         }
         // Open every unfinished job's output now: its done frames' PNGs are checked against the
         // journal (a missing or corrupt one is requeued) before anything is dispatched.
-        for job in try journal.jobs(states: [.queued, .running]) {
+        for job in try journal.jobs(states: [.queued, .running], includingSpec: false) {
             do {
                 _ = try jobContext(job.id)
             } catch {

@@ -154,16 +154,19 @@ public final class Journal: @unchecked Sendable {
         }
     }
 
-    public func job(_ id: Int64) throws -> JobRecord? {
+    /// A job's record. `includingSpec` false leaves `spec` empty: the spec holds every pose file's
+    /// entry (~100 bytes a frame), which status, follow and cancel do not need.
+    public func job(_ id: Int64, includingSpec: Bool = true) throws -> JobRecord? {
         try locked {
-            try db.query("\(Journal.jobColumns) WHERE j.id = ?", [.integer(id)]).first.map(Journal.jobRecord)
+            try db.query("\(Journal.jobColumns(includingSpec: includingSpec)) WHERE j.id = ?", [.integer(id)]).first
+                .map(Journal.jobRecord)
         }
     }
 
-    /// Jobs, oldest first; `states` nil = all.
-    public func jobs(states: Set<JobState>? = nil) throws -> [JobRecord] {
+    /// Jobs, oldest first; `states` nil = all; `includingSpec` as in `job`.
+    public func jobs(states: Set<JobState>? = nil, includingSpec: Bool = true) throws -> [JobRecord] {
         try locked {
-            try db.query("\(Journal.jobColumns) ORDER BY j.id").map(Journal.jobRecord)
+            try db.query("\(Journal.jobColumns(includingSpec: includingSpec)) ORDER BY j.id").map(Journal.jobRecord)
                 .filter { states?.contains($0.state) ?? true }
         }
     }
@@ -329,8 +332,10 @@ public final class Journal: @unchecked Sendable {
         return (final, true)
     }
 
-    /// A job row with its spec (kept in job_specs, see migration 2).
-    static let jobColumns = "SELECT j.*, s.spec AS spec FROM jobs j LEFT JOIN job_specs s ON s.job_id = j.id"
+    /// A job row, with its spec (kept in job_specs, see migration 2) or without.
+    static func jobColumns(includingSpec: Bool) -> String {
+        includingSpec ? "SELECT j.*, s.spec AS spec FROM jobs j LEFT JOIN job_specs s ON s.job_id = j.id" : "SELECT j.* FROM jobs j"
+    }
 
     static func jobRecord(_ r: SQLiteRow) -> JobRecord {
         JobRecord(id: r.int64("id") ?? 0, name: r.string("name") ?? "", spec: r.data("spec") ?? Data(),

@@ -210,6 +210,12 @@ final class JournalTests: XCTestCase {
         XCTAssertEqual(job.framesTotal, 3)
         XCTAssertEqual(job.framesDone, 1)
         XCTAssertEqual(job.updatedAtMs, 1_000_500, "completing a frame updates the job at the clock's time")
+        // Without the spec (status, follow, cancel): the same record, spec left empty.
+        var withoutSpec = job
+        withoutSpec.spec = Data()
+        XCTAssertEqual(try j.job(id, includingSpec: false), withoutSpec)
+        XCTAssertEqual(try j.jobs(states: [.running], includingSpec: false), [withoutSpec])
+        XCTAssertEqual(try j.jobs(states: [.completed], includingSpec: false), [])
         let frames = try j.frames(job: id)
         XCTAssertEqual(frames.map(\.frame), [1, 2, 3])
         XCTAssertEqual(frames.map(\.state), [.done, .queued, .queued])
