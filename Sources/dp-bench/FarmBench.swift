@@ -121,7 +121,7 @@ enum FarmBench {
         var submitSeconds: Double
         /// User + system CPU seconds of the whole process (coordinator, workers, ZeroMQ, follower).
         var cpuSeconds: Double
-        /// CPU seconds on the CPU by thread role (`ThreadCPU`), from the submit to JobFinished.
+        /// CPU seconds by thread role (`ThreadCPU`), from the submit to JobFinished.
         var roleCPUSeconds: [String: Double]
         /// The workers' compute threads: time per frame computing, and waiting for a frame.
         var slots: WorkerService.SlotStatistics
@@ -267,7 +267,7 @@ enum FarmBench {
                                 frames: Array(0..<frames), outputDirectory: root.appendingPathComponent("out").path)
         let start = Date()
         let cpuStart = processCPUSeconds()
-        let threadsStart = ThreadCPU.byRole()
+        let threadsStart = ThreadCPU.byThread()
         let id = try client.submit(job)
         let submitted = Date().timeIntervalSince(start)
         let repliedNs = DispatchTime.now().uptimeNanoseconds
@@ -288,9 +288,7 @@ enum FarmBench {
         print(String(format: "   timeline: submit replied %.3f s, first frame done %.3f s, last %.3f s, JobFinished %.3f s",
                      submitted, firstDone ?? -1, lastDone, seconds))
         let cpuSeconds = processCPUSeconds() - cpuStart
-        let threadsEnd = ThreadCPU.byRole()
-        var roles: [String: Double] = [:]
-        for (role, ns) in threadsEnd { roles[role] = Double(ns - (threadsStart[role] ?? 0)) / 1e9 }
+        let roles = ThreadCPU.secondsByRole(from: threadsStart, to: ThreadCPU.byThread())
         var slots = WorkerService.SlotStatistics()
         var startLags: [Double] = [], endLags: [Double] = []
         for s in services {
@@ -334,28 +332,40 @@ enum ThreadCPU {
     static let coordinatorLoop = "coord-loop"
     static let workerIO = "worker-io"
 
-    /// Nanoseconds on a CPU so far, summed by role; empty where /proc is not there.
-    static func byRole() -> [String: UInt64] {
+    /// Each thread's role and nanoseconds on a CPU so far, by thread id; empty where /proc is not there.
+    static func byThread() -> [String: (role: String, ns: UInt64)] {
         let tasks = "/proc/self/task"
         guard let tids = try? FileManager.default.contentsOfDirectory(atPath: tasks) else { return [:] }
-        var out: [String: UInt64] = [:]
+        let main = String(getpid())
+        var out: [String: (role: String, ns: UInt64)] = [:]
         for tid in tids {
             guard let stat = read(tasks + "/" + tid + "/schedstat"),
                   let ns = stat.split(separator: " ").first.flatMap({ UInt64($0) }),
                   let name = read(tasks + "/" + tid + "/comm") else { continue }
-            out[role(name.trimmingCharacters(in: .whitespacesAndNewlines)), default: 0] += ns
+            out[tid] = (tid == main ? "client" : role(name.trimmingCharacters(in: .whitespacesAndNewlines)), ns)
         }
         return out
     }
 
-    /// Thread names as set by the bench, by Foundation, by WorkerService and by libzmq (Linux keeps
-    /// 15 bytes of a name).
+    /// CPU seconds between two `byThread` readings, summed by role (a thread that ended in between
+    /// is left out; one that started counts from zero).
+    static func secondsByRole(from start: [String: (role: String, ns: UInt64)],
+                              to end: [String: (role: String, ns: UInt64)]) -> [String: Double] {
+        var out: [String: Double] = [:]
+        for (tid, now) in end {
+            let before = start[tid]?.ns ?? 0
+            out[now.role, default: 0] += Double(now.ns >= before ? now.ns - before : 0) / 1e9
+        }
+        return out
+    }
+
+    /// Thread names as set by the bench, by WorkerService and by libzmq (Linux keeps 15 bytes of a
+    /// name); the main thread (the client) is told by its id.
     static func role(_ name: String) -> String {
         if name.hasPrefix(coordinatorLoop) { return "coordinator loop" }
         if name.hasPrefix(workerIO) { return "worker I/O" }
         if name.hasPrefix("dp-compute") { return "worker compute" }
         if name.hasPrefix("ZMQbg") { return "ZeroMQ" }
-        if name == "dp-bench" { return "client" }
         return "other"
     }
 
