@@ -128,7 +128,7 @@ extension Journal {
         // the result that completes the job writes them now and settles it.
         let job = try deferFrameDone(job: a.jobID, worker: a.worker, at: t)
         var jobState = job.state, finished = false
-        if !job.state.isFinished && job.total - job.done - job.failed <= 0 {
+        if !job.state.isFinished && job.pending <= 0 {
             try writeDeferredCounters()
             (jobState, finished) = try settleJob(a.jobID, at: t)
         }

@@ -9,12 +9,9 @@
 /// When a result completes its job the counters are written at once and the job is settled as
 /// before.
 struct DeferredCounters {
-    /// A job's counter row as read at its first deferred result, plus the results counted since.
+    /// A job's counters as read at its first deferred result, plus the results counted since.
     struct Job {
-        var state: JobState
-        var total: Int
-        var done: Int
-        var failed: Int
+        var counters: JobCounters
         /// Results counted in memory and not written yet.
         var unwritten: Int
         var updatedAtMs: Int64
@@ -26,26 +23,28 @@ struct DeferredCounters {
     var isEmpty: Bool { jobs.isEmpty && workers.isEmpty }
 }
 
+/// A job's state and frame counters (the `jobs` row's).
+struct JobCounters {
+    var state: JobState
+    var total: Int
+    var done: Int
+    var failed: Int
+
+    /// Frames neither done nor failed.
+    var pending: Int { total - done - failed }
+}
+
 extension Journal {
     /// Counts an accepted result of `jobID` by `worker` (inside a transaction, lock held) and returns
     /// the job's counters including it.
-    func deferFrameDone(job jobID: Int64, worker: String, at t: Int64) throws -> DeferredCounters.Job {
-        var job: DeferredCounters.Job
-        if let known = deferred.jobs[jobID] {
-            job = known
-        } else {
-            guard let row = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
-                                         [.integer(jobID)]).first,
-                  let state = JobState(rawValue: row.string("state") ?? "") else { throw JournalError.unknownJob(jobID) }
-            job = DeferredCounters.Job(state: state, total: row.int("frames_total") ?? 0, done: row.int("frames_done") ?? 0,
-                                       failed: row.int("frames_failed") ?? 0, unwritten: 0, updatedAtMs: t)
-        }
-        job.done += 1
+    func deferFrameDone(job jobID: Int64, worker: String, at t: Int64) throws -> JobCounters {
+        var job = try deferred.jobs[jobID] ?? DeferredCounters.Job(counters: jobCounters(jobID), unwritten: 0, updatedAtMs: t)
+        job.counters.done += 1
         job.unwritten += 1
         job.updatedAtMs = t
         deferred.jobs[jobID] = job
         deferred.workers[worker, default: 0] += 1
-        return job
+        return job.counters
     }
 
     /// Writes the deferred counters (inside a transaction, lock held), forgetting each once written:

@@ -202,14 +202,12 @@ public final class Journal: @unchecked Sendable {
     /// is cancelled. `renderSeconds` is left 0 (it needs the scan; `progress(job:)` has it).
     public func liveCounts(job id: Int64) throws -> JobProgress {
         try locked {
-            guard let row = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
-                                         [.integer(id)]).first,
-                  let state = JobState(rawValue: row.string("state") ?? "") else { throw JournalError.unknownJob(id) }
+            let c = try jobCounters(id)
             var p = JobProgress()
-            p.total = row.int("frames_total") ?? 0
-            p.done = row.int("frames_done") ?? 0
-            p.failed = row.int("frames_failed") ?? 0
-            if state.isFinished {
+            p.total = c.total
+            p.done = c.done
+            p.failed = c.failed
+            if c.state.isFinished {
                 p.cancelled = max(0, p.total - p.done - p.failed)
                 return p
             }
@@ -318,18 +316,24 @@ public final class Journal: @unchecked Sendable {
     /// Returns the job's state and whether this call finished it.
     func settleJob(_ id: Int64, at t: Int64) throws -> (JobState, Bool) {
         // Counters, not a scan of the frames.
-        guard let row = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
-                                     [.integer(id)]).first,
-              let state = JobState(rawValue: row.string("state") ?? "") else { throw JournalError.unknownJob(id) }
-        guard !state.isFinished else { return (state, false) }
-        let failed = row.int("frames_failed") ?? 0
-        let pending = (row.int("frames_total") ?? 0) - (row.int("frames_done") ?? 0) - failed
-        guard pending <= 0 else { return (state, false) }
+        let c = try jobCounters(id)
+        guard !c.state.isFinished else { return (c.state, false) }
+        let failed = c.failed
+        guard c.pending <= 0 else { return (c.state, false) }
         let final: JobState = failed > 0 ? .failed : .completed
         try db.run("UPDATE jobs SET state = ?, updated_at_ms = ?, finished_at_ms = ?, error = ? WHERE id = ?",
                    [.text(final.rawValue), .integer(t), .integer(t),
                     failed > 0 ? .text("\(failed) frame(s) failed") : .null, .integer(id)])
         return (final, true)
+    }
+
+    /// A job's state and frame counters (inside the lock; unknown job: throws).
+    func jobCounters(_ id: Int64) throws -> JobCounters {
+        guard let row = try db.query("SELECT state, frames_total, frames_done, frames_failed FROM jobs WHERE id = ?",
+                                     [.integer(id)]).first,
+              let state = JobState(rawValue: row.string("state") ?? "") else { throw JournalError.unknownJob(id) }
+        return JobCounters(state: state, total: row.int("frames_total") ?? 0, done: row.int("frames_done") ?? 0,
+                           failed: row.int("frames_failed") ?? 0)
     }
 
     /// A job row, with its spec (kept in job_specs, see migration 2) or without.
