@@ -88,7 +88,7 @@ let package = Package(
                           swiftSettings: v5),
         .executableTarget(name: "dp-bench",
                           dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPGolden",
-                                         "DPCoordinator", "DPWorker", "DPTransport",
+                                         "DPCoordinator", "DPWorker", "DPTransport", "CDPSys",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: v5 + release),
 

@@ -16,6 +16,10 @@ int dp_set_thread_nice(int nice) {
     return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
 }
 
+int dp_set_thread_name(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
+}
+
 int dp_write_new_file_tmpfile(const char *folder, const char *path, const void *data, size_t length) {
     int fd = open(folder, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
     if (fd < 0) {

@@ -18,6 +18,7 @@
 // messages and in FrameResult.credits. A coordinator silent for liveness x interval (or a Hello unanswered as long) ends
 // the session: the socket is closed and a new one connects after an exponential backoff; its
 // Hello lists the attempts still held, and results finished meanwhile are sent once welcomed.
+import CDPSys
 import DPFileKit
 import DPProtocol
 import DPTransport
@@ -107,10 +108,10 @@ public final class WorkerService: @unchecked Sendable {
         computeOpen = true
         lock.unlock()
         for i in 0 ..< settings.slots {
-            // Named from inside (Foundation names the OS thread only for the current thread): `top -H`
-            // shows "dp-compute 1" (Linux keeps 15 bytes).
+            // Named from inside with prctl (Foundation's Thread.name did not always reach the OS thread):
+            // `top -H` shows "dp-compute 1" (Linux keeps 15 bytes).
             let thread = Thread { [self] in
-                Thread.current.name = "dp-compute \(i + 1)"
+                _ = dp_set_thread_name("dp-compute \(i + 1)")
                 computeLoop()
             }
             thread.stackSize = settings.computeThreadStackBytes

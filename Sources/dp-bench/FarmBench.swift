@@ -1,4 +1,5 @@
 import ArgumentParser
+import CDPSys
 import DPCoordinator
 import DPPipeline
 import DPTransport
@@ -316,7 +317,7 @@ final class Joinable {
     init(name: String? = nil, _ body: @escaping () throws -> Void) {
         let done = self.done
         let t = Thread {
-            if let name { Thread.current.name = name }
+            if let name { _ = dp_set_thread_name(name) }
             do { try body() } catch { FileHandle.standardError.write(Data("farm bench thread: \(error)\n".utf8)) }
             done.signal()
         }

@@ -13,6 +13,10 @@ int dp_set_timer_slack_ns(unsigned long ns);
 /// or -1 with errno set.
 int dp_set_thread_nice(int nice);
 
+/// prctl(PR_SET_NAME, name): the calling thread's name as `top -H`, `ps -L` and /proc show it (Linux
+/// keeps the first 15 bytes). Returns 0, or -1 with errno set.
+int dp_set_thread_name(const char *name);
+
 /// Writes `length` bytes to a new file `path` in `folder` without a temp name: an unnamed file
 /// (open(folder, O_TMPFILE)) linked into place when complete (linkat through /proc/self/fd), which
 /// refuses an existing file (EEXIST). A crash leaves nothing behind. Returns 0; 1 when this kernel,
