@@ -562,11 +562,14 @@ public final class OutputWriter: @unchecked Sendable {
 /// rewrite joins them. Same keys (sorted) and values as `OutputManifest`'s Codable form, which
 /// reads it back (OutputWriterTests check the round trip).
 enum ManifestJSON {
+    /// True when a string's UTF-8 bytes hold something JSON must escape (a control character, a
+    /// quote or a backslash); most strings (hex digests, names, file names) do not.
+    static func needsEscaping<C: Collection>(_ utf8: C) -> Bool where C.Element == UInt8 {
+        utf8.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
+    }
+
     static func string(_ s: String) -> String {
-        // Most strings (hex digests, names, file names) need no escaping.
-        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-            return "\"" + s + "\""
-        }
+        if !needsEscaping(s.utf8) { return "\"" + s + "\"" }
         var out = "\""
         for scalar in s.unicodeScalars {
             switch scalar {
@@ -606,10 +609,7 @@ enum ManifestJSON {
         }
         func text(_ s: String) {
             var s = s
-            let plain = s.withUTF8 { bytes in
-                !bytes.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }
-            }
-            if plain {
+            if !s.withUTF8({ needsEscaping($0) }) {
                 out.append(UInt8(ascii: "\""))
                 s.withUTF8 { out.append(contentsOf: $0) }
                 out.append(UInt8(ascii: "\""))
