@@ -12,7 +12,7 @@ struct DeferredCounters {
     /// A job's counters as read at its first deferred result, plus the results counted since.
     struct Job {
         var counters: JobCounters
-        /// Results counted in memory and not written yet.
+        /// Results counted in memory and not written yet (at least 1: an entry exists only once counted).
         var unwritten: Int
         var updatedAtMs: Int64
     }
@@ -51,10 +51,8 @@ extension Journal {
     /// if a write fails, what it did not write stays deferred.
     func writeDeferredCounters() throws {
         for (id, job) in deferred.jobs.sorted(by: { $0.key < $1.key }) {
-            if job.unwritten > 0 {
-                try db.run("UPDATE jobs SET frames_done = frames_done + ?, updated_at_ms = ? WHERE id = ?",
-                           [.int(job.unwritten), .integer(job.updatedAtMs), .integer(id)])
-            }
+            try db.run("UPDATE jobs SET frames_done = frames_done + ?, updated_at_ms = ? WHERE id = ?",
+                       [.int(job.unwritten), .integer(job.updatedAtMs), .integer(id)])
             deferred.jobs[id] = nil
         }
         for (worker, count) in deferred.workers.sorted(by: { $0.key < $1.key }) {
