@@ -27,17 +27,18 @@ let package = Package(
     ],
     targets: [
         // C libraries from Debian packages.
-        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng16"),
         .systemLibrary(name: "CZeroMQ", path: "Sources/CZeroMQ", pkgConfig: "libzmq"),
         .systemLibrary(name: "CSQLite3", path: "Sources/CSQLite3", pkgConfig: "sqlite3"),
 
         // The engine.
-        // Vectorised pointwise kernels (exp/erf/softmax loops, AVX2+FMA picked at run time), -O2 even in debug.
+        // Vectorised kernels (pointwise, Winograd transforms; AVX2+FMA / AVX-512 picked at run time), -O2 even in
+        // debug, and the one path into OpenBLAS: opened with dlopen at the first product, not linked, so the
+        // kernel set can be chosen first (blas.c says why).
         .target(name: "CDPKernels", path: "Sources/CDPKernels", cSettings: [.unsafeFlags(["-O2"])]),
         // Linux calls Swift cannot make itself (variadic prctl).
         .target(name: "CDPSys", path: "Sources/CDPSys"),
-        .target(name: "DPTensor", dependencies: ["COpenBLAS", "CDPKernels"], swiftSettings: v5 + release),
+        .target(name: "DPTensor", dependencies: ["CDPKernels"], swiftSettings: v5 + release),
         .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: v5 + release),
         .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: v5 + release),
         // Golden-case reading and the parity runner (dp-bench parity and the tests share it).

@@ -6,7 +6,9 @@ import Foundation
 /// Applies `f` element by element over `x`, in parallel chunks for large tensors.
 @inline(__always)
 func mapElements(_ x: Tensor, _ f: (UnsafePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void) -> Tensor {
-    Tensor(shape: x.shape) { out in
+    let probe = OpProfile.begin(.elementwise)
+    defer { probe?.end() }
+    return Tensor(shape: x.shape) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { pxb in
             let px = pxb.baseAddress!
@@ -47,6 +49,8 @@ public func geglu(_ x: Tensor) -> Tensor {
     let rows = two == 0 ? 0 : x.count / two
     var outShape = x.shape
     outShape[outShape.count - 1] = hdim
+    let probe = OpProfile.begin(.geglu)
+    defer { probe?.end() }
     return Tensor(shape: outShape) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { pxb in

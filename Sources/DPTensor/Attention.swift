@@ -1,5 +1,7 @@
 // Multi-head scaled dot-product attention (diffusers `Attention` core, after the q/k/v projections).
 
+import Synchronization
+
 /// Upper bound on one score tile, in floats (4 MB: 256 queries against 4096 keys; measured fastest here).
 let attentionScoreTileFloats = 1 << 20
 
@@ -31,6 +33,16 @@ func attention(query: Tensor, key: Tensor, value: Tensor, heads: Int, scale: Flo
     let tile = max(1, min(nq, tileFloats / max(1, nk)))
     let tilesPerHead = nq == 0 ? 0 : (nq + tile - 1) / tile
     let jobs = b * heads * tilesPerHead
+    let profiling = OpProfile.isOn
+    let phases = AttentionPhaseTimes()
+    let wallStart = profiling ? monotonicSeconds() : 0
+    defer {
+        if profiling {
+            let productFLOPs = 2 * Double(b * heads) * Double(nq) * Double(nk) * Double(d)
+            phases.attribute(wall: monotonicSeconds() - wallStart, scoresFLOPs: productFLOPs,
+                             valuesFLOPs: productFLOPs)
+        }
+    }
     return Tensor(shape: [b, nq, c]) { out in
         guard let po = out.baseAddress, nq > 0, nk > 0 else { return }
         query.data.withUnsafeBufferPointer { pqb in
@@ -50,17 +62,40 @@ func attention(query: Tensor, key: Tensor, value: Tensor, heads: Int, scale: Flo
                                 let kh = pk + bi * nk * c + h * d          // [Nk, d], row stride C
                                 let vh = pv + bi * nk * c + h * d          // [Nk, d], row stride C
                                 let oh = po + (bi * nq + q0) * c + h * d   // [T, d], row stride C
+                                let t0 = profiling ? monotonicSeconds() : 0
                                 // scores [T, Nk] = scale * Q_tile K_h^T
                                 gemm(transB: true, m: t, n: nk, k: d, alpha: scale, a: qh, lda: c,
                                      b: kh, ldb: c, c: scores, ldc: nk)
+                                let t1 = profiling ? monotonicSeconds() : 0
                                 for r in 0..<t { softmaxRowInPlace(scores + r * nk, count: nk) }
+                                let t2 = profiling ? monotonicSeconds() : 0
                                 // out_tile [T, d] = P [T, Nk] x V_h [Nk, d]
                                 gemm(m: t, n: d, k: nk, a: scores, lda: nk, b: vh, ldb: c, c: oh, ldc: c)
+                                if profiling { phases.add(scores: t1 - t0, softmax: t2 - t1, values: monotonicSeconds() - t2) }
                             }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Thread time spent in attention's three phases during one call, summed over the engine threads; the
+/// call's wall time is split between the phases in proportion (the profile's attention lines).
+final class AttentionPhaseTimes: Sendable {
+    private let seconds = Mutex<(scores: Double, softmax: Double, values: Double)>((0, 0, 0))
+
+    func add(scores: Double, softmax: Double, values: Double) {
+        seconds.withLock { $0.scores += scores; $0.softmax += softmax; $0.values += values }
+    }
+
+    func attribute(wall: Double, scoresFLOPs: Double, valuesFLOPs: Double) {
+        let s = seconds.withLock { $0 }
+        let total = s.scores + s.softmax + s.values
+        let share = total > 0 ? wall / total : 0
+        OpProfile.record(.attentionScores, seconds: s.scores * share, flops: scoresFLOPs)
+        OpProfile.record(.softmax, seconds: s.softmax * share, flops: 0)
+        OpProfile.record(.attentionValues, seconds: s.values * share, flops: valuesFLOPs)
     }
 }

@@ -22,7 +22,20 @@ let conv2dScratchFloats = 4 << 20
 /// weight matrix [Cout, Cin*kh*kw] straight into the output.
 public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1,
                    padding: Padding2D = .symmetric(0)) -> Tensor {
-    conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, scratchFloats: conv2dScratchFloats)
+    let kind: OpKind = weight.rank == 4 && weight.shape[2] == 3 && weight.shape[3] == 3
+        ? (stride == 1 ? .conv3x3 : .conv3x3Strided) : .convOther
+    let probe = OpProfile.begin(kind, flops: conv2dFLOPs(x, weight: weight, stride: stride, padding: padding))
+    defer { probe?.end() }
+    return conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, scratchFloats: conv2dScratchFloats)
+}
+
+/// 2 x N x Cout x Ho x Wo x Cin x kh x kw (the direct product's multiply-adds).
+func conv2dFLOPs(_ x: Tensor, weight: Tensor, stride: Int, padding: Padding2D) -> Double {
+    guard x.rank == 4, weight.rank == 4, stride >= 1 else { return 0 }
+    let ho = (x.shape[2] + padding.top + padding.bottom - weight.shape[2]) / stride + 1
+    let wo = (x.shape[3] + padding.left + padding.right - weight.shape[3]) / stride + 1
+    return 2 * Double(x.shape[0]) * Double(weight.shape[0]) * Double(max(0, ho) * max(0, wo))
+        * Double(weight.shape[1] * weight.shape[2] * weight.shape[3])
 }
 
 /// `conv2d` with an explicit im2col scratch bound (tests use small bounds to exercise the tiling).

@@ -1,8 +1,9 @@
-// Matrix products: the one path into BLAS (cblas_sgemm), and matmul / linear on tensors.
+// Matrix products: the one path into BLAS (OpenBLAS sgemm through CDPKernels dp_sgemm), and matmul / linear
+// on tensors.
 
-import COpenBLAS
+import CDPKernels
 
-/// Row-major sgemm through cblas: C = alpha * op(A) * op(B) + beta * C.
+/// Row-major sgemm through OpenBLAS: C = alpha * op(A) * op(B) + beta * C.
 /// op(A) is [m, k], op(B) is [k, n], C is [m, n]; lda/ldb/ldc are the row strides of the stored matrices.
 public func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int, alpha: Float = 1,
                  a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
@@ -16,8 +17,8 @@ public func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: 
         }
         return
     }
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    dp_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb),
+             beta, c, Int32(ldc))
 }
 
 /// Matrix product. `a` [M, K] x `b` [K, N] -> [M, N] (`transposeB`: `b` is [N, K]).
@@ -65,6 +66,8 @@ public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
     let rows = x.count / max(inF, 1)
     var outShape = x.shape
     outShape[outShape.count - 1] = outF
+    let probe = OpProfile.begin(.linear, flops: 2 * Double(rows) * Double(inF) * Double(outF))
+    defer { probe?.end() }
     return Tensor(shape: outShape) { out in
         guard let pc = out.baseAddress else { return }
         var beta: Float = 0

@@ -19,6 +19,8 @@ public func concat(_ tensors: [Tensor], axis: Int) -> Tensor {
     var outShape = first.shape
     outShape[axis] = total
     let rowOut = total * inner
+    let probe = OpProfile.begin(.layout)
+    defer { probe?.end() }
     return Tensor(shape: outShape) { out in
         guard let po = out.baseAddress else { return }
         var offset = 0
@@ -47,6 +49,8 @@ public func slice(_ x: Tensor, axis: Int, range: Range<Int>) -> Tensor {
     let chunk = range.count * inner
     var outShape = x.shape
     outShape[axis] = range.count
+    let probe = OpProfile.begin(.layout)
+    defer { probe?.end() }
     return Tensor(shape: outShape) { out in
         guard let po = out.baseAddress, chunk > 0 else { return }
         x.data.withUnsafeBufferPointer { px in
@@ -60,6 +64,8 @@ public func slice(_ x: Tensor, axis: Int, range: Range<Int>) -> Tensor {
 public func toTokens(_ x: Tensor) -> Tensor {
     precondition(x.rank == 4, "toTokens: input must be [N, C, H, W], got \(x.shape)")
     let n = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3]
+    let probe = OpProfile.begin(.layout)
+    defer { probe?.end() }
     return Tensor(shape: [n, hw, c]) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { px in
@@ -73,6 +79,8 @@ public func fromTokens(_ x: Tensor, height: Int, width: Int) -> Tensor {
     precondition(x.rank == 3 && x.shape[1] == height * width,
                  "fromTokens: input must be [N, \(height)*\(width), C], got \(x.shape)")
     let n = x.shape[0], c = x.shape[2], hw = height * width
+    let probe = OpProfile.begin(.layout)
+    defer { probe?.end() }
     return Tensor(shape: [n, c, height, width]) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { px in

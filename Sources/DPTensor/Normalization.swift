@@ -16,6 +16,8 @@ public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, ep
     let spatial = c == 0 || n == 0 ? 0 : x.count / (n * c)
     let cpg = c / groups
     let groupSize = cpg * spatial
+    let probe = OpProfile.begin(.groupNorm)
+    defer { probe?.end() }
     return Tensor(shape: x.shape) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { pxb in
@@ -47,6 +49,8 @@ public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, eps: Float) -> 
     precondition(weight.count == d && bias.count == d,
                  "layerNorm: weight/bias have \(weight.count)/\(bias.count) elements, last dimension is \(d) (x \(x.shape))")
     let rows = d == 0 ? 0 : x.count / d
+    let probe = OpProfile.begin(.layerNorm)
+    defer { probe?.end() }
     return Tensor(shape: x.shape) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { pxb in

@@ -1,6 +1,6 @@
 // Thread count of the engine (OpenBLAS and our own kernels) and a small parallel-for helper.
 
-import COpenBLAS
+import CDPKernels
 import Foundation
 
 /// The number of threads the engine uses: OpenBLAS's pool and our own kernels' `concurrentPerform`.
@@ -8,7 +8,7 @@ public enum EngineThreads {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var _count: Int = {
         let n = max(1, ProcessInfo.processInfo.activeProcessorCount)
-        openblas_set_num_threads(Int32(n))
+        dp_blas_set_threads(Int32(n))
         return n
     }()
 
@@ -18,7 +18,7 @@ public enum EngineThreads {
         lock.lock()
         _count = threads
         lock.unlock()
-        openblas_set_num_threads(Int32(threads))
+        dp_blas_set_threads(Int32(threads))
     }
 
     /// Runs `body` with OpenBLAS limited to one thread (for kernels that parallelise over independent
@@ -27,9 +27,19 @@ public enum EngineThreads {
     static func withSingleThreadedBLAS<T>(_ body: () -> T) -> T {
         let n = count
         if n <= 1 { return body() }
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(Int32(n)) }
+        dp_blas_set_threads(1)
+        defer { dp_blas_set_threads(Int32(n)) }
         return body()
+    }
+
+    /// The OpenBLAS kernel set in use and whether dp-farm chose it (CDPKernels blas.c).
+    public static var blasDescription: String {
+        let core = String(cString: dp_blas_corename())
+        if let forced = dp_blas_forced_core() {
+            return "OpenBLAS kernels: \(core) (OPENBLAS_CORETYPE=\(String(cString: forced)) set by dp-farm at start-up; "
+                + "DP_OPENBLAS_CORETYPE=none leaves the choice to OpenBLAS)"
+        }
+        return "OpenBLAS kernels: \(core)"
     }
 
     /// The current thread count.

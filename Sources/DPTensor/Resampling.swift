@@ -4,6 +4,8 @@
 public func upsampleNearest2x(_ x: Tensor) -> Tensor {
     precondition(x.rank == 4, "upsampleNearest2x: input must be [N, C, H, W], got \(x.shape)")
     let n = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
+    let probe = OpProfile.begin(.layout)
+    defer { probe?.end() }
     return Tensor(shape: [n, c, 2 * h, 2 * w]) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { pxb in

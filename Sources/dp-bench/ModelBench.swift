@@ -64,10 +64,12 @@ func runParity(caseDir: String) -> Int32 {
 /// Times the UNet forward pass. `height` x `width` is the LATENT size (SD-1.5 at 512x512 pixels:
 /// 64 x 64). Preset "sd15": SD-1.5's UNet with DreamPose's 14 input channels and a 50-token
 /// 768-wide context; "tiny": the golden cases' narrow UNet (same topology).
-func benchUNet(preset: String, height: Int, width: Int, batch: Int, iterations: Int) throws {
+func benchUNet(preset: String, height: Int, width: Int, batch: Int, iterations: Int,
+               options: BenchOptions = BenchOptions()) throws {
     let config = try unetPreset(preset)
     let contextTokens = 50
     print("unet \(preset): batch \(batch), latent \(height)x\(width), context \(contextTokens)x\(config.crossAttentionDim), threads \(EngineThreads.count)")
+    print("  \(EngineThreads.blasDescription)")
     let (unet, buildSeconds, parameters) = try build { try UNet2DConditionModel(config: config, weights: $0) }
     print(String(format: "  built in %.1f s: %.1f M parameters (%.2f GB f32)", buildSeconds,
                  Double(parameters) / 1e6, Double(parameters) * 4 / 1e9))
@@ -75,28 +77,34 @@ func benchUNet(preset: String, height: Int, width: Int, batch: Int, iterations: 
     let context = benchNoise([batch, contextTokens, config.crossAttentionDim], seed: 2)
     let timesteps = (0..<batch).map { Float(981 - 40 * $0) }
     var out = Tensor(zeros: [0])
-    let stats = timeRuns(iterations) { out = unet.forward(sample, timesteps: timesteps, encoderHiddenStates: context) }
+    let stats = timeRuns(iterations, profile: options.profile) {
+        out = unet.forward(sample, timesteps: timesteps, encoderHiddenStates: context)
+    }
     precondition(out.data.allSatisfy { $0.isFinite }, "UNet output has non-finite values")
-    report("forward", stats)
+    report("forward", stats, options: options,
+           json: ["bench": "unet", "preset": preset, "batch": batch, "height": height, "width": width])
 }
 
 /// Times a full VAE decode to `height` x `width` PIXELS (latent height/8 x width/8 for SD).
 /// Preset "sd15": SD-1.5's VAE; "tiny": the golden cases' narrow VAE.
-func benchVAE(preset: String, height: Int, width: Int, iterations: Int = 3) throws {
+func benchVAE(preset: String, height: Int, width: Int, iterations: Int = 3,
+              options: BenchOptions = BenchOptions()) throws {
     let config = try vaePreset(preset)
     let f = config.downsampleFactor
     guard height % f == 0, width % f == 0 else {
         throw ModelBenchError(description: "vae: \(height)x\(width) is not a multiple of the VAE factor \(f)")
     }
     print("vae \(preset): decode \(height / f)x\(width / f) latent -> \(height)x\(width) image, threads \(EngineThreads.count)")
+    print("  \(EngineThreads.blasDescription)")
     let (vae, buildSeconds, parameters) = try build { try AutoencoderKL(config: config, weights: $0) }
     print(String(format: "  built in %.1f s: %.1f M parameters (%.2f GB f32)", buildSeconds,
                  Double(parameters) / 1e6, Double(parameters) * 4 / 1e9))
     let z = benchNoise([1, config.latentChannels, height / f, width / f], seed: 3)
     var image = Tensor(zeros: [0])
-    let stats = timeRuns(iterations) { image = vae.decode(z) }
+    let stats = timeRuns(iterations, profile: options.profile) { image = vae.decode(z) }
     precondition(image.shape == [1, config.outChannels, height, width], "VAE decoded \(image.shape)")
-    report("decode", stats)
+    report("decode", stats, options: options,
+           json: ["bench": "vae", "preset": preset, "height": height, "width": width])
 }
 
 func unetPreset(_ preset: String) throws -> UNet2DConditionConfig {
@@ -153,15 +161,25 @@ private final class CountingWeights: WeightSource {
     func finish() throws { try inner.finish() }
 }
 
+/// What `dp-bench unet` / `vae` print besides the timings.
+struct BenchOptions {
+    var profile = false
+    var json = false
+}
+
 private struct RunStats {
     var seconds: [Double]
     var flops: Double
+    /// Per-kind sums over all runs (empty unless profiled).
+    var profile: [OpKind: OpProfileEntry] = [:]
 }
 
-/// Runs `body` `iterations` times (at least once), counting FLOPs on the first run.
-private func timeRuns(_ iterations: Int, _ body: () -> Void) -> RunStats {
+/// Runs `body` `iterations` times (at least once), counting FLOPs on the first run and, with `profile`,
+/// summing every run's per-operation profile.
+private func timeRuns(_ iterations: Int, profile: Bool = false, _ body: () -> Void) -> RunStats {
     var seconds: [Double] = []
     var flops = 0.0
+    if profile { OpProfile.start() }
     for i in 0..<max(1, iterations) {
         if i == 0 { FLOPCounter.start() }
         let start = DispatchTime.now().uptimeNanoseconds
@@ -170,19 +188,59 @@ private func timeRuns(_ iterations: Int, _ body: () -> Void) -> RunStats {
         if i == 0 { flops = FLOPCounter.stop() }
         print(String(format: "  run %d: %.3f s", i + 1, seconds[i]))
     }
-    return RunStats(seconds: seconds, flops: flops)
+    return RunStats(seconds: seconds, flops: flops, profile: profile ? OpProfile.stop() : [:])
 }
 
-private func report(_ what: String, _ stats: RunStats) {
+private func report(_ what: String, _ stats: RunStats, options: BenchOptions, json: [String: Any]) {
     let sorted = stats.seconds.sorted()
     let median = sorted.count % 2 == 1 ? sorted[sorted.count / 2]
         : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-    let rss = peakRSSBytes().map { String(format: "%.2f GB", Double($0) / 1e9) } ?? "n/a"
+    let rss = peakRSSBytes()
+    let rssText = rss.map { String(format: "%.2f GB", Double($0) / 1e9) } ?? "n/a"
     print(String(format: "  median %.3f s per %@ (min %.3f, max %.3f, %d runs)", median, what,
                  sorted.first!, sorted.last!, sorted.count))
     print(String(format: "  %.1f GFLOP per %@, %.1f GFLOP/s effective", stats.flops / 1e9, what,
                  stats.flops / 1e9 / median))
-    print("  peak RSS (VmHWM) \(rss)")
+    print("  peak RSS (VmHWM) \(rssText)")
+    if options.profile {
+        print(profileTable(stats.profile, runs: stats.seconds.count, wallPerRun: stats.seconds.reduce(0, +)
+            / Double(stats.seconds.count), what: what))
+    }
+    if options.json {
+        var line = json
+        line["runtime"] = "dp-farm"
+        line["threads"] = EngineThreads.count
+        line["median_s"] = (median * 1000).rounded() / 1000
+        line["min_s"] = (sorted.first! * 1000).rounded() / 1000
+        line["peak_gb"] = rss.map { (Double($0) / 1e7).rounded() / 100 } ?? 0
+        line["gflop"] = (stats.flops / 1e8).rounded() / 10
+        if let data = try? JSONSerialization.data(withJSONObject: line, options: [.sortedKeys]),
+           let text = String(data: data, encoding: .utf8) {
+            print(text)
+        }
+    }
+}
+
+/// The per-operation table: per run, time, share of the run's wall time, calls, GFLOP and GFLOP/s (products).
+func profileTable(_ entries: [OpKind: OpProfileEntry], runs: Int, wallPerRun: Double, what: String) -> String {
+    let n = Double(max(1, runs))
+    var lines = ["  profile per \(what) (mean of \(runs) runs):",
+                 "  | kind | seconds | share | calls | GFLOP | GFLOP/s |",
+                 "  | --- | ---: | ---: | ---: | ---: | ---: |"]
+    var accounted = 0.0
+    for kind in OpKind.allCases {
+        guard let e = entries[kind], e.calls > 0 else { continue }
+        let s = e.seconds / n
+        accounted += s
+        let rate = kind.isProduct && s > 0 ? String(format: "%.1f", e.flops / n / 1e9 / s) : ""
+        let gflop = kind.isProduct ? String(format: "%.1f", e.flops / n / 1e9) : ""
+        lines.append(String(format: "  | %@ | %.3f | %.1f%% | %d | %@ | %@ |", kind.label, s,
+                            100 * s / max(wallPerRun, 1e-12), Int((Double(e.calls) / n).rounded()), gflop, rate))
+    }
+    let rest = wallPerRun - accounted
+    lines.append(String(format: "  | not in an op (allocation, time embedding, scheduling) | %.3f | %.1f%% | | | |",
+                        rest, 100 * rest / max(wallPerRun, 1e-12)))
+    return lines.joined(separator: "\n")
 }
 
 /// VmHWM of this process from /proc/self/status, in bytes (nil where unavailable).

@@ -42,10 +42,13 @@ extension DPBench {
         @Option(help: "Latent width.") var width = 64
         @Option(help: "Batch size (3 = DreamPose's dual guidance).") var batch = 1
         @Option(help: "Timed forwards.") var iterations = 3
+        @Flag(help: "Also print time, FLOPs and GFLOP/s per kind of operation, per forward.") var profile = false
+        @Flag(help: "Print one JSON line with the median (for Scripts/bench_compare.sh).") var json = false
         @OptionGroup var threads: ThreadOption
         func run() throws {
             threads.apply()
-            try benchUNet(preset: preset, height: height, width: width, batch: batch, iterations: iterations)
+            try benchUNet(preset: preset, height: height, width: width, batch: batch, iterations: iterations,
+                          options: BenchOptions(profile: profile, json: json))
         }
     }
 
@@ -56,10 +59,13 @@ extension DPBench {
         @Option(help: "Image height in pixels.") var height = 640
         @Option(help: "Image width in pixels.") var width = 512
         @Option(help: "Timed decodes.") var iterations = 3
+        @Flag(help: "Also print time, FLOPs and GFLOP/s per kind of operation, per decode.") var profile = false
+        @Flag(help: "Print one JSON line with the median (for Scripts/bench_compare.sh).") var json = false
         @OptionGroup var threads: ThreadOption
         func run() throws {
             threads.apply()
-            try benchVAE(preset: preset, height: height, width: width, iterations: iterations)
+            try benchVAE(preset: preset, height: height, width: width, iterations: iterations,
+                         options: BenchOptions(profile: profile, json: json))
         }
     }
 

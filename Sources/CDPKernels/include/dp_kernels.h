@@ -14,3 +14,13 @@ void dp_softmax_row(float *p, size_t n);
 /// Scalar helpers used by the tests: vector exp and erf applied to an array.
 void dp_exp_array(const float *src, float *dst, size_t n);
 void dp_erf_array(const float *src, float *dst, size_t n);
+/// Row-major sgemm through OpenBLAS (blas.c): C = alpha op(A) op(B) + beta C; loads OpenBLAS at the first call.
+void dp_sgemm(int transA, int transB, int m, int n, int k, float alpha, const float *a, int lda,
+              const float *b, int ldb, float beta, float *c, int ldc);
+/// openblas_set_num_threads.
+void dp_blas_set_threads(int n);
+/// OpenBLAS's name for the kernel set it runs (e.g. "SkylakeX").
+const char *dp_blas_corename(void);
+/// The OPENBLAS_CORETYPE dp-farm set before loading OpenBLAS, or NULL when it left the choice to OpenBLAS
+/// (the user set OPENBLAS_CORETYPE, DP_OPENBLAS_CORETYPE=none, or the CPU has no AVX-512).
+const char *dp_blas_forced_core(void);

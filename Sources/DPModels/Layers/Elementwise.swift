@@ -1,20 +1,6 @@
-// Small in-place helpers the models use to avoid allocating a fresh tensor for
-// every residual connection (an SD-1.5 decoder activation at 640x512 is 168 MB).
+// Small helpers the models use (residual adds are DPTensor's addInPlace).
 
 import DPTensor
-
-/// a += b (same element count). Used for residual connections.
-@inline(__always)
-func addInPlace(_ a: inout Tensor, _ b: Tensor) {
-    precondition(a.count == b.count, "residual add: \(a.shape) vs \(b.shape)")
-    let n = a.count
-    a.data.withUnsafeMutableBufferPointer { pa in
-        b.data.withUnsafeBufferPointer { pb in
-            let x = pa.baseAddress!, y = pb.baseAddress!
-            for i in 0..<n { x[i] += y[i] }
-        }
-    }
-}
 
 /// Nearest-neighbour resize of [N, C, H, W] to [N, C, outH, outW] as torch's
 /// F.interpolate(mode="nearest", size=...) does it: src = min(floor(dst * (in/out)), in-1)
