@@ -1,4 +1,5 @@
-// 2-D convolution (torch.nn.functional.conv2d, groups = 1, dilation = 1) as tiled im2col + sgemm.
+// 2-D convolution (torch.nn.functional.conv2d, groups = 1, dilation = 1) as tiled im2col + sgemm; 3x3
+// convolutions with a prepared filter, and Winograd F(4x4, 3x3) where it applies (Winograd.swift).
 
 /// Zero padding on each side of a 2-D image.
 public struct Padding2D: Equatable, Sendable {
@@ -24,38 +25,84 @@ public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int = 1,
                    padding: Padding2D = .symmetric(0)) -> Tensor {
     let kind: OpKind = weight.rank == 4 && weight.shape[2] == 3 && weight.shape[3] == 3
         ? (stride == 1 ? .conv3x3 : .conv3x3Strided) : .convOther
-    let probe = OpProfile.begin(kind, flops: conv2dFLOPs(x, weight: weight, stride: stride, padding: padding))
+    let probe = OpProfile.begin(kind, flops: weight.rank == 4 ? conv2dFLOPs(x, cout: weight.shape[0], cin: weight.shape[1],
+        kh: weight.shape[2], kw: weight.shape[3], stride: stride, padding: padding) : 0)
     defer { probe?.end() }
     return conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding, scratchFloats: conv2dScratchFloats)
 }
 
 /// 2 x N x Cout x Ho x Wo x Cin x kh x kw (the direct product's multiply-adds).
-func conv2dFLOPs(_ x: Tensor, weight: Tensor, stride: Int, padding: Padding2D) -> Double {
-    guard x.rank == 4, weight.rank == 4, stride >= 1 else { return 0 }
-    let ho = (x.shape[2] + padding.top + padding.bottom - weight.shape[2]) / stride + 1
-    let wo = (x.shape[3] + padding.left + padding.right - weight.shape[3]) / stride + 1
-    return 2 * Double(x.shape[0]) * Double(weight.shape[0]) * Double(max(0, ho) * max(0, wo))
-        * Double(weight.shape[1] * weight.shape[2] * weight.shape[3])
+func conv2dFLOPs(_ x: Tensor, cout: Int, cin: Int, kh: Int, kw: Int, stride: Int, padding: Padding2D) -> Double {
+    guard x.rank == 4, stride >= 1 else { return 0 }
+    let ho = (x.shape[2] + padding.top + padding.bottom - kh) / stride + 1
+    let wo = (x.shape[3] + padding.left + padding.right - kw) / stride + 1
+    return 2 * Double(x.shape[0]) * Double(cout) * Double(max(0, ho) * max(0, wo)) * Double(cin * kh * kw)
 }
 
 /// `conv2d` with an explicit im2col scratch bound (tests use small bounds to exercise the tiling).
 func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Padding2D,
             scratchFloats: Int) -> Tensor {
-    precondition(x.rank == 4, "conv2d: input must be [N, Cin, H, W], got \(x.shape)")
     precondition(weight.rank == 4, "conv2d: weight must be [Cout, Cin, kh, kw], got \(weight.shape)")
+    if weight.shape[2] == 3 && weight.shape[3] == 3 {
+        return conv2d(x, filter: Conv3x3Filter(weight), bias: bias, stride: stride, padding: padding,
+                      algorithm: .default, scratchFloats: scratchFloats)
+    }
+    return weight.data.withUnsafeBufferPointer { pw in
+        im2colConv(x, weights: pw.baseAddress!, transposed: false, cout: weight.shape[0], cin: weight.shape[1],
+                   kh: weight.shape[2], kw: weight.shape[3], bias: bias, stride: stride, padding: padding,
+                   scratchFloats: scratchFloats)
+    }
+}
+
+/// 3x3 convolution with a prepared filter: x [N, Cin, H, W] -> [N, Cout, Ho, Wo] (+ bias [Cout]).
+/// Winograd F(4x4, 3x3) where it applies (stride 1, padding 1, enough tiles: `Conv3x3Algorithm`),
+/// otherwise tiled im2col + sgemm.
+public func conv2d(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, stride: Int = 1,
+                   padding: Padding2D = .symmetric(1), algorithm: Conv3x3Algorithm = .default) -> Tensor {
+    let probe = OpProfile.begin(stride == 1 ? .conv3x3 : .conv3x3Strided,
+                                flops: conv2dFLOPs(x, cout: filter.outChannels, cin: filter.inChannels, kh: 3, kw: 3,
+                                                   stride: stride, padding: padding))
+    defer { probe?.end() }
+    return conv2d(x, filter: filter, bias: bias, stride: stride, padding: padding, algorithm: algorithm,
+                  scratchFloats: conv2dScratchFloats)
+}
+
+func conv2d(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, stride: Int, padding: Padding2D,
+            algorithm: Conv3x3Algorithm, scratchFloats: Int) -> Tensor {
+    precondition(x.rank == 4, "conv2d: input must be [N, Cin, H, W], got \(x.shape)")
+    precondition(x.shape[1] == filter.inChannels,
+                 "conv2d: weight expects \(filter.inChannels) input channels, input \(x.shape) has \(x.shape[1])")
+    let winograd: Bool
+    switch algorithm {
+    case .im2col: winograd = false
+    case .automatic: winograd = winogradApplies(x, filter: filter, stride: stride, padding: padding)
+    case .winograd: winograd = stride == 1 && padding == .symmetric(1)
+    }
+    if winograd { return winogradConv3x3(x, filter: filter, bias: bias) }
+    return filter.taps.data.withUnsafeBufferPointer { pt in
+        // taps [Cin*9, Cout] is the transposed weight matrix.
+        im2colConv(x, weights: pt.baseAddress!, transposed: true, cout: filter.outChannels, cin: filter.inChannels,
+                   kh: 3, kw: 3, bias: bias, stride: stride, padding: padding, scratchFloats: scratchFloats)
+    }
+}
+
+/// Tiled im2col + sgemm. `weights` is the weight matrix [Cout, Cin*kh*kw] (or, `transposed`, [Cin*kh*kw, Cout]).
+func im2colConv(_ x: Tensor, weights pw: UnsafePointer<Float>, transposed: Bool, cout: Int, cin wcin: Int,
+                kh: Int, kw: Int, bias: Tensor?, stride: Int, padding: Padding2D, scratchFloats: Int) -> Tensor {
+    precondition(x.rank == 4, "conv2d: input must be [N, Cin, H, W], got \(x.shape)")
     precondition(stride >= 1, "conv2d: stride must be >= 1, got \(stride)")
     precondition(padding.top >= 0 && padding.bottom >= 0 && padding.left >= 0 && padding.right >= 0,
                  "conv2d: negative padding \(padding)")
     let n = x.shape[0], cin = x.shape[1], h = x.shape[2], w = x.shape[3]
-    let cout = weight.shape[0], kh = weight.shape[2], kw = weight.shape[3]
-    precondition(weight.shape[1] == cin,
-                 "conv2d: weight expects \(weight.shape[1]) input channels, input \(x.shape) has \(cin)")
+    precondition(wcin == cin,
+                 "conv2d: weight expects \(wcin) input channels, input \(x.shape) has \(cin)")
     if let bias { precondition(bias.count == cout, "conv2d: bias has \(bias.count) elements, expected \(cout)") }
     let hp = h + padding.top + padding.bottom, wp = w + padding.left + padding.right
     precondition(hp >= kh && wp >= kw, "conv2d: kernel \(kh)x\(kw) larger than padded input \(hp)x\(wp)")
     let ho = (hp - kh) / stride + 1, wo = (wp - kw) / stride + 1
     let hwo = ho * wo, hwi = h * w
     let kdim = cin * kh * kw   // rows of the im2col matrix
+    let lda = transposed ? cout : kdim
 
     return Tensor(shape: [n, cout, ho, wo]) { out in
         guard let po = out.baseAddress else { return }
@@ -70,20 +117,18 @@ func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Pa
             beta = 1
         }
         x.data.withUnsafeBufferPointer { pxb in
-            weight.data.withUnsafeBufferPointer { pwb in
-                let px = pxb.baseAddress!, pw = pwb.baseAddress!
-                let direct = kh == 1 && kw == 1 && stride == 1 && padding == .symmetric(0)
-                if direct {
-                    // [Cout, Cin] x [Cin, H*W] per image.
-                    for b in 0..<n {
-                        gemm(m: cout, n: hwo, k: cin, a: pw, lda: cin, b: px + b * cin * hwi, ldb: hwi,
-                             beta: beta, c: po + b * cout * hwo, ldc: hwo)
-                    }
-                    return
+            let px = pxb.baseAddress!
+            let direct = kh == 1 && kw == 1 && stride == 1 && padding == .symmetric(0)
+            if direct {
+                // [Cout, Cin] x [Cin, H*W] per image.
+                for b in 0..<n {
+                    gemm(transA: transposed, m: cout, n: hwo, k: cin, a: pw, lda: lda, b: px + b * cin * hwi,
+                         ldb: hwi, beta: beta, c: po + b * cout * hwo, ldc: hwo)
                 }
-                let rowsPerTile = max(1, min(ho, scratchFloats / max(1, kdim * wo)))
-                let scratch = UnsafeMutablePointer<Float>.allocate(capacity: kdim * rowsPerTile * wo)
-                defer { scratch.deallocate() }
+                return
+            }
+            let rowsPerTile = max(1, min(ho, scratchFloats / max(1, kdim * wo)))
+            engineScratch.withBuffer(floats: kdim * rowsPerTile * wo) { scratch in
                 for b in 0..<n {
                     let xb = px + b * cin * hwi
                     var oy0 = 0
@@ -94,7 +139,7 @@ func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Pa
                         im2colTile(xb, cin: cin, h: h, w: w, kh: kh, kw: kw, stride: stride, padding: padding,
                                    oy0: oy0, rows: rows, wo: wo, into: scratch)
                         // out[b][:, oy0*Wo ..< (oy0+rows)*Wo] (+)= weight [Cout, K] x scratch [K, cols]
-                        gemm(m: cout, n: cols, k: kdim, a: pw, lda: kdim, b: scratch, ldb: cols,
+                        gemm(transA: transposed, m: cout, n: cols, k: kdim, a: pw, lda: lda, b: scratch, ldb: cols,
                              beta: beta, c: po + b * cout * hwo + oy0 * wo, ldc: hwo)
                         oy0 += rows
                     }

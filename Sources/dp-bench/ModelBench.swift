@@ -77,6 +77,9 @@ func benchUNet(preset: String, height: Int, width: Int, batch: Int, iterations: 
     let context = benchNoise([batch, contextTokens, config.crossAttentionDim], seed: 2)
     let timesteps = (0..<batch).map { Float(981 - 40 * $0) }
     var out = Tensor(zeros: [0])
+    if options.stdinDriven {
+        return serveStdin { out = unet.forward(sample, timesteps: timesteps, encoderHiddenStates: context) }
+    }
     let stats = timeRuns(iterations, profile: options.profile) {
         out = unet.forward(sample, timesteps: timesteps, encoderHiddenStates: context)
     }
@@ -101,6 +104,7 @@ func benchVAE(preset: String, height: Int, width: Int, iterations: Int = 3,
                  Double(parameters) / 1e6, Double(parameters) * 4 / 1e9))
     let z = benchNoise([1, config.latentChannels, height / f, width / f], seed: 3)
     var image = Tensor(zeros: [0])
+    if options.stdinDriven { return serveStdin { image = vae.decode(z) } }
     let stats = timeRuns(iterations, profile: options.profile) { image = vae.decode(z) }
     precondition(image.shape == [1, config.outChannels, height, width], "VAE decoded \(image.shape)")
     report("decode", stats, options: options,
@@ -165,6 +169,23 @@ private final class CountingWeights: WeightSource {
 struct BenchOptions {
     var profile = false
     var json = false
+    var stdinDriven = false
+}
+
+/// Scripts/bench_compare.sh's protocol (the same as Scripts/bench/anchor.py's): one warm-up run, READY, then
+/// one timed run per line on stdin, answered with TIME <seconds>; at end of input PEAK <GB of VmHWM>.
+/// Several runtimes' processes are driven turn by turn, so their runs interleave A B A B on one machine.
+private func serveStdin(_ body: () -> Void) {
+    body()
+    print("READY")
+    fflush(stdout)
+    while readLine() != nil {
+        let start = DispatchTime.now().uptimeNanoseconds
+        body()
+        print(String(format: "TIME %.4f", Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9))
+        fflush(stdout)
+    }
+    print(String(format: "PEAK %.2f", Double(peakRSSBytes() ?? 0) / 1e9))
 }
 
 private struct RunStats {

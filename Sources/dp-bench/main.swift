@@ -8,7 +8,7 @@ struct DPBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dp-bench",
         abstract: "Parity checks and benchmarks for the dp-farm engine and farm.",
-        subcommands: [Parity.self, Gemm.self, UNet.self, VAE.self, Frame.self, FarmBenchCommand.self, JournalBenchCommand.self])
+        subcommands: [Parity.self, Gemm.self, Conv.self, UNet.self, VAE.self, Frame.self, FarmBenchCommand.self, JournalBenchCommand.self])
 }
 
 struct ThreadOption: ParsableArguments {
@@ -34,6 +34,22 @@ extension DPBench {
         func run() { print(runGemmBenchmark(threads: [1, 2], repeats: repeats)) }
     }
 
+    struct Conv: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "One 3x3 convolution (stride 1, padding 1), im2col vs Winograd F(4x4, 3x3).")
+        @Option(help: "Images.") var batch = 3
+        @Option(help: "Input channels.") var cin = 320
+        @Option(help: "Output channels.") var cout = 320
+        @Option(help: "Height.") var height = 80
+        @Option(help: "Width.") var width = 64
+        @Option(help: "Repeats (best reported).") var repeats = 5
+        @OptionGroup var threads: ThreadOption
+        func run() {
+            threads.apply()
+            benchConv3x3(batch: batch, cin: cin, cout: cout, height: height, width: width, repeats: repeats)
+        }
+    }
+
     struct UNet: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "unet", abstract: "Median seconds per UNet forward with random weights (latent size).")
@@ -44,11 +60,13 @@ extension DPBench {
         @Option(help: "Timed forwards.") var iterations = 3
         @Flag(help: "Also print time, FLOPs and GFLOP/s per kind of operation, per forward.") var profile = false
         @Flag(help: "Print one JSON line with the median (for Scripts/bench_compare.sh).") var json = false
+        @Flag(help: "Scripts/bench_compare.sh's protocol: after one warm-up forward print READY, then run one timed forward per line read on stdin (printing TIME seconds) until end of input.")
+        var stdinDriven = false
         @OptionGroup var threads: ThreadOption
         func run() throws {
             threads.apply()
             try benchUNet(preset: preset, height: height, width: width, batch: batch, iterations: iterations,
-                          options: BenchOptions(profile: profile, json: json))
+                          options: BenchOptions(profile: profile, json: json, stdinDriven: stdinDriven))
         }
     }
 
@@ -61,11 +79,13 @@ extension DPBench {
         @Option(help: "Timed decodes.") var iterations = 3
         @Flag(help: "Also print time, FLOPs and GFLOP/s per kind of operation, per decode.") var profile = false
         @Flag(help: "Print one JSON line with the median (for Scripts/bench_compare.sh).") var json = false
+        @Flag(help: "Scripts/bench_compare.sh's protocol: after one warm-up decode print READY, then run one timed decode per line read on stdin (printing TIME seconds) until end of input.")
+        var stdinDriven = false
         @OptionGroup var threads: ThreadOption
         func run() throws {
             threads.apply()
             try benchVAE(preset: preset, height: height, width: width, iterations: iterations,
-                         options: BenchOptions(profile: profile, json: json))
+                         options: BenchOptions(profile: profile, json: json, stdinDriven: stdinDriven))
         }
     }
 

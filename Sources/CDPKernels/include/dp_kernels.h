@@ -24,3 +24,18 @@ const char *dp_blas_corename(void);
 /// The OPENBLAS_CORETYPE dp-farm set before loading OpenBLAS, or NULL when it left the choice to OpenBLAS
 /// (the user set OPENBLAS_CORETYPE, DP_OPENBLAS_CORETYPE=none, or the CPU has no AVX-512).
 const char *dp_blas_forced_core(void);
+/// Winograd F(4x4, 3x3) weight transform (winograd.c): u [36][cin][cout] for input channels [ci0, ci1)
+/// from wt [cin][9][cout] (the filter g[co][ci][ky][kx] stored as wt[ci][ky*3+kx][co]).
+void dp_wino43_weights(const float *wt, size_t cin, size_t cout, size_t ci0, size_t ci1, float *u);
+/// Input transform of tiles [t0, t1) of a zero-padded NHWC band xb [rows][wp][c]: tile t = (t / tw, t % tw)
+/// reads rows 4ty..4ty+5 and columns 4tx..4tx+5 and writes v[p * vplane + t * c + ch], p = 0..35.
+void dp_wino43_input(const float *xb, size_t wp, size_t c, size_t tw, size_t t0, size_t t1, float *v,
+                     size_t vplane);
+/// Output transform of tiles [t0, t1): m[p * mplane + t * c + ch] -> yb [4 rows][4 tw][c] (NHWC), + bias[ch]
+/// (bias may be NULL).
+void dp_wino43_output(const float *m, size_t mplane, size_t c, size_t tw, size_t t0, size_t t1,
+                      const float *bias, float *yb);
+/// The transforms' vector width in floats (16 with AVX-512, else 8).
+int dp_wino43_vector_width(void);
+/// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols.
+void dp_transpose(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd);

@@ -4,29 +4,62 @@
 
 import DPTensor
 
-/// torch.nn.Conv2d: weight [Cout, Cin, kh, kw], optional bias [Cout].
+/// torch.nn.Conv2d: weight [Cout, Cin, kh, kw], optional bias [Cout]. A 3x3 filter is kept prepared for the
+/// engine's kernels (Conv3x3Filter: Winograd or im2col), any other kernel size as the torch weight.
 public struct Conv2d {
-    public let weight: Tensor
+    private enum Kernel {
+        case threeByThree(Conv3x3Filter)
+        case general(Tensor)          // [Cout, Cin, kh, kw]
+    }
+    private let kernel: Kernel
     public let bias: Tensor?
     public let stride: Int
     public let padding: Padding2D
 
     public init(_ p: ParameterScope, inChannels: Int, outChannels: Int, kernel: Int,
                 stride: Int = 1, padding: Padding2D? = nil, bias: Bool = true) throws {
-        weight = try p.take("weight", [outChannels, inChannels, kernel, kernel])
+        let weight = try p.take("weight", [outChannels, inChannels, kernel, kernel])
+        self.kernel = kernel == 3 ? .threeByThree(Conv3x3Filter(weight)) : .general(weight)
         self.bias = bias ? try p.take("bias", [outChannels]) : nil
         self.stride = stride
         self.padding = padding ?? .symmetric((kernel - 1) / 2)
     }
 
-    public var inChannels: Int { weight.shape[1] }
-    public var outChannels: Int { weight.shape[0] }
+    /// The torch weight [Cout, Cin, kh, kw] (rebuilt from the prepared filter for 3x3 kernels).
+    public var weight: Tensor {
+        switch kernel {
+        case .threeByThree(let filter): return filter.weight
+        case .general(let weight): return weight
+        }
+    }
+
+    public var inChannels: Int {
+        switch kernel {
+        case .threeByThree(let filter): return filter.inChannels
+        case .general(let weight): return weight.shape[1]
+        }
+    }
+
+    public var outChannels: Int {
+        switch kernel {
+        case .threeByThree(let filter): return filter.outChannels
+        case .general(let weight): return weight.shape[0]
+        }
+    }
 
     /// [N, Cin, H, W] -> [N, Cout, Ho, Wo]
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        let y = conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
+        let y: Tensor, taps: Int
+        switch kernel {
+        case .threeByThree(let filter):
+            y = conv2d(x, filter: filter, bias: bias, stride: stride, padding: padding)
+            taps = 9
+        case .general(let weight):
+            y = conv2d(x, weight: weight, bias: bias, stride: stride, padding: padding)
+            taps = weight.shape[2] * weight.shape[3]
+        }
         // 2 * N * Cout * Ho * Wo * Cin * kh * kw
-        FLOPCounter.add(2 * Double(y.count) * Double(weight.count / weight.shape[0]))
+        FLOPCounter.add(2 * Double(y.count) * Double(inChannels * taps))
         return y
     }
 }
