@@ -30,8 +30,15 @@ class Runner:
 
     def __init__(self, name: str, argv: list, log):
         self.name, self.times, self.peak = name, [], None
+        env = dict(os.environ)
+        # "dp-farm:NAME=VALUE,..." runs dp-bench with those environment variables (e.g. DP_CONV3X3=im2col for an
+        # A/B of one kernel choice in the same run).
+        for assignment in name.partition(":")[2].split(","):
+            if "=" in assignment:
+                key, _, value = assignment.partition("=")
+                env[key] = value
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, env=env)
         started = time.time()
         for line in self.proc.stdout:
             if line.startswith("READY"):
@@ -57,7 +64,7 @@ class Runner:
 
 
 def commands(network: str, runtime: str, a) -> list:
-    if runtime == "dp-farm":
+    if runtime.partition(":")[0] == "dp-farm":
         if network == "unet":
             return [a.dp_bench, "unet", "--preset", "sd15", "--height", str(a.latent[0]), "--width", str(a.latent[1]),
                     "--batch", str(a.batch), "--threads", str(a.threads), "--stdin-driven"]
@@ -81,8 +88,8 @@ def compare(network: str, a, log) -> dict:
         print(line, flush=True)
     for runner in runners:
         runner.finish()
-    ours = statistics.median(runners[0].times) if runners[0].name == "dp-farm" else None
-    others = [statistics.median(r.times) for r in runners if r.name != "dp-farm"]
+    ours = next((statistics.median(r.times) for r in runners if r.name.startswith("dp-farm")), None)
+    others = [statistics.median(r.times) for r in runners if not r.name.startswith("dp-farm")]
     print(f"\n| runtime | median s | min s | peak RSS GB | dp-farm / runtime |")
     print(f"| --- | ---: | ---: | ---: | ---: |")
     rows = []
@@ -102,7 +109,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dp-bench", required=True, help="path of the release dp-bench")
     p.add_argument("--networks", default="unet,vae", help="unet,vae (default both)")
-    p.add_argument("--runtimes", default="dp-farm,torch,openvino", help="dp-farm,torch,openvino (default all)")
+    p.add_argument("--runtimes", default="dp-farm;torch;openvino",
+                   help="';'-separated: dp-farm[:ENV=VALUE,...], torch, openvino (default all three), started in "
+                        "this order; the ratios are of the first dp-farm")
     p.add_argument("--rounds", type=int, default=3, help="timed passes per runtime (default 3)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=3)
@@ -112,10 +121,10 @@ def main() -> None:
     p.add_argument("--json-out", help="also write the results to this file")
     p.add_argument("--log", default="/dev/null", help="where the runtimes' stderr goes (default /dev/null)")
     a = p.parse_args()
-    a.runtimes = [r.strip() for r in a.runtimes.split(",") if r.strip()]
+    a.runtimes = [r.strip() for r in a.runtimes.split(";") if r.strip()]
     for r in a.runtimes:
-        if r not in ("dp-farm", "torch", "openvino"):
-            raise SystemExit(f"bench_compare: unknown runtime {r!r} (dp-farm, torch, openvino)")
+        if r.partition(":")[0] not in ("dp-farm", "torch", "openvino"):
+            raise SystemExit(f"bench_compare: unknown runtime {r!r} (dp-farm[:ENV=VALUE,...], torch, openvino)")
     load = load_average()
     print(f"load average (1 min) before: {load:.2f}", flush=True)
     if load >= 0.5 and not a.force:

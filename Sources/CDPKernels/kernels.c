@@ -1,5 +1,5 @@
-// Pointwise kernels written as plain loops that clang vectorises, compiled twice: once for AVX2+FMA
-// (selected at run time with __builtin_cpu_supports) and once for the baseline x86-64 / other targets.
+// Pointwise kernels written as plain loops that clang vectorises, compiled three times: for AVX-512, for
+// AVX2+FMA (selected at run time with __builtin_cpu_supports) and for the baseline x86-64 / other targets.
 
 #include "dp_kernels.h"
 #include <math.h>
@@ -121,6 +121,32 @@ static inline __attribute__((always_inline)) float dp_erff(float x) {
         float inv = 1.0f / sum;                                                                      \
         for (size_t i = 0; i < n; i++) p[i] *= inv;                                                  \
     }                                                                                                \
+    /* exp(p - max) in place; returns 1 / sum (the caller scales what it computes from the row). */ \
+    ATTR static float softmax_row_unnormalized_##SUFFIX(float *p, size_t n) {                       \
+        if (n == 0) return 0.0f;                                                                     \
+        float mx[16], acc[16];                                                                       \
+        for (int j = 0; j < 16; j++) { mx[j] = p[0]; acc[j] = 0; }                                   \
+        size_t body = n & ~(size_t)15;                                                               \
+        for (size_t i = 0; i < body; i += 16)                                                        \
+            for (int j = 0; j < 16; j++) mx[j] = p[i + j] > mx[j] ? p[i + j] : mx[j];                \
+        float m = mx[0];                                                                             \
+        for (int j = 1; j < 16; j++) m = mx[j] > m ? mx[j] : m;                                      \
+        for (size_t i = body; i < n; i++) m = p[i] > m ? p[i] : m;                                   \
+        for (size_t i = 0; i < body; i += 16)                                                        \
+            for (int j = 0; j < 16; j++) {                                                           \
+                float e = dp_expf(p[i + j] - m);                                                     \
+                p[i + j] = e;                                                                        \
+                acc[j] += e;                                                                         \
+            }                                                                                        \
+        float sum = 0;                                                                               \
+        for (int j = 0; j < 16; j++) sum += acc[j];                                                  \
+        for (size_t i = body; i < n; i++) {                                                          \
+            float e = dp_expf(p[i] - m);                                                             \
+            p[i] = e;                                                                                \
+            sum += e;                                                                                \
+        }                                                                                            \
+        return 1.0f / sum;                                                                           \
+    }                                                                                                \
     ATTR static void exp_array_##SUFFIX(const float *src, float *dst, size_t n) {                   \
         for (size_t i = 0; i < n; i++) dst[i] = dp_expf(src[i]);                                     \
     }                                                                                                \
@@ -129,18 +155,43 @@ static inline __attribute__((always_inline)) float dp_erff(float x) {
     }
 
 #if defined(__x86_64__) && defined(__clang__)
+DP_KERNELS(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), min_vector_width(512))))
 DP_KERNELS(avx2, __attribute__((target("avx2,fma"))))
 DP_KERNELS(base, )
-static int dp_has_avx2(void) {
+// 2: AVX-512 (F, VL, DQ, BW) + FMA, 1: AVX2 + FMA, 0: baseline.
+static int dp_simd_level(void) {
     static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (cached < 0) {
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("fma"))
+            cached = 2;
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            cached = 1;
+        else
+            cached = 0;
+    }
     return cached;
 }
-#define DP_DISPATCH(name, ...) \
-    do { if (dp_has_avx2()) name##_avx2(__VA_ARGS__); else name##_base(__VA_ARGS__); } while (0)
+#define DP_DISPATCH(name, ...)                                                                       \
+    do {                                                                                             \
+        switch (dp_simd_level()) {                                                                   \
+        case 2: name##_avx512(__VA_ARGS__); break;                                                   \
+        case 1: name##_avx2(__VA_ARGS__); break;                                                     \
+        default: name##_base(__VA_ARGS__); break;                                                    \
+        }                                                                                            \
+    } while (0)
+#define DP_DISPATCH_RETURN(name, ...)                                                                \
+    switch (dp_simd_level()) {                                                                       \
+    case 2: return name##_avx512(__VA_ARGS__);                                                       \
+    case 1: return name##_avx2(__VA_ARGS__);                                                         \
+    default: return name##_base(__VA_ARGS__);                                                        \
+    }
 #else
 DP_KERNELS(base, )
 #define DP_DISPATCH(name, ...) name##_base(__VA_ARGS__)
+#define DP_DISPATCH_RETURN(name, ...) return name##_base(__VA_ARGS__)
 #endif
 
 void dp_affine(const float *src, float *dst, size_t n, float a, float b, int silu) {
@@ -151,5 +202,6 @@ void dp_gelu(const float *gate, const float *value, float *dst, size_t n) {
     DP_DISPATCH(gelu, gate, value, dst, n);
 }
 void dp_softmax_row(float *p, size_t n) { DP_DISPATCH(softmax_row, p, n); }
+float dp_softmax_row_unnormalized(float *p, size_t n) { DP_DISPATCH_RETURN(softmax_row_unnormalized, p, n); }
 void dp_exp_array(const float *src, float *dst, size_t n) { DP_DISPATCH(exp_array, src, dst, n); }
 void dp_erf_array(const float *src, float *dst, size_t n) { DP_DISPATCH(erf_array, src, dst, n); }

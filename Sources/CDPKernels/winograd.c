@@ -71,21 +71,22 @@ typedef float dp_v16 __attribute__((vector_size(64), aligned(4)));
 #define DP_STORE(T, p, v) (*(T *)(p) = (v))
 
 #define DP_WINO_KERNELS(SUFFIX, ATTR, VT, VW)                                                       \
-    /* u [36][cin][cout] for input channels [ci0, ci1) from wt [cin][9][cout]. */                 \
+    /* u [36][cin][co1 - co0] for input channels [ci0, ci1) and output channels [co0, co1) from     */ \
+    /* wt [cin][9][cout]. */                                                                       \
     ATTR static void wino_weights_##SUFFIX(const float *wt, size_t cin, size_t cout, size_t ci0,   \
-                                           size_t ci1, float *u) {                                 \
-        const size_t plane = cin * cout;                                                           \
+                                           size_t ci1, size_t co0, size_t co1, float *u) {         \
+        const size_t cb = co1 - co0, plane = cin * cb;                                             \
         for (size_t ci = ci0; ci < ci1; ci++) {                                                    \
-            const float *w = wt + ci * 9 * cout;                                                   \
-            float *uo = u + ci * cout;                                                             \
+            const float *w = wt + ci * 9 * cout + co0;                                             \
+            float *uo = u + ci * cb;                                                               \
             size_t co = 0;                                                                         \
-            for (; co + VW <= cout; co += VW) {                                                    \
+            for (; co + VW <= cb; co += VW) {                                                      \
                 VT g[9], r[36];                                                                    \
                 for (int k = 0; k < 9; k++) g[k] = DP_LOAD(VT, w + k * cout + co);                 \
                 DP_WINO_WEIGHT(VT, g, r);                                                          \
                 for (int p = 0; p < 36; p++) DP_STORE(VT, uo + p * plane + co, r[p]);              \
             }                                                                                      \
-            for (; co < cout; co++) {                                                              \
+            for (; co < cb; co++) {                                                                \
                 float g[9], r[36];                                                                 \
                 for (int k = 0; k < 9; k++) g[k] = w[k * cout + co];                               \
                 DP_WINO_WEIGHT(float, g, r);                                                       \
@@ -204,8 +205,9 @@ DP_WINO_KERNELS(base, , dp_v8, 8)
 #define DP_WINO_DISPATCH(name, ...) name##_base(__VA_ARGS__)
 #endif
 
-void dp_wino43_weights(const float *wt, size_t cin, size_t cout, size_t ci0, size_t ci1, float *u) {
-    DP_WINO_DISPATCH(wino_weights, wt, cin, cout, ci0, ci1, u);
+void dp_wino43_weights(const float *wt, size_t cin, size_t cout, size_t ci0, size_t ci1, size_t co0, size_t co1,
+                       float *u) {
+    DP_WINO_DISPATCH(wino_weights, wt, cin, cout, ci0, ci1, co0, co1, u);
 }
 void dp_wino43_input(const float *xb, size_t wp, size_t c, size_t tw, size_t t0, size_t t1, float *v,
                      size_t vplane) {

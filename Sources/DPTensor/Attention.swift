@@ -1,5 +1,6 @@
 // Multi-head scaled dot-product attention (diffusers `Attention` core, after the q/k/v projections).
 
+import CDPKernels
 import Synchronization
 
 /// Upper bound on one score tile, in floats (4 MB: 256 queries against 4096 keys; measured fastest here).
@@ -11,7 +12,7 @@ let attentionScoreTileFloats = 1 << 20
 /// Heads are read in place (row stride C), so nothing is gathered. The work is split into jobs of
 /// (batch, head, tile of T queries); each engine thread runs whole jobs with its own score buffer
 /// [T, Nk] (T = `attentionScoreTileFloats` / Nk, at least 1) and single-threaded BLAS:
-/// scores = scale * Q_tile K_h^T, softmax per row in place, out_tile = P V_h. So at most one tile per
+/// scores = scale * Q_tile K_h^T, exp(scores - row max) in place, out_tile = exp V_h / row sum. So at most one tile per
 /// thread exists at a time, never a full [Nq, Nk] score matrix per head.
 public func attention(query: Tensor, key: Tensor, value: Tensor, heads: Int, scale: Float) -> Tensor {
     attention(query: query, key: key, value: value, heads: heads, scale: scale,
@@ -52,7 +53,8 @@ func attention(query: Tensor, key: Tensor, value: Tensor, heads: Int, scale: Flo
                     EngineThreads.withSingleThreadedBLAS {
                         parallelChunks(jobs, work: jobs * tile * nk * d) { range in
                             let scores = UnsafeMutablePointer<Float>.allocate(capacity: tile * nk)   // [T, Nk]
-                            defer { scores.deallocate() }
+                            let inverseSums = UnsafeMutablePointer<Float>.allocate(capacity: tile)   // [T]
+                            defer { scores.deallocate(); inverseSums.deallocate() }
                             for job in range {
                                 let q0 = (job % tilesPerHead) * tile
                                 let h = (job / tilesPerHead) % heads
@@ -67,10 +69,16 @@ func attention(query: Tensor, key: Tensor, value: Tensor, heads: Int, scale: Flo
                                 gemm(transB: true, m: t, n: nk, k: d, alpha: scale, a: qh, lda: c,
                                      b: kh, ldb: c, c: scores, ldc: nk)
                                 let t1 = profiling ? monotonicSeconds() : 0
-                                for r in 0..<t { softmaxRowInPlace(scores + r * nk, count: nk) }
+                                // exp(s - max) per row; the division by the row sum is applied to the
+                                // [T, d] output row instead of the [T, Nk] probabilities (one pass less).
+                                for r in 0..<t { inverseSums[r] = dp_softmax_row_unnormalized(scores + r * nk, nk) }
                                 let t2 = profiling ? monotonicSeconds() : 0
-                                // out_tile [T, d] = P [T, Nk] x V_h [Nk, d]
+                                // out_tile [T, d] = exp [T, Nk] x V_h [Nk, d], then row r / sum_r
                                 gemm(m: t, n: d, k: nk, a: scores, lda: nk, b: vh, ldb: c, c: oh, ldc: c)
+                                for r in 0..<t {
+                                    let row = oh + r * c, inv = inverseSums[r]
+                                    for j in 0..<d { row[j] *= inv }
+                                }
                                 if profiling { phases.add(scores: t1 - t0, softmax: t2 - t1, values: monotonicSeconds() - t2) }
                             }
                         }

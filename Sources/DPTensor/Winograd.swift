@@ -47,8 +47,7 @@ public struct Conv3x3Filter: Sendable {
 }
 
 /// Which algorithm runs a 3x3 convolution. `automatic` uses Winograd for stride-1, padding-1 convolutions
-/// with at least `winogradMinTiles` output tiles and a transformed filter within `winogradMaxFilterFloats`,
-/// im2col otherwise. DP_CONV3X3=im2col|winograd|automatic sets the process default (for A/B benchmarks).
+/// with at least `winogradMinTiles` output tiles, im2col otherwise. DP_CONV3X3=im2col|winograd|automatic sets the process default (for A/B benchmarks).
 public enum Conv3x3Algorithm: String, Sendable {
     case automatic, im2col, winograd
 
@@ -62,8 +61,10 @@ public enum Conv3x3Algorithm: String, Sendable {
 /// Below this many 4x4 output tiles (all images together) a 3x3 convolution runs as im2col: the filter
 /// transform, done per call, would cost more than the multiplications it saves.
 let winogradMinTiles = 32
-/// Largest transformed filter (36 x Cin x Cout floats) built per call: 32 M floats (128 MB), e.g. 1280 x 640.
-let winogradMaxFilterFloats = 32 << 20
+/// Bound on one block of the transformed filter (36 x Cin x a block of Cout), in floats (8 MB): the filter is
+/// transformed per call, block by block of output channels, so it never exists whole (a 2560 -> 1280
+/// filter would be 472 MB transformed).
+let winogradFilterBlockFloats = 2 << 20
 /// Bound on the per-band scratch (input band, V, M, output band), in floats (96 MB).
 let winogradScratchFloats = 24 << 20
 
@@ -71,13 +72,14 @@ let winogradScratchFloats = 24 << 20
 func winogradApplies(_ x: Tensor, filter: Conv3x3Filter, stride: Int, padding: Padding2D) -> Bool {
     guard stride == 1, padding == .symmetric(1), x.rank == 4 else { return false }
     let tiles = x.shape[0] * ((x.shape[2] + 3) / 4) * ((x.shape[3] + 3) / 4)
-    return tiles >= winogradMinTiles && 36 * filter.inChannels * filter.outChannels <= winogradMaxFilterFloats
+    return tiles >= winogradMinTiles
 }
 
 /// 3x3 convolution, stride 1, padding 1 on every side, by Winograd F(4x4, 3x3):
 /// x [N, Cin, H, W] -> [N, Cout, H, W] (+ bias [Cout]).
 func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?,
-                     scratchFloats: Int = winogradScratchFloats) -> Tensor {
+                     scratchFloats: Int = winogradScratchFloats,
+                     filterBlockFloats: Int = winogradFilterBlockFloats) -> Tensor {
     precondition(x.rank == 4 && x.shape[1] == filter.inChannels,
                  "winogradConv3x3: input \(x.shape) does not match the filter's \(filter.inChannels) input channels")
     let n = x.shape[0], cin = filter.inChannels, h = x.shape[2], w = x.shape[3]
@@ -94,19 +96,26 @@ func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?,
     let vFloats = 36 * maxTiles * cin, mFloats = 36 * maxTiles * cout
     let ybFloats = 16 * maxTiles * cout
     let hw = h * w
+    // Output channels per transformed-filter block (a multiple of 16 when there is more than one block).
+    var coutBlock = min(cout, max(1, filterBlockFloats / max(1, 36 * cin)))
+    if coutBlock < cout { coutBlock = max(16, coutBlock / 16 * 16) }
+    let singleBlock = coutBlock >= cout
 
     return Tensor(shape: [n, cout, h, w]) { out in
         guard let po = out.baseAddress, n > 0, h > 0, w > 0 else { return }
         x.data.withUnsafeBufferPointer { pxb in
         filter.taps.data.withUnsafeBufferPointer { ptb in
-        engineScratch.withBuffer(floats: 36 * cin * cout) { u in
+        engineScratch.withBuffer(floats: 36 * cin * min(coutBlock, cout)) { u in
         engineScratch.withBuffer(floats: xbFloats + vFloats + mFloats + ybFloats) { scratch in
         withOptionalPointer(bias) { pbias in
             let px = pxb.baseAddress!, taps = ptb.baseAddress!
-            // U [36][Cin][Cout]
-            parallelChunks(cin, work: 36 * cin * cout) { r in
-                dp_wino43_weights(taps, cin, cout, r.lowerBound, r.upperBound, u)
+            // U [36][Cin][cb] for output channels [co0, co0 + cb)
+            func transformFilter(_ co0: Int, _ cb: Int) {
+                parallelChunks(cin, work: 36 * cin * cb) { r in
+                    dp_wino43_weights(taps, cin, cout, r.lowerBound, r.upperBound, co0, co0 + cb, u)
+                }
             }
+            if singleBlock { transformFilter(0, cout) }
             let xb = scratch, v = xb + xbFloats, m = v + vFloats, yb = m + mFloats
             for b in 0..<n {
                 let xImage = px + b * cin * hw, oImage = po + b * cout * hw
@@ -133,12 +142,19 @@ func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?,
                     parallelChunks(tiles, work: tiles * 36 * cin * 8) { r in
                         dp_wino43_input(xb, wp, cin, tw, r.lowerBound, r.upperBound, v, tiles * cin)
                     }
-                    // 3. M[p] [tiles x Cout] = V[p] [tiles x Cin] x U[p] [Cin x Cout], 36 independent products.
-                    EngineThreads.withSingleThreadedBLAS {
-                        parallelFor(36, work: Int.max) { p in
-                            gemm(m: tiles, n: cout, k: cin, a: v + p * tiles * cin, lda: cin,
-                                 b: u + p * cin * cout, ldb: cout, c: m + p * tiles * cout, ldc: cout)
+                    // 3. M[p] [tiles x Cout] = V[p] [tiles x Cin] x U[p] [Cin x Cout], 36 independent products
+                    //    per block of output channels.
+                    var co0 = 0
+                    while co0 < cout {
+                        let cb = min(coutBlock, cout - co0)
+                        if !singleBlock { transformFilter(co0, cb) }
+                        EngineThreads.withSingleThreadedBLAS {
+                            parallelFor(36, work: Int.max) { p in
+                                gemm(m: tiles, n: cb, k: cin, a: v + p * tiles * cin, lda: cin,
+                                     b: u + p * cin * cb, ldb: cb, c: m + p * tiles * cout + co0, ldc: cout)
+                            }
                         }
+                        co0 += cb
                     }
                     // 4. Output band [4 rows][4 tw][Cout] (NHWC), with the bias.
                     parallelChunks(tiles, work: tiles * 36 * cout * 8) { r in

@@ -1,5 +1,5 @@
 // Vectorised pointwise kernels for DPTensor (exp-, erf- and sigmoid-based loops).
-// Each entry point picks an AVX2+FMA build at run time when the CPU has it, else a portable build.
+// Each entry point picks an AVX-512 or AVX2+FMA build at run time when the CPU has it, else a portable build.
 #pragma once
 #include <stddef.h>
 
@@ -11,6 +11,8 @@ void dp_silu_scaled(const float *src, float *dst, size_t n, float k);
 void dp_gelu(const float *gate, const float *value, float *dst, size_t n);
 /// In-place softmax of one row (max-subtracted).
 void dp_softmax_row(float *p, size_t n);
+/// exp(p[i] - max p) in place, without the division; returns 1 / sum (attention scales its output row by it).
+float dp_softmax_row_unnormalized(float *p, size_t n);
 /// Scalar helpers used by the tests: vector exp and erf applied to an array.
 void dp_exp_array(const float *src, float *dst, size_t n);
 void dp_erf_array(const float *src, float *dst, size_t n);
@@ -24,9 +26,10 @@ const char *dp_blas_corename(void);
 /// The OPENBLAS_CORETYPE dp-farm set before loading OpenBLAS, or NULL when it left the choice to OpenBLAS
 /// (the user set OPENBLAS_CORETYPE, DP_OPENBLAS_CORETYPE=none, or the CPU has no AVX-512).
 const char *dp_blas_forced_core(void);
-/// Winograd F(4x4, 3x3) weight transform (winograd.c): u [36][cin][cout] for input channels [ci0, ci1)
-/// from wt [cin][9][cout] (the filter g[co][ci][ky][kx] stored as wt[ci][ky*3+kx][co]).
-void dp_wino43_weights(const float *wt, size_t cin, size_t cout, size_t ci0, size_t ci1, float *u);
+/// Winograd F(4x4, 3x3) weight transform (winograd.c): u [36][cin][co1 - co0] for input channels [ci0, ci1)
+/// and output channels [co0, co1) from wt [cin][9][cout] (the filter g[co][ci][ky][kx] at wt[ci][ky*3+kx][co]).
+void dp_wino43_weights(const float *wt, size_t cin, size_t cout, size_t ci0, size_t ci1, size_t co0, size_t co1,
+                       float *u);
 /// Input transform of tiles [t0, t1) of a zero-padded NHWC band xb [rows][wp][c]: tile t = (t / tw, t % tw)
 /// reads rows 4ty..4ty+5 and columns 4tx..4tx+5 and writes v[p * vplane + t * c + ch], p = 0..35.
 void dp_wino43_input(const float *xb, size_t wp, size_t c, size_t tw, size_t t0, size_t t1, float *v,
