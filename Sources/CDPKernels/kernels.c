@@ -2,42 +2,10 @@
 // AVX2+FMA (selected at run time with __builtin_cpu_supports) and for the baseline x86-64 / other targets.
 
 #include "dp_kernels.h"
+#include "dp_math.h"
 #include <math.h>
 #include <string.h>
 #include <stdint.h>
-
-// exp(x): Cody-Waite reduction x = n ln2 + r, degree-6 polynomial for e^r, 2^n built in the exponent
-// bits. Relative error < 1e-7 for -87.3 < x < 88.7; below that 0, above +inf; NaN stays NaN.
-static inline __attribute__((always_inline)) float dp_expf(float x) {
-    const float lo = -87.33654f, hi = 88.72283f;
-    float xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    const float magic = 12582912.0f;   // 1.5 * 2^23: adding it rounds to an integer in the low bits
-    float t = xc * 1.44269504088896341f + magic;
-    float n = t - magic;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.0f / 5040;
-    p = p * r + 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * (r * r) + r + 1.0f;
-    int32_t tb, mb;
-    memcpy(&tb, &t, 4);
-    memcpy(&mb, &magic, 4);
-    int32_t ni = tb - mb;              // n in [-126, 128]
-    int32_t h = ni >> 1;
-    int32_t b1 = (h + 127) << 23, b2 = (ni - h + 127) << 23;
-    float s1, s2;
-    memcpy(&s1, &b1, 4);
-    memcpy(&s2, &b2, 4);
-    float v = p * s1 * s2;
-    v = x < lo ? 0.0f : v;
-    v = x > hi ? INFINITY : v;
-    return x != x ? x : v;
-}
 
 // erf(x): |x| >= 0.5: sign(x) (1 - t P(t) exp(-x^2)), t = 1 / (1 + 0.3275911 |x|) (Abramowitz & Stegun
 // 7.1.26, absolute error <= 1.5e-7); |x| < 0.5: the Maclaurin series to x^11 (absolute error < 2e-8).

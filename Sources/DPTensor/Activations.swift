@@ -8,7 +8,7 @@ import Foundation
 func mapElements(_ x: Tensor, _ f: (UnsafePointer<Float>, UnsafeMutablePointer<Float>, Int) -> Void) -> Tensor {
     let probe = OpProfile.begin(.elementwise)
     defer { probe?.end() }
-    return Tensor(shape: x.shape) { out in
+    return Tensor(overwriting: x.shape) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { pxb in
             let px = pxb.baseAddress!
@@ -51,7 +51,7 @@ public func geglu(_ x: Tensor) -> Tensor {
     outShape[outShape.count - 1] = hdim
     let probe = OpProfile.begin(.geglu)
     defer { probe?.end() }
-    return Tensor(shape: outShape) { out in
+    return Tensor(overwriting: outShape) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { pxb in
             let px = pxb.baseAddress!

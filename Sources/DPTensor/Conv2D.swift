@@ -104,7 +104,8 @@ func im2colConv(_ x: Tensor, weights pw: UnsafePointer<Float>, transposed: Bool,
     let kdim = cin * kh * kw   // rows of the im2col matrix
     let lda = transposed ? cout : kdim
 
-    return Tensor(shape: [n, cout, ho, wo]) { out in
+    // Every element is written: seeded with the bias, or by the products with beta = 0.
+    return Tensor(overwriting: [n, cout, ho, wo]) { out in
         guard let po = out.baseAddress else { return }
         var beta: Float = 0
         if let bias {

@@ -5,7 +5,7 @@ public func add(_ a: Tensor, _ b: Tensor) -> Tensor {
     precondition(a.shape == b.shape, "add: shapes differ: \(a.shape) vs \(b.shape)")
     let probe = OpProfile.begin(.elementwise)
     defer { probe?.end() }
-    return Tensor(shape: a.shape) { out in
+    return Tensor(overwriting: a.shape) { out in
         guard let po = out.baseAddress else { return }
         a.data.withUnsafeBufferPointer { pab in
             b.data.withUnsafeBufferPointer { pbb in

@@ -68,13 +68,14 @@ public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
     outShape[outShape.count - 1] = outF
     let probe = OpProfile.begin(.linear, flops: 2 * Double(rows) * Double(inF) * Double(outF))
     defer { probe?.end() }
-    return Tensor(shape: outShape) { out in
+    // Every element is written: seeded with the bias, or by the product with beta = 0.
+    return Tensor(overwriting: outShape) { out in
         guard let pc = out.baseAddress else { return }
         var beta: Float = 0
         if let bias {
             // Seed every row with the bias, then accumulate the product (beta = 1).
             bias.data.withUnsafeBufferPointer { pb in
-                for r in 0..<rows { (pc + r * outF).update(from: pb.baseAddress!, count: outF) }
+                for r in 0..<rows { (pc + r * outF).initialize(from: pb.baseAddress!, count: outF) }
             }
             beta = 1
         }

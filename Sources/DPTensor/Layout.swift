@@ -1,5 +1,7 @@
 // Layout operations: concatenation, slicing, and the image <-> token-sequence transposes.
 
+import CDPKernels
+
 /// Concatenates tensors along `axis`; every other dimension must agree.
 public func concat(_ tensors: [Tensor], axis: Int) -> Tensor {
     precondition(!tensors.isEmpty, "concat: no tensors")
@@ -66,7 +68,7 @@ public func toTokens(_ x: Tensor) -> Tensor {
     let n = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3]
     let probe = OpProfile.begin(.layout)
     defer { probe?.end() }
-    return Tensor(shape: [n, hw, c]) { out in
+    return Tensor(overwriting: [n, hw, c]) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { px in
             transposeBatched(px.baseAddress!, po, batch: n, rows: c, cols: hw)
@@ -81,7 +83,7 @@ public func fromTokens(_ x: Tensor, height: Int, width: Int) -> Tensor {
     let n = x.shape[0], c = x.shape[2], hw = height * width
     let probe = OpProfile.begin(.layout)
     defer { probe?.end() }
-    return Tensor(shape: [n, c, height, width]) { out in
+    return Tensor(overwriting: [n, c, height, width]) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { px in
             transposeBatched(px.baseAddress!, po, batch: n, rows: hw, cols: c)
@@ -89,7 +91,8 @@ public func fromTokens(_ x: Tensor, height: Int, width: Int) -> Tensor {
     }
 }
 
-/// For each batch, dst [cols, rows] = transpose of src [rows, cols]; 32x32 blocks for cache locality.
+/// For each batch, dst [cols, rows] = transpose of src [rows, cols], in blocks of 32 rows per job (CDPKernels
+/// dp_transpose: 8x8 register transposes).
 func transposeBatched(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>,
                       batch: Int, rows: Int, cols: Int) {
     let bs = 32
@@ -97,15 +100,7 @@ func transposeBatched(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<F
     let per = rows * cols
     parallelFor(batch * rowBlocks, work: batch * per) { job in
         let b = job / rowBlocks, r0 = (job % rowBlocks) * bs
-        let s = src + b * per, d = dst + b * per
         let r1 = min(rows, r0 + bs)
-        var c0 = 0
-        while c0 < cols {
-            let c1 = min(cols, c0 + bs)
-            for r in r0..<r1 {
-                for cc in c0..<c1 { d[cc * rows + r] = s[r * cols + cc] }
-            }
-            c0 = c1
-        }
+        dp_transpose(src + b * per + r0 * cols, cols, r1 - r0, cols, dst + b * per + r0, rows)
     }
 }

@@ -18,7 +18,7 @@ public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor, bias: Tensor, ep
     let groupSize = cpg * spatial
     let probe = OpProfile.begin(.groupNorm)
     defer { probe?.end() }
-    return Tensor(shape: x.shape) { out in
+    return Tensor(overwriting: x.shape) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { pxb in
             weight.data.withUnsafeBufferPointer { pwb in
@@ -51,7 +51,7 @@ public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, eps: Float) -> 
     let rows = d == 0 ? 0 : x.count / d
     let probe = OpProfile.begin(.layerNorm)
     defer { probe?.end() }
-    return Tensor(shape: x.shape) { out in
+    return Tensor(overwriting: x.shape) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { pxb in
             weight.data.withUnsafeBufferPointer { pwb in
@@ -79,7 +79,8 @@ public func layerNorm(_ x: Tensor, weight: Tensor, bias: Tensor, eps: Float) -> 
 }
 
 /// Mean and 1/sqrt(biased variance + eps) of `count` floats (two passes, Double accumulation of
-/// SIMD partial sums).
+/// SIMD partial sums over blocks of 4096; four independent vector accumulators per block, so the adds
+/// are not one dependency chain).
 @inline(__always)
 func meanAndInvStd(_ p: UnsafePointer<Float>, count: Int, eps: Float) -> (Float, Float) {
     if count == 0 { return (0, 1 / eps.squareRoot()) }
@@ -87,10 +88,14 @@ func meanAndInvStd(_ p: UnsafePointer<Float>, count: Int, eps: Float) -> (Float,
     var i = 0
     while i < count {
         let end = min(count, i + 4096)
-        var acc = SIMD8<Float>()
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
         var j = i
-        while j + 8 <= end { acc += load8(p + j); j += 8 }
-        var s = Double(acc.sum())
+        while j + 32 <= end {
+            a0 += load8(p + j); a1 += load8(p + j + 8); a2 += load8(p + j + 16); a3 += load8(p + j + 24)
+            j += 32
+        }
+        while j + 8 <= end { a0 += load8(p + j); j += 8 }
+        var s = Double(((a0 + a1) + (a2 + a3)).sum())
         while j < end { s += Double(p[j]); j += 1 }
         total += s
         i = end
@@ -102,10 +107,16 @@ func meanAndInvStd(_ p: UnsafePointer<Float>, count: Int, eps: Float) -> (Float,
     let m8 = SIMD8<Float>(repeating: mf)
     while i < count {
         let end = min(count, i + 4096)
-        var acc = SIMD8<Float>()
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
         var j = i
-        while j + 8 <= end { let d = load8(p + j) - m8; acc += d * d; j += 8 }
-        var s = Double(acc.sum())
+        while j + 32 <= end {
+            let d0 = load8(p + j) - m8, d1 = load8(p + j + 8) - m8
+            let d2 = load8(p + j + 16) - m8, d3 = load8(p + j + 24) - m8
+            a0 += d0 * d0; a1 += d1 * d1; a2 += d2 * d2; a3 += d3 * d3
+            j += 32
+        }
+        while j + 8 <= end { let d = load8(p + j) - m8; a0 += d * d; j += 8 }
+        var s = Double(((a0 + a1) + (a2 + a3)).sum())
         while j < end { let d = Double(p[j]) - mean; s += d * d; j += 1 }
         sq += s
         i = end

@@ -11,9 +11,7 @@ public enum OpKind: Int, CaseIterable, Sendable {
     case conv3x3Strided     // 3x3 convolutions, stride 2 (downsamplers)
     case convOther          // other kernel sizes (1x1 convs on NCHW, the VAE's quant convs)
     case linear             // linears and 1x1 convs over token-major activations
-    case attentionScores    // Q K^T
-    case softmax            // the attention softmax
-    case attentionValues    // P V
+    case attention          // fused scores (Q K^T), softmax and values (P V); FLOPs of the two products
     case groupNorm          // GroupNorm (with its fused SiLU)
     case layerNorm
     case geglu
@@ -26,9 +24,7 @@ public enum OpKind: Int, CaseIterable, Sendable {
         case .conv3x3Strided: return "3x3 conv, stride 2"
         case .convOther: return "other conv"
         case .linear: return "1x1 conv / linear"
-        case .attentionScores: return "attention scores"
-        case .softmax: return "softmax"
-        case .attentionValues: return "attention values"
+        case .attention: return "attention (scores, softmax, values)"
         case .groupNorm: return "GroupNorm (+SiLU)"
         case .layerNorm: return "LayerNorm"
         case .geglu: return "GEGLU"
@@ -40,7 +36,7 @@ public enum OpKind: Int, CaseIterable, Sendable {
     /// Whether the kind is a matrix product (its GFLOP/s is meaningful).
     public var isProduct: Bool {
         switch self {
-        case .conv3x3, .conv3x3Strided, .convOther, .linear, .attentionScores, .attentionValues: return true
+        case .conv3x3, .conv3x3Strided, .convOther, .linear, .attention: return true
         default: return false
         }
     }
@@ -53,9 +49,8 @@ public struct OpProfileEntry: Sendable {
     public var flops = 0.0
 }
 
-/// The engine's per-operation profile. Ops time themselves on the calling thread (the model's thread);
-/// parts that run inside a parallel region (attention's scores / softmax / values) are measured as thread
-/// time and their share of the region's wall time is attributed to each part.
+/// The engine's per-operation profile. Ops time themselves on the calling thread (the model's thread), so
+/// each line is wall time with both engine threads at work inside the op.
 public enum OpProfile {
     private static let on = Atomic<Bool>(false)
     private static let state = Mutex<[OpProfileEntry]>(Array(repeating: OpProfileEntry(), count: OpKind.allCases.count))

@@ -6,7 +6,7 @@ public func upsampleNearest2x(_ x: Tensor) -> Tensor {
     let n = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3]
     let probe = OpProfile.begin(.layout)
     defer { probe?.end() }
-    return Tensor(shape: [n, c, 2 * h, 2 * w]) { out in
+    return Tensor(overwriting: [n, c, 2 * h, 2 * w]) { out in
         guard let po = out.baseAddress else { return }
         x.data.withUnsafeBufferPointer { pxb in
             let px = pxb.baseAddress!

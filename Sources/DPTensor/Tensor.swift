@@ -46,6 +46,17 @@ public struct Tensor: Sendable, Equatable {
         }
     }
 
+    /// A tensor whose storage `body` must initialise completely (every element written): for kernels that
+    /// overwrite their whole output, which would otherwise pay a zeroing pass over it first.
+    public init(overwriting shape: [Int], _ body: (UnsafeMutableBufferPointer<Float>) throws -> Void) rethrows {
+        let n = shape.reduce(1, *)
+        self.shape = shape
+        self.data = try [Float](unsafeUninitializedCapacity: n) { buf, count in
+            try body(buf)
+            count = n
+        }
+    }
+
     public var count: Int { data.count }
     public var rank: Int { shape.count }
 
