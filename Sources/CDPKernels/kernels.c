@@ -115,6 +115,26 @@ static inline __attribute__((always_inline)) float dp_erff(float x) {
         }                                                                                            \
         return 1.0f / sum;                                                                           \
     }                                                                                                \
+    /* exp(p - m) in place for a known row maximum m; returns 1 / sum. */                          \
+    ATTR static float exp_shifted_row_##SUFFIX(float *p, size_t n, float m) {                       \
+        float acc[16];                                                                               \
+        for (int j = 0; j < 16; j++) acc[j] = 0;                                                     \
+        size_t body = n & ~(size_t)15;                                                               \
+        for (size_t i = 0; i < body; i += 16)                                                        \
+            for (int j = 0; j < 16; j++) {                                                           \
+                float e = dp_expf(p[i + j] - m);                                                     \
+                p[i + j] = e;                                                                        \
+                acc[j] += e;                                                                         \
+            }                                                                                        \
+        float sum = 0;                                                                               \
+        for (int j = 0; j < 16; j++) sum += acc[j];                                                  \
+        for (size_t i = body; i < n; i++) {                                                          \
+            float e = dp_expf(p[i] - m);                                                             \
+            p[i] = e;                                                                                \
+            sum += e;                                                                                \
+        }                                                                                            \
+        return 1.0f / sum;                                                                           \
+    }                                                                                                \
     ATTR static void exp_array_##SUFFIX(const float *src, float *dst, size_t n) {                   \
         for (size_t i = 0; i < n; i++) dst[i] = dp_expf(src[i]);                                     \
     }                                                                                                \
@@ -171,5 +191,6 @@ void dp_gelu(const float *gate, const float *value, float *dst, size_t n) {
 }
 void dp_softmax_row(float *p, size_t n) { DP_DISPATCH(softmax_row, p, n); }
 float dp_softmax_row_unnormalized(float *p, size_t n) { DP_DISPATCH_RETURN(softmax_row_unnormalized, p, n); }
+float dp_exp_shifted_row(float *p, size_t n, float m) { DP_DISPATCH_RETURN(exp_shifted_row, p, n, m); }
 void dp_exp_array(const float *src, float *dst, size_t n) { DP_DISPATCH(exp_array, src, dst, n); }
 void dp_erf_array(const float *src, float *dst, size_t n) { DP_DISPATCH(erf_array, src, dst, n); }

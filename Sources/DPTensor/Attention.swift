@@ -24,7 +24,8 @@ public func attention(query: Tensor, key: Tensor, value: Tensor, heads: Int, sca
     let probe = OpProfile.begin(.attention, flops: 4 * Double(b * heads) * Double(nq) * Double(nk) * Double(d))
     defer { probe?.end() }
     guard b > 0, nq > 0, nk > 0, d > 0 else { return Tensor(zeros: [b, nq, c]) }
-    let nkp = (nk + 31) / 32 * 32               // keys padded to whole pairs of 16-float vectors
+    let keyPad = dp_attention_key_padding()
+    let nkp = (nk + keyPad - 1) / keyPad * keyPad   // keys padded to whole register blocks
     let dp = (d + 15) / 16 * 16                 // value columns padded to whole vectors
     let headFloats = d * nkp + nk * dp          // K^T [d, nkp] then V [nk, dp]
     let rowsPerCall = dp_attention_rows_per_call()

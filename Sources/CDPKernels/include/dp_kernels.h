@@ -13,6 +13,8 @@ void dp_gelu(const float *gate, const float *value, float *dst, size_t n);
 void dp_softmax_row(float *p, size_t n);
 /// exp(p[i] - max p) in place, without the division; returns 1 / sum (attention scales its output row by it).
 float dp_softmax_row_unnormalized(float *p, size_t n);
+/// exp(p[i] - m) in place for a known maximum m; returns 1 / sum.
+float dp_exp_shifted_row(float *p, size_t n, float m);
 /// Scalar helpers used by the tests: vector exp and erf applied to an array.
 void dp_exp_array(const float *src, float *dst, size_t n);
 void dp_erf_array(const float *src, float *dst, size_t n);
@@ -43,9 +45,12 @@ int dp_wino43_vector_width(void);
 /// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols.
 void dp_transpose(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd);
 /// Fused attention (attention.c). Packs one head: kt [d][nkp] = K^T (zero columns nk..nkp), vp [nk][dp] = V
-/// (zero columns d..dp); key/value rows have stride c. nkp must be a multiple of 32, dp of 16, dp >= d.
+/// (zero columns d..dp); key/value rows have stride c. nkp must be a multiple of dp_attention_key_padding(),
+/// dp of 16, dp >= d.
 void dp_attention_pack_head(const float *key, const float *value, size_t nk, size_t c, size_t d, float *kt,
                             size_t nkp, float *vp, size_t dp);
+/// What nkp must be a multiple of (96).
+size_t dp_attention_key_padding(void);
 /// Query rows one dp_attention_rows call takes at most (48).
 size_t dp_attention_rows_per_call(void);
 /// Floats of scratch one dp_attention_rows call needs (scores, query rows and output rows of 48 rows).
