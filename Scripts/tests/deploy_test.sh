@@ -30,7 +30,7 @@ W="$(mktemp -d /tmp/dp-deploy-test.XXXXXX)"
 trap 'rm -rf "$W"' EXIT
 
 for b in dp-coord dp-worker; do
-  [[ -x "$BIN/$b" ]] || { echo "deploy tests: $BIN/$b not built (run swift build first)"; echo "0 passed, 1 failed"; exit 1; }
+  [[ -x "$BIN/$b" ]] || { echo "deploy tests: $BIN/$b not built (run swift build first)"; echo "deploy: 0 passed, 1 failed"; exit 1; }
 done
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,9 +95,9 @@ else
 fi
 if python3 -c "import yaml" 2>/dev/null; then
   out="$(python3 Scripts/tests/k8s_check.py 2>&1)"; rc=$?
-  echo "$out" | grep -v '^k8s check: [0-9]* passed' | sed 's/^/  /'
-  p="$(echo "$out" | sed -n 's/^k8s check: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p')"
-  f="$(echo "$out" | sed -n 's/^k8s check: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p')"
+  echo "$out" | grep -v '^k8s-check: [0-9]* passed' | sed 's/^/  /'
+  p="$(echo "$out" | sed -n 's/^k8s-check: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p')"
+  f="$(echo "$out" | sed -n 's/^k8s-check: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p')"
   passed=$((passed + ${p:-0}))
   failed=$((failed + ${f:-0}))
   [[ $rc -ne 0 && "${f:-0}" -eq 0 ]] && bad "Scripts/tests/k8s_check.py exited $rc"
@@ -105,5 +105,5 @@ else
   skip "PyYAML not installed (comes with kubernetes-validate)"
 fi
 
-echo "deploy tests: $passed passed, $failed failed, $skipped skipped"
+echo "deploy: $passed passed, $failed failed, $skipped skipped"
 (( failed == 0 ))

@@ -200,5 +200,5 @@ def main():
 
 if __name__ == "__main__":
     main()
-    print(f"k8s check: {passed} passed, {failed} failed")
+    print(f"k8s-check: {passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)

@@ -26,23 +26,23 @@ passed=0 failed=0
 ok() { echo "  ok    $*"; passed=$((passed + 1)); }
 bad() { echo "  FAIL  $*"; failed=$((failed + 1)); }
 check() { local what="$1"; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
-summary() { echo "slurm tests: $passed passed, $failed failed"; }
+summary() { echo "slurm: $passed passed, $failed failed"; }
 skip_all() {
   if [[ "${CI:-}" == true ]]; then
     echo "slurm tests: cannot run under CI: $1"
-    echo "slurm tests: 0 passed, 1 failed"
+    echo "slurm: 0 passed, 1 failed"
     exit 1
   fi
   echo "slurm tests: SKIPPED: $1"
-  echo "slurm tests: 0 passed, 0 failed, 2 skipped"
+  echo "slurm: 0 passed, 0 failed, 2 skipped"
   exit 0
 }
 
 [[ $EUID -eq 0 ]] || skip_all "not root (the test cluster's daemons run as root; CI runs as root)"
 for b in dp-worker dp-coord; do
-  [[ -x "$BIN/$b" ]] || { echo "slurm tests: $BIN/$b not built (run swift build first)"; echo "0 passed, 1 failed"; exit 1; }
+  [[ -x "$BIN/$b" ]] || { echo "slurm tests: $BIN/$b not built (run swift build first)"; echo "slurm: 0 passed, 1 failed"; exit 1; }
 done
-[[ -d "$GOLDEN/model" ]] || { echo "slurm tests: no golden case at $GOLDEN"; echo "0 passed, 1 failed"; exit 1; }
+[[ -d "$GOLDEN/model" ]] || { echo "slurm tests: no golden case at $GOLDEN"; echo "slurm: 0 passed, 1 failed"; exit 1; }
 
 CLUSTER_DIR="$(mktemp -d /tmp/dp-slurm-cluster.XXXXXX)"
 export DP_SLURM_DIR="$CLUSTER_DIR"
