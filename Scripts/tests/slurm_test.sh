@@ -6,7 +6,8 @@
 #     poses repeated to FRAMES frames) as an array; one task is cancelled mid-run (after its first frame),
 #     `dp-coord finalize` then fails naming that task's missing frames, the task is re-submitted alone, and
 #     Deploy/slurm/finalize.sbatch runs as a dependent job (--dependency=afterok) writing manifest.json and
-#     the video. Every frame must be byte-identical to a single-process `dp-worker render`.
+#     the video. Every frame must be byte-identical to a single-process `dp-worker render`. Then the README's
+#     plain form: a seeded array with finalize depending on the whole array (afterok:<array job>).
 #  2. Farm mode: a coordinator started outside Slurm, Deploy/slurm/workers.sbatch as a 2-task array of
 #     `dp-worker --connect`; one worker task is scancel'ed while it renders a frame (it must hand the frame
 #     back in its Goodbye and exit before Slurm's SIGKILL), and the job still completes byte-identical.
@@ -169,6 +170,23 @@ EOF
 check "manifest.json complete, every frame listed, video recorded (frames of the re-run credited to it)" manifest_ok
 check "the video has $FRAMES frames (ffprobe)" test "$(ffprobe -v error -count_frames -select_streams v:0 \
   -show_entries stream=nb_read_frames -of csv=p=0 "$W/array.mp4" 2>/dev/null)" == "$FRAMES"
+
+# The README's plain form: a seeded job, finalize depending on the whole array (afterok:<array job>).
+echo "slurm tests: 1b. array mode as the README shows it (SEED, --dependency=afterok:<array job>)"
+quick=(--model "$GOLDEN/model" --subject "$GOLDEN/inputs/subject.png" --poses "$GOLDEN/inputs/poses" --seed 7 --steps 5)
+"$BIN/dp-worker" render "${quick[@]}" --out "$W/ref-seed" --threads 1 2> "$W/ref-seed.log" || bad "seeded reference render"
+OUT2="$W/array-seed"
+ja=$(sbatch --parsable "${small[@]}" --array="0-$(( (npose + 1) / 2 - 1 ))" --output="$W/seed-%A_%a.log" \
+     --export="ALL,MODEL=$GOLDEN/model,SUBJECT=$GOLDEN/inputs/subject.png,POSES=$GOLDEN/inputs/poses,OUT=$OUT2,FRAMES=$npose,PER_TASK=2,SEED=7,STEPS=5,DP_WORKER=$BIN/dp-worker" \
+     Deploy/slurm/render-array.sbatch) || bad "sbatch render-array.sbatch (seeded)"
+jf=$(sbatch --parsable --dependency="afterok:$ja" "${small[@]}" --output="$W/finalize-seed-%j.log" \
+     --export="ALL,OUT=$OUT2,VIDEO=$W/seed.mp4,DP_COORD=$BIN/dp-coord" Deploy/slurm/finalize.sbatch) || bad "sbatch finalize.sbatch (seeded)"
+check "seeded array + finalize (afterok:$ja) COMPLETED" test "$(wait_state "$jf" "COMPLETED|FAILED|CANCELLED|TIMEOUT")" == COMPLETED
+check "seeded array frames byte-identical to dp-worker render --seed 7" same_frames "$OUT2" "$W/ref-seed" "$npose"
+check "seeded manifest.json complete with the seed and a video" python3 -c "
+import json, os, sys
+m = json.load(open('$OUT2/manifest.json'))
+sys.exit(0 if m['complete'] and m['settings'].get('seed') == 7 and m['video']['frames'] == $npose and os.path.exists('$W/seed.mp4') else 1)"
 
 # ---------------------------------------------------------------------------------------------------------
 echo "slurm tests: 2. farm mode (dp-coord serve outside Slurm, workers.sbatch, a worker cancelled mid-frame)"
