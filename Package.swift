@@ -84,6 +84,8 @@ let package = Package(
                           swiftSettings: v5),
         .executableTarget(name: "dp-worker",
                           dependencies: ["DPWorker", "DPPipeline", "DPFileKit", "DPCLISupport",
+                                         // render's frame records (RenderRecords) and `health` (FarmClient)
+                                         "DPCoordinator",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: v5),

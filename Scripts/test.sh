@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of dp-farm on a fresh machine: set-up (Scripts/setup.sh), the Swift build and tests,
-# then the Python tests of the checkpoint converter. Extra arguments go to `swift test` (e.g. --filter X).
+# the Python tests of the checkpoint converter, then the deployment tests (Scripts/tests/deploy_test.sh,
+# Scripts/tests/slurm_test.sh). Extra arguments go to `swift test` (e.g. --filter X).
 #
 # The Swift tests build in the debug configuration: see DP_TEST_CONFIG below for why.
 set -euo pipefail
@@ -32,4 +33,10 @@ phase "generated protobuf code is current" Scripts/gen_protos.sh --check
 phase "swift build ($CONFIG, with tests)" swift build "${flags[@]}" --build-tests
 phase "swift test ($CONFIG)" swift test "${flags[@]}" --skip-build "$@"
 phase "python tests (converter)" python3 -m pytest Scripts/tests -q
+# The deployment files, with the binaries just built: systemd units (systemd-analyze verify) and Kubernetes
+# manifests (schema + probes against the binaries), then Slurm on a throwaway one-node cluster (needs root;
+# skipped with the reason otherwise, except under CI=true). A few minutes together; see each script's header.
+BIN_DIR="$(swift build "${flags[@]}" --show-bin-path)"
+phase "deployment checks (systemd, Kubernetes)" env DP_BIN_DIR="$BIN_DIR" Scripts/tests/deploy_test.sh
+phase "Slurm tests (one-node cluster)" env DP_BIN_DIR="$BIN_DIR" Scripts/tests/slurm_test.sh
 echo "==> all tests passed in $((SECONDS - started)) s" >&2

@@ -1,6 +1,8 @@
 import ArgumentParser
 import DPCLISupport
 import DPCoordinator
+import DPFileKit
+import DPPipeline
 import Foundation
 
 /// `dp-coord`: the render farm's coordinator (`serve`) and its clients (`submit`, `status`, `cancel`, `workers`).
@@ -8,7 +10,7 @@ struct DPCoordCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dp-coord",
         abstract: "Run a DreamPose render farm coordinator, or submit and watch jobs.",
-        subcommands: [Serve.self, Submit.self, Status.self, Cancel.self, Workers.self])
+        subcommands: [Serve.self, Submit.self, Status.self, Cancel.self, Workers.self, Finalize.self, Health.self])
 
     /// The coordinator a client command talks to: `--coordinator`, else `$DP_COORDINATOR`, else local port 5555.
     static func coordinatorEndpoint(_ option: String?) -> String {
@@ -230,6 +232,87 @@ extension DPCoordCommand {
                 print(pad([w.name, w.host, "\(w.slots)", "\(w.busy)", "\(w.framesDone)",
                            String(format: "%.1fs ago", w.lastSeenSecondsAgo),
                            w.modelIDs.map { String($0.prefix(12)) }.joined(separator: ",")]))
+            }
+        }
+    }
+}
+
+// MARK: - finalize, health
+
+extension DPCoordCommand {
+    struct Finalize: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check a folder rendered by `dp-worker render` tasks (a Slurm array) and write manifest.json and the video.",
+            discussion: """
+                Every expected frame (default: every frame of the job's pose sequence, as recorded by the render \
+                tasks in DIR/.dp-render) must be in DIR as a decodable frame_<n>.png matching its task's record; \
+                otherwise nothing is written and the command fails, naming the missing frames. Then manifest.json \
+                (the coordinator's format, job id 0) and, with --video, an H.264 video of the ordered sequence.
+                """)
+
+        @Option(help: "The render tasks' shared --out folder.") var out: String
+        @Option(help: "Write an H.264 video of the sequence to this file (.mp4, .mkv or .mov).") var video: String?
+        @Option(help: "Frames per second of --video.") var fps = 30
+        @Option(help: "Expected frames (0-99 or 3,5,8; default: every frame of the job's pose sequence).") var frames: String?
+        @Option(help: "ffmpeg executable used for --video.") var ffmpeg = "ffmpeg"
+        @Flag(help: "Print the result as JSON on stdout.") var json = false
+
+        func validate() throws {
+            if fps < 1 { throw ValidationError("--fps must be at least 1") }
+            if let video, ![".mp4", ".mkv", ".mov"].contains(where: { video.lowercased().hasSuffix($0) }) {
+                throw ValidationError("--video \(video): expected a .mp4, .mkv or .mov file name")
+            }
+        }
+
+        func run() throws {
+            let outURL = SubmitInputs.absoluteURL(out)
+            let expected: [UInt32]?
+            do {
+                expected = try frames.map { try FrameSelection.parse($0).map { UInt32($0) } }
+            } catch let e as PipelineError { throw CLIError(e.description) }
+            let result: RenderRecords.Finalized
+            do {
+                result = try RenderRecords.finalize(out: outURL, frames: expected, video: video.map(SubmitInputs.absoluteURL),
+                                                    fps: fps, ffmpeg: ffmpeg, decode: { _ = try PNGCodec.read($0) })
+            } catch let e as RenderRecordError {
+                throw CLIError(e.description)
+            } catch let e as OutputError {
+                throw CLIError(e.description)
+            }
+            let m = result.manifest
+            if json {
+                var object: [String: Any] = ["out": outURL.path, "manifest": result.manifestURL.path, "frames": m.frames.count,
+                                             "complete": m.complete, "model_id": m.modelID]
+                if let v = result.video { object["video"] = v.path; object["video_sha256"] = v.sha256 }
+                printJSON(object)
+            } else {
+                print("\(outURL.path): \(m.frames.count) frame(s) complete (\(FrameRanges.describe(m.framesExpected))), "
+                    + "model \(m.modelID.prefix(12)); wrote \(result.manifestURL.path)"
+                    + (result.video.map { "; video \($0.path) (\($0.frames) frames at \($0.fps) fps)" } ?? ""))
+            }
+        }
+    }
+
+    struct Health: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Exit 0 when the coordinator answers a request (for probes: systemd, Kubernetes, scripts).",
+            discussion: """
+                Sends the coordinator a real request (the worker list) on its one port and waits --timeout seconds \
+                for the reply. Exit status: 0 = it answered; 1 = no answer or an error (printed on stderr).
+                """)
+        @Option(help: "Coordinator endpoint (default: $DP_COORDINATOR, else tcp://127.0.0.1:5555).") var coordinator: String?
+        @Option(help: "Seconds to wait for the reply.") var timeout: Double = 5
+        @Flag(help: "Print nothing when healthy.") var quiet = false
+
+        func run() throws {
+            let endpoint = DPCoordCommand.coordinatorEndpoint(coordinator)
+            do {
+                let c = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout)
+                defer { c.close() }
+                let workers = try c.workers()
+                if !quiet { print("coordinator \(endpoint): answering, \(workers.filter(\.connected).count) worker(s) connected") }
+            } catch {
+                throw CLIError("coordinator \(endpoint) did not answer within \(timeout) s: \(error)")
             }
         }
     }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Dispatch
+import DPCoordinator
 import DPPipeline
 import DPWorker
 import Foundation
@@ -13,7 +14,7 @@ struct DPWorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dp-worker",
         abstract: "Render DreamPose frames for a coordinator (--connect), or on this machine alone (render).",
-        subcommands: [RenderCommand.self, DemoAssetsCommand.self])
+        subcommands: [RenderCommand.self, DemoAssetsCommand.self, HealthCommand.self])
 
     @Option(help: "Coordinator endpoint to work for, e.g. tcp://render-host:5555 (also $DP_COORDINATOR).")
     var connect: String?
@@ -65,24 +66,86 @@ struct DPWorkerCommand: ParsableCommand {
         log("connecting to \(endpoint), \(settings.slots) slot(s) x \(settings.threads ?? 0) thread(s), cache \(settings.cacheDirectory.path)")
 
         // SIGTERM/SIGINT: stop after the current denoising step and hand the frame back (Goodbye).
-        // A second signal exits at once.
-        var fired = false
+        // Schedulers may send SIGTERM more than once for one stop (Slurm signals every process of a step
+        // and srun forwards the same signal; Kubernetes and systemd may signal again before their kill
+        // timeout): a repeated SIGTERM is logged and the hand-back goes on. Only a second Ctrl-C (SIGINT),
+        // a person at the terminal, exits at once without handing anything back.
+        let sources = WorkerSignals.install(log: log) { service.shutdown(handBack: true) }
+        defer { sources.forEach { $0.cancel() } }
+        try service.run()
+        log("stopped")
+    }
+}
+
+/// The worker's SIGTERM/SIGINT handling (see `DPWorkerCommand.run`).
+enum WorkerSignals {
+    static func install(log: @escaping @Sendable (String) -> Void, stop: @escaping @Sendable () -> Void) -> [DispatchSourceSignal] {
+        final class State: @unchecked Sendable { var stopping = false; var terms = 0 }
+        let state = State()
         let queue = DispatchQueue(label: "dp-worker.signals")
-        let sources: [DispatchSourceSignal] = [SIGTERM, SIGINT].map { sig in
+        return [SIGTERM, SIGINT].map { sig in
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
             source.setEventHandler {
-                if fired { log("second signal: exiting now"); Foundation.exit(130) }
-                fired = true
-                log("\(sig == SIGINT ? "SIGINT" : "SIGTERM"): handing back work and disconnecting")
-                DispatchQueue.global().async { service.shutdown(handBack: true) }
+                let name = sig == SIGINT ? "SIGINT" : "SIGTERM"
+                if state.stopping {
+                    if sig == SIGINT { log("second SIGINT: exiting now, nothing handed back"); Foundation.exit(130) }
+                    state.terms += 1
+                    log("\(name) again (\(state.terms) repeat(s)): already handing back work, carrying on")
+                    return
+                }
+                state.stopping = true
+                log("\(name): handing back work after the current denoising step and disconnecting")
+                DispatchQueue.global().async { stop() }
             }
             source.resume()
             return source
         }
-        defer { sources.forEach { $0.cancel() } }
-        try service.run()
-        log("stopped")
+    }
+}
+
+/// `dp-worker health`: asks the coordinator whether this worker is registered and connected, for probes
+/// (Kubernetes readiness and liveness). Distinct exit codes let a probe tell the worker's fault from the
+/// coordinator's absence.
+struct HealthCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "health",
+        abstract: "Exit 0 when the coordinator lists --worker NAME as connected (for readiness/liveness probes).",
+        discussion: """
+            Exit status: 0 = the coordinator answered and lists the worker as connected; 1 = the coordinator \
+            answered and does not (the worker is not registered, or it lost its session); 2 = the coordinator \
+            did not answer within --timeout (the worker itself may be fine: it reconnects with backoff). A \
+            liveness probe should fail on 1 only; a readiness probe on anything but 0.
+            """)
+
+    // Not --connect/--name: those are the parent command's options, which the parser would take for them.
+    @Option(help: "Coordinator endpoint (default: $DP_COORDINATOR).") var coordinator: String?
+    @Option(help: "The worker's --name.") var worker: String
+    @Option(help: "Seconds to wait for the coordinator's reply.") var timeout: Double = 5
+    @Flag(help: "Print nothing when healthy.") var quiet = false
+
+    func run() throws {
+        let env = ProcessInfo.processInfo.environment
+        guard let endpoint = coordinator ?? env["DP_COORDINATOR"].flatMap({ $0.isEmpty ? nil : $0 }) else {
+            throw ValidationError("--coordinator or $DP_COORDINATOR is needed")
+        }
+        let name = worker
+        let workers: [WorkerInfo]
+        do {
+            let client = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout)
+            defer { client.close() }
+            workers = try client.workers()
+        } catch {
+            FileHandle.standardError.write(Data("dp-worker health: coordinator \(endpoint) did not answer within \(timeout) s: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        guard let me = workers.first(where: { $0.name == name }), me.connected else {
+            let known = workers.filter(\.connected).map(\.name).sorted()
+            FileHandle.standardError.write(Data(("dp-worker health: coordinator \(endpoint) does not list worker \"\(name)\" as connected "
+                + "(\(known.count) connected: \(known.prefix(10).joined(separator: ", "))\(known.count > 10 ? ", ..." : ""))\n").utf8))
+            throw ExitCode(1)
+        }
+        if !quiet { print("worker \(name): connected to \(endpoint), \(me.busy)/\(me.slots) slot(s) busy, \(me.framesDone) frame(s) done") }
     }
 }
 

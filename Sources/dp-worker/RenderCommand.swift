@@ -1,5 +1,6 @@
 import ArgumentParser
 import DPCLISupport
+import DPCoordinator
 import DPFileKit
 import DPPipeline
 import DPTensor
@@ -27,6 +28,8 @@ struct RenderCommand: ParsableCommand {
         } catch let e as PipelineError {
             throw CLIError(e.description)
         } catch let e as RenderCancelled {
+            throw CLIError(e.description)
+        } catch let e as RenderRecordError {
             throw CLIError(e.description)
         }
     }
@@ -58,6 +61,20 @@ struct RenderCommand: ParsableCommand {
         let prepStart = Date()
         let job = try PreparedJob(model: loaded, subject: subjectImage, settings: settings, poses: poseSource)
         let r = job.settings
+        // The job's record in OUT/.dp-render (what `dp-coord finalize` checks the frames against): every
+        // task of an array job writes the same one, and refuses a folder holding another job's.
+        var seed: UInt64?
+        var noiseSHA: String?
+        switch r.noise {
+        case .seed(let value): seed = value
+        case .values(let values): noiseSHA = FileDigest.sha256(NPY.encode(shape: latentShape, values: values))
+        }
+        let outputSettings = OutputJobSettings(seed: seed, noiseSHA256: noiseSHA, sampler: r.sampler.rawValue, steps: r.steps,
+                                               imageGuidance: r.imageGuidance, poseGuidance: r.poseGuidance)
+        try RenderRecords.recordJob(RenderJobRecord(modelID: loaded.id, settings: outputSettings,
+                                                    poseFrames: poseSource.frameNumbers.map { UInt32($0) }), out: outDir)
+        let renderer = RenderCommand.rendererName()
+        let attempt = UInt64(ProcessInfo.processInfo.environment["SLURM_RESTART_COUNT"].flatMap { UInt64($0) } ?? 0) + 1
         log.line("model \(loaded.id.prefix(12)) \(loaded.height)x\(loaded.width), \(r.sampler.rawValue) \(r.steps) steps "
             + "(\(job.totalSteps) UNet calls/frame), s_I \(r.imageGuidance), s_P \(r.poseGuidance); "
             + "job prepared in \(String(format: "%.2f", Date().timeIntervalSince(prepStart))) s")
@@ -74,8 +91,27 @@ struct RenderCommand: ParsableCommand {
             })
             let url = outDir.appendingPathComponent(FrameSelection.outputName(frame: n))
             try DurableFile.write(frame.png, to: url)
+            try RenderRecords.recordFrame(OutputFrameRecord(
+                frame: UInt32(n), file: url.lastPathComponent, attempt: attempt, worker: renderer, modelID: loaded.id,
+                seed: seed, sampler: outputSettings.sampler, steps: outputSettings.steps,
+                imageGuidance: outputSettings.imageGuidance, poseGuidance: outputSettings.poseGuidance,
+                renderSeconds: frame.renderSeconds, pngSHA256: FileDigest.sha256(frame.png), pngSize: frame.png.count), out: outDir)
             log.line("frames \(i + 1)/\(wanted.count)  wrote \(url.path) (\(String(format: "%.1f", frame.renderSeconds)) s)")
         }
+    }
+}
+
+extension RenderCommand {
+    /// Who rendered a frame, for its record: the host, and the Slurm job (array task) when run by Slurm.
+    static func rendererName() -> String {
+        let env = ProcessInfo.processInfo.environment
+        var name = ProcessInfo.processInfo.hostName
+        if let array = env["SLURM_ARRAY_JOB_ID"], let task = env["SLURM_ARRAY_TASK_ID"] {
+            name += " slurm-\(array)_\(task)"
+        } else if let job = env["SLURM_JOB_ID"] {
+            name += " slurm-\(job)"
+        }
+        return name
     }
 }
 

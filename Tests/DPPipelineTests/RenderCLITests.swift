@@ -78,7 +78,10 @@ final class RenderCLITests: XCTestCase {
         XCTAssertEqual(run.status, 0, run.stderr)
         XCTAssertTrue(run.stderr.contains("frames 2/2"), run.stderr)
         let names = try FileManager.default.contentsOfDirectory(atPath: out.path).sorted()
-        XCTAssertEqual(names, ["frame_00000.png", "frame_00002.png"])
+        // The frames, and their records for `dp-coord finalize` (.dp-render: job.json + one per frame).
+        XCTAssertEqual(names, [".dp-render", "frame_00000.png", "frame_00002.png"])
+        let records = try FileManager.default.contentsOfDirectory(atPath: out.appendingPathComponent(".dp-render").path).sorted()
+        XCTAssertEqual(records, ["frame_00000.json", "frame_00002.json", "job.json"])
         for n in [0, 2] {
             let ours = try PNGCodec.read(out.appendingPathComponent(FrameSelection.outputName(frame: n)))
             let expected = try PNGCodec.read(golden.url("expected/frame_\(n).png"))
