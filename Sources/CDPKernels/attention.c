@@ -11,6 +11,7 @@
 // Written over GCC vector types of 16 (AVX-512) or 8 (AVX2, portable) floats, picked at run time.
 
 #include "dp_kernels.h"
+#include "dp_math.h"
 #include <math.h>
 #include <string.h>
 
@@ -157,21 +158,6 @@ DP_ATT_KERNEL(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,
               dp_att16, 16, 3, 3)
 DP_ATT_KERNEL(avx2, __attribute__((target("avx2,fma"))), dp_att8, 8, 2, 2)
 DP_ATT_KERNEL(base, , dp_att8, 8, 2, 2)
-static int dp_att_level(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("fma"))
-            cached = 2;
-        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            cached = 1;
-        else
-            cached = 0;
-    }
-    return cached;
-}
 #else
 DP_ATT_KERNEL(base, , dp_att8, 8, 2, 2)
 #endif
@@ -179,7 +165,7 @@ DP_ATT_KERNEL(base, , dp_att8, 8, 2, 2)
 void dp_attention_rows(const float *q, size_t ldq, size_t rows, const float *kt, size_t nkp, const float *vp,
                        size_t dp, size_t nk, size_t d, float scale, float *scratch, float *o, size_t ldo) {
 #if defined(__x86_64__) && defined(__clang__)
-    switch (dp_att_level()) {
+    switch (dp_simd_level()) {
     case 2: attention_rows_avx512(q, ldq, rows, kt, nkp, vp, dp, nk, d, scale, scratch, o, ldo); return;
     case 1: attention_rows_avx2(q, ldq, rows, kt, nkp, vp, dp, nk, d, scale, scratch, o, ldo); return;
     default: break;

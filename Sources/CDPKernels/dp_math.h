@@ -4,6 +4,10 @@
 #include <stdint.h>
 #include <string.h>
 
+/// The vector level the kernels run at, read once from the CPU (kernels.c): 2 = AVX-512 (F, VL, DQ, BW) + FMA,
+/// 1 = AVX2 + FMA, 0 = baseline. Every kernel file dispatches on it.
+int dp_simd_level(void);
+
 // exp(x): Cody-Waite reduction x = n ln2 + r, degree-6 polynomial for e^r, 2^n built in the exponent
 // bits. Relative error < 1e-7 for -87.3 < x < 88.7; below that 0, above +inf; NaN stays NaN.
 static inline __attribute__((always_inline)) float dp_expf(float x) {

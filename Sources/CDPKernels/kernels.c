@@ -62,60 +62,8 @@ static inline __attribute__((always_inline)) float dp_erff(float x) {
             }                                                                                        \
         }                                                                                            \
     }                                                                                                \
-    ATTR static void softmax_row_##SUFFIX(float *p, size_t n) {                                     \
-        if (n == 0) return;                                                                          \
-        /* 16 independent lanes so the reductions vectorise without reassociation flags. */          \
-        float mx[16], acc[16];                                                                       \
-        for (int j = 0; j < 16; j++) { mx[j] = p[0]; acc[j] = 0; }                                   \
-        size_t body = n & ~(size_t)15;                                                               \
-        for (size_t i = 0; i < body; i += 16)                                                        \
-            for (int j = 0; j < 16; j++) mx[j] = p[i + j] > mx[j] ? p[i + j] : mx[j];                \
-        float m = mx[0];                                                                             \
-        for (int j = 1; j < 16; j++) m = mx[j] > m ? mx[j] : m;                                      \
-        for (size_t i = body; i < n; i++) m = p[i] > m ? p[i] : m;                                   \
-        for (size_t i = 0; i < body; i += 16)                                                        \
-            for (int j = 0; j < 16; j++) {                                                           \
-                float e = dp_expf(p[i + j] - m);                                                     \
-                p[i + j] = e;                                                                        \
-                acc[j] += e;                                                                         \
-            }                                                                                        \
-        float sum = 0;                                                                               \
-        for (int j = 0; j < 16; j++) sum += acc[j];                                                  \
-        for (size_t i = body; i < n; i++) {                                                          \
-            float e = dp_expf(p[i] - m);                                                             \
-            p[i] = e;                                                                                \
-            sum += e;                                                                                \
-        }                                                                                            \
-        float inv = 1.0f / sum;                                                                      \
-        for (size_t i = 0; i < n; i++) p[i] *= inv;                                                  \
-    }                                                                                                \
-    /* exp(p - max) in place; returns 1 / sum (the caller scales what it computes from the row). */ \
-    ATTR static float softmax_row_unnormalized_##SUFFIX(float *p, size_t n) {                       \
-        if (n == 0) return 0.0f;                                                                     \
-        float mx[16], acc[16];                                                                       \
-        for (int j = 0; j < 16; j++) { mx[j] = p[0]; acc[j] = 0; }                                   \
-        size_t body = n & ~(size_t)15;                                                               \
-        for (size_t i = 0; i < body; i += 16)                                                        \
-            for (int j = 0; j < 16; j++) mx[j] = p[i + j] > mx[j] ? p[i + j] : mx[j];                \
-        float m = mx[0];                                                                             \
-        for (int j = 1; j < 16; j++) m = mx[j] > m ? mx[j] : m;                                      \
-        for (size_t i = body; i < n; i++) m = p[i] > m ? p[i] : m;                                   \
-        for (size_t i = 0; i < body; i += 16)                                                        \
-            for (int j = 0; j < 16; j++) {                                                           \
-                float e = dp_expf(p[i + j] - m);                                                     \
-                p[i + j] = e;                                                                        \
-                acc[j] += e;                                                                         \
-            }                                                                                        \
-        float sum = 0;                                                                               \
-        for (int j = 0; j < 16; j++) sum += acc[j];                                                  \
-        for (size_t i = body; i < n; i++) {                                                          \
-            float e = dp_expf(p[i] - m);                                                             \
-            p[i] = e;                                                                                \
-            sum += e;                                                                                \
-        }                                                                                            \
-        return 1.0f / sum;                                                                           \
-    }                                                                                                \
-    /* exp(p - m) in place for a known row maximum m; returns 1 / sum. */                          \
+    /* exp(p - m) in place for a known row maximum m; returns 1 / sum. 16 independent lanes so the */ \
+    /* reductions vectorise without reassociation flags. */                                        \
     ATTR static float exp_shifted_row_##SUFFIX(float *p, size_t n, float m) {                       \
         float acc[16];                                                                               \
         for (int j = 0; j < 16; j++) acc[j] = 0;                                                     \
@@ -135,6 +83,24 @@ static inline __attribute__((always_inline)) float dp_erff(float x) {
         }                                                                                            \
         return 1.0f / sum;                                                                           \
     }                                                                                                \
+    /* exp(p - max) in place; returns 1 / sum (the caller scales what it computes from the row). */ \
+    ATTR static float softmax_row_unnormalized_##SUFFIX(float *p, size_t n) {                       \
+        if (n == 0) return 0.0f;                                                                     \
+        float mx[16];                                                                                \
+        for (int j = 0; j < 16; j++) mx[j] = p[0];                                                   \
+        size_t body = n & ~(size_t)15;                                                               \
+        for (size_t i = 0; i < body; i += 16)                                                        \
+            for (int j = 0; j < 16; j++) mx[j] = p[i + j] > mx[j] ? p[i + j] : mx[j];                \
+        float m = mx[0];                                                                             \
+        for (int j = 1; j < 16; j++) m = mx[j] > m ? mx[j] : m;                                      \
+        for (size_t i = body; i < n; i++) m = p[i] > m ? p[i] : m;                                   \
+        return exp_shifted_row_##SUFFIX(p, n, m);                                                    \
+    }                                                                                                \
+    ATTR static void softmax_row_##SUFFIX(float *p, size_t n) {                                     \
+        if (n == 0) return;                                                                          \
+        float inv = softmax_row_unnormalized_##SUFFIX(p, n);                                         \
+        for (size_t i = 0; i < n; i++) p[i] *= inv;                                                  \
+    }                                                                                                \
     ATTR static void exp_array_##SUFFIX(const float *src, float *dst, size_t n) {                   \
         for (size_t i = 0; i < n; i++) dst[i] = dp_expf(src[i]);                                     \
     }                                                                                                \
@@ -142,12 +108,8 @@ static inline __attribute__((always_inline)) float dp_erff(float x) {
         for (size_t i = 0; i < n; i++) dst[i] = dp_erff(src[i]);                                     \
     }
 
-#if defined(__x86_64__) && defined(__clang__)
-DP_KERNELS(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), min_vector_width(512))))
-DP_KERNELS(avx2, __attribute__((target("avx2,fma"))))
-DP_KERNELS(base, )
-// 2: AVX-512 (F, VL, DQ, BW) + FMA, 1: AVX2 + FMA, 0: baseline.
-static int dp_simd_level(void) {
+int dp_simd_level(void) {
+#if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
     static int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
@@ -161,7 +123,15 @@ static int dp_simd_level(void) {
             cached = 0;
     }
     return cached;
+#else
+    return 0;
+#endif
 }
+
+#if defined(__x86_64__) && defined(__clang__)
+DP_KERNELS(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), min_vector_width(512))))
+DP_KERNELS(avx2, __attribute__((target("avx2,fma"))))
+DP_KERNELS(base, )
 #define DP_DISPATCH(name, ...)                                                                       \
     do {                                                                                             \
         switch (dp_simd_level()) {                                                                   \

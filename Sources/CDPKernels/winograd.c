@@ -17,6 +17,7 @@
 // 8 / 16 floats (AVX2 / AVX-512 builds, picked at run time like kernels.c).
 
 #include "dp_kernels.h"
+#include "dp_math.h"
 #include <string.h>
 
 typedef float dp_v8 __attribute__((vector_size(32), aligned(4)));
@@ -178,23 +179,9 @@ DP_WINO_KERNELS(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512b
                 dp_v16, 16)
 DP_WINO_KERNELS(avx2, __attribute__((target("avx2,fma"))), dp_v8, 8)
 DP_WINO_KERNELS(base, , dp_v8, 8)
-static int dp_wino_level(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
-            cached = 2;
-        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            cached = 1;
-        else
-            cached = 0;
-    }
-    return cached;
-}
 #define DP_WINO_DISPATCH(name, ...)                                                                 \
     do {                                                                                           \
-        switch (dp_wino_level()) {                                                                 \
+        switch (dp_simd_level()) {                                                                 \
         case 2: name##_avx512(__VA_ARGS__); break;                                                 \
         case 1: name##_avx2(__VA_ARGS__); break;                                                   \
         default: name##_base(__VA_ARGS__); break;                                                  \
@@ -219,7 +206,7 @@ void dp_wino43_output(const float *m, size_t mplane, size_t c, size_t tw, size_t
 }
 int dp_wino43_vector_width(void) {
 #if defined(__x86_64__) && defined(__clang__)
-    return dp_wino_level() == 2 ? 16 : 8;
+    return dp_simd_level() == 2 ? 16 : 8;
 #else
     return 8;
 #endif
@@ -269,7 +256,7 @@ __attribute__((target("avx2,fma"))) static void transpose_avx2(const float *src,
 
 void dp_transpose(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd) {
 #if defined(__x86_64__) && defined(__clang__)
-    if (dp_wino_level() >= 1) {
+    if (dp_simd_level() >= 1) {
         transpose_avx2(src, lds, rows, cols, dst, ldd);
         return;
     }

@@ -43,6 +43,7 @@ final class ScratchPool: Sendable {
     }
 }
 
-/// The engine's scratch pool: up to 256 MB kept between calls (the Winograd convolution's working set at
-/// SD-1.5's 80 x 64 latent, batch 3, is ~130 MB).
-let engineScratch = ScratchPool(maxRetainedFloats: 64 << 20)
+/// The engine's scratch pool: up to 96 MB kept between calls, enough for the largest working sets of a
+/// DreamPose step (a Winograd band, <= 32 MB, and attention's packed keys and values, 44 MB at 80 x 64,
+/// batch 3) while a full frame's peak RSS stays within its 5 GB bound.
+let engineScratch = ScratchPool(maxRetainedFloats: 24 << 20)

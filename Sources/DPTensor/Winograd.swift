@@ -67,8 +67,9 @@ let winogradMinTiles = 64
 /// transformed per call, block by block of output channels, so it never exists whole (a 2560 -> 1280
 /// filter would be 472 MB transformed).
 let winogradFilterBlockFloats = 2 << 20
-/// Bound on the per-band scratch (input band, V, M, output band), in floats (96 MB).
-let winogradScratchFloats = 24 << 20
+/// Bound on the per-band scratch (input band, V, M, output band), in floats (32 MB: an 80 x 64 image at
+/// 320 channels in two bands).
+let winogradScratchFloats = 8 << 20
 
 /// Whether `automatic` picks Winograd for this convolution.
 func winogradApplies(_ x: Tensor, filter: Conv3x3Filter, stride: Int, padding: Padding2D) -> Bool {

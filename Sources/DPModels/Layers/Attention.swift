@@ -52,8 +52,26 @@ public struct FeedForward {
         out = try Linear(p["net.2"], inFeatures: inner, outFeatures: dim)
     }
 
+    /// Token rows per pass: the [rows, 2*inner] projection and [rows, inner] GEGLU of a chunk instead of the
+    /// whole sequence's (at SD-1.5's 80 x 64 latent, batch 3: 31 MB instead of 236 MB alive at once).
+    static let rowsPerChunk = 2048
+
     /// [B, N, C] -> [B, N, C]
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        out(geglu(proj(x)))       // [B, N, 2*inner] -> [B, N, inner] -> [B, N, C]
+        let c = x.shape[x.rank - 1]
+        let rows = c == 0 ? 0 : x.count / c
+        if rows <= Self.rowsPerChunk {
+            return out(geglu(proj(x)))       // [B, N, 2*inner] -> [B, N, inner] -> [B, N, C]
+        }
+        // Every row is independent: the same products, chunk by chunk of rows, into one [rows, C] output.
+        let flat = x.reshaped([rows, c])
+        var parts: [Tensor] = []
+        var r0 = 0
+        while r0 < rows {
+            let r1 = min(rows, r0 + Self.rowsPerChunk)
+            parts.append(out(geglu(proj(slice(flat, axis: 0, range: r0..<r1)))))   // [r, C]
+            r0 = r1
+        }
+        return concat(parts, axis: 0).reshaped(x.shape)
     }
 }
