@@ -463,7 +463,7 @@ def main() -> int:
     log(f"training done: wall {fmt_eta(train_wall)}, CPU (this process) {fmt_eta(train_cpu)}")
 
     # 5. save, then evaluate the saved weights (as the engine would load them)
-    defaults = {"steps": 20, "sampler": "dpm", "image_guidance": 1.0, "pose_guidance": 1.0}
+    defaults = {"steps": 15, "sampler": "dpm", "image_guidance": 1.0, "pose_guidance": 2.0}   # PERF.md table
     old = args.out / "dreampose.json"
     if old.exists():
         defaults = json.loads(old.read_text()).get("defaults", defaults)
