@@ -5,14 +5,15 @@
 #   Debian packages  libopenblas-dev libpng-dev libzmq3-dev libsqlite3-dev pkg-config (the C libraries the
 #                    Swift targets link), protobuf-compiler (Scripts/gen_protos.sh), ffmpeg (frames -> video)
 #   Python packages  torch 2.13.0+cpu (a CPU wheel from a local wheel folder: DP_WHEELS, default /opt/wheels,
-#                    or pip's find-links), safetensors, numpy, pytest - for the checkpoint converter and its tests
+#                    or pip's find-links), safetensors, numpy, pytest - for the checkpoint converter and its tests;
+#                    Pillow for Scripts/demo/synth.py (the synthetic demo world) and its tests
 #
 # Environment: DP_SETUP_SKIP_APT=1 / DP_SETUP_SKIP_PIP=1 skip a part (e.g. on a machine you manage yourself).
 set -euo pipefail
 
 APT_PACKAGES=(libopenblas-dev libpng-dev libzmq3-dev libsqlite3-dev pkg-config protobuf-compiler ffmpeg)
 TORCH_VERSION="2.13.0+cpu"
-PIP_PACKAGES=("torch==$TORCH_VERSION" safetensors numpy pytest)
+PIP_PACKAGES=("torch==$TORCH_VERSION" safetensors numpy pytest Pillow)
 
 say() { echo "setup.sh: $*" >&2; }
 
@@ -41,7 +42,7 @@ PYTHON="${PYTHON:-python3}"
 if [[ "${DP_SETUP_SKIP_PIP:-0}" != 1 ]]; then
   if ! "$PYTHON" - "$TORCH_VERSION" <<'EOF' 2>/dev/null
 import sys
-import numpy, pytest, safetensors, torch
+import numpy, pytest, safetensors, torch, PIL
 sys.exit(0 if torch.__version__ == sys.argv[1] else 1)
 EOF
   then

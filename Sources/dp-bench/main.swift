@@ -8,7 +8,8 @@ struct DPBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dp-bench",
         abstract: "Parity checks and benchmarks for the dp-farm engine and farm.",
-        subcommands: [Parity.self, Gemm.self, Conv.self, UNet.self, VAE.self, Frame.self, FarmBenchCommand.self, JournalBenchCommand.self])
+        subcommands: [Parity.self, Gemm.self, Conv.self, UNet.self, VAE.self, Frame.self, FarmBenchCommand.self,
+                      JournalBenchCommand.self, QualityCommand.self])
 }
 
 struct ThreadOption: ParsableArguments {
