@@ -54,7 +54,13 @@ public enum Conv3x3Algorithm: String, Sendable {
     /// The process default, read once from DP_CONV3X3.
     public static let `default`: Conv3x3Algorithm = {
         guard let raw = getenv("DP_CONV3X3") else { return .automatic }
-        return Conv3x3Algorithm(rawValue: String(cString: raw)) ?? .automatic
+        let value = String(cString: raw)
+        guard let algorithm = Conv3x3Algorithm(rawValue: value) else {
+            FileHandle.standardError.write(Data(
+                "dp-farm: DP_CONV3X3=\(value) is not im2col, winograd or automatic; using automatic\n".utf8))
+            return .automatic
+        }
+        return algorithm
     }()
 }
 
