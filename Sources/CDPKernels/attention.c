@@ -164,12 +164,5 @@ DP_ATT_KERNEL(base, , dp_att8, 8, 2, 2)
 
 void dp_attention_rows(const float *q, size_t ldq, size_t rows, const float *kt, size_t nkp, const float *vp,
                        size_t dp, size_t nk, size_t d, float scale, float *scratch, float *o, size_t ldo) {
-#if defined(__x86_64__) && defined(__clang__)
-    switch (dp_simd_level()) {
-    case 2: attention_rows_avx512(q, ldq, rows, kt, nkp, vp, dp, nk, d, scale, scratch, o, ldo); return;
-    case 1: attention_rows_avx2(q, ldq, rows, kt, nkp, vp, dp, nk, d, scale, scratch, o, ldo); return;
-    default: break;
-    }
-#endif
-    attention_rows_base(q, ldq, rows, kt, nkp, vp, dp, nk, d, scale, scratch, o, ldo);
+    DP_DISPATCH(attention_rows, q, ldq, rows, kt, nkp, vp, dp, nk, d, scale, scratch, o, ldo);
 }

@@ -8,6 +8,27 @@
 /// 1 = AVX2 + FMA, 0 = baseline. Every kernel file dispatches on it.
 int dp_simd_level(void);
 
+// Calls name_avx512 / name_avx2 / name_base (the builds every kernel file makes of its kernels) by the level.
+#if defined(__x86_64__) && defined(__clang__)
+#define DP_DISPATCH(name, ...)                                                                       \
+    do {                                                                                             \
+        switch (dp_simd_level()) {                                                                   \
+        case 2: name##_avx512(__VA_ARGS__); break;                                                   \
+        case 1: name##_avx2(__VA_ARGS__); break;                                                     \
+        default: name##_base(__VA_ARGS__); break;                                                    \
+        }                                                                                            \
+    } while (0)
+#define DP_DISPATCH_RETURN(name, ...)                                                                \
+    switch (dp_simd_level()) {                                                                       \
+    case 2: return name##_avx512(__VA_ARGS__);                                                       \
+    case 1: return name##_avx2(__VA_ARGS__);                                                         \
+    default: return name##_base(__VA_ARGS__);                                                        \
+    }
+#else
+#define DP_DISPATCH(name, ...) name##_base(__VA_ARGS__)
+#define DP_DISPATCH_RETURN(name, ...) return name##_base(__VA_ARGS__)
+#endif
+
 // exp(x): Cody-Waite reduction x = n ln2 + r, degree-6 polynomial for e^r, 2^n built in the exponent
 // bits. Relative error < 1e-7 for -87.3 < x < 88.7; below that 0, above +inf; NaN stays NaN.
 static inline __attribute__((always_inline)) float dp_expf(float x) {

@@ -132,24 +132,8 @@ int dp_simd_level(void) {
 DP_KERNELS(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), min_vector_width(512))))
 DP_KERNELS(avx2, __attribute__((target("avx2,fma"))))
 DP_KERNELS(base, )
-#define DP_DISPATCH(name, ...)                                                                       \
-    do {                                                                                             \
-        switch (dp_simd_level()) {                                                                   \
-        case 2: name##_avx512(__VA_ARGS__); break;                                                   \
-        case 1: name##_avx2(__VA_ARGS__); break;                                                     \
-        default: name##_base(__VA_ARGS__); break;                                                    \
-        }                                                                                            \
-    } while (0)
-#define DP_DISPATCH_RETURN(name, ...)                                                                \
-    switch (dp_simd_level()) {                                                                       \
-    case 2: return name##_avx512(__VA_ARGS__);                                                       \
-    case 1: return name##_avx2(__VA_ARGS__);                                                         \
-    default: return name##_base(__VA_ARGS__);                                                        \
-    }
 #else
 DP_KERNELS(base, )
-#define DP_DISPATCH(name, ...) name##_base(__VA_ARGS__)
-#define DP_DISPATCH_RETURN(name, ...) return name##_base(__VA_ARGS__)
 #endif
 
 void dp_affine(const float *src, float *dst, size_t n, float a, float b, int silu) {

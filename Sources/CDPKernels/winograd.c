@@ -179,30 +179,21 @@ DP_WINO_KERNELS(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512b
                 dp_v16, 16)
 DP_WINO_KERNELS(avx2, __attribute__((target("avx2,fma"))), dp_v8, 8)
 DP_WINO_KERNELS(base, , dp_v8, 8)
-#define DP_WINO_DISPATCH(name, ...)                                                                 \
-    do {                                                                                           \
-        switch (dp_simd_level()) {                                                                 \
-        case 2: name##_avx512(__VA_ARGS__); break;                                                 \
-        case 1: name##_avx2(__VA_ARGS__); break;                                                   \
-        default: name##_base(__VA_ARGS__); break;                                                  \
-        }                                                                                          \
-    } while (0)
 #else
 DP_WINO_KERNELS(base, , dp_v8, 8)
-#define DP_WINO_DISPATCH(name, ...) name##_base(__VA_ARGS__)
 #endif
 
 void dp_wino43_weights(const float *wt, size_t cin, size_t cout, size_t ci0, size_t ci1, size_t co0, size_t co1,
                        float *u) {
-    DP_WINO_DISPATCH(wino_weights, wt, cin, cout, ci0, ci1, co0, co1, u);
+    DP_DISPATCH(wino_weights, wt, cin, cout, ci0, ci1, co0, co1, u);
 }
 void dp_wino43_input(const float *xb, size_t wp, size_t c, size_t tw, size_t t0, size_t t1, float *v,
                      size_t vplane) {
-    DP_WINO_DISPATCH(wino_input, xb, wp, c, tw, t0, t1, v, vplane);
+    DP_DISPATCH(wino_input, xb, wp, c, tw, t0, t1, v, vplane);
 }
 void dp_wino43_output(const float *m, size_t mplane, size_t c, size_t tw, size_t t0, size_t t1,
                       const float *bias, float *yb) {
-    DP_WINO_DISPATCH(wino_output, m, mplane, c, tw, t0, t1, bias, yb);
+    DP_DISPATCH(wino_output, m, mplane, c, tw, t0, t1, bias, yb);
 }
 int dp_wino43_vector_width(void) {
 #if defined(__x86_64__) && defined(__clang__)
