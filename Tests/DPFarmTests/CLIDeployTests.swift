@@ -6,22 +6,8 @@ import XCTest
 /// several `dp-worker render` tasks (a Slurm array), `dp-coord health` / `dp-worker health` (probes), and a
 /// worker signalled with SIGTERM more than once (Slurm, systemd and Kubernetes may) still handing its frame back.
 /// Scripts/tests/slurm_test.sh runs the same on a real Slurm cluster.
-final class CLIDeployTests: XCTestCase {
-    var work: URL!
-    var started: [CLITestSupport.Started] = []
-
-    override func setUpWithError() throws {
-        work = FileManager.default.temporaryDirectory.appendingPathComponent("dp-farm-deploy-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        for p in started where p.process.isRunning {
-            kill(p.process.processIdentifier, SIGKILL)
-            p.process.waitUntilExit()
-        }
-        try? FileManager.default.removeItem(at: work)
-    }
+final class CLIDeployTests: CLIProcessTestCase {
+    override var workFolderPrefix: String { "dp-farm-deploy" }
 
     func renderArgs(_ golden: CLITestSupport.PipelineCase, out: URL, steps: Int? = nil) throws -> [String] {
         var args = ["render", "--model", try golden.url("model").path, "--subject", try golden.url("subject").path,

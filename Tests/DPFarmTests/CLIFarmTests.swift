@@ -4,22 +4,8 @@ import XCTest
 
 /// The farm through its binaries, as on several machines: `dp-coord serve`, `dp-worker --connect`, and the
 /// client commands `submit --coordinator`, `status`, `workers`, `cancel`; SIGTERM stops both servers cleanly.
-final class CLIFarmTests: XCTestCase {
-    var work: URL!
-    var started: [CLITestSupport.Started] = []
-
-    override func setUpWithError() throws {
-        work = FileManager.default.temporaryDirectory.appendingPathComponent("dp-farm-cli-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        for p in started where p.process.isRunning {
-            kill(p.process.processIdentifier, SIGKILL)
-            p.process.waitUntilExit()
-        }
-        try? FileManager.default.removeItem(at: work)
-    }
+final class CLIFarmTests: CLIProcessTestCase {
+    override var workFolderPrefix: String { "dp-farm-cli" }
 
     /// Starts `dp-coord serve` on a free loopback port and returns it with its endpoint (from its first line).
     func startCoordinator(state: URL) throws -> (CLITestSupport.Started, String) {

@@ -177,6 +177,28 @@ final class CLITests: XCTestCase {
 
 
 /// Running the built `dp-coord` / `dp-worker` binaries (next to the test bundle) and reading golden cases.
+/// A test case that starts the binaries as processes: a fresh work folder per test, and every process it
+/// started (appended to `started`) killed and the folder removed afterwards.
+class CLIProcessTestCase: XCTestCase {
+    var work: URL!
+    var started: [CLITestSupport.Started] = []
+    /// The work folder's name before its UUID.
+    var workFolderPrefix: String { "dp-farm-cli" }
+
+    override func setUpWithError() throws {
+        work = FileManager.default.temporaryDirectory.appendingPathComponent("\(workFolderPrefix)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        for p in started where p.process.isRunning {
+            kill(p.process.processIdentifier, SIGKILL)
+            p.process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: work)
+    }
+}
+
 enum CLITestSupport {
     struct Run {
         var status: Int32
