@@ -309,6 +309,14 @@ def fmt_eta(sec: float) -> str:
     return f"{int(sec // 60)}m{int(sec % 60):02d}s"
 
 
+def log_progress(stage: str, step: int, total: int, losses: list, t0: float) -> None:
+    """Every 50 steps and at the last: the stage's step, mean loss of the last 50, seconds a step and ETA."""
+    if step % 50 == 49 or step == total - 1:
+        el = time.time() - t0
+        log(f"{stage} step {step + 1}/{total} loss {np.mean(losses[-50:]):.4f} "
+            f"{el / (step + 1):.2f} s/step ETA {fmt_eta(el / (step + 1) * (total - step - 1))}")
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -382,10 +390,7 @@ def main() -> int:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         losses.append(loss.item())
-        if step % 50 == 49 or step == args.vae_steps - 1:
-            el = time.time() - t0
-            log(f"vae step {step + 1}/{args.vae_steps} loss {np.mean(losses[-50:]):.4f} "
-                f"{el / (step + 1):.2f} s/step ETA {fmt_eta(el / (step + 1) * (args.vae_steps - step - 1))}")
+        log_progress("vae", step, args.vae_steps, losses, t0)
     vae.eval()
     vae.requires_grad_(False)
     with torch.no_grad():
@@ -447,10 +452,7 @@ def main() -> int:
         opt.step()
         ema.update(step)
         losses.append(loss.item())
-        if step % 50 == 49 or step == args.unet_steps - 1:
-            el = time.time() - t0
-            log(f"unet step {step + 1}/{args.unet_steps} loss {np.mean(losses[-50:]):.4f} "
-                f"{el / (step + 1):.2f} s/step ETA {fmt_eta(el / (step + 1) * (args.unet_steps - step - 1))}")
+        log_progress("unet", step, args.unet_steps, losses, t0)
     ema.swap()
     unet.eval()
     figures["unet"] = {"steps": args.unet_steps, "batch": args.unet_batch, "final_loss": float(np.mean(losses[-100:])),
