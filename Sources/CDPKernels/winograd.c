@@ -195,13 +195,6 @@ void dp_wino43_output(const float *m, size_t mplane, size_t c, size_t tw, size_t
                       const float *bias, float *yb) {
     DP_DISPATCH(wino_output, m, mplane, c, tw, t0, t1, bias, yb);
 }
-int dp_wino43_vector_width(void) {
-#if defined(__x86_64__) && defined(__clang__)
-    return dp_simd_level() == 2 ? 16 : 8;
-#else
-    return 8;
-#endif
-}
 
 // dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols: 8 x 8 blocks transposed in AVX registers
 // (AVX2 build), edges element by element.

@@ -11,8 +11,6 @@ void dp_silu_scaled(const float *src, float *dst, size_t n, float k);
 void dp_gelu(const float *gate, const float *value, float *dst, size_t n);
 /// In-place softmax of one row (max-subtracted).
 void dp_softmax_row(float *p, size_t n);
-/// exp(p[i] - max p) in place, without the division; returns 1 / sum (attention scales its output row by it).
-float dp_softmax_row_unnormalized(float *p, size_t n);
 /// exp(p[i] - m) in place for a known maximum m; returns 1 / sum.
 float dp_exp_shifted_row(float *p, size_t n, float m);
 /// Scalar helpers used by the tests: vector exp and erf applied to an array.
@@ -40,8 +38,6 @@ void dp_wino43_input(const float *xb, size_t wp, size_t c, size_t tw, size_t t0,
 /// (bias may be NULL).
 void dp_wino43_output(const float *m, size_t mplane, size_t c, size_t tw, size_t t0, size_t t1,
                       const float *bias, float *yb);
-/// The transforms' vector width in floats (16 with AVX-512, else 8).
-int dp_wino43_vector_width(void);
 /// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols.
 void dp_transpose(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd);
 /// Fused attention (attention.c). Packs one head: kt [d][nkp] = K^T (zero columns nk..nkp), vp [nk][dp] = V
