@@ -38,15 +38,15 @@ let package = Package(
         .target(name: "CDPKernels", path: "Sources/CDPKernels", cSettings: [.unsafeFlags(["-O2"])]),
         // Linux calls Swift cannot make itself (variadic prctl).
         .target(name: "CDPSys", path: "Sources/CDPSys"),
-        .target(name: "DPTensor", dependencies: ["CDPKernels"], swiftSettings: v5 + release),
-        .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: v5 + release),
-        .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: v5 + release),
+        .target(name: "DPTensor", dependencies: ["CDPKernels"], swiftSettings: release),
+        .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: release),
+        .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: release),
         // Golden-case reading and the parity runner (dp-bench parity and the tests share it).
-        .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline"], swiftSettings: v5 + release),
+        .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline"], swiftSettings: release),
         .target(name: "DPPipeline",
                 dependencies: ["DPTensor", "DPModels", "DPSampling", "DPFileKit", "CPNG",
                                .product(name: "Crypto", package: "swift-crypto")],
-                swiftSettings: v5 + release),
+                swiftSettings: release),
 
         // The farm.
         // Model manifest/identity, file SHA-256 and crash-safe writes: shared by the coordinator (no
@@ -93,7 +93,7 @@ let package = Package(
                           dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPGolden",
                                          "DPCoordinator", "DPWorker", "DPTransport", "CDPSys",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
-                          swiftSettings: v5 + release),
+                          swiftSettings: release),
 
         // Tests.
         .testTarget(name: "DPTensorTests", dependencies: ["DPTensor"], swiftSettings: v5),

@@ -2,22 +2,21 @@
 
 import CDPKernels
 import Foundation
+import Synchronization
 
 /// The number of threads the engine uses: OpenBLAS's pool and our own kernels' `concurrentPerform`.
 public enum EngineThreads {
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var _count: Int = {
+    /// The count; initialised (all cores, OpenBLAS told) at first use.
+    private static let current: Mutex<Int> = {
         let n = max(1, ProcessInfo.processInfo.activeProcessorCount)
         dp_blas_set_threads(Int32(n))
-        return n
+        return Mutex(n)
     }()
 
     /// Sets the thread count of OpenBLAS and of our kernels (`n < 1` means all cores).
     public static func configure(_ n: Int) {
         let threads = n < 1 ? max(1, ProcessInfo.processInfo.activeProcessorCount) : n
-        lock.lock()
-        _count = threads
-        lock.unlock()
+        current.withLock { $0 = threads }
         dp_blas_set_threads(Int32(threads))
     }
 
@@ -43,11 +42,7 @@ public enum EngineThreads {
     }
 
     /// The current thread count.
-    public static var count: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return _count
-    }
+    public static var count: Int { current.withLock { $0 } }
 }
 
 /// Below this many elements (or element-operations) a kernel runs on the calling thread.
@@ -64,11 +59,25 @@ func parallelChunks(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
         body(0..<count)
         return
     }
-    DispatchQueue.concurrentPerform(iterations: chunks) { c in
+    concurrentForEach(iterations: chunks) { c in
         let lo = count * c / chunks
         let hi = count * (c + 1) / chunks
         if lo < hi { body(lo..<hi) }
     }
+}
+
+/// `DispatchQueue.concurrentPerform` for the engine's data-parallel kernels, whose bodies write through raw
+/// pointers (not `Sendable`): each iteration must own a disjoint part of the output.
+public func concurrentForEach(iterations: Int, _ body: (Int) -> Void) {
+    withoutActuallyEscaping(body) { body in
+        let shared = IterationBody(run: body)
+        DispatchQueue.concurrentPerform(iterations: iterations) { shared.run($0) }
+    }
+}
+
+// Unchecked: iterations run at once on several threads; the disjoint-output contract above is the kernels'.
+private struct IterationBody: @unchecked Sendable {
+    let run: (Int) -> Void
 }
 
 /// Runs `body(i)` for each `i` in `0..<count`, spread over the engine threads when `work` is large.

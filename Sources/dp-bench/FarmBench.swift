@@ -314,7 +314,7 @@ enum FarmBench {
 /// A thread running `body`, joinable.
 final class Joinable {
     private let done = DispatchSemaphore(value: 0)
-    init(name: String? = nil, _ body: @escaping () throws -> Void) {
+    init(name: String? = nil, _ body: @escaping @Sendable () throws -> Void) {
         let done = self.done
         let t = Thread {
             if let name { _ = dp_set_thread_name(name) }

@@ -178,12 +178,12 @@ struct BenchOptions {
 private func serveStdin(_ body: () -> Void) {
     body()
     print("READY")
-    fflush(stdout)
+    fflush(nil)
     while readLine() != nil {
         let start = DispatchTime.now().uptimeNanoseconds
         body()
         print(String(format: "TIME %.4f", Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9))
-        fflush(stdout)
+        fflush(nil)
     }
     print(String(format: "PEAK %.2f", Double(peakRSSBytes() ?? 0) / 1e9))
 }

@@ -7,7 +7,7 @@
 import DPTensor
 import Foundation
 
-public final class CLIPVisionModel {
+public final class CLIPVisionModel: Sendable {
     public let config: CLIPVisionConfig
 
     struct EncoderLayer {

@@ -5,7 +5,7 @@
 
 import DPTensor
 
-public struct Attention {
+public struct Attention: Sendable {
     public let heads: Int
     public let headDim: Int
     public let toQ: Linear
@@ -42,7 +42,7 @@ public struct Attention {
 
 /// diffusers' FeedForward with activation "geglu": net.0 = GEGLU (proj: C -> 2*inner),
 /// net.1 = dropout, net.2 = Linear(inner -> C). GEGLU = first half * gelu(second half).
-public struct FeedForward {
+public struct FeedForward: Sendable {
     public let proj: Linear     // ff.net.0.proj
     public let out: Linear      // ff.net.2
 

@@ -6,7 +6,7 @@ import DPTensor
 
 /// torch.nn.Conv2d: weight [Cout, Cin, kh, kw], optional bias [Cout]. A 3x3 filter is kept prepared for the
 /// engine's kernels (Conv3x3Filter: Winograd or im2col), any other kernel size as the torch weight.
-public struct Conv2d {
+public struct Conv2d: Sendable {
     private enum Kernel {
         case threeByThree(Conv3x3Filter)
         case general(Tensor)          // [Cout, Cin, kh, kw]
@@ -65,7 +65,7 @@ public struct Conv2d {
 }
 
 /// torch.nn.Linear: weight [Out, In], optional bias [Out].
-public struct Linear {
+public struct Linear: Sendable {
     public let weight: Tensor
     public let bias: Tensor?
 
@@ -93,7 +93,7 @@ public struct Linear {
 }
 
 /// torch.nn.GroupNorm (affine): weight/bias [C]; optionally fused with the SiLU that follows.
-public struct GroupNorm {
+public struct GroupNorm: Sendable {
     public let groups: Int
     public let eps: Float
     public let weight: Tensor
@@ -115,7 +115,7 @@ public struct GroupNorm {
 }
 
 /// torch.nn.LayerNorm over the last dimension (affine).
-public struct LayerNorm {
+public struct LayerNorm: Sendable {
     public let eps: Float
     public let weight: Tensor
     public let bias: Tensor

@@ -6,7 +6,7 @@
 
 import DPTensor
 
-public struct ResnetBlock2D {
+public struct ResnetBlock2D: Sendable {
     public let norm1: GroupNorm
     public let conv1: Conv2d
     public let timeEmbProj: Linear?

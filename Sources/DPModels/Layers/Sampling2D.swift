@@ -5,7 +5,7 @@ import DPTensor
 
 /// Downsample2D: 3x3 conv, stride 2. `padding` 1 (UNet) pads symmetrically; padding 0
 /// (VAE encoder) first zero-pads right and bottom by 1, like F.pad(x, (0, 1, 0, 1)).
-public struct Downsample2D {
+public struct Downsample2D: Sendable {
     public let conv: Conv2d
 
     public init(_ p: ParameterScope, channels: Int, outChannels: Int? = nil, padding: Int) throws {
@@ -20,7 +20,7 @@ public struct Downsample2D {
 }
 
 /// Upsample2D: nearest x2 (or to `size` when given), then 3x3 conv pad 1.
-public struct Upsample2D {
+public struct Upsample2D: Sendable {
     public let conv: Conv2d
 
     public init(_ p: ParameterScope, channels: Int, outChannels: Int? = nil) throws {

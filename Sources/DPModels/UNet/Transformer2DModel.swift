@@ -6,7 +6,7 @@ import DPTensor
 
 /// BasicTransformerBlock: [LN -> self-attn -> +res] [LN -> cross-attn(context) -> +res]
 /// [LN -> GEGLU FF -> +res]. LayerNorm eps 1e-5, q/k/v without bias.
-public struct BasicTransformerBlock {
+public struct BasicTransformerBlock: Sendable {
     public let norm1: LayerNorm
     public let attn1: Attention
     public let norm2: LayerNorm
@@ -40,7 +40,7 @@ public struct BasicTransformerBlock {
 
 /// Transformer2DModel: GroupNorm(eps 1e-6) -> proj_in -> tokens -> blocks -> proj_out -> + input.
 /// proj_in/proj_out are 1x1 convs ([C, C, 1, 1]) or, with `use_linear_projection`, Linear ([C, C]).
-public struct Transformer2DModel {
+public struct Transformer2DModel: Sendable {
     public let norm: GroupNorm
     public let useLinearProjection: Bool
     /// proj_in / proj_out as matrices [inner, C] / [C, inner] (a 1x1 conv is the same product).

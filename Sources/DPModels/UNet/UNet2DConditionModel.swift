@@ -8,7 +8,7 @@
 import DPTensor
 import Foundation
 
-public final class UNet2DConditionModel {
+public final class UNet2DConditionModel: Sendable {
     public let config: UNet2DConditionConfig
 
     let timeEmbeddingLinear1: Linear       // time_embedding.linear_1

@@ -7,7 +7,7 @@
 import DPTensor
 import Foundation
 
-public final class AutoencoderKL {
+public final class AutoencoderKL: Sendable {
     public let config: AutoencoderKLConfig
 
     let encoder: VAEEncoder

@@ -105,7 +105,7 @@ public final class RandomWeights: WeightSource {
                 }
             }
             if chunks > 1 {
-                DispatchQueue.concurrentPerform(iterations: chunks, execute: fill)
+                concurrentForEach(iterations: chunks, fill)
             } else if chunks == 1 {
                 fill(0)
             }

@@ -1,5 +1,6 @@
 import DPTensor
 import Foundation
+import Synchronization
 
 /// One DensePose UV map: [2, H0, W0] float32, values in [0, 1], background 0.
 public struct Pose: Sendable, Equatable {
@@ -25,14 +26,14 @@ public struct Pose: Sendable, Equatable {
 
 /// Where a job's poses come from: a folder of `frame_<n>_densepose.npy` files (the reference's naming) or
 /// one stacked `.npy` of shape (N, 2, H0, W0) whose frame numbers are 0..<N.
-public final class PoseSource {
+public final class PoseSource: Sendable {
     public enum Origin: Sendable { case directory(URL), stacked(URL) }
     public let origin: Origin
     /// The pose frame numbers available, ascending.
     public let frameNumbers: [Int]
-    private var stacked: (shape: [Int], values: [Float])?
-    private var cache: [Int: Pose] = [:]
-    private let lock = NSLock()
+    private let stacked: (shape: [Int], values: [Float])?
+    /// Poses read so far (a job's frames share most of their window's poses).
+    private let cache = Mutex<[Int: Pose]>([:])
 
     /// Reference file name of pose `n`.
     public static func fileName(frame n: Int) -> String { "frame_\(n)_densepose.npy" }
@@ -54,6 +55,7 @@ public final class PoseSource {
                 throw PipelineError("poses: \(url.path) holds no frame_<n>_densepose.npy files")
             }
             frameNumbers = numbers.sorted()
+            stacked = nil
         } else {
             origin = .stacked(url)
             let array = try NPY.read(url)
@@ -67,8 +69,7 @@ public final class PoseSource {
 
     /// Pose `n` (read once, then cached).
     public func pose(_ n: Int) throws -> Pose {
-        lock.lock(); defer { lock.unlock() }
-        if let p = cache[n] { return p }
+        if let p = cache.withLock({ $0[n] }) { return p }
         let p: Pose
         switch origin {
         case .directory(let dir):
@@ -80,7 +81,7 @@ public final class PoseSource {
             let plane = 2 * s.shape[2] * s.shape[3]
             p = Pose(height: s.shape[2], width: s.shape[3], values: Array(s.values[(n * plane)..<((n + 1) * plane)]))
         }
-        cache[n] = p
+        cache.withLock { $0[n] = p }
         return p
     }
 

@@ -100,13 +100,13 @@ public enum DemoAssets {
         ]
     }
 
-    static let vaeConfig: [String: Any] = [
+    static var vaeConfig: [String: Any] { [
         "_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "latent_channels": 4,
         "block_out_channels": [16, 32, 64, 64], "layers_per_block": 1, "norm_num_groups": 8,
         "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
         "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
         "act_fn": "silu", "scaling_factor": 0.18215, "sample_size": height,
-    ]
+    ] }
 
     static func clipConfig(hidden: Int) -> [String: Any] {
         ["model_type": "clip_vision_model", "hidden_size": hidden, "intermediate_size": 4 * hidden,
@@ -114,11 +114,11 @@ public enum DemoAssets {
          "num_channels": 3, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu"]
     }
 
-    static let schedulerConfig: [String: Any] = [
+    static var schedulerConfig: [String: Any] { [
         "_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
         "beta_schedule": "scaled_linear", "skip_prk_steps": true, "set_alpha_to_one": false, "steps_offset": 1,
         "prediction_type": "epsilon", "timestep_spacing": "leading",
-    ]
+    ] }
 
     static func writeJSON(_ object: Any, to url: URL) throws {
         let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])

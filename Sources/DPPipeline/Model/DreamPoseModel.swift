@@ -6,7 +6,7 @@ import Foundation
 
 /// Everything needed to render frames of one subject: a loaded `dreampose-model/1` folder
 /// (../shared/docs/model-format.md). Load once; render many frames and many jobs with it.
-public final class DreamPoseModel {
+public final class DreamPoseModel: Sendable {
     public let directory: URL
     /// SHA-256 identity of the folder (model-format.md "Identity").
     public let id: String

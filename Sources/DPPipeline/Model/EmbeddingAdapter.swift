@@ -5,7 +5,7 @@ import Foundation
 /// DreamPose's CLIP + VAE embedding adapter (`Embedding_Adapter` in the authors' models/unet_dual_encoder.py):
 /// max-pool the VAE latent, flatten each channel into a token, project it to the CLIP width (`vae2clip`),
 /// append those tokens after the CLIP tokens and mix TOKENS with `linear1`.
-public final class EmbeddingAdapter {
+public final class EmbeddingAdapter: Sendable {
     public let config: AdapterConfig
     let vae2clipWeight: Tensor   // [hidden, vae_features]
     let vae2clipBias: Tensor     // [hidden]

@@ -33,7 +33,7 @@ public struct RenderedFrame: Sendable {
 /// in any order, from any thread (one frame at a time per `PreparedJob` is the intended use; concurrent
 /// calls are safe because nothing here is mutated after init).
 /// The sampling loop follows ../shared/docs/dreampose-inference.md, "Sampling one frame".
-public final class PreparedJob: @unchecked Sendable {
+public final class PreparedJob: Sendable {
     public let model: DreamPoseModel
     public let settings: ResolvedRenderSettings
     public let conditioning: SubjectConditioning
