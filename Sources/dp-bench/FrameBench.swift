@@ -25,8 +25,13 @@ func benchFrame(preset: String, steps: Int, sampler: SamplerKind, height: Int, w
          "num_attention_heads": \(preset == "sd15" ? 12 : 2), "image_size": 224, "patch_size": 32, "num_channels": 3,
          "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu", "projection_dim": \(hidden)}
         """
-    let clip = try CLIPVisionModel(config: JSONDecoder().decode(CLIPVisionConfig.self, from: Data(clipJSON.utf8)),
-                                   weights: random(3))
+    let clipConfig = try JSONDecoder().decode(CLIPVisionConfig.self, from: Data(clipJSON.utf8))
+    // Built per job preparation and freed after it, as a loaded model's encoder is (DreamPoseModel).
+    let clip: @Sendable () throws -> CLIPVisionModel = {
+        let weights = RandomWeights(seed: 3)
+        weights.recording = false
+        return try CLIPVisionModel(config: clipConfig, weights: weights)
+    }
     let adapter = try EmbeddingAdapter(
         config: AdapterConfig(clipTokens: 50, vaeTokens: vae.config.latentChannels,
                               vaeFeatures: (height / 16) * (width / 16), hidden: hidden),

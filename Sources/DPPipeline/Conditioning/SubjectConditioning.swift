@@ -30,14 +30,23 @@ public struct SubjectConditioning: Sendable {
                 intermediates: ((String, Tensor) -> Void)? = nil) throws {
         let H = model.height, W = model.width
         let sf = model.config.vaeScalingFactor
-        let clipSize = model.imageEncoder.config.imageSize
+        let clipSize = model.imageEncoderConfig.imageSize
 
         // 1. Pillow BICUBIC to the frame size (PIL size = (width, height)).
         resized = PillowResize.bicubic(subject, width: W, height: H)
 
-        // 2. CLIP of the subject.
+        // 2. CLIP of the subject, and of the null image of step 5 (the encoder is built for these two calls
+        //    only; see DreamPoseModel). The null context: the reference builds zeros((W, H, 3)), i.e. an image
+        //    W rows x H columns.
         clipPixelValues = CLIPPreprocess.pixelValues(resized, size: clipSize, mean: Self.clipMean, std: Self.clipStd)
-        cClip = model.imageEncoder(clipPixelValues).lastHiddenState          // [1, 50, D]
+        let nullImage = RGBImage(width: H, height: W, pixels: [UInt8](repeating: 0, count: W * H * 3))
+        let nullPixelValues = CLIPPreprocess.pixelValues(nullImage, size: clipSize, mean: Self.clipMean, std: Self.clipStd)
+        let subjectPixels = clipPixelValues
+        let (clip, clipNull) = try model.withImageEncoder { encoder in
+            (encoder(subjectPixels).lastHiddenState, encoder(nullPixelValues).lastHiddenState)   // [1, 50, D] each
+        }
+        cClip = clip
+        let cClipNull = clipNull
 
         // 3. Adapter VAE input: float pixels in 0..255 (not normalised: the reference's quirk), NCHW.
         let pixels255 = Self.nchw(resized) { Float($0) }                        // [1, 3, H, W]
@@ -47,10 +56,7 @@ public struct SubjectConditioning: Sendable {
         let vaeTokens = try model.adapter.vaeTokens(adapterLatent)            // [1, 4, D]
         cI = try model.adapter.combine(clip: cClip, vaeTokens: vaeTokens)      // [1, 50, D]
 
-        // 5. Null context: the reference builds zeros((W, H, 3)), i.e. an image W rows x H columns.
-        let nullImage = RGBImage(width: H, height: W, pixels: [UInt8](repeating: 0, count: W * H * 3))
-        let nullPixelValues = CLIPPreprocess.pixelValues(nullImage, size: clipSize, mean: Self.clipMean, std: Self.clipStd)
-        let cClipNull = model.imageEncoder(nullPixelValues).lastHiddenState
+        // 5. Null context (its CLIP part was computed in step 2).
         let nullLatent = scale(model.vae.encode(Tensor(zeros: [1, 3, W, H])).mean, by: sf)  // [1, 4, w, h]
         let nullTokens = try model.adapter.vaeTokens(nullLatent)
         c0 = try model.adapter.combine(clip: cClipNull, vaeTokens: nullTokens)

@@ -6,6 +6,11 @@ import Foundation
 
 /// Everything needed to render frames of one subject: a loaded `dreampose-model/1` folder
 /// (../shared/docs/model-format.md). Load once; render many frames and many jobs with it.
+///
+/// The UNet, VAE and adapter stay in memory. The CLIP image encoder does not: it runs twice per job (subject
+/// and null image) and never per frame, so `withImageEncoder` builds it for the job's preparation and frees it
+/// after (a ViT-B/32 tower is ~350 MB that a worker would otherwise hold through every frame's VAE decode,
+/// the frame's memory peak). Loading checks its weights once, like the other parts.
 public final class DreamPoseModel: Sendable {
     public let directory: URL
     /// SHA-256 identity of the folder (model-format.md "Identity").
@@ -13,7 +18,9 @@ public final class DreamPoseModel: Sendable {
     public let config: DreamPoseConfig
     public let unet: UNet2DConditionModel
     public let vae: AutoencoderKL
-    public let imageEncoder: CLIPVisionModel
+    /// The image encoder's configuration (its weights are built on demand: `withImageEncoder`).
+    public let imageEncoderConfig: CLIPVisionConfig
+    private let makeImageEncoder: @Sendable () throws -> CLIPVisionModel
     public let adapter: EmbeddingAdapter
     public let schedulerConfig: SchedulerConfig
 
@@ -45,17 +52,21 @@ public final class DreamPoseModel: Sendable {
         config = try DreamPoseConfig.load(directory.appendingPathComponent("dreampose.json"))
         unet = try UNet2DConditionModel.load(directory: directory.appendingPathComponent("unet"))
         vae = try AutoencoderKL.load(directory: directory.appendingPathComponent("vae"))
-        imageEncoder = try CLIPVisionModel.load(directory: directory.appendingPathComponent("image_encoder"))
+        let encoderDirectory = directory.appendingPathComponent("image_encoder")
+        makeImageEncoder = { try CLIPVisionModel.load(directory: encoderDirectory) }
+        imageEncoderConfig = try makeImageEncoder().config   // binds every weight once: a bad file fails here
         adapter = try EmbeddingAdapter.load(directory: directory.appendingPathComponent("adapter"))
         schedulerConfig = try SchedulerConfig.load(directory.appendingPathComponent("scheduler/scheduler_config.json"))
         id = try knownID ?? ModelManifest.modelID(directory: directory)
-        try Self.validate(config: config, unet: unet, vae: vae, imageEncoder: imageEncoder, adapter: adapter,
+        try Self.validate(config: config, unet: unet, vae: vae, imageEncoder: imageEncoderConfig, adapter: adapter,
                           directory: directory)
     }
 
     /// Assembles a model from parts already built (benchmarks build random-weight parts in memory);
+    /// `imageEncoder` builds the CLIP tower each time a job is prepared (called once here, for the checks).
     /// `id` names it. The same checks as loading a folder apply.
-    public init(config: DreamPoseConfig, unet: UNet2DConditionModel, vae: AutoencoderKL, imageEncoder: CLIPVisionModel,
+    public init(config: DreamPoseConfig, unet: UNet2DConditionModel, vae: AutoencoderKL,
+                imageEncoder: @escaping @Sendable () throws -> CLIPVisionModel,
                 adapter: EmbeddingAdapter, schedulerConfig: SchedulerConfig, id: String,
                 directory: URL = URL(fileURLWithPath: "/dev/null")) throws {
         self.directory = directory
@@ -63,16 +74,26 @@ public final class DreamPoseModel: Sendable {
         self.config = config
         self.unet = unet
         self.vae = vae
-        self.imageEncoder = imageEncoder
+        self.makeImageEncoder = imageEncoder
+        self.imageEncoderConfig = try imageEncoder().config
         self.adapter = adapter
         self.schedulerConfig = schedulerConfig
-        try Self.validate(config: config, unet: unet, vae: vae, imageEncoder: imageEncoder, adapter: adapter,
+        try Self.validate(config: config, unet: unet, vae: vae, imageEncoder: imageEncoderConfig, adapter: adapter,
                           directory: directory)
+    }
+
+    /// Runs `body` with the CLIP image encoder, built for the call and freed after it.
+    public func withImageEncoder<T>(_ body: (CLIPVisionModel) throws -> T) throws -> T {
+        let encoder = try makeImageEncoder()
+        guard encoder.config == imageEncoderConfig else {
+            throw PipelineError("\(directory.path)/image_encoder changed since the model was loaded (its config differs)")
+        }
+        return try body(encoder)
     }
 
     /// Checks that the parts fit together and fit the frame size.
     static func validate(config: DreamPoseConfig, unet: UNet2DConditionModel, vae: AutoencoderKL,
-                         imageEncoder: CLIPVisionModel, adapter: EmbeddingAdapter, directory: URL) throws {
+                         imageEncoder: CLIPVisionConfig, adapter: EmbeddingAdapter, directory: URL) throws {
         let where_ = directory.path
         let latentChannels = vae.config.latentChannels
         let expectedIn = latentChannels + 2 * config.poseWindow
@@ -91,13 +112,13 @@ public final class DreamPoseModel: Sendable {
         guard adapter.config.vaeTokens == latentChannels else {
             throw PipelineError("\(where_)/adapter/config.json: vae_tokens \(adapter.config.vaeTokens) != VAE latent channels \(latentChannels)")
         }
-        guard adapter.config.hidden == imageEncoder.config.hiddenSize,
+        guard adapter.config.hidden == imageEncoder.hiddenSize,
               adapter.config.hidden == unet.config.crossAttentionDim else {
             throw PipelineError("\(where_): adapter hidden \(adapter.config.hidden), CLIP hidden_size "
-                + "\(imageEncoder.config.hiddenSize) and UNet cross_attention_dim \(unet.config.crossAttentionDim) must agree")
+                + "\(imageEncoder.hiddenSize) and UNet cross_attention_dim \(unet.config.crossAttentionDim) must agree")
         }
-        let clipTokens = (imageEncoder.config.imageSize / imageEncoder.config.patchSize)
-            * (imageEncoder.config.imageSize / imageEncoder.config.patchSize) + 1
+        let clipTokens = (imageEncoder.imageSize / imageEncoder.patchSize)
+            * (imageEncoder.imageSize / imageEncoder.patchSize) + 1
         guard adapter.config.clipTokens == clipTokens else {
             throw PipelineError("\(where_)/adapter/config.json: clip_tokens \(adapter.config.clipTokens), the CLIP tower makes \(clipTokens)")
         }
