@@ -341,6 +341,15 @@ def main() -> int:
     p.add_argument("--eval-frames", type=int, nargs="*", default=[0, 5, 10, 15])
     p.add_argument("--eval-steps", type=int, default=20)
     args = p.parse_args()
+    for name in ("threads", "clips", "clip_frames", "vae_batch", "unet_batch", "hidden", "eval_steps",
+                 "vae_steps", "unet_steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    for name in ("vae_full_steps",):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must not be negative (got {getattr(args, name)})")
+    if args.vae_full_steps > args.vae_steps:
+        p.error(f"--vae-full-steps ({args.vae_full_steps}) cannot exceed --vae-steps ({args.vae_steps})")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -397,11 +406,12 @@ def main() -> int:
         means = torch.cat([vae.encode(x_all[i:i + 64]).latent_dist.mean for i in range(0, n_frames, 64)])
         sf = float(f"{1.0 / means.std().item():.5g}")
         latents = means * sf
-        # reconstruction PSNR on 64 training frames (deterministic: posterior mean)
-        rec = vae.decode(means[:64]).sample
+        # reconstruction PSNR on the first (up to) 64 training frames (deterministic: posterior mean)
+        n_rec = min(64, n_frames)
+        rec = vae.decode(means[:n_rec]).sample
         rec_u8 = ((rec / 2 + 0.5).clamp(0, 1) * 255).round().permute(0, 2, 3, 1).numpy().astype(np.uint8)
-        vae_psnr = float(np.mean([psnr(rec_u8[i], imgs[i]) for i in range(64)]))
-    log(f"vae: scaling factor {sf}, reconstruction PSNR {vae_psnr:.2f} dB (64 training frames), "
+        vae_psnr = float(np.mean([psnr(rec_u8[i], imgs[i]) for i in range(n_rec)]))
+    log(f"vae: scaling factor {sf}, reconstruction PSNR {vae_psnr:.2f} dB ({n_rec} training frames), "
         f"{time.time() - t0:.0f} s")
     figures["vae"] = {"steps": args.vae_steps, "full_frame_steps": args.vae_full_steps, "final_loss": float(np.mean(losses[-50:])),
                       "scaling_factor": sf, "recon_psnr_db": round(vae_psnr, 2),
