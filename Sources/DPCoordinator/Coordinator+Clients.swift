@@ -38,7 +38,7 @@ extension Coordinator {
 
     func badRequest(_ peer: Data, _ requestID: UInt64, _ code: FarmErrorCode, _ message: String,
                     job: UInt64 = 0) {
-        log("refused request from \(peerName(peer)): \(message)")
+        log("refused request from \(peerName(peer)): \(peer: message, limit: 600)")
         send(peer, .error(FarmError(code, message, jobID: job)), requestID: requestID)
     }
 
@@ -51,9 +51,17 @@ extension Coordinator {
             badRequest(peer, requestID, problem)
             return
         }
-        // Output folder and video on this machine; relative = under the state folder.
-        spec.outputDir = resolve(spec.outputDir)
-        if spec.hasVideo, !spec.video.path.isEmpty { spec.video.path = resolve(spec.video.path) }
+        // Output folder and video: names inside the output root (OutputConfinement.swift), refused
+        // before anything is journalled.
+        switch outputPlacement.place(outputDir: spec.outputDir,
+                                     video: spec.hasVideo && !spec.video.path.isEmpty ? spec.video.path : nil) {
+        case .failure(let why):
+            badRequest(peer, requestID, why.message)
+            return
+        case .success(let placed):
+            spec.outputDir = placed.outputDir
+            if let video = placed.video { spec.video.path = video }
+        }
         let frames = spec.frames.isEmpty ? spec.poses.map(\.frame).sorted() : spec.frames
         spec.frames = frames
 
@@ -105,7 +113,7 @@ extension Coordinator {
             // first dispatch would otherwise read it back from the journal and decode it again).
             do {
                 jobContexts[record.id] = try JobContext(record: record, spec: spec, doneFrames: [], models: models,
-                                                        inputs: inputsDirectory)
+                                                        inputs: inputsDirectory, placement: outputPlacement)
             } catch {
                 log("job \(record.id): cannot open its context yet (\(error)); the first dispatch tries again")
             }
@@ -114,19 +122,47 @@ extension Coordinator {
         reply.jobID = UInt64(record.id)
         reply.missing = missing
         send(peer, .submitReply(reply), requestID: requestID)
-        log("job \(record.id) '\(spec.name)' submitted by \(peerName(peer)): \(frames.count) frame(s), model "
+        log("job \(record.id) '\(peer: spec.name)' submitted by \(peerName(peer)): \(frames.count) frame(s), model "
             + "\(manifest.modelID.prefix(12)) (\(models.contains(manifest.modelID) ? "held" : "to upload")), "
-            + "\(missing.count) file(s) to upload, output \(spec.outputDir)")
+            + "\(missing.count) file(s) to upload, output \(peer: spec.outputDir)")
         dispatchNeeded = true
-    }
-
-    func resolve(_ path: String) -> String {
-        if path.hasPrefix("/") { return URL(fileURLWithPath: path).standardizedFileURL.path }
-        return settings.stateDirectory.appendingPathComponent(path).standardizedFileURL.path
     }
 
     /// Why a submitted job is refused (nil = acceptable).
     func validate(spec: FarmJobSpec, manifest: ModelManifest) -> String? {
+        // Hard limits first (DESIGN.md, "Limits"): nothing below runs over an unbounded list.
+        let limits = settings.limits
+        guard spec.name.utf8.count <= limits.maxNameBytes else {
+            return "job name: \(spec.name.utf8.count) bytes, more than the \(limits.maxNameBytes) allowed"
+        }
+        guard spec.poses.count <= limits.maxFramesPerJob, spec.frames.count <= limits.maxFramesPerJob else {
+            return "job lists \(spec.poses.count) poses and \(spec.frames.count) frames, more than the "
+                + "\(limits.maxFramesPerJob) allowed"
+        }
+        guard manifest.files.count <= limits.maxModelFiles else {
+            return "model manifest lists \(manifest.files.count) files, more than the \(limits.maxModelFiles) allowed"
+        }
+        for path in [spec.outputDir, spec.video.path, spec.subject.path] + spec.poses.map(\.file.path)
+            + manifest.files.map(\.path) where path.utf8.count > limits.maxPathBytes {
+            return "path '\(PeerText.escaped(path, limit: 80))': \(path.utf8.count) bytes, more than the "
+                + "\(limits.maxPathBytes) allowed"
+        }
+        var inputBytes: UInt64 = 0
+        for input in [spec.subject] + spec.poses.map(\.file) {
+            let (sum, overflow) = inputBytes.addingReportingOverflow(input.size)
+            guard !overflow, sum <= limits.maxInputBytesPerJob else {
+                return "the job's inputs declare more than the \(limits.maxInputBytesPerJob) bytes allowed"
+            }
+            inputBytes = sum
+        }
+        var modelBytes: UInt64 = 0
+        for file in manifest.files {
+            let (sum, overflow) = modelBytes.addingReportingOverflow(UInt64(clamping: file.size))
+            guard !overflow, sum <= limits.maxModelUploadBytes else {
+                return "model manifest declares more than the \(limits.maxModelUploadBytes) bytes allowed"
+            }
+            modelBytes = sum
+        }
         guard spec.modelID == manifest.modelID else {
             return "job spec names model \(spec.modelID), the manifest is model \(manifest.modelID)"
         }
@@ -152,13 +188,6 @@ extension Coordinator {
             guard seen.insert(frame).inserted else { return "frame \(frame) listed twice" }
         }
         guard !spec.outputDir.isEmpty else { return "job has no output folder" }
-        if !spec.outputDir.hasPrefix("/"), let problem = RelativePath.problem(spec.outputDir) {
-            return "output folder refused: \(problem)"
-        }
-        if spec.hasVideo, !spec.video.path.isEmpty, !spec.video.path.hasPrefix("/"),
-           let problem = RelativePath.problem(spec.video.path) {
-            return "video path refused: \(problem)"
-        }
         return nil
     }
 

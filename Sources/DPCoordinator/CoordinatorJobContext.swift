@@ -23,8 +23,12 @@ final class JobContext {
     /// `doneFrames`: the job's done frames in the journal, which vouch for their PNGs (see
     /// `OutputWriter`'s `recorded`). `spec`: the job's spec when the caller has it decoded (a job just
     /// submitted); nil = decoded from the record.
+    /// The frame size every result must have (the model's dreampose.json `width` x `height`).
+    let frameWidth: Int
+    let frameHeight: Int
+
     init(record: JobRecord, spec decoded: FarmJobSpec? = nil, doneFrames: [FrameRecord], models: ModelStore,
-         inputs: URL) throws {
+         inputs: URL, placement: OutputPlacement) throws {
         id = record.id
         if let decoded {
             spec = decoded
@@ -41,6 +45,8 @@ final class JobContext {
         }
         let defaults = try ModelDefaults(folder: models.folder(for: modelID), modelID: modelID)
         poseWindowSize = defaults.poseWindow
+        frameWidth = defaults.width
+        frameHeight = defaults.height
         inputsPath = inputs.path
         var files: [UInt32: String] = [:]
         files.reserveCapacity(spec.poses.count)
@@ -86,10 +92,16 @@ final class JobContext {
                               renderSeconds: f.renderSeconds ?? 0, pngSHA256: f.outputSHA256 ?? "",
                               pngSize: f.outputSize ?? -1)
         }
+        // Confined to the output root unless local paths are allowed (the embedded farm); a stored
+        // path outside the root (the root changed) is refused here and fails the job.
+        if placement.root != nil { _ = try placement.relative(record.outputDir, what: "output folder") }
         output = try OutputWriter(directory: URL(fileURLWithPath: record.outputDir), jobID: UInt64(record.id),
                                   modelID: modelID, settings: outputSettings,
                                   frames: spec.frames.isEmpty ? spec.poses.map(\.frame) : spec.frames,
-                                  durability: .batched, recorded: recorded)
+                                  durability: .batched, recorded: recorded, confinedTo: placement.root)
+        if let video = record.videoPath, !video.isEmpty, !record.videoWritten {
+            try output.checkVideoTarget(URL(fileURLWithPath: video))
+        }
     }
 
     /// The .npy bytes of poses n-2 ... n+2 (centre-pose fallback applied) for frame `frame`.
@@ -120,6 +132,9 @@ struct ModelDefaults {
     var imageGuidance: Float
     var poseGuidance: Float
     var poseWindow: Int
+    /// The frame size (dreampose.json `width`, `height`): results are checked against it.
+    var width: Int
+    var height: Int
 
     init(folder: URL, modelID: String) throws {
         let url = folder.appendingPathComponent("dreampose.json")
@@ -150,5 +165,14 @@ struct ModelDefaults {
             throw CoordinatorError("model \(modelID): \(url.path): pose_window \(window) must be odd and positive")
         }
         poseWindow = window
+        func size(_ key: String) throws -> Int {
+            guard let v = root[key] as? NSNumber, let n = Int(exactly: v.doubleValue), (1...ResultPNGCheck.maxSide).contains(n) else {
+                throw CoordinatorError("model \(modelID): \(url.path): \(key) missing or not a whole number of pixels "
+                    + "from 1 to \(ResultPNGCheck.maxSide)")
+            }
+            return n
+        }
+        width = try size("width")
+        height = try size("height")
     }
 }

@@ -197,7 +197,7 @@ enum FarmBench {
         let model = root.appendingPathComponent("model")
         try fm.createDirectory(at: model, withIntermediateDirectories: true)
         let config: [String: Any] = [
-            "format": "dreampose-model/1", "name": "farm-bench (no weights)", "height": 64, "width": 64,
+            "format": "dreampose-model/1", "name": "farm-bench (no weights)", "height": 8, "width": 8,  // the synthetic renderer's 8x8 frames
             "vae_scaling_factor": 0.18215, "pose_window": 5,
             "defaults": ["steps": 1, "sampler": "ddim", "image_guidance": 1.0, "pose_guidance": 1.0] as [String: Any],
         ]

@@ -1,0 +1,395 @@
+import DPCoordinator
+import DPFileKit
+import DPJournal
+import DPProtocol
+import DPTransport
+import Foundation
+import XCTest
+
+/// Issue 12's coordinator-side hardening, through real sockets, SQLite and files: outputs confined
+/// to the output root, results checked, hard limits, poison frames, start-up over a hostile job, and
+/// peer text escaped in log lines.
+final class SecurityFarmTests: XCTestCase {
+    var root: URL!
+
+    override func setUpWithError() throws {
+        root = try FarmFixtures.tempDirectory("security")
+    }
+
+    override func tearDown() {
+        try? FileManager.default.removeItem(at: root)
+    }
+
+    /// A coordinator as `dp-coord serve` runs it: outputs confined to `<root>/outputs`.
+    func confined(_ clock: JournalClock = ManualClock(), state: URL? = nil,
+                  configure: (inout CoordinatorSettings) -> Void = { _ in }) throws -> RunningCoordinator {
+        try RunningCoordinator(state: state ?? root.appendingPathComponent("state"), clock: clock) {
+            $0.allowLocalOutputPaths = false
+            $0.outputRoot = self.root.appendingPathComponent("outputs")
+            configure(&$0)
+        }
+    }
+
+    func submission(_ model: URL, out: String, frames: [Int] = [0], video: String? = nil) -> JobSubmission {
+        var job = FarmFixtures.submission(model: model, frames: frames, out: URL(fileURLWithPath: "/unused"), video: video)
+        job.outputDirectory = out
+        return job
+    }
+
+    func expectRefused(_ client: FarmClient, _ job: JobSubmission, _ part: String,
+                       file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try client.submit(job), file: file, line: line) { error in
+            XCTAssertTrue("\(error)".contains(part), "\(error)", file: file, line: line)
+        }
+    }
+
+    // MARK: item 7: log lines
+
+    func testPeerTextIsEscapedAndTruncated() {
+        XCTAssertEqual(PeerText.escaped("plain name-1"), "plain name-1")
+        XCTAssertEqual(PeerText.escaped("a\nb\rc\td\\e"), "a\\nb\\rc\\td\\\\e")
+        XCTAssertEqual(PeerText.escaped("x\u{1b}[31my\u{7f}\u{202e}z"), "x\\u{1b}[31my\\u{7f}\\u{202e}z")
+        XCTAssertEqual(PeerText.escaped("héllo wörld ✓"), "héllo wörld ✓")
+        let long = String(repeating: "a", count: 1000)
+        XCTAssertEqual(PeerText.escaped(long), String(repeating: "a", count: 200) + "...(1000 characters)")
+        XCTAssertEqual(PeerText.escaped("abcdef", limit: 3), "abc...(6 characters)")
+        let forged = "w1' registered\ncoordinator 0 stopped"
+        let line = "worker '\(peer: forged)' says hi"
+        XCTAssertFalse(line.contains("\n"))
+        XCTAssertEqual(line, "worker 'w1' registered\\ncoordinator 0 stopped' says hi")
+    }
+
+    func testForgedLogTextFromPeersStaysOnOneEscapedLine() throws {
+        let coord = try confined()
+        defer { coord.stop() }
+        let peer = try RawPeer(coord.endpoint, name: "evil")
+        var hello = FarmHello()
+        hello.workerName = "evil\ncoordinator 0 stopped"
+        hello.slots = 1
+        try peer.send(.hello(hello))
+        let error = try peer.expect("error") { if case .error(let e) = $0 { return e } else { return nil } }
+        XCTAssertEqual(error.code, .badRequest)
+        var report = FarmError(.renderFailed, "boom\nworker 'x' registered" + String(repeating: "!", count: 5000))
+        report.jobID = 0
+        try peer.send(.error(report))
+        XCTAssertNotNil(coord.logs.wait(for: "error from peer", "boom\\nworker"))
+        for line in coord.logs.all {
+            XCTAssertFalse(line.contains("\n"), "a log line holds a raw newline: \(line)")
+            XCTAssertLessThan(line.count, 2000, "a log line was not truncated: \(line.prefix(300))")
+        }
+    }
+
+    // MARK: item 2: confinement
+
+    func testOutputNamesOutsideTheRootAreRefusedBeforeAnythingIsJournalled() throws {
+        let state = root.appendingPathComponent("state")
+        let coord = try confined(state: state) { $0.outputRoot = state }  // a root that holds the state folders
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let outside = root.appendingPathComponent("outside")
+        expectRefused(client, submission(model, out: outside.path), "relative and without")
+        expectRefused(client, submission(model, out: "../outside"), "'..' component")
+        expectRefused(client, submission(model, out: "a//b"), "empty component")
+        expectRefused(client, submission(model, out: "./x"), "'.' component")
+        expectRefused(client, submission(model, out: "models/abc"), "inside the coordinator's own state")
+        expectRefused(client, submission(model, out: "inputs"), "inside the coordinator's own state")
+        expectRefused(client, submission(model, out: "journal.sqlite"), "inside the coordinator's own state")
+        expectRefused(client, submission(model, out: "ok", video: "/tmp/x.mp4"), "video path")
+        expectRefused(client, submission(model, out: "ok", video: "../x.mp4"), "video path")
+        expectRefused(client, submission(model, out: "ok", video: "v.txt"), ".mp4, .mkv or .mov")
+        expectRefused(client, submission(model, out: String(repeating: "d", count: 5000)), "more than the 1024 allowed")
+        XCTAssertEqual(try coord.coordinator.journal.jobs().count, 0, "a refused job was journalled")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: outside.path))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: state.appendingPathComponent("ok").path))
+    }
+
+    func testExistingFilesInTheRootAreNeverReplaced() throws {
+        let coord = try confined()
+        defer { coord.stop() }
+        let outputs = root.appendingPathComponent("outputs")
+        try FileManager.default.createDirectory(at: outputs.appendingPathComponent("taken"), withIntermediateDirectories: true)
+        let foreign = outputs.appendingPathComponent("taken/frame_00000.png")
+        try Data("someone else's".utf8).write(to: foreign)
+        try Data("a video".utf8).write(to: outputs.appendingPathComponent("old.mp4"))
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        expectRefused(client, submission(model, out: "taken"), "already exists in the output root and is not empty")
+        expectRefused(client, submission(model, out: "fresh", video: "old.mp4"), "already exists in the output root")
+        XCTAssertEqual(try Data(contentsOf: foreign), Data("someone else's".utf8))
+        XCTAssertEqual(try Data(contentsOf: outputs.appendingPathComponent("old.mp4")), Data("a video".utf8))
+
+        // A folder that appears after the submit (before the job's output is opened) fails the job,
+        // untouched; a symbolic link below the root is never followed.
+        let late = try client.submit(submission(model, out: "late"))
+        try FileManager.default.createDirectory(at: outputs.appendingPathComponent("late"), withIntermediateDirectories: true)
+        try Data("not yours".utf8).write(to: outputs.appendingPathComponent("late/frame_00000.png"))
+        let elsewhere = root.appendingPathComponent("elsewhere")
+        try FileManager.default.createDirectory(at: elsewhere, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(at: outputs.appendingPathComponent("link"), withDestinationURL: elsewhere)
+        let linked = try client.submit(submission(model, out: "link/job"))
+
+        let worker = try RawPeer(coord.endpoint, name: "w1")
+        _ = try worker.hello()
+        try worker.credit(1)
+        for job in [late, linked] {
+            let deadline = Date().addingTimeInterval(10)
+            while try coord.coordinator.journal.job(job)?.state != .failed, Date() < deadline { usleep(5000) }
+            let record = try XCTUnwrap(coord.coordinator.journal.job(job))
+            XCTAssertEqual(record.state, .failed)
+            XCTAssertTrue((record.error ?? "").contains(job == late ? "is not this job's output folder" : "is a symbolic link"),
+                          record.error ?? "")
+        }
+        XCTAssertEqual(try Data(contentsOf: outputs.appendingPathComponent("late/frame_00000.png")), Data("not yours".utf8))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: outputs.appendingPathComponent("late").path),
+                       ["frame_00000.png"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: elsewhere.path), [], "wrote through a link")
+    }
+
+    func testConfinedJobWritesInsideTheRoot() throws {
+        let coord = try confined()
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let job = try client.submit(submission(model, out: "shots/one", frames: [0, 1]))
+        XCTAssertEqual(try coord.coordinator.journal.job(job)?.outputDir,
+                       root.appendingPathComponent("outputs/shots/one").path)
+        let worker = try RawPeer(coord.endpoint, name: "w1")
+        _ = try worker.hello()
+        try worker.credit(2)
+        let (_, first) = try worker.expectPrepAndTask()
+        let second = try worker.expectTask()
+        for task in [first, second] { try worker.result(task, png: FarmFixtures.png(frame: task.frame, by: "w1")) }
+        let out = root.appendingPathComponent("outputs/shots/one")
+        XCTAssertNotNil(coord.logs.wait(for: "job \(job) finished: completed"))
+        XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent("frame_00001.png")), FarmFixtures.png(frame: 1, by: "w1"))
+        let manifest = try FarmFixtures.manifest(out)
+        XCTAssertEqual(manifest["complete"] as? Bool, true)
+    }
+
+    // MARK: item 3: results checked
+
+    func testResultsThatAreNotTheJobsPNGFailTheAttempt() throws {
+        let coord = try confined()
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let job = try client.submit(submission(model, out: "checked", frames: [0]))
+        let bad: [(String, Data, String)] = [
+            ("not-png", Data("GIF89a not a png at all, long enough to pass the length check......".utf8), "no PNG signature"),
+            ("wrong-size", FarmFixtures.png(frame: 0, by: "x", width: 640, height: 480), "640x480 pixels, the job's frames are 48x64"),
+            ("grey", FarmFixtures.pngStructure(width: 48, height: 64, payload: Data([1, 2, 3]), colourType: 0), "colour type 0"),
+        ]
+        var corruptCRC = FarmFixtures.png(frame: 0, by: "y")
+        corruptCRC[20] ^= 0x01  // height byte changed: IHDR CRC no longer matches
+        let all = bad + [("bad-crc", corruptCRC, "IHDR CRC")]
+        for (index, (name, png, why)) in all.prefix(3).enumerated() {
+            let worker = try RawPeer(coord.endpoint, name: name)
+            _ = try worker.hello()
+            try worker.credit(1)
+            let (_, task) = try worker.expectPrepAndTask()
+            try worker.result(task, png: png)
+            XCTAssertNotNil(coord.logs.wait(for: "result of attempt \(task.attemptID)", why), "\(name): \(why)")
+            let attempt = try XCTUnwrap(coord.coordinator.journal.attempt(Int64(task.attemptID)))
+            XCTAssertEqual(attempt.result, .failed, name)
+            if index == 2 {
+                XCTAssertNotNil(coord.logs.wait(for: "job \(job) finished: failed"))
+            }
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root.appendingPathComponent("outputs/checked/frame_00000.png").path))
+        let record = try XCTUnwrap(coord.coordinator.journal.job(job))
+        XCTAssertTrue((record.error ?? "").hasPrefix("1 frame(s) failed: frame 0 ("), record.error ?? "")
+        XCTAssertTrue((record.error ?? "").contains("'grey'"), record.error ?? "")
+        // And the IHDR CRC check, on a job of its own.
+        let second = try client.submit(submission(model, out: "checked-2", frames: [0]))
+        let worker = try RawPeer(coord.endpoint, name: "crc")
+        _ = try worker.hello()
+        try worker.credit(1)
+        let (_, task) = try worker.expectPrepAndTask()
+        XCTAssertEqual(Int64(task.jobID), second)
+        try worker.result(task, png: corruptCRC)
+        XCTAssertNotNil(coord.logs.wait(for: "result of attempt \(task.attemptID)", "IHDR CRC"))
+    }
+
+    // MARK: item 6: poison frames
+
+    func testFrameThatKillsThreeWorkersFailsAndHandBacksDoNotCount() throws {
+        let clock = ManualClock()
+        let coord = try confined(clock)
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let job = try client.submit(submission(model, out: "poison", frames: [0]))
+
+        // A worker that hands the frame back (Goodbye, as on SIGTERM) costs the frame nothing.
+        let polite = try RawPeer(coord.endpoint, name: "polite")
+        _ = try polite.hello()
+        try polite.credit(1)
+        let (_, handed) = try polite.expectPrepAndTask()
+        var goodbye = FarmGoodbye()
+        goodbye.handedBackAttemptIds = [handed.attemptID]
+        goodbye.reason = "SIGTERM"
+        try polite.send(.goodbye(goodbye))
+        XCTAssertNotNil(coord.logs.wait(for: "worker 'polite'", "dropped: said goodbye"))
+        XCTAssertEqual(try coord.coordinator.journal.attempt(Int64(handed.attemptID))?.result, .lost)
+
+        // Three workers, each takes the frame and its connection goes silent mid-attempt (killed).
+        for name in ["k1", "k2", "k3"] {
+            var worker: RawPeer? = try RawPeer(coord.endpoint, name: name)
+            _ = try worker!.hello()
+            try worker!.credit(1)
+            let (_, task) = try worker!.expectPrepAndTask()
+            XCTAssertEqual(Int64(task.jobID), job)
+            worker = nil  // socket closed: the worker is gone
+            clock.advance(milliseconds: 100 * 5 + 1)
+            XCTAssertNotNil(coord.logs.wait(for: "worker '\(name)'", "dropped: silent"), name)
+            XCTAssertEqual(try coord.coordinator.journal.attempt(Int64(task.attemptID))?.result, .failed, name)
+        }
+        XCTAssertNotNil(coord.logs.wait(for: "job \(job) finished: failed"))
+        let record = try XCTUnwrap(coord.coordinator.journal.job(job))
+        XCTAssertEqual(record.state, .failed)
+        for name in ["k1", "k2", "k3"] { XCTAssertTrue((record.error ?? "").contains("'\(name)'"), record.error ?? "") }
+        // No worker is fed it again.
+        let fresh = try RawPeer(coord.endpoint, name: "fresh")
+        _ = try fresh.hello()
+        try fresh.credit(1)
+        XCTAssertNil(try fresh.next(timeout: 0.5), "a failed frame was dispatched again")
+    }
+
+    func testStartUpOverAJobWithAHostileModelConfigComesUp() throws {
+        let state = root.appendingPathComponent("state")
+        let model = try FarmFixtures.model(in: root)
+        var job: Int64 = 0
+        var modelID = ""
+        do {
+            let coord = try confined(state: state)
+            let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+            job = try client.submit(submission(model, out: "hostile", frames: [0, 1]))
+            modelID = try XCTUnwrap(coord.coordinator.journal.job(job)?.modelID)
+            client.close()
+            coord.stop()
+        }
+        // The stored model's dreampose.json turned hostile (an even pose window, a huge frame).
+        let stored = state.appendingPathComponent("models/\(modelID)/dreampose.json")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: stored.path), stored.path)
+        try Data("""
+            {"format": "dreampose-model/1", "height": 1e300, "width": -5, "pose_window": 4,
+             "defaults": {"steps": 7, "sampler": "pndm", "image_guidance": 8.0, "pose_guidance": 3.0}}
+            """.utf8).write(to: stored)
+        let again = try confined(state: state)  // fails the test if it does not come up
+        defer { again.stop() }
+        let record = try XCTUnwrap(again.coordinator.journal.job(job))
+        XCTAssertEqual(record.state, .failed)
+        XCTAssertTrue((record.error ?? "").contains("cannot load the job at coordinator start-up"), record.error ?? "")
+        // And it serves.
+        let client = try FarmClient(endpoint: again.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        XCTAssertEqual(try client.status(job: job).first?.state, "failed")
+    }
+
+    // MARK: item 5: limits
+
+    func testHelloLimitsAreEnforcedWhileAnotherWorkerIsServed() throws {
+        let coord = try confined()
+        defer { coord.stop() }
+        let bad = try RawPeer(coord.endpoint, name: "bad")
+        func refused(_ edit: (inout FarmHello) -> Void, _ part: String, line: UInt = #line) throws {
+            var hello = FarmHello()
+            hello.workerName = "bad"
+            hello.slots = 1
+            edit(&hello)
+            try bad.send(.hello(hello))
+            let error = try bad.expect("error", line: line) { if case .error(let e) = $0 { return e } else { return nil } }
+            XCTAssertEqual(error.code, .badRequest, line: line)
+            XCTAssertTrue(error.message.contains(part), error.message, line: line)
+            // An honest worker is welcomed meanwhile.
+            let good = try RawPeer(coord.endpoint, name: "good-\(line)")
+            XCTAssertEqual(try good.hello().heartbeatIntervalMs, 100, line: line)
+        }
+        try refused({ $0.workerName = String(repeating: "n", count: 5000) }, "worker name of 5000 bytes")
+        try refused({ $0.slots = 1_000_000 }, "1000000 slots")
+        try refused({ $0.slots = 2; $0.runningAttemptIds = Array(1...50) }, "lists 50 running attempts with 2 slot(s)")
+        try refused({ $0.cachedModelIds = Array(repeating: String(repeating: "a", count: 64), count: 10_000) }, "cached model ids")
+        try refused({ $0.cachedModelIds = ["../../etc"] }, "cached model ids")
+        try refused({ $0.host.hostname = String(repeating: "h", count: 100_000) }, "host description")
+        try refused({ $0.host.cpuFeatures = Array(repeating: "avx", count: 10_000) }, "host description")
+    }
+
+    func testCreditIsCappedAtSlotsTimesPrefetch() throws {
+        let coord = try confined()
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        _ = try client.submit(submission(model, out: "many", frames: Array(0..<30)))
+        let greedy = try RawPeer(coord.endpoint, name: "greedy")
+        _ = try greedy.hello(slots: 1)
+        try greedy.credit(1_000_000)
+        var tasks = 0
+        while let envelope = try greedy.next(timeout: 0.5) {
+            if case .frameTask? = envelope.body { tasks += 1 }
+        }
+        let cap = 1 * (1 + FarmProtocol.defaultLimits.maxPrefetchPerSlot)
+        XCTAssertEqual(tasks, cap, "a 1-slot worker holds at most \(cap) frames")
+        XCTAssertNotNil(coord.logs.wait(for: "worker 'greedy' asked for credit beyond its cap"))
+        // The rest go to another worker.
+        let other = try RawPeer(coord.endpoint, name: "other")
+        _ = try other.hello(slots: 1)
+        try other.credit(1)
+        _ = try other.expectPrepAndTask()
+    }
+
+    func testStepZeroHeartbeatsDoNotHoldOffTheStallTimeout() throws {
+        let clock = ManualClock()
+        let coord = try confined(clock) {
+            $0.stallTimeoutSeconds = 2
+            $0.heartbeatLiveness = 1000  // only the stall timeout can end it
+        }
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        _ = try client.submit(submission(model, out: "stall", frames: [0]))
+        let worker = try RawPeer(coord.endpoint, name: "stuck")
+        _ = try worker.hello()
+        try worker.credit(1)
+        let (_, task) = try worker.expectPrepAndTask()
+        for _ in 0..<5 {
+            var hb = FarmHeartbeat()
+            var p = FarmAttemptProgress()
+            p.attemptID = task.attemptID
+            p.step = 0
+            p.totalSteps = 0
+            hb.attempts = [p]
+            try worker.send(.heartbeat(hb))
+            clock.advance(milliseconds: 500)
+            usleep(20_000)
+        }
+        let cancel = try worker.expect("cancel") { if case .cancel(let c) = $0 { return c } else { return nil } }
+        XCTAssertEqual(cancel.attemptID, task.attemptID)
+        XCTAssertNotNil(coord.logs.wait(for: "stalled: no step progress on worker 'stuck'"))
+        XCTAssertEqual(try coord.coordinator.journal.attempt(Int64(task.attemptID))?.result, .failed)
+    }
+
+    func testSubmitLimitsAreEnforced() throws {
+        let coord = try confined() {
+            $0.limits.maxFramesPerJob = 10
+        }
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        var long = submission(model, out: "named")
+        long.name = String(repeating: "j", count: 100_000)
+        expectRefused(client, long, "job name: 100000 bytes, more than the 128 allowed")
+        expectRefused(client, submission(model, out: "big", frames: Array(0..<11)), "more than the 10 allowed")
+        XCTAssertEqual(try coord.coordinator.journal.jobs().count, 0)
+        // Within the limits it is accepted.
+        XCTAssertGreaterThan(try client.submit(submission(model, out: "fine", frames: Array(0..<10))), 0)
+    }
+}
