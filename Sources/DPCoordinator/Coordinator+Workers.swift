@@ -552,6 +552,7 @@ extension Coordinator {
     func failJob(_ id: Int64, error: String) {
         do {
             let running = try journal.failJob(id, error: error)
+            dispatchNeeded = true  // credit that was meant for this job goes to the next one
             cancelOnWorkers(job: id, attempts: running, reason: error)
             log("job \(id) failed: \(error)")
             finishJob(id)

@@ -262,6 +262,9 @@ public final class Coordinator: @unchecked Sendable {
     // MARK: start-up
 
     func startUp() throws {
+        for (id, why) in models.refusedAtStart.sorted(by: { $0.key < $1.key }) {
+            log("model \(id) is not served: \(why)")
+        }
         for job in try journal.jobs(states: [.uploading], includingSpec: false) {
             _ = try journal.failJob(job.id, error: "upload interrupted by a coordinator restart; submit the job again")
             log("job \(job.id) '\(peer: job.name)': was uploading when the coordinator stopped; marked failed")

@@ -41,7 +41,8 @@ final class JobContext {
         }
         modelID = record.modelID
         guard models.contains(modelID) else {
-            throw CoordinatorError("job \(record.id): model \(modelID) is not held by this coordinator")
+            throw CoordinatorError("job \(record.id): model \(modelID) is not held by this coordinator"
+                + (models.refusedAtStart[modelID].map { " (\($0))" } ?? ""))
         }
         let defaults = try ModelDefaults(folder: models.folder(for: modelID), modelID: modelID)
         poseWindowSize = defaults.poseWindow

@@ -68,13 +68,17 @@ final class ConfinedFolder {
             }
             let next = openat(current, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             let why = errno
+            var info = stat()
+            let isLink = next < 0 && fstatat(current, name, &info, AT_SYMLINK_NOFOLLOW) == 0 && info.st_mode & S_IFMT == S_IFLNK
             close(current)
             guard next >= 0 else {
                 let message: String
-                switch why {
-                case ELOOP: message = "is a symbolic link (outputs are opened beneath the output root without following links)"
-                case ENOTDIR: message = "is not a folder"
-                default: message = "cannot open: \(String(cString: strerror(why)))"
+                if isLink || why == ELOOP {
+                    message = "is a symbolic link (outputs are opened beneath the output root without following links)"
+                } else if why == ENOTDIR {
+                    message = "is not a folder"
+                } else {
+                    message = "cannot open: \(String(cString: strerror(why)))"
                 }
                 throw OutputError.io(path: walked, message: message)
             }

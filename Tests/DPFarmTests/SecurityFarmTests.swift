@@ -263,33 +263,38 @@ final class SecurityFarmTests: XCTestCase {
 
     func testStartUpOverAJobWithAHostileModelConfigComesUp() throws {
         let state = root.appendingPathComponent("state")
-        let model = try FarmFixtures.model(in: root)
-        var job: Int64 = 0
-        var modelID = ""
-        do {
-            let coord = try confined(state: state)
-            let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
-            job = try client.submit(submission(model, out: "hostile", frames: [0, 1]))
-            modelID = try XCTUnwrap(coord.coordinator.journal.job(job)?.modelID)
-            client.close()
-            coord.stop()
-        }
-        // The stored model's dreampose.json turned hostile (an even pose window, a huge frame).
-        let stored = state.appendingPathComponent("models/\(modelID)/dreampose.json")
-        XCTAssertTrue(FileManager.default.fileExists(atPath: stored.path), stored.path)
+        // A model whose dreampose.json is hostile (an even pose window, a frame size past any bound),
+        // uploaded with a consistent manifest: the coordinator stores it as it stores any model.
+        let hostile = try FarmFixtures.model(in: root, seed: 9)
         try Data("""
             {"format": "dreampose-model/1", "height": 1e300, "width": -5, "pose_window": 4,
              "defaults": {"steps": 7, "sampler": "pndm", "image_guidance": 8.0, "pose_guidance": 3.0}}
-            """.utf8).write(to: stored)
-        let again = try confined(state: state)  // fails the test if it does not come up
+            """.utf8).write(to: hostile.appendingPathComponent("dreampose.json"))
+        let good = try FarmFixtures.model(in: root, seed: 2)
+        var jobs: [Int64] = []
+        do {
+            let coord = try confined(state: state)
+            let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+            jobs.append(try client.submit(submission(hostile, out: "hostile", frames: [0, 1])))
+            jobs.append(try client.submit(submission(good, out: "tampered", frames: [0])))
+            client.close()
+            coord.stop()
+        }
+        // And a stored model whose files changed since (a disk fault, an edit by hand).
+        let goodID = try ModelManifest.compute(directory: good).modelID
+        try Data("grown".utf8).write(to: state.appendingPathComponent("models/\(goodID)/unet/config.json"))
+        let again = try confined(state: state)  // RunningCoordinator fails the test if it does not come up
         defer { again.stop() }
-        let record = try XCTUnwrap(again.coordinator.journal.job(job))
-        XCTAssertEqual(record.state, .failed)
-        XCTAssertTrue((record.error ?? "").contains("cannot load the job at coordinator start-up"), record.error ?? "")
+        for (job, why) in zip(jobs, ["pose_window 4 must be odd", "its files changed"]) {
+            let record = try XCTUnwrap(again.coordinator.journal.job(job))
+            XCTAssertEqual(record.state, .failed)
+            XCTAssertTrue((record.error ?? "").contains("cannot load the job at coordinator start-up"), record.error ?? "")
+            XCTAssertTrue((record.error ?? "").contains(why), record.error ?? "")
+        }
         // And it serves.
         let client = try FarmClient(endpoint: again.endpoint, timeoutSeconds: 10)
         defer { client.close() }
-        XCTAssertEqual(try client.status(job: job).first?.state, "failed")
+        XCTAssertEqual(try client.status(job: jobs[0]).first?.state, "failed")
     }
 
     // MARK: item 5: limits
