@@ -8,13 +8,23 @@ import Foundation
 final class JobUpload {
     let jobID: Int64
     let modelID: String
+    /// The client connection that submitted it (the per-client upload limits count by it).
+    let peer: Data
+    /// Bytes the job declared it will upload (its missing inputs, plus its model if it uploads it).
+    let declaredBytes: UInt64
+    /// When a chunk last arrived (or the submit): an upload idle for `uploadIdleSeconds` is dropped.
+    var lastActivityMs: Int64
     /// Input files still missing, by upload path.
     var pendingInputs: [String: FarmInputFile]
     /// Bytes received so far of the input being uploaded, by path (temp file in <state>/inputs).
     var received: [String: UInt64] = [:]
-    init(jobID: Int64, modelID: String, pendingInputs: [String: FarmInputFile]) {
+    init(jobID: Int64, modelID: String, peer: Data, declaredBytes: UInt64, now: Int64,
+         pendingInputs: [String: FarmInputFile]) {
         self.jobID = jobID
         self.modelID = modelID
+        self.peer = peer
+        self.declaredBytes = declaredBytes
+        lastActivityMs = now
         self.pendingInputs = pendingInputs
     }
 }
@@ -90,6 +100,30 @@ extension Coordinator {
             missing.append(ref)
         }
         let waitsForModel = !models.contains(manifest.modelID)
+        // Upload limits (DESIGN.md, "Limits"): jobs uploading at once, in all and from this client,
+        // and the bytes this client's uploads declare; checked before anything is journalled.
+        var declared: UInt64 = startModelUpload ? manifest.files.reduce(UInt64(0)) { $0 &+ $1.size } : 0
+        for input in pendingInputs.values { declared = declared &+ input.size }  // each bounded by validate()
+        if !pendingInputs.isEmpty || waitsForModel {
+            let limits = settings.limits
+            let mine = uploads.values.filter { $0.peer == peer }
+            let mineBytes = mine.reduce(UInt64(0)) { $0 &+ $1.declaredBytes }
+            if uploads.count >= limits.maxConcurrentUploads {
+                badRequest(peer, requestID, "\(uploads.count) jobs are uploading, the most the coordinator takes at once "
+                    + "(\(limits.maxConcurrentUploads)); submit again when one has finished")
+                return
+            }
+            if mine.count >= limits.maxConcurrentUploadsPerClient {
+                badRequest(peer, requestID, "this connection has \(mine.count) jobs uploading, the most one client may "
+                    + "(\(limits.maxConcurrentUploadsPerClient)); submit again when one has finished")
+                return
+            }
+            if mineBytes &+ declared > limits.maxUploadBytesPerClient {
+                badRequest(peer, requestID, "this connection's uploads would declare \(mineBytes &+ declared) bytes, more "
+                    + "than the \(limits.maxUploadBytesPerClient) one client may have in flight")
+                return
+            }
+        }
         let specBytes: Data = try spec.serializedBytes()
         let record = try journal.createJob(NewJob(
             name: spec.name, spec: specBytes, modelID: manifest.modelID, priority: Int(spec.priority),
@@ -107,7 +141,8 @@ extension Coordinator {
             }
         }
         if record.state == .uploading {
-            uploads[record.id] = JobUpload(jobID: record.id, modelID: manifest.modelID, pendingInputs: pendingInputs)
+            uploads[record.id] = JobUpload(jobID: record.id, modelID: manifest.modelID, peer: peer, declaredBytes: declared,
+                                           now: now, pendingInputs: pendingInputs)
         } else {
             // Everything is here: open the job's context now, with the spec already decoded (the
             // first dispatch would otherwise read it back from the journal and decode it again).
@@ -199,6 +234,12 @@ extension Coordinator {
             badRequest(peer, requestID, .unknownJob, "job \(chunk.jobID) is not waiting for uploads", job: chunk.jobID)
             return
         }
+        guard upload.peer == peer else {
+            badRequest(peer, requestID, .unknownJob, "job \(chunk.jobID) is being uploaded by another connection",
+                       job: chunk.jobID)
+            return
+        }
+        upload.lastActivityMs = now
         var ack = FarmUploadAck()
         ack.jobID = chunk.jobID
         ack.file = chunk.file
@@ -319,6 +360,41 @@ extension Coordinator {
         send(peer, .uploadAck(ack), requestID: requestID)
     }
 
+    /// Ends a job's upload: its temp input files are removed and, when it was uploading a model, that
+    /// model upload is released (its staging folder discarded) and every other job waiting for the
+    /// model fails (nobody is sending it any more). The job itself is left to the caller.
+    func dropUpload(_ jobID: Int64, reason: String) {
+        guard let upload = uploads.removeValue(forKey: jobID) else { return }
+        let prefix = ".upload-\(jobID)-"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: inputsDirectory.path)) ?? []
+        where name.hasPrefix(prefix) {
+            try? FileManager.default.removeItem(at: inputsDirectory.appendingPathComponent(name))
+        }
+        guard let model = modelUploads[upload.modelID], model.ownerJob == jobID else { return }
+        modelUploads[upload.modelID] = nil
+        model.staging.discard()
+        log("model \(upload.modelID) upload by job \(jobID) released: \(reason)")
+        for waiting in Array(uploads.values) where waiting.modelID == upload.modelID {
+            dropUpload(waiting.jobID, reason: reason)
+            failJob(waiting.jobID, error: "its model \(upload.modelID) was being uploaded by job \(jobID), whose upload "
+                + "ended (\(reason)); submit again")
+        }
+    }
+
+    /// Uploads that received nothing for `uploadIdleSeconds` are dropped and their jobs failed
+    /// (called from the loop's timer tick).
+    func expireIdleUploads() {
+        let limit = Int64(settings.limits.uploadIdleSeconds * 1000)
+        let t = now
+        for upload in uploads.values.sorted(by: { $0.jobID < $1.jobID })
+        where uploads[upload.jobID] != nil && t - upload.lastActivityMs > limit {
+            let reason = "no upload chunk for \(t - upload.lastActivityMs) ms (the limit is "
+                + "\(settings.limits.uploadIdleSeconds) s)"
+            dropUpload(upload.jobID, reason: reason)
+            failJob(upload.jobID, error: "upload dropped: \(reason); submit again")
+        }
+    }
+
     /// Queues a job once its inputs and model are all here.
     @discardableResult
     func maybeQueue(_ upload: JobUpload) -> Bool {
@@ -385,7 +461,18 @@ extension Coordinator {
     func onStatus(_ peer: Data, _ requestID: UInt64, _ request: FarmStatusRequest) throws {
         var reply = FarmStatusReply()
         if request.jobID == 0 {
-            reply.jobs = try journal.jobs(includingSpec: false).map(jobStatus)
+            // At most `maxStatusJobs`, the newest; a marker entry (job id 0) says how many were left out.
+            let all = try journal.jobs(includingSpec: false)
+            let limit = max(1, settings.limits.maxStatusJobs)
+            reply.jobs = all.suffix(limit).map(jobStatus)
+            if all.count > limit {
+                var marker = FarmJobStatus()
+                marker.jobID = 0
+                marker.name = "(truncated)"
+                marker.error = "truncated: \(all.count - limit) older job(s) not listed (the newest \(limit) are); "
+                    + "ask for one by id"
+                reply.jobs.append(marker)
+            }
         } else {
             guard let record = try journal.job(Int64(truncatingIfNeeded: request.jobID), includingSpec: false) else {
                 badRequest(peer, requestID, .unknownJob, "no job \(request.jobID)", job: request.jobID)
@@ -403,7 +490,7 @@ extension Coordinator {
             return
         }
         let running = try journal.cancelJob(id, reason: "cancelled by \(peerName(peer))")
-        uploads[id] = nil
+        if uploads[id] != nil { dropUpload(id, reason: "job \(id) was cancelled") }
         cancelOnWorkers(job: id, attempts: running, reason: "job \(id) cancelled")
         let state = try journal.job(id, includingSpec: false)?.state ?? .cancelled
         var reply = FarmCancelReply()

@@ -463,6 +463,7 @@ public final class Coordinator: @unchecked Sendable {
             hb.sentUnixMs = UInt64(max(0, t))
             send(session.routingID, .heartbeat(hb))
         }
+        expireIdleUploads()
         drainFinishedOutputs()
     }
 }

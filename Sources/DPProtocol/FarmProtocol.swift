@@ -62,13 +62,16 @@ public struct FarmLimits: Sendable, Equatable {
     public var maxConcurrentUploads = 16
     /// Jobs uploading at once from one connection.
     public var maxConcurrentUploadsPerClient = 4
+    /// Bytes the uploads of one client connection may declare at once (inputs and models).
+    public var maxUploadBytesPerClient: UInt64 = 64 << 30
     /// Bytes one model upload may declare (sum of its manifest's file sizes).
     public var maxModelUploadBytes: UInt64 = 64 << 30
     /// Bytes one job's inputs may declare (subject + poses + noise).
     public var maxInputBytesPerJob: UInt64 = 16 << 30
     /// An upload that receives no chunk for this long is dropped and its job failed.
     public var uploadIdleSeconds: Double = 300
-    /// Jobs per StatusReply (the newest first); more are left out and the reply's last entry says so.
+    /// Jobs per StatusReply for "every job" (the newest); when more exist, the reply's last entry is a
+    /// marker (job id 0) whose error says how many were left out.
     public var maxStatusJobs = 500
 
     public init() {}

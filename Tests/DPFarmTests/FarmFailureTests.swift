@@ -210,17 +210,20 @@ final class FarmFailureTests: XCTestCase {
             XCTAssertEqual(entry["worker"] as? String, survivorName, "manifest worker of frame \(n)")
         }
 
-        // The journal: the victim's attempt of its frame was lost (requeued, no failure counted), and the
-        // frame was rendered by a later attempt of the survivor.
+        // The journal: the victim's attempt of its frame failed (a worker that dies mid-attempt counts
+        // toward the frame's budget of 3 different workers, issue 12), the frame was requeued and
+        // rendered by a later attempt of the survivor.
         let attempts = try coordinator.journal.attempts(job: job, frame: kill.frame)
         let victimAttempts = attempts.filter { $0.worker == victimName }
         XCTAssertEqual(victimAttempts.count, 1, "victim attempts of frame \(kill.frame): \(attempts)")
-        XCTAssertEqual(victimAttempts.first?.result, .lost, "victim attempt of frame \(kill.frame): \(attempts)")
+        XCTAssertEqual(victimAttempts.first?.result, .failed, "victim attempt of frame \(kill.frame): \(attempts)")
         let ok = attempts.filter { $0.result == .ok }
         XCTAssertEqual(ok.map(\.worker), [survivorName], "frame \(kill.frame) attempts: \(attempts)")
         if let lost = victimAttempts.first, let good = ok.first { XCTAssertGreaterThan(good.id, lost.id) }
-        XCTAssertEqual(try coordinator.journal.frame(job: job, frame: kill.frame)?.failures, 0,
-                       "a lost attempt is not a failure")
+        XCTAssertEqual(try coordinator.journal.frame(job: job, frame: kill.frame)?.failures, 1,
+                       "a worker killed mid-attempt is one of the frame's 3 failures")
+        XCTAssertEqual(try coordinator.journal.workerJobFailures(worker: victimName, job: job).failures, 0,
+                       "a killed worker is not banned for it")
         // The victim never got a second frame (it was killed during its first).
         for n in golden.frames where n != kill.frame {
             let others = try coordinator.journal.attempts(job: job, frame: n)

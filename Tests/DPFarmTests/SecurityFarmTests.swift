@@ -397,4 +397,134 @@ final class SecurityFarmTests: XCTestCase {
         // Within the limits it is accepted.
         XCTAssertGreaterThan(try client.submit(submission(model, out: "fine", frames: Array(0..<10))), 0)
     }
+
+    // MARK: item 5: uploads and status
+
+    /// A SubmitJob sent by hand (the upload is left to the test): one frame, `subject` bytes as the
+    /// subject (distinct subjects = distinct inputs to upload). Returns the reply's body.
+    func rawSubmit(_ peer: RawPeer, model: URL, out: String, subject: String, requestID: UInt64) throws -> FarmEnvelope.OneOf_Body {
+        let manifest = try ModelManifest.compute(directory: model)
+        func file(_ path: String, _ data: Data) -> FarmInputFile {
+            var f = FarmInputFile()
+            f.path = path
+            f.size = UInt64(data.count)
+            f.sha256 = FileDigest.sha256(data)
+            return f
+        }
+        var spec = FarmJobSpec()
+        spec.name = "raw"
+        spec.modelID = manifest.modelID
+        spec.subject = file("subject.png", Data(subject.utf8))
+        var pose = FarmPoseInput()
+        pose.frame = 0
+        pose.file = file("poses/0.npy", FarmFixtures.pose(0))
+        spec.poses = [pose]
+        spec.frames = [0]
+        spec.outputDir = out
+        var submit = FarmSubmitJob()
+        submit.spec = spec
+        submit.model = FarmModelManifest(manifest)
+        try peer.send(.submitJob(submit), requestID: requestID)
+        guard let reply = try peer.next(), let body = reply.body else { throw CoordinatorTestError("no reply to submit") }
+        XCTAssertEqual(reply.requestID, requestID)
+        return body
+    }
+
+    func submitted(_ body: FarmEnvelope.OneOf_Body, line: UInt = #line) -> FarmSubmitReply? {
+        if case .submitReply(let r) = body { return r }
+        XCTFail("expected submit_reply, got \(body)", line: line)
+        return nil
+    }
+
+    func refusal(_ body: FarmEnvelope.OneOf_Body) -> String {
+        if case .error(let e) = body { return e.message }
+        return "not an error: \(body)"
+    }
+
+    func testUploadLimitsAndTheIdleDeadline() throws {
+        let clock = ManualClock()
+        let coord = try confined(clock) {
+            $0.limits.maxConcurrentUploads = 3
+            $0.limits.maxConcurrentUploadsPerClient = 2
+            $0.limits.uploadIdleSeconds = 5
+            $0.heartbeatLiveness = 1000
+        }
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let a = try RawPeer(coord.endpoint, name: "client-a")
+        let b = try RawPeer(coord.endpoint, name: "client-b")
+        let c = try RawPeer(coord.endpoint, name: "client-c")
+        let first = try XCTUnwrap(submitted(try rawSubmit(a, model: model, out: "a1", subject: "a1", requestID: 1)))
+        XCTAssertTrue(first.missing.contains { $0.kind == .model }, "the first job uploads the model")
+        _ = try XCTUnwrap(submitted(try rawSubmit(a, model: model, out: "a2", subject: "a2", requestID: 2)))
+        XCTAssertTrue(refusal(try rawSubmit(a, model: model, out: "a3", subject: "a3", requestID: 3))
+            .contains("this connection has 2 jobs uploading"))
+        _ = try XCTUnwrap(submitted(try rawSubmit(b, model: model, out: "b1", subject: "b1", requestID: 4)))
+        XCTAssertTrue(refusal(try rawSubmit(c, model: model, out: "c1", subject: "c1", requestID: 5))
+            .contains("3 jobs are uploading"))
+        // Another client is served meanwhile.
+        var status = FarmStatusRequest()
+        status.jobID = 0
+        try c.send(.statusRequest(status), requestID: 6)
+        guard case .statusReply(let reply)? = try c.next()?.body else { return XCTFail("no status reply") }
+        XCTAssertEqual(reply.jobs.count, 3)
+        // A chunk from another connection is refused (and does not keep the upload alive).
+        var chunk = FarmUploadChunk()
+        chunk.jobID = first.jobID
+        chunk.file = first.missing.first { $0.kind == .input }!
+        chunk.data = Data("a1".utf8)
+        chunk.last = true
+        try c.send(.uploadChunk(chunk), requestID: 7)
+        XCTAssertTrue(refusal(try XCTUnwrap(try c.next()?.body)).contains("being uploaded by another connection"))
+
+        // Idle past the deadline: every upload is dropped, its job failed, the model upload released.
+        clock.advance(milliseconds: 5001)
+        XCTAssertNotNil(coord.logs.wait(for: "job \(first.jobID) failed: upload dropped: no upload chunk"))
+        for id in 1...3 {
+            XCTAssertEqual(try coord.coordinator.journal.job(Int64(id))?.state, .failed, "job \(id)")
+        }
+        XCTAssertNotNil(coord.logs.wait(for: "model", "upload by job \(first.jobID) released"))
+        let again = try XCTUnwrap(submitted(try rawSubmit(c, model: model, out: "c1", subject: "c1", requestID: 8)))
+        XCTAssertTrue(again.missing.contains { $0.kind == .model }, "the model upload is free again")
+    }
+
+    func testCancelledJobReleasesItsModelUpload() throws {
+        let coord = try confined()
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let squatter = try RawPeer(coord.endpoint, name: "squatter")
+        let first = try XCTUnwrap(submitted(try rawSubmit(squatter, model: model, out: "s1", subject: "s", requestID: 1)))
+        XCTAssertTrue(first.missing.contains { $0.kind == .model })
+        var cancel = FarmCancelJob()
+        cancel.jobID = first.jobID
+        try squatter.send(.cancelJob(cancel), requestID: 2)
+        guard case .cancelReply(let reply)? = try squatter.next()?.body else { return XCTFail("no cancel reply") }
+        XCTAssertEqual(reply.state, .cancelled)
+        // Another client submitting the same model is asked for it (it is not waiting on the squatter).
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let job = try client.submit(submission(model, out: "real"))
+        XCTAssertEqual(try coord.coordinator.journal.job(job)?.state, .queued)
+    }
+
+    func testStatusRepliesAreCappedWithAMarker() throws {
+        let coord = try confined() { $0.limits.maxStatusJobs = 3 }
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        var ids: [Int64] = []
+        for n in 0..<5 { ids.append(try client.submit(submission(model, out: "job-\(n)"))) }
+        let peer = try RawPeer(coord.endpoint, name: "status")
+        var status = FarmStatusRequest()
+        status.jobID = 0
+        try peer.send(.statusRequest(status), requestID: 9)
+        guard case .statusReply(let reply)? = try peer.next()?.body else { return XCTFail("no status reply") }
+        XCTAssertEqual(reply.jobs.map(\.jobID), ids.suffix(3).map { UInt64($0) } + [0])
+        XCTAssertTrue(reply.jobs.last?.error.contains("truncated: 2 older job(s) not listed") == true)
+        status.jobID = UInt64(ids[0])
+        try peer.send(.statusRequest(status), requestID: 10)
+        guard case .statusReply(let one)? = try peer.next()?.body else { return XCTFail("no status reply") }
+        XCTAssertEqual(one.jobs.map(\.jobID), [UInt64(ids[0])])
+    }
 }
