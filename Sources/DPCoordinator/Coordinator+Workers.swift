@@ -631,6 +631,14 @@ extension Coordinator {
                                                              fps: record.videoFPS, ffmpeg: ffmpeg)
                     try journal.markVideoWritten(job: id)
                     report(video.path, message, true)
+                } catch let error as OutputError {
+                    // A file in the way that this job did not create stays untouched, for good (final);
+                    // anything else (ffmpeg) is tried again by the next start-up (not final).
+                    if case .notOwned = error {
+                        report(nil, "video failed: \(error)", true)
+                    } else {
+                        report(nil, "video failed: \(error)", false)
+                    }
                 } catch {
                     report(nil, "video failed: \(error)", false)  // not final: the next start-up tries again
                 }

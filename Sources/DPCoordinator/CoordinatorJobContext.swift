@@ -149,21 +149,27 @@ struct ModelDefaults {
             throw CoordinatorError("model \(modelID): \(url.path) has no \"defaults\" object")
         }
         func number(_ key: String) throws -> Double {
-            guard let v = defaults[key] as? NSNumber else {
-                throw CoordinatorError("model \(modelID): \(url.path): defaults.\(key) missing or not a number")
+            guard let v = defaults[key] as? NSNumber, v.doubleValue.isFinite else {
+                throw CoordinatorError("model \(modelID): \(url.path): defaults.\(key) missing or not a finite number")
             }
             return v.doubleValue
         }
-        steps = Int(try number("steps"))
+        // Checked conversions: a hostile value (`steps: 1e300`) is an error naming the key, never a trap.
+        let stepsValue = try number("steps")
+        guard let whole = Int(exactly: stepsValue), (1...100_000).contains(whole) else {
+            throw CoordinatorError("model \(modelID): \(url.path): defaults.steps \(stepsValue) is not a whole number from 1 to 100000")
+        }
+        steps = whole
         guard let sampler = defaults["sampler"] as? String else {
             throw CoordinatorError("model \(modelID): \(url.path): defaults.sampler missing or not a string")
         }
         self.sampler = sampler
         imageGuidance = Float(try number("image_guidance"))
         poseGuidance = Float(try number("pose_guidance"))
-        let window = (root["pose_window"] as? NSNumber)?.intValue ?? FarmProtocol.defaultPoseWindow
-        guard window > 0, window % 2 == 1 else {
-            throw CoordinatorError("model \(modelID): \(url.path): pose_window \(window) must be odd and positive")
+        let windowValue = (root["pose_window"] as? NSNumber)?.doubleValue ?? Double(FarmProtocol.defaultPoseWindow)
+        guard let window = Int(exactly: windowValue), (1...1001).contains(window), window % 2 == 1 else {
+            throw CoordinatorError("model \(modelID): \(url.path): pose_window \(windowValue) must be odd and positive "
+                + "(at most 1001)")
         }
         poseWindow = window
         func size(_ key: String) throws -> Int {

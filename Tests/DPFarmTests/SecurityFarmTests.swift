@@ -1,6 +1,7 @@
 import DPCoordinator
 import DPFileKit
 import DPJournal
+import DPPipeline
 import DPProtocol
 import DPTransport
 import Foundation
@@ -268,7 +269,7 @@ final class SecurityFarmTests: XCTestCase {
         let hostile = try FarmFixtures.model(in: root, seed: 9)
         try Data("""
             {"format": "dreampose-model/1", "height": 1e300, "width": -5, "pose_window": 4,
-             "defaults": {"steps": 7, "sampler": "pndm", "image_guidance": 8.0, "pose_guidance": 3.0}}
+             "defaults": {"steps": 1e300, "sampler": "pndm", "image_guidance": 8.0, "pose_guidance": 3.0}}
             """.utf8).write(to: hostile.appendingPathComponent("dreampose.json"))
         let good = try FarmFixtures.model(in: root, seed: 2)
         var jobs: [Int64] = []
@@ -285,7 +286,7 @@ final class SecurityFarmTests: XCTestCase {
         try Data("grown".utf8).write(to: state.appendingPathComponent("models/\(goodID)/unet/config.json"))
         let again = try confined(state: state)  // RunningCoordinator fails the test if it does not come up
         defer { again.stop() }
-        for (job, why) in zip(jobs, ["pose_window 4 must be odd", "its files changed"]) {
+        for (job, why) in zip(jobs, ["defaults.steps 1e+300 is not a whole number", "its files changed"]) {
             let record = try XCTUnwrap(again.coordinator.journal.job(job))
             XCTAssertEqual(record.state, .failed)
             XCTAssertTrue((record.error ?? "").contains("cannot load the job at coordinator start-up"), record.error ?? "")
@@ -526,5 +527,122 @@ final class SecurityFarmTests: XCTestCase {
         try peer.send(.statusRequest(status), requestID: 10)
         guard case .statusReply(let one)? = try peer.next()?.body else { return XCTFail("no status reply") }
         XCTAssertEqual(one.jobs.map(\.jobID), [UInt64(ids[0])])
+    }
+
+    func testConfinedVideoIsWrittenBeneathTheRootAndNeverReplacesAForeignFile() throws {
+        let coord = try confined()
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        // Real 48x64 PNGs (ffmpeg decodes them).
+        func frame(_ n: UInt32) -> Data {
+            var image = RGBImage(width: 48, height: 64)
+            for i in 0..<image.pixels.count { image.pixels[i] = UInt8(truncatingIfNeeded: i &* Int(n + 3)) }
+            return PNGCodec.encodeStored(image)
+        }
+        func render(_ job: Int64, frames: Int, worker: RawPeer) throws {
+            try worker.credit(UInt32(frames))
+            var tasks: [FarmFrameTask] = []
+            while tasks.count < frames {
+                guard let envelope = try worker.next(), let body = envelope.body else { throw CoordinatorTestError("no task") }
+                if case .frameTask(let t) = body { tasks.append(t) }
+            }
+            for t in tasks { XCTAssertEqual(Int64(t.jobID), job); try worker.result(t, png: frame(t.frame)) }
+        }
+        let worker = try RawPeer(coord.endpoint, name: "w1")
+        _ = try worker.hello(slots: 4)
+        let job = try client.submit(submission(model, out: "clip", frames: [0, 1, 2], video: "videos/clip.mp4"))
+        try render(job, frames: 3, worker: worker)
+        XCTAssertNotNil(coord.logs.wait(for: "job \(job) finished: completed", timeout: 60))
+        let video = root.appendingPathComponent("outputs/videos/clip.mp4")
+        XCTAssertGreaterThan(try Data(contentsOf: video).count, 0)
+        let manifest = try FarmFixtures.manifest(root.appendingPathComponent("outputs/clip"))
+        XCTAssertEqual((manifest["video"] as? [String: Any])?["path"] as? String, video.path)
+        XCTAssertEqual(try coord.coordinator.journal.job(job)?.videoWritten, true)
+
+        // A video name taken by someone else after the submit: the job's frames are written, its video is
+        // refused (reported in JobFinished), and the file is untouched.
+        let second = try client.submit(submission(model, out: "clip2", frames: [0], video: "videos/late.mp4"))
+        let late = root.appendingPathComponent("outputs/videos/late.mp4")
+        try Data("someone's film".utf8).write(to: late)
+        try render(second, frames: 1, worker: worker)
+        let line = try XCTUnwrap(coord.logs.wait(for: "job \(second) finished: completed", timeout: 60))
+        XCTAssertTrue(line.contains("video failed") && line.contains("exists and was not written by this job"), line)
+        XCTAssertEqual(try Data(contentsOf: late), Data("someone's film".utf8))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: late.deletingLastPathComponent().path).sorted(),
+                       ["clip.mp4", "late.mp4"], "no temp file left beside the video")
+
+        // An existing video name is refused at submit; one that appears before the job is opened (its
+        // first dispatch, after its uploads) fails the job before a frame is rendered.
+        expectRefused(client, submission(model, out: "clip3", frames: [0], video: "videos/clip.mp4"), "already exists")
+        var upload = submission(model, out: "clip4", frames: [0], video: "videos/third.mp4")
+        upload.subjectPNG = Data("\u{89}PNG another subject".utf8)  // to upload: its context opens at dispatch
+        let fourth = try client.submit(upload)
+        let third = root.appendingPathComponent("outputs/videos/third.mp4")
+        try Data("a third film".utf8).write(to: third)
+        try worker.credit(1)
+        let deadline = Date().addingTimeInterval(10)
+        while try coord.coordinator.journal.job(fourth)?.state != .failed, Date() < deadline { usleep(5000) }
+        let record = try XCTUnwrap(coord.coordinator.journal.job(fourth))
+        XCTAssertEqual(record.state, .failed)
+        XCTAssertTrue((record.error ?? "").contains("exists and was not written by this job"), record.error ?? "")
+        XCTAssertEqual(try Data(contentsOf: third), Data("a third film".utf8))
+    }
+
+    func testWorkerErrorMessagesAreCutAndManifestLimitsHold() throws {
+        let coord = try confined() {
+            $0.limits.maxErrorMessageBytes = 100
+            $0.limits.maxModelFiles = 2
+        }
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)  // 3 files: more than 2
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        expectRefused(client, submission(model, out: "m"), "model manifest lists 3 files, more than the 2 allowed")
+        // A hostile manifest declaring 2^63-byte files: refused by checked addition, nothing journalled.
+        let peer = try RawPeer(coord.endpoint, name: "hostile-client")
+        var submit = FarmSubmitJob()
+        submit.spec.name = "huge"
+        submit.spec.outputDir = "huge"
+        var huge = FarmModelFile()
+        huge.path = "a"
+        huge.size = 1 << 63
+        huge.sha256 = String(repeating: "a", count: 64)
+        var other = huge
+        other.path = "b"
+        submit.model.files = [huge, other]
+        submit.model.modelID = String(repeating: "b", count: 64)
+        submit.spec.modelID = submit.model.modelID
+        var pose = FarmPoseInput()
+        pose.file.path = "p.npy"
+        pose.file.size = UInt64.max
+        pose.file.sha256 = String(repeating: "c", count: 64)
+        submit.spec.poses = [pose]
+        submit.spec.subject.path = "s.png"
+        submit.spec.subject.size = 10
+        submit.spec.subject.sha256 = String(repeating: "d", count: 64)
+        try peer.send(.submitJob(submit), requestID: 1)
+        let message = refusal(try XCTUnwrap(try peer.next()?.body))
+        XCTAssertTrue(message.contains("more than the"), message)
+        XCTAssertEqual(try coord.coordinator.journal.jobs().count, 0)
+    }
+
+    func testLongWorkerErrorMessagesAreCut() throws {
+        let coord = try confined() { $0.limits.maxErrorMessageBytes = 100 }
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        _ = try client.submit(submission(model, out: "e"))
+        let worker = try RawPeer(coord.endpoint, name: "chatty")
+        _ = try worker.hello()
+        try worker.credit(1)
+        let (_, task) = try worker.expectPrepAndTask()
+        try worker.failure(task, .renderFailed, String(repeating: "x", count: 100_000))
+        XCTAssertNotNil(coord.logs.wait(for: "failed on attempt \(task.attemptID)"))
+        let error = try XCTUnwrap(coord.coordinator.journal.attempt(Int64(task.attemptID))?.error)
+        XCTAssertTrue(error.hasSuffix(String(repeating: "x", count: 100) + "... (cut at 100 bytes)"), error)
+        XCTAssertLessThan(error.count, 200)
     }
 }
