@@ -181,8 +181,9 @@ extension Coordinator {
             }
         case .frameResult(let result):
             // The credit rides on the result whatever becomes of it (refused, stale or written).
+            // After the result (its attempt no longer counts toward the cap), even if handling it throws.
+            defer { grantCredit(session, result.credits) }
             try onFrameResult(session, result)
-            grantCredit(session, result.credits)
         case .goodbye(let goodbye):
             let handed = Set(goodbye.handedBackAttemptIds.map { Int64(truncatingIfNeeded: $0) })
             for id in session.attempts.keys.sorted() {
