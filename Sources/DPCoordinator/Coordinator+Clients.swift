@@ -421,6 +421,21 @@ extension Coordinator {
             badRequest(peer, requestID, .unknownJob, "no job \(follow.jobID)", job: follow.jobID)
             return
         }
+        let limits = settings.limits
+        let following = followers[id]?.count ?? 0
+        let streams = followers.values.reduce(0) { n, list in n + list.filter { $0.peer == peer }.count }
+        if !record.state.isFinished || finishing.contains(id) {
+            guard following < limits.maxFollowersPerJob else {
+                badRequest(peer, requestID, "job \(id) has \(following) followers, the most it takes "
+                    + "(\(limits.maxFollowersPerJob))", job: follow.jobID)
+                return
+            }
+            guard streams < limits.maxFollowsPerClient else {
+                badRequest(peer, requestID, "this connection follows \(streams) jobs, the most one client may "
+                    + "(\(limits.maxFollowsPerClient))", job: follow.jobID)
+                return
+            }
+        }
         let follower = Follower(peer: peer, requestID: requestID, includePNG: follow.includePng)
         sendEvent(follower, job: id, nil)
         if record.state.isFinished && !finishing.contains(id) {
@@ -528,7 +543,10 @@ extension Coordinator {
             }
             reply.workers.append(w)
         }
-        for record in records.values.sorted(by: { $0.name < $1.name }) where !connected.contains(record.name) {
+        // Disconnected workers: the most recently seen `maxStatusWorkers`, then a marker if more exist.
+        let offline = records.values.filter { !connected.contains($0.name) }
+        let shown = offline.sorted { ($0.lastSeenMs, $1.name) > ($1.lastSeenMs, $0.name) }.prefix(max(1, settings.limits.maxStatusWorkers))
+        for record in shown.sorted(by: { $0.name < $1.name }) {
             var w = FarmWorkerStatus()
             w.name = record.name
             w.host.hostname = record.host
@@ -537,6 +555,11 @@ extension Coordinator {
             w.connected = false
             w.framesDone = UInt64(record.framesDone)
             reply.workers.append(w)
+        }
+        if offline.count > shown.count {
+            var marker = FarmWorkerStatus()
+            marker.name = "(truncated: \(offline.count - shown.count) disconnected worker(s) seen longest ago not listed)"
+            reply.workers.append(marker)
         }
         send(peer, .workersReply(reply), requestID: requestID)
     }

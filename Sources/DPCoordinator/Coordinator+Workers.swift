@@ -168,7 +168,8 @@ extension Coordinator {
         case .progress(let progress):
             onProgress(session, progress)
         case .heartbeat(let heartbeat):
-            for p in heartbeat.attempts {
+            // A session holds at most creditCap attempts; entries beyond that are not looked at.
+            for p in heartbeat.attempts.prefix(creditCap(session)) {
                 let id = Int64(truncatingIfNeeded: p.attemptID)
                 guard var live = session.attempts[id] else { continue }
                 // Only a step forward refreshes the stall timer (`step 0 of 0` forever must stall).
@@ -185,7 +186,7 @@ extension Coordinator {
             defer { grantCredit(session, result.credits) }
             try onFrameResult(session, result)
         case .goodbye(let goodbye):
-            let handed = Set(goodbye.handedBackAttemptIds.map { Int64(truncatingIfNeeded: $0) })
+            let handed = Set(goodbye.handedBackAttemptIds.prefix(creditCap(session)).map { Int64(truncatingIfNeeded: $0) })
             for id in session.attempts.keys.sorted() {
                 session.attempts[id] = nil
                 loseAttempt(id, reason: handed.contains(id) ? "handed back by worker '\(session.name)'"

@@ -262,6 +262,11 @@ public final class Coordinator: @unchecked Sendable {
     // MARK: start-up
 
     func startUp() throws {
+        // Temp files of uploads that a stop interrupted (their jobs are failed below).
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: inputsDirectory.path)) ?? []
+        where name.hasPrefix(".upload-") {
+            try? FileManager.default.removeItem(at: inputsDirectory.appendingPathComponent(name))
+        }
         for (id, why) in models.refusedAtStart.sorted(by: { $0.key < $1.key }) {
             log("model \(id) is not served: \(why)")
         }

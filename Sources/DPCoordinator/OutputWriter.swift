@@ -293,7 +293,11 @@ public final class OutputWriter: @unchecked Sendable {
         for name in names where name.hasPrefix("frame_") && name.hasSuffix(".png") {
             let number = name.dropFirst("frame_".count).dropLast(".png".count)
             if let n = UInt32(number), OutputWriter.fileName(frame: n) == name, written[n] != nil { continue }
-            try? fm.removeItem(at: work.appendingPathComponent(name))
+            if folder != nil {
+                unlink(directoryPath + "/" + name)  // confined: a file or link only, never a folder's contents
+            } else {
+                try? fm.removeItem(at: work.appendingPathComponent(name))
+            }
         }
         for name in names where name.hasPrefix(".") && name.contains(".tmp-") {
             try? fm.removeItem(at: work.appendingPathComponent(name))

@@ -73,6 +73,12 @@ public struct FarmLimits: Sendable, Equatable {
     /// Jobs per StatusReply for "every job" (the newest); when more exist, the reply's last entry is a
     /// marker (job id 0) whose error says how many were left out.
     public var maxStatusJobs = 500
+    /// Workers in a WorkersReply that are not connected (the most recently seen); connected ones are
+    /// always listed. When more are recorded, the last entry is a marker named "(truncated: N ...)".
+    public var maxStatusWorkers = 500
+    /// Followers of one job (each gets every event of it), and follow streams of one connection.
+    public var maxFollowersPerJob = 64
+    public var maxFollowsPerClient = 64
 
     public init() {}
 }

@@ -645,4 +645,49 @@ final class SecurityFarmTests: XCTestCase {
         XCTAssertTrue(error.hasSuffix(String(repeating: "x", count: 100) + "... (cut at 100 bytes)"), error)
         XCTAssertLessThan(error.count, 200)
     }
+
+    func testFollowersAndWorkerListsAreCapped() throws {
+        let coord = try confined() {
+            $0.limits.maxFollowersPerJob = 2
+            $0.limits.maxFollowsPerClient = 3
+            $0.limits.maxStatusWorkers = 2
+        }
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let a = try client.submit(submission(model, out: "f1"))
+        let b = try client.submit(submission(model, out: "f2"))
+        let peer = try RawPeer(coord.endpoint, name: "follower")
+        func follow(_ job: Int64, _ rid: UInt64) throws -> FarmEnvelope.OneOf_Body {
+            var f = FarmFollowJob()
+            f.jobID = UInt64(job)
+            try peer.send(.followJob(f), requestID: rid)
+            return try XCTUnwrap(try peer.next()?.body)
+        }
+        for rid in UInt64(1)...2 {
+            guard case .jobEvent = try follow(a, rid) else { return XCTFail("no snapshot for follower \(rid)") }
+        }
+        XCTAssertTrue(refusal(try follow(a, 3)).contains("has 2 followers, the most it takes (2)"))
+        guard case .jobEvent = try follow(b, 4) else { return XCTFail("no snapshot") }
+        XCTAssertTrue(refusal(try follow(b, 5)).contains("this connection follows 3 jobs, the most one client may (3)"))
+
+        // Worker list: connected workers always, then the 2 most recently seen disconnected ones and a marker.
+        for name in ["old-1", "old-2", "old-3", "old-4"] {
+            let w = try RawPeer(coord.endpoint, name: name)
+            _ = try w.hello()
+            var bye = FarmGoodbye()
+            bye.reason = "test"
+            try w.send(.goodbye(bye))
+            XCTAssertNotNil(coord.logs.wait(for: "worker '\(name)'", "dropped"))
+        }
+        let live = try RawPeer(coord.endpoint, name: "live")
+        _ = try live.hello()
+        try peer.send(.workersRequest(FarmWorkersRequest()), requestID: 6)
+        guard case .workersReply(let reply)? = try peer.next()?.body else { return XCTFail("no workers reply") }
+        XCTAssertEqual(reply.workers.count, 4, "\(reply.workers.map(\.name))")
+        XCTAssertEqual(reply.workers.first?.name, "live")
+        XCTAssertTrue(reply.workers.last?.name.hasPrefix("(truncated: 2 disconnected worker(s)") == true,
+                      "\(reply.workers.map(\.name))")
+    }
 }
