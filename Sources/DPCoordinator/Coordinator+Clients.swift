@@ -8,13 +8,23 @@ import Foundation
 final class JobUpload {
     let jobID: Int64
     let modelID: String
+    /// The client connection that submitted it (the per-client upload limits count by it).
+    let peer: Data
+    /// Bytes the job declared it will upload (its missing inputs, plus its model if it uploads it).
+    let declaredBytes: UInt64
+    /// When a chunk last arrived (or the submit): an upload idle for `uploadIdleSeconds` is dropped.
+    var lastActivityMs: Int64
     /// Input files still missing, by upload path.
     var pendingInputs: [String: FarmInputFile]
     /// Bytes received so far of the input being uploaded, by path (temp file in <state>/inputs).
     var received: [String: UInt64] = [:]
-    init(jobID: Int64, modelID: String, pendingInputs: [String: FarmInputFile]) {
+    init(jobID: Int64, modelID: String, peer: Data, declaredBytes: UInt64, now: Int64,
+         pendingInputs: [String: FarmInputFile]) {
         self.jobID = jobID
         self.modelID = modelID
+        self.peer = peer
+        self.declaredBytes = declaredBytes
+        lastActivityMs = now
         self.pendingInputs = pendingInputs
     }
 }
@@ -38,7 +48,7 @@ extension Coordinator {
 
     func badRequest(_ peer: Data, _ requestID: UInt64, _ code: FarmErrorCode, _ message: String,
                     job: UInt64 = 0) {
-        log("refused request from \(peerName(peer)): \(message)")
+        log("refused request from \(peerName(peer)): \(peer: message, limit: 600)")
         send(peer, .error(FarmError(code, message, jobID: job)), requestID: requestID)
     }
 
@@ -51,9 +61,17 @@ extension Coordinator {
             badRequest(peer, requestID, problem)
             return
         }
-        // Output folder and video on this machine; relative = under the state folder.
-        spec.outputDir = resolve(spec.outputDir)
-        if spec.hasVideo, !spec.video.path.isEmpty { spec.video.path = resolve(spec.video.path) }
+        // Output folder and video: names inside the output root (OutputConfinement.swift), refused
+        // before anything is journalled.
+        switch outputPlacement.place(outputDir: spec.outputDir,
+                                     video: spec.hasVideo && !spec.video.path.isEmpty ? spec.video.path : nil) {
+        case .failure(let why):
+            badRequest(peer, requestID, why.message)
+            return
+        case .success(let placed):
+            spec.outputDir = placed.outputDir
+            if let video = placed.video { spec.video.path = video }
+        }
         let frames = spec.frames.isEmpty ? spec.poses.map(\.frame).sorted() : spec.frames
         spec.frames = frames
 
@@ -82,6 +100,30 @@ extension Coordinator {
             missing.append(ref)
         }
         let waitsForModel = !models.contains(manifest.modelID)
+        // Upload limits (DESIGN.md, "Limits"): jobs uploading at once, in all and from this client,
+        // and the bytes this client's uploads declare; checked before anything is journalled.
+        var declared: UInt64 = startModelUpload ? manifest.files.reduce(UInt64(0)) { $0 &+ $1.size } : 0
+        for input in pendingInputs.values { declared = declared &+ input.size }  // each bounded by validate()
+        if !pendingInputs.isEmpty || waitsForModel {
+            let limits = settings.limits
+            let mine = uploads.values.filter { $0.peer == peer }
+            let mineBytes = mine.reduce(UInt64(0)) { $0 &+ $1.declaredBytes }
+            if uploads.count >= limits.maxConcurrentUploads {
+                badRequest(peer, requestID, "\(uploads.count) jobs are uploading, the most the coordinator takes at once "
+                    + "(\(limits.maxConcurrentUploads)); submit again when one has finished")
+                return
+            }
+            if mine.count >= limits.maxConcurrentUploadsPerClient {
+                badRequest(peer, requestID, "this connection has \(mine.count) jobs uploading, the most one client may "
+                    + "(\(limits.maxConcurrentUploadsPerClient)); submit again when one has finished")
+                return
+            }
+            if mineBytes &+ declared > limits.maxUploadBytesPerClient {
+                badRequest(peer, requestID, "this connection's uploads would declare \(mineBytes &+ declared) bytes, more "
+                    + "than the \(limits.maxUploadBytesPerClient) one client may have in flight")
+                return
+            }
+        }
         let specBytes: Data = try spec.serializedBytes()
         let record = try journal.createJob(NewJob(
             name: spec.name, spec: specBytes, modelID: manifest.modelID, priority: Int(spec.priority),
@@ -99,13 +141,14 @@ extension Coordinator {
             }
         }
         if record.state == .uploading {
-            uploads[record.id] = JobUpload(jobID: record.id, modelID: manifest.modelID, pendingInputs: pendingInputs)
+            uploads[record.id] = JobUpload(jobID: record.id, modelID: manifest.modelID, peer: peer, declaredBytes: declared,
+                                           now: now, pendingInputs: pendingInputs)
         } else {
             // Everything is here: open the job's context now, with the spec already decoded (the
             // first dispatch would otherwise read it back from the journal and decode it again).
             do {
                 jobContexts[record.id] = try JobContext(record: record, spec: spec, doneFrames: [], models: models,
-                                                        inputs: inputsDirectory)
+                                                        inputs: inputsDirectory, placement: outputPlacement)
             } catch {
                 log("job \(record.id): cannot open its context yet (\(error)); the first dispatch tries again")
             }
@@ -114,19 +157,47 @@ extension Coordinator {
         reply.jobID = UInt64(record.id)
         reply.missing = missing
         send(peer, .submitReply(reply), requestID: requestID)
-        log("job \(record.id) '\(spec.name)' submitted by \(peerName(peer)): \(frames.count) frame(s), model "
+        log("job \(record.id) '\(peer: spec.name)' submitted by \(peerName(peer)): \(frames.count) frame(s), model "
             + "\(manifest.modelID.prefix(12)) (\(models.contains(manifest.modelID) ? "held" : "to upload")), "
-            + "\(missing.count) file(s) to upload, output \(spec.outputDir)")
+            + "\(missing.count) file(s) to upload, output \(peer: spec.outputDir)")
         dispatchNeeded = true
-    }
-
-    func resolve(_ path: String) -> String {
-        if path.hasPrefix("/") { return URL(fileURLWithPath: path).standardizedFileURL.path }
-        return settings.stateDirectory.appendingPathComponent(path).standardizedFileURL.path
     }
 
     /// Why a submitted job is refused (nil = acceptable).
     func validate(spec: FarmJobSpec, manifest: ModelManifest) -> String? {
+        // Hard limits first (DESIGN.md, "Limits"): nothing below runs over an unbounded list.
+        let limits = settings.limits
+        guard spec.name.utf8.count <= limits.maxNameBytes else {
+            return "job name: \(spec.name.utf8.count) bytes, more than the \(limits.maxNameBytes) allowed"
+        }
+        guard spec.poses.count <= limits.maxFramesPerJob, spec.frames.count <= limits.maxFramesPerJob else {
+            return "job lists \(spec.poses.count) poses and \(spec.frames.count) frames, more than the "
+                + "\(limits.maxFramesPerJob) allowed"
+        }
+        guard manifest.files.count <= limits.maxModelFiles else {
+            return "model manifest lists \(manifest.files.count) files, more than the \(limits.maxModelFiles) allowed"
+        }
+        for path in [spec.outputDir, spec.video.path, spec.subject.path] + spec.poses.map(\.file.path)
+            + manifest.files.map(\.path) where path.utf8.count > limits.maxPathBytes {
+            return "path '\(PeerText.escaped(path, limit: 80))': \(path.utf8.count) bytes, more than the "
+                + "\(limits.maxPathBytes) allowed"
+        }
+        var inputBytes: UInt64 = 0
+        for input in [spec.subject] + spec.poses.map(\.file) {
+            let (sum, overflow) = inputBytes.addingReportingOverflow(input.size)
+            guard !overflow, sum <= limits.maxInputBytesPerJob else {
+                return "the job's inputs declare more than the \(limits.maxInputBytesPerJob) bytes allowed"
+            }
+            inputBytes = sum
+        }
+        var modelBytes: UInt64 = 0
+        for file in manifest.files {
+            let (sum, overflow) = modelBytes.addingReportingOverflow(UInt64(clamping: file.size))
+            guard !overflow, sum <= limits.maxModelUploadBytes else {
+                return "model manifest declares more than the \(limits.maxModelUploadBytes) bytes allowed"
+            }
+            modelBytes = sum
+        }
         guard spec.modelID == manifest.modelID else {
             return "job spec names model \(spec.modelID), the manifest is model \(manifest.modelID)"
         }
@@ -152,13 +223,6 @@ extension Coordinator {
             guard seen.insert(frame).inserted else { return "frame \(frame) listed twice" }
         }
         guard !spec.outputDir.isEmpty else { return "job has no output folder" }
-        if !spec.outputDir.hasPrefix("/"), let problem = RelativePath.problem(spec.outputDir) {
-            return "output folder refused: \(problem)"
-        }
-        if spec.hasVideo, !spec.video.path.isEmpty, !spec.video.path.hasPrefix("/"),
-           let problem = RelativePath.problem(spec.video.path) {
-            return "video path refused: \(problem)"
-        }
         return nil
     }
 
@@ -170,6 +234,12 @@ extension Coordinator {
             badRequest(peer, requestID, .unknownJob, "job \(chunk.jobID) is not waiting for uploads", job: chunk.jobID)
             return
         }
+        guard upload.peer == peer else {
+            badRequest(peer, requestID, .unknownJob, "job \(chunk.jobID) is being uploaded by another connection",
+                       job: chunk.jobID)
+            return
+        }
+        upload.lastActivityMs = now
         var ack = FarmUploadAck()
         ack.jobID = chunk.jobID
         ack.file = chunk.file
@@ -290,6 +360,41 @@ extension Coordinator {
         send(peer, .uploadAck(ack), requestID: requestID)
     }
 
+    /// Ends a job's upload: its temp input files are removed and, when it was uploading a model, that
+    /// model upload is released (its staging folder discarded) and every other job waiting for the
+    /// model fails (nobody is sending it any more). The job itself is left to the caller.
+    func dropUpload(_ jobID: Int64, reason: String) {
+        guard let upload = uploads.removeValue(forKey: jobID) else { return }
+        let prefix = ".upload-\(jobID)-"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: inputsDirectory.path)) ?? []
+        where name.hasPrefix(prefix) {
+            try? FileManager.default.removeItem(at: inputsDirectory.appendingPathComponent(name))
+        }
+        guard let model = modelUploads[upload.modelID], model.ownerJob == jobID else { return }
+        modelUploads[upload.modelID] = nil
+        model.staging.discard()
+        log("model \(upload.modelID) upload by job \(jobID) released: \(reason)")
+        for waiting in Array(uploads.values) where waiting.modelID == upload.modelID {
+            dropUpload(waiting.jobID, reason: reason)
+            failJob(waiting.jobID, error: "its model \(upload.modelID) was being uploaded by job \(jobID), whose upload "
+                + "ended (\(reason)); submit again")
+        }
+    }
+
+    /// Uploads that received nothing for `uploadIdleSeconds` are dropped and their jobs failed
+    /// (called from the loop's timer tick).
+    func expireIdleUploads() {
+        let limit = Int64(settings.limits.uploadIdleSeconds * 1000)
+        let t = now
+        for upload in uploads.values.sorted(by: { $0.jobID < $1.jobID })
+        where uploads[upload.jobID] != nil && t - upload.lastActivityMs > limit {
+            let reason = "no upload chunk for \(t - upload.lastActivityMs) ms (the limit is "
+                + "\(settings.limits.uploadIdleSeconds) s)"
+            dropUpload(upload.jobID, reason: reason)
+            failJob(upload.jobID, error: "upload dropped: \(reason); submit again")
+        }
+    }
+
     /// Queues a job once its inputs and model are all here.
     @discardableResult
     func maybeQueue(_ upload: JobUpload) -> Bool {
@@ -315,6 +420,21 @@ extension Coordinator {
         guard let record = try journal.job(id, includingSpec: false) else {
             badRequest(peer, requestID, .unknownJob, "no job \(follow.jobID)", job: follow.jobID)
             return
+        }
+        let limits = settings.limits
+        let following = followers[id]?.count ?? 0
+        let streams = followers.values.reduce(0) { n, list in n + list.filter { $0.peer == peer }.count }
+        if !record.state.isFinished || finishing.contains(id) {
+            guard following < limits.maxFollowersPerJob else {
+                badRequest(peer, requestID, "job \(id) has \(following) followers, the most it takes "
+                    + "(\(limits.maxFollowersPerJob))", job: follow.jobID)
+                return
+            }
+            guard streams < limits.maxFollowsPerClient else {
+                badRequest(peer, requestID, "this connection follows \(streams) jobs, the most one client may "
+                    + "(\(limits.maxFollowsPerClient))", job: follow.jobID)
+                return
+            }
         }
         let follower = Follower(peer: peer, requestID: requestID, includePNG: follow.includePng)
         sendEvent(follower, job: id, nil)
@@ -356,7 +476,18 @@ extension Coordinator {
     func onStatus(_ peer: Data, _ requestID: UInt64, _ request: FarmStatusRequest) throws {
         var reply = FarmStatusReply()
         if request.jobID == 0 {
-            reply.jobs = try journal.jobs(includingSpec: false).map(jobStatus)
+            // At most `maxStatusJobs`, the newest; a marker entry (job id 0) says how many were left out.
+            let all = try journal.jobs(includingSpec: false)
+            let limit = max(1, settings.limits.maxStatusJobs)
+            reply.jobs = all.suffix(limit).map(jobStatus)
+            if all.count > limit {
+                var marker = FarmJobStatus()
+                marker.jobID = 0
+                marker.name = "(truncated)"
+                marker.error = "truncated: \(all.count - limit) older job(s) not listed (the newest \(limit) are); "
+                    + "ask for one by id"
+                reply.jobs.append(marker)
+            }
         } else {
             guard let record = try journal.job(Int64(truncatingIfNeeded: request.jobID), includingSpec: false) else {
                 badRequest(peer, requestID, .unknownJob, "no job \(request.jobID)", job: request.jobID)
@@ -374,7 +505,7 @@ extension Coordinator {
             return
         }
         let running = try journal.cancelJob(id, reason: "cancelled by \(peerName(peer))")
-        uploads[id] = nil
+        if uploads[id] != nil { dropUpload(id, reason: "job \(id) was cancelled") }
         cancelOnWorkers(job: id, attempts: running, reason: "job \(id) cancelled")
         let state = try journal.job(id, includingSpec: false)?.state ?? .cancelled
         var reply = FarmCancelReply()
@@ -412,7 +543,10 @@ extension Coordinator {
             }
             reply.workers.append(w)
         }
-        for record in records.values.sorted(by: { $0.name < $1.name }) where !connected.contains(record.name) {
+        // Disconnected workers: the most recently seen `maxStatusWorkers`, then a marker if more exist.
+        let offline = records.values.filter { !connected.contains($0.name) }
+        let shown = offline.sorted { ($0.lastSeenMs, $1.name) > ($1.lastSeenMs, $0.name) }.prefix(max(1, settings.limits.maxStatusWorkers))
+        for record in shown.sorted(by: { $0.name < $1.name }) {
             var w = FarmWorkerStatus()
             w.name = record.name
             w.host.hostname = record.host
@@ -421,6 +555,11 @@ extension Coordinator {
             w.connected = false
             w.framesDone = UInt64(record.framesDone)
             reply.workers.append(w)
+        }
+        if offline.count > shown.count {
+            var marker = FarmWorkerStatus()
+            marker.name = "(truncated: \(offline.count - shown.count) disconnected worker(s) seen longest ago not listed)"
+            reply.workers.append(marker)
         }
         send(peer, .workersReply(reply), requestID: requestID)
     }

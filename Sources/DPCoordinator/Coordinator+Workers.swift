@@ -8,11 +8,9 @@ extension Coordinator {
     // MARK: sessions
 
     func onHello(_ peer: Data, _ hello: FarmHello) throws {
-        guard !hello.workerName.isEmpty, hello.slots > 0 else {
-            log("rejected hello from \(peerName(peer)): worker name '\(hello.workerName)', slots \(hello.slots) "
-                + "(expected a name and at least 1 slot)")
-            send(peer, .error(FarmError(.badRequest, "hello needs a worker name and at least 1 slot, got name "
-                + "'\(hello.workerName)', slots \(hello.slots)")))
+        if let problem = helloProblem(hello) {
+            log("rejected hello from \(peerName(peer)): \(problem)")
+            send(peer, .error(FarmError(.badRequest, "hello refused: \(problem)")))
             return
         }
         // Earlier sessions of this worker (same connection, or an older one by name) end here.
@@ -38,7 +36,8 @@ extension Coordinator {
             }
         }
         for old in previous where session.attempts[old.id] == nil {
-            loseAttempt(old.id, reason: "worker '\(hello.workerName)' reconnected without it")
+            // Its worker came back without it (restarted or lost it mid-attempt): a failure of the frame.
+            workerLostAttempt(old.id, worker: hello.workerName, reason: "worker '\(hello.workerName)' reconnected without it")
         }
         sessions[peer] = session
         sessionByName[session.name] = peer
@@ -58,31 +57,102 @@ extension Coordinator {
             cancel.reason = "attempt \(id) is no longer current"
             send(peer, .cancel(cancel))
         }
-        log("worker '\(session.name)' registered from \(peerName(peer)): \(session.slots) slot(s), host "
-            + "'\(hello.host.hostname)', \(hello.cachedModelIds.count) cached model(s)"
+        log("worker '\(peer: session.name)' registered from \(peerName(peer)): \(session.slots) slot(s), host "
+            + "'\(peer: hello.host.hostname)', \(hello.cachedModelIds.count) cached model(s)"
             + (adopted.isEmpty ? "" : ", re-adopted attempts \(adopted)")
             + (refused.isEmpty ? "" : ", cancelled stale attempts \(refused)"))
         dispatchNeeded = true
     }
 
-    /// Ends a session: its attempts are lost (frames requeued, no failure counted).
+    /// Why a Hello is refused (nil = acceptable): the hard limits of DESIGN.md's "Limits" table.
+    func helloProblem(_ hello: FarmHello) -> String? {
+        let limits = settings.limits
+        let name = hello.workerName
+        guard !name.isEmpty, name.utf8.count <= limits.maxNameBytes else {
+            return "worker name of \(name.utf8.count) bytes (expected 1 to \(limits.maxNameBytes))"
+        }
+        guard !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            return "worker name '\(peer: name)' holds control characters"
+        }
+        guard hello.slots >= 1, hello.slots <= UInt32(clamping: limits.maxSlots) else {
+            return "worker '\(peer: name)': \(hello.slots) slots (expected 1 to \(limits.maxSlots))"
+        }
+        guard hello.runningAttemptIds.count <= Int(hello.slots) else {
+            return "worker '\(peer: name)' lists \(hello.runningAttemptIds.count) running attempts with "
+                + "\(hello.slots) slot(s) (at most one per slot)"
+        }
+        guard hello.cachedModelIds.count <= limits.maxCachedModels,
+              hello.cachedModelIds.allSatisfy({ FileDigest.isHexSHA256($0) }) else {
+            return "worker '\(peer: name)': \(hello.cachedModelIds.count) cached model ids (expected at most "
+                + "\(limits.maxCachedModels), each 64 lowercase hex digits)"
+        }
+        let host = hello.host
+        let fields = [host.hostname, host.os, host.cpuModel, host.workerVersion] + host.cpuFeatures
+        guard host.cpuFeatures.count <= limits.maxCPUFeatures,
+              fields.allSatisfy({ $0.utf8.count <= limits.maxHostFieldBytes }) else {
+            return "worker '\(peer: name)': host description over its limits (\(limits.maxCPUFeatures) cpu features, "
+                + "\(limits.maxHostFieldBytes) bytes a field)"
+        }
+        return nil
+    }
+
+    /// The most credit a session may hold: slots x (1 + the prefetch a worker may ask for).
+    func creditCap(_ session: WorkerSession) -> Int {
+        session.slots * (1 + settings.limits.maxPrefetchPerSlot)
+    }
+
+    /// Adds `credits` to the session's credit, up to `creditCap`; the excess is ignored (logged once).
+    func grantCredit(_ session: WorkerSession, _ credits: UInt32) {
+        let cap = creditCap(session)
+        let total = session.credit + Int(credits) + session.attempts.count
+        if total > cap {
+            if !session.warnedCredit {
+                session.warnedCredit = true
+                log("worker '\(peer: session.name)' asked for credit beyond its cap (\(session.slots) slot(s) x "
+                    + "\(1 + settings.limits.maxPrefetchPerSlot) = \(cap) frames held or asked for): excess ignored")
+            }
+            session.credit = max(session.credit, cap - session.attempts.count)
+        } else {
+            session.credit += Int(credits)
+        }
+    }
+
+    /// Ends a session. Attempts it still holds (it died, went silent or its connection went away
+    /// mid-attempt; a Goodbye hands its attempts back before this) count as failed attempts of their
+    /// frames (`workerLostAttempt`): a frame that takes down 3 different workers fails.
     func endSession(_ session: WorkerSession, reason: String) {
         guard sessions[session.routingID] === session else { return }
         sessions[session.routingID] = nil
         if sessionByName[session.name] == session.routingID { sessionByName[session.name] = nil }
         let ids = session.attempts.keys.sorted()
         session.attempts.removeAll()
-        for id in ids { loseAttempt(id, reason: "worker '\(session.name)' \(reason)") }
-        log("worker '\(session.name)' (\(peerName(session.routingID))) dropped: \(reason)"
-            + (ids.isEmpty ? "" : "; requeued attempts \(ids)"))
+        for id in ids { workerLostAttempt(id, worker: session.name, reason: "worker '\(session.name)' \(reason)") }
+        log("worker '\(peer: session.name)' (\(peerName(session.routingID))) dropped: \(peer: reason, limit: 400)"
+            + (ids.isEmpty ? "" : "; attempts \(ids) count as failed on it"))
         dispatchNeeded = true
+    }
+
+    /// An attempt whose worker died, disconnected or stalled during it: failed for the frame's budget
+    /// (`maxFailedWorkersPerFrame` different workers, then the frame fails with their errors), not
+    /// for the worker's ban from the job. Goodbye hand-backs and the restart requeue are not this
+    /// (`loseAttempt`).
+    func workerLostAttempt(_ id: Int64, worker: String, reason: String) {
+        do {
+            let outcome = try journal.failAttempt(id, error: reason, maxFailedWorkersPerFrame: settings.maxFailedWorkersPerFrame,
+                                                  maxFailedFramesPerWorker: settings.maxFailedFramesPerWorkerJob,
+                                                  countsTowardWorkerBan: false)
+            guard outcome.applied else { return }
+            reportFailure(outcome, worker: worker, error: FarmError(.renderFailed, reason))
+        } catch {
+            log("cannot record the loss of attempt \(id): \(error)")
+        }
     }
 
     func loseAttempt(_ id: Int64, reason: String) {
         do {
             let outcome = try journal.loseAttempt(id, reason: reason)
             if outcome.applied {
-                log("attempt \(id) (job \(outcome.jobID) frame \(outcome.frame)) lost: \(reason); frame requeued")
+                log("attempt \(id) (job \(outcome.jobID) frame \(outcome.frame)) lost: \(peer: reason, limit: 400); frame requeued")
                 dispatchNeeded = true
             }
         } catch {
@@ -93,15 +163,17 @@ extension Coordinator {
     func onWorkerMessage(_ session: WorkerSession, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64) throws {
         switch body {
         case .credit(let credit):
-            session.credit += Int(credit.credits)
+            grantCredit(session, credit.credits)
             dispatchNeeded = true
         case .progress(let progress):
             onProgress(session, progress)
         case .heartbeat(let heartbeat):
-            for p in heartbeat.attempts {
+            // A session holds at most creditCap attempts; entries beyond that are not looked at.
+            for p in heartbeat.attempts.prefix(creditCap(session)) {
                 let id = Int64(truncatingIfNeeded: p.attemptID)
                 guard var live = session.attempts[id] else { continue }
-                if Int(p.step) > live.step || live.total == 0 {
+                // Only a step forward refreshes the stall timer (`step 0 of 0` forever must stall).
+                if Int(p.step) > live.step {
                     live.step = Int(p.step)
                     live.total = Int(p.totalSteps)
                     live.lastProgressMs = now
@@ -110,10 +182,11 @@ extension Coordinator {
             }
         case .frameResult(let result):
             // The credit rides on the result whatever becomes of it (refused, stale or written).
-            session.credit += Int(result.credits)
+            // After the result (its attempt no longer counts toward the cap), even if handling it throws.
+            defer { grantCredit(session, result.credits) }
             try onFrameResult(session, result)
         case .goodbye(let goodbye):
-            let handed = Set(goodbye.handedBackAttemptIds.map { Int64(truncatingIfNeeded: $0) })
+            let handed = Set(goodbye.handedBackAttemptIds.prefix(creditCap(session)).map { Int64(truncatingIfNeeded: $0) })
             for id in session.attempts.keys.sorted() {
                 session.attempts[id] = nil
                 loseAttempt(id, reason: handed.contains(id) ? "handed back by worker '\(session.name)'"
@@ -125,7 +198,7 @@ extension Coordinator {
                 let manifest = try models.manifest(for: request.modelID)
                 send(session.routingID, .modelManifest(FarmModelManifest(manifest)), requestID: requestID)
             } catch let error as ModelStoreError {
-                log("refused model manifest request from \(peerName(session.routingID)): \(error.message)")
+                log("refused model manifest request from \(peerName(session.routingID)): \(peer: error.message, limit: 400)")
                 send(session.routingID, .error(FarmError(error.code, error.message)), requestID: requestID)
             }
         case .modelChunkRequest(let request):
@@ -140,7 +213,7 @@ extension Coordinator {
                 reply.fileSize = chunk.fileSize
                 send(session.routingID, .modelChunk(reply), requestID: requestID)
             } catch let error as ModelStoreError {
-                log("refused model chunk request from \(peerName(session.routingID)): \(error.message)")
+                log("refused model chunk request from \(peerName(session.routingID)): \(peer: error.message, limit: 400)")
                 send(session.routingID, .error(FarmError(error.code, error.message)), requestID: requestID)
             }
         default:
@@ -161,7 +234,8 @@ extension Coordinator {
             }
             return
         }
-        if Int(progress.step) > live.step || live.total == 0 { live.lastProgressMs = now }
+        guard Int(progress.step) > live.step else { return }  // only a step forward counts (and is shown)
+        live.lastProgressMs = now
         live.step = Int(progress.step)
         live.total = Int(progress.totalSteps)
         session.attempts[id] = live
@@ -187,7 +261,7 @@ extension Coordinator {
             return
         }
         guard record.worker == session.name else {
-            log("result for attempt \(id) of worker '\(record.worker)' from \(peerName(session.routingID)): refused")
+            log("result for attempt \(id) of worker '\(peer: record.worker)' from \(peerName(session.routingID)): refused")
             send(session.routingID, .error(FarmError(.unknownAttempt,
                                                      "attempt \(id) was given to worker '\(record.worker)', not '\(session.name)'",
                                                      attemptID: result.attemptID)))
@@ -201,7 +275,7 @@ extension Coordinator {
             // Recorded as stale; the PNG (and so its checksum) does not matter.
             let outcome = try journal.completeAttempt(id, output: FrameOutput(sha256: result.pngSha256, size: result.png.count,
                                                                                 renderSeconds: result.renderSeconds))
-            log("stale result: attempt \(id) (job \(record.jobID) frame \(record.frame)) from worker '\(session.name)' "
+            log("stale result: attempt \(id) (job \(record.jobID) frame \(record.frame)) from worker '\(peer: session.name)' "
                 + "is not current (\(outcome.staleReason ?? "frame moved on")); recorded, PNG dropped")
             return
         }
@@ -211,6 +285,12 @@ extension Coordinator {
         } catch {
             log("job \(record.jobID): cannot open its output for frame \(record.frame): \(error)")
             failJob(record.jobID, error: "\(error)")
+            return
+        }
+        // The PNG's structure and frame size are checked before anything is written (ResultPNGCheck).
+        if let problem = ResultPNGCheck.problem(result.png, width: context.frameWidth, height: context.frameHeight) {
+            try onFailedResult(session, record, FarmError(.badRequest,
+                "job \(record.jobID) frame \(record.frame): result of attempt \(id) from worker '\(session.name)' refused: \(problem)"))
             return
         }
         // The writer hashes the PNG once and refuses it if that is not the worker's claimed SHA-256.
@@ -244,7 +324,7 @@ extension Coordinator {
                                                   output: FrameOutput(sha256: digest, size: result.png.count,
                                                                       renderSeconds: result.renderSeconds))
         session.models.insert(context.modelID)
-        log("job \(record.jobID) frame \(record.frame) done by worker '\(session.name)' (attempt \(id), "
+        log("job \(record.jobID) frame \(record.frame) done by worker '\(peer: session.name)' (attempt \(id), "
             + Self.seconds(result.renderSeconds) + ")")
         if let list = followers[record.jobID] {
             var done = FarmFrameDone()
@@ -264,6 +344,11 @@ extension Coordinator {
     }
 
     func onFailedResult(_ session: WorkerSession, _ record: AttemptRecord, _ error: FarmError) throws {
+        var error = error
+        let cap = settings.limits.maxErrorMessageBytes
+        if error.message.utf8.count > cap {
+            error.message = String(decoding: error.message.utf8.prefix(cap), as: UTF8.self) + "... (cut at \(cap) bytes)"
+        }
         let reason = "\(error.code) from worker '\(session.name)': \(error.message)"
         switch error.code {
         case .cancelled, .shuttingDown:
@@ -280,24 +365,30 @@ extension Coordinator {
                                               maxFailedWorkersPerFrame: settings.maxFailedWorkersPerFrame,
                                               maxFailedFramesPerWorker: settings.maxFailedFramesPerWorkerJob)
         guard outcome.applied else {
-            log("stale failure: attempt \(record.id) (job \(record.jobID) frame \(record.frame)): \(reason); recorded")
+            log("stale failure: attempt \(record.id) (job \(record.jobID) frame \(record.frame)): \(peer: reason, limit: 400); recorded")
             return
         }
+        reportFailure(outcome, worker: session.name, error: error)
+    }
+
+    /// A failed attempt that the journal applied: log line, FrameFailed to followers, the job's end.
+    func reportFailure(_ outcome: AttemptOutcome, worker: String, error: FarmError) {
         let final = outcome.frameState == .failed
-        log("job \(record.jobID) frame \(record.frame) failed on attempt \(record.id): \(reason)"
+        log("job \(outcome.jobID) frame \(outcome.frame) failed on attempt \(outcome.attemptID): \(peer: error.message, limit: 400)"
             + (final ? "; frame given up" : "; requeued")
-            + (outcome.workerBannedFromJob ? "; worker '\(session.name)' gets no more frames of this job" : ""))
+            + (outcome.workerBannedFromJob ? "; worker '\(peer: worker)' gets no more frames of this job" : ""))
+        dispatchNeeded = true
         var failed = FarmFrameFailed()
-        failed.frame = UInt32(record.frame)
-        failed.attemptID = UInt64(record.id)
-        failed.workerName = session.name
+        failed.frame = UInt32(outcome.frame)
+        failed.attemptID = UInt64(outcome.attemptID)
+        failed.workerName = worker
         failed.error = error
         failed.final = final
-        emit(job: record.jobID, .frameFailed(failed))
+        emit(job: outcome.jobID, .frameFailed(failed))
         if outcome.jobFinished {
-            finishJob(record.jobID)
+            finishJob(outcome.jobID)
         } else if outcome.workerBannedFromJob {
-            noticeIfNoWorkerMayTake(job: record.jobID)
+            noticeIfNoWorkerMayTake(job: outcome.jobID)
         }
     }
 
@@ -372,7 +463,7 @@ extension Coordinator {
                 do {
                     more = try journal.nextFrames(limit: session.credit, worker: session.name)
                 } catch {
-                    log("dispatch: cannot read the queue for worker '\(session.name)': \(error)")
+                    log("dispatch: cannot read the queue for worker '\(peer: session.name)': \(error)")
                     return
                 }
                 if more.isEmpty { break }
@@ -410,7 +501,7 @@ extension Coordinator {
                 ? try journal.startAttempt(checked: candidate, worker: session.name)
                 : try journal.startAttempt(job: candidate.jobID, frame: candidate.frame, worker: session.name)
         } catch {
-            log("dispatch of job \(candidate.jobID) frame \(candidate.frame) to '\(session.name)' refused: \(error)")
+            log("dispatch of job \(candidate.jobID) frame \(candidate.frame) to '\(peer: session.name)' refused: \(error)")
             return true
         }
         session.credit -= 1
@@ -442,7 +533,7 @@ extension Coordinator {
         if let context = jobContexts[id] { return context }
         guard let record = try journal.job(id) else { throw JournalError.unknownJob(id) }
         let context = try JobContext(record: record, doneFrames: try journal.frames(job: id, state: .done),
-                                     models: models, inputs: inputsDirectory)
+                                     models: models, inputs: inputsDirectory, placement: outputPlacement)
         jobContexts[id] = context
         for (frame, reason) in context.output.invalidRecords {
             if record.state == .queued || record.state == .running {
@@ -463,6 +554,7 @@ extension Coordinator {
     func failJob(_ id: Int64, error: String) {
         do {
             let running = try journal.failJob(id, error: error)
+            dispatchNeeded = true  // credit that was meant for this job goes to the next one
             cancelOnWorkers(job: id, attempts: running, reason: error)
             log("job \(id) failed: \(error)")
             finishJob(id)
@@ -482,7 +574,7 @@ extension Coordinator {
             cancel.jobID = UInt64(job)
             cancel.reason = reason
             send(session.routingID, .cancel(cancel))
-            log("sent Cancel{job \(job)} to worker '\(session.name)'")
+            log("sent Cancel{job \(job)} to worker '\(peer: session.name)'")
         }
     }
 
@@ -541,6 +633,14 @@ extension Coordinator {
                                                              fps: record.videoFPS, ffmpeg: ffmpeg)
                     try journal.markVideoWritten(job: id)
                     report(video.path, message, true)
+                } catch let error as OutputError {
+                    // A file in the way that this job did not create stays untouched, for good (final);
+                    // anything else (ffmpeg) is tried again by the next start-up (not final).
+                    if case .notOwned = error {
+                        report(nil, "video failed: \(error)", true)
+                    } else {
+                        report(nil, "video failed: \(error)", false)
+                    }
                 } catch {
                     report(nil, "video failed: \(error)", false)  // not final: the next start-up tries again
                 }

@@ -262,14 +262,22 @@ public final class Coordinator: @unchecked Sendable {
     // MARK: start-up
 
     func startUp() throws {
+        // Temp files of uploads that a stop interrupted (their jobs are failed below).
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: inputsDirectory.path)) ?? []
+        where name.hasPrefix(".upload-") {
+            try? FileManager.default.removeItem(at: inputsDirectory.appendingPathComponent(name))
+        }
+        for (id, why) in models.refusedAtStart.sorted(by: { $0.key < $1.key }) {
+            log("model \(id) is not served: \(why)")
+        }
         for job in try journal.jobs(states: [.uploading], includingSpec: false) {
             _ = try journal.failJob(job.id, error: "upload interrupted by a coordinator restart; submit the job again")
-            log("job \(job.id) '\(job.name)': was uploading when the coordinator stopped; marked failed")
+            log("job \(job.id) '\(peer: job.name)': was uploading when the coordinator stopped; marked failed")
         }
         // A crash (or a stop) between a job's end and its last manifest rewrite or video: finish them now.
         for job in try journal.jobs(states: [.completed, .failed, .cancelled], includingSpec: false) where !job.outputsFinal {
             let video = job.state == .completed && (job.videoPath ?? "") != "" && !job.videoWritten
-            log("job \(job.id) '\(job.name)': \(job.state.rawValue) before its final manifest.json"
+            log("job \(job.id) '\(peer: job.name)': \(job.state.rawValue) before its final manifest.json"
                 + (video ? " and video" : "") + " were written; writing them now")
             finishJob(job.id)
         }
@@ -279,7 +287,10 @@ public final class Coordinator: @unchecked Sendable {
             do {
                 _ = try jobContext(job.id)
             } catch {
-                log("job \(job.id) '\(job.name)': cannot open its output at start-up: \(error)")
+                // A job that cannot be loaded (its model's dreampose.json refused, its output folder in
+                // the way, ...) fails with the reason; the coordinator comes up (no crash loop).
+                log("job \(job.id) '\(peer: job.name)': cannot load it at start-up: \(error); marking it failed")
+                failJob(job.id, error: "cannot load the job at coordinator start-up: \(error)")
             }
         }
         let inFlight = try journal.runningAttempts()
@@ -298,7 +309,7 @@ public final class Coordinator: @unchecked Sendable {
                 keeping: keep, reason: "not re-adopted within the \(settings.restartGraceSeconds) s restart grace period")
             if !requeued.isEmpty {
                 log("restart grace over: requeued \(requeued.count) attempt(s) "
-                    + requeued.map { "\($0.id) (job \($0.jobID) frame \($0.frame), worker \($0.worker))" }
+                    + requeued.map { "\($0.id) (job \($0.jobID) frame \($0.frame), worker \(peer: $0.worker))" }
                     .joined(separator: ", "))
                 dispatchNeeded = true
             }
@@ -311,8 +322,8 @@ public final class Coordinator: @unchecked Sendable {
 
     func peerName(_ routingID: Data) -> String {
         let hex = routingID.map { String(format: "%02x", $0) }.joined()
-        if let s = sessions[routingID] { return "peer \(hex) (worker '\(s.name)')" }
-        return "peer \(hex)"
+        if let s = sessions[routingID] { return "peer \(hex.prefix(64)) (worker '\(peer: s.name)')" }
+        return "peer \(hex.prefix(64))"
     }
 
     func handle(_ frames: [Data]) {
@@ -338,14 +349,14 @@ public final class Coordinator: @unchecked Sendable {
         do {
             try route(routingID, envelope)
         } catch {
-            log("error handling \(envelope.bodyName) from \(peerName(routingID)): \(error)")
+            log("error handling \(envelope.bodyName) from \(peerName(routingID)): \(peer: "\(error)", limit: 400)")
             send(routingID, .error(FarmError(.internal, "coordinator error handling \(envelope.bodyName): \(error)")),
                  requestID: envelope.requestID)
         }
     }
 
     func reject(_ routingID: Data, _ error: FarmProtocolError) {
-        log("rejected message from \(peerName(routingID)): \(error.description)")
+        log("rejected message from \(peerName(routingID)): \(peer: error.description, limit: 400)")
         guard !routingID.isEmpty else { return }
         send(routingID, .error(FarmError(error)))
     }
@@ -365,7 +376,7 @@ public final class Coordinator: @unchecked Sendable {
             }
             try onWorkerMessage(session, body, requestID: rid)
         case .error(let error):
-            log("error from \(peerName(peer)): \(error.code) \(error.message)")
+            log("error from \(peerName(peer)): \(error.code) \(peer: error.message, limit: 400)")
         case .submitJob(let submit):
             try onSubmit(peer, rid, submit)
         case .uploadChunk(let chunk):
@@ -441,8 +452,8 @@ public final class Coordinator: @unchecked Sendable {
         for session in Array(sessions.values) {
             for attempt in Array(session.attempts.values) where t - attempt.lastProgressMs > stallMs {
                 session.attempts[attempt.id] = nil
-                loseAttempt(attempt.id, reason: "stalled: no step progress on worker '\(session.name)' for "
-                    + "\(t - attempt.lastProgressMs) ms")
+                workerLostAttempt(attempt.id, worker: session.name, reason: "stalled: no step progress on worker "
+                    + "'\(session.name)' for \(t - attempt.lastProgressMs) ms")
                 var cancel = FarmCancel()
                 cancel.attemptID = UInt64(attempt.id)
                 cancel.reason = "stalled"
@@ -457,6 +468,7 @@ public final class Coordinator: @unchecked Sendable {
             hb.sentUnixMs = UInt64(max(0, t))
             send(session.routingID, .heartbeat(hb))
         }
+        expireIdleUploads()
         drainFinishedOutputs()
     }
 }
@@ -487,6 +499,8 @@ final class WorkerSession {
     var models: Set<String>
     var lastHeardMs: Int64
     var lastSentMs: Int64
+    /// Credit beyond the cap was asked for (logged once per session).
+    var warnedCredit = false
 
     init(routingID: Data, hello: FarmHello, now: Int64) {
         self.routingID = routingID

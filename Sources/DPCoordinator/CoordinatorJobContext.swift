@@ -23,8 +23,12 @@ final class JobContext {
     /// `doneFrames`: the job's done frames in the journal, which vouch for their PNGs (see
     /// `OutputWriter`'s `recorded`). `spec`: the job's spec when the caller has it decoded (a job just
     /// submitted); nil = decoded from the record.
+    /// The frame size every result must have (the model's dreampose.json `width` x `height`).
+    let frameWidth: Int
+    let frameHeight: Int
+
     init(record: JobRecord, spec decoded: FarmJobSpec? = nil, doneFrames: [FrameRecord], models: ModelStore,
-         inputs: URL) throws {
+         inputs: URL, placement: OutputPlacement) throws {
         id = record.id
         if let decoded {
             spec = decoded
@@ -37,10 +41,13 @@ final class JobContext {
         }
         modelID = record.modelID
         guard models.contains(modelID) else {
-            throw CoordinatorError("job \(record.id): model \(modelID) is not held by this coordinator")
+            throw CoordinatorError("job \(record.id): model \(modelID) is not held by this coordinator"
+                + (models.refusedAtStart[modelID].map { " (\($0))" } ?? ""))
         }
         let defaults = try ModelDefaults(folder: models.folder(for: modelID), modelID: modelID)
         poseWindowSize = defaults.poseWindow
+        frameWidth = defaults.width
+        frameHeight = defaults.height
         inputsPath = inputs.path
         var files: [UInt32: String] = [:]
         files.reserveCapacity(spec.poses.count)
@@ -86,10 +93,16 @@ final class JobContext {
                               renderSeconds: f.renderSeconds ?? 0, pngSHA256: f.outputSHA256 ?? "",
                               pngSize: f.outputSize ?? -1)
         }
+        // Confined to the output root unless local paths are allowed (the embedded farm); a stored
+        // path outside the root (the root changed) is refused here and fails the job.
+        if placement.root != nil { _ = try placement.relative(record.outputDir, what: "output folder") }
         output = try OutputWriter(directory: URL(fileURLWithPath: record.outputDir), jobID: UInt64(record.id),
                                   modelID: modelID, settings: outputSettings,
                                   frames: spec.frames.isEmpty ? spec.poses.map(\.frame) : spec.frames,
-                                  durability: .batched, recorded: recorded)
+                                  durability: .batched, recorded: recorded, confinedTo: placement.root)
+        if let video = record.videoPath, !video.isEmpty, !record.videoWritten {
+            try output.checkVideoTarget(URL(fileURLWithPath: video))
+        }
     }
 
     /// The .npy bytes of poses n-2 ... n+2 (centre-pose fallback applied) for frame `frame`.
@@ -120,6 +133,9 @@ struct ModelDefaults {
     var imageGuidance: Float
     var poseGuidance: Float
     var poseWindow: Int
+    /// The frame size (dreampose.json `width`, `height`): results are checked against it.
+    var width: Int
+    var height: Int
 
     init(folder: URL, modelID: String) throws {
         let url = folder.appendingPathComponent("dreampose.json")
@@ -133,22 +149,37 @@ struct ModelDefaults {
             throw CoordinatorError("model \(modelID): \(url.path) has no \"defaults\" object")
         }
         func number(_ key: String) throws -> Double {
-            guard let v = defaults[key] as? NSNumber else {
-                throw CoordinatorError("model \(modelID): \(url.path): defaults.\(key) missing or not a number")
+            guard let v = defaults[key] as? NSNumber, v.doubleValue.isFinite else {
+                throw CoordinatorError("model \(modelID): \(url.path): defaults.\(key) missing or not a finite number")
             }
             return v.doubleValue
         }
-        steps = Int(try number("steps"))
+        // Checked conversions: a hostile value (`steps: 1e300`) is an error naming the key, never a trap.
+        let stepsValue = try number("steps")
+        guard let whole = Int(exactly: stepsValue), (1...100_000).contains(whole) else {
+            throw CoordinatorError("model \(modelID): \(url.path): defaults.steps \(stepsValue) is not a whole number from 1 to 100000")
+        }
+        steps = whole
         guard let sampler = defaults["sampler"] as? String else {
             throw CoordinatorError("model \(modelID): \(url.path): defaults.sampler missing or not a string")
         }
         self.sampler = sampler
         imageGuidance = Float(try number("image_guidance"))
         poseGuidance = Float(try number("pose_guidance"))
-        let window = (root["pose_window"] as? NSNumber)?.intValue ?? FarmProtocol.defaultPoseWindow
-        guard window > 0, window % 2 == 1 else {
-            throw CoordinatorError("model \(modelID): \(url.path): pose_window \(window) must be odd and positive")
+        let windowValue = (root["pose_window"] as? NSNumber)?.doubleValue ?? Double(FarmProtocol.defaultPoseWindow)
+        guard let window = Int(exactly: windowValue), (1...1001).contains(window), window % 2 == 1 else {
+            throw CoordinatorError("model \(modelID): \(url.path): pose_window \(windowValue) must be odd and positive "
+                + "(at most 1001)")
         }
         poseWindow = window
+        func size(_ key: String) throws -> Int {
+            guard let v = root[key] as? NSNumber, let n = Int(exactly: v.doubleValue), (1...ResultPNGCheck.maxSide).contains(n) else {
+                throw CoordinatorError("model \(modelID): \(url.path): \(key) missing or not a whole number of pixels "
+                    + "from 1 to \(ResultPNGCheck.maxSide)")
+            }
+            return n
+        }
+        width = try size("width")
+        height = try size("height")
     }
 }

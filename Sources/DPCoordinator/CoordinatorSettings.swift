@@ -5,8 +5,19 @@ import Foundation
 public struct CoordinatorSettings: Sendable {
     /// ROUTER endpoint to bind; "tcp://127.0.0.1:*" picks a free port (read `Coordinator.endpoint`).
     public var bind: String
-    /// Holds journal.sqlite, models/ and inputs/; relative job output folders live under it too.
+    /// Holds journal.sqlite, models/ and inputs/ (and, by default, the output root).
     public var stateDirectory: URL
+    /// Every job's output folder and video live inside this folder (`--output-root`; nil = 
+    /// `<state>/outputs`). A job names them relative to it; absolute paths, `..`, empty components
+    /// and anything that would land in the state's own files are refused at submit, and files are
+    /// opened beneath it without following symbolic links (DESIGN.md, "Output confinement").
+    public var outputRoot: URL? = nil
+    /// The embedded farm of `dp-coord submit` (no `--coordinator`: the operator's own machine, one
+    /// in-process client): absolute output folders and video paths are taken as given, as before
+    /// confinement. Never set by `dp-coord serve`.
+    public var allowLocalOutputPaths = false
+    /// Hard limits on what peers may send (DESIGN.md, "Limits").
+    public var limits: FarmLimits = FarmProtocol.defaultLimits
     /// Each side sends a Heartbeat at least this often (sent to workers in Welcome).
     public var heartbeatIntervalMs: Int = Int(FarmProtocol.defaultHeartbeatIntervalMilliseconds)
     /// A worker that sent nothing for this many intervals is dead; its attempts are requeued.
@@ -43,6 +54,11 @@ public struct CoordinatorSettings: Sendable {
     /// negative value keeps dispatch and heartbeats prompt; lowering it needs CAP_SYS_NICE (root,
     /// or systemd's `Nice=`, which covers the whole process). Refused: logged, and the loop runs on.
     public var loopThreadNice: Int? = nil
+
+    /// `outputRoot`, or `<state>/outputs` when it is not set.
+    public var resolvedOutputRoot: URL {
+        (outputRoot ?? stateDirectory.appendingPathComponent("outputs", isDirectory: true)).standardizedFileURL
+    }
 
     public init(bind: String, stateDirectory: URL) {
         self.bind = bind

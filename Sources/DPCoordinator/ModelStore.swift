@@ -26,6 +26,9 @@ public final class ModelStore: @unchecked Sendable {
 
     private let lock = NSLock()
     private var manifests: [String: ModelManifest] = [:]
+    /// Model folders found at start-up that could not be used (id -> why): not served, and a job that
+    /// needs one fails with the reason instead of keeping the coordinator from starting.
+    public private(set) var refusedAtStart: [String: String] = [:]
     private var chunkFault: (@Sendable (_ path: String, _ offset: UInt64, _ data: Data) -> Data)?
 
     /// TESTS ONLY (fault injection; nil in production, set by nothing but tests): when set, every
@@ -65,18 +68,26 @@ public final class ModelStore: @unchecked Sendable {
                 manifests[name] = manifest
                 continue
             }
+            // A folder that cannot be used is left alone and reported (`refusedAtStart`), never a
+            // reason for the coordinator not to start (issue 12: no crash loop on stored state).
             let manifest: ModelManifest
             do {
                 manifest = try ModelManifest.compute(directory: folder(for: name))
             } catch {
-                throw ModelStoreError(.internal, "model store: cannot hash \(folder(for: name).path): \(error)")
+                refusedAtStart[name] = "model store: cannot hash \(folder(for: name).path): \(error)"
+                continue
             }
             guard manifest.modelID == name else {
-                throw ModelStoreError(.checksumMismatch,
-                                      "model store: folder \(folder(for: name).path) holds model \(manifest.modelID), "
-                                          + "not \(name) (its files changed; remove or rename it)")
+                refusedAtStart[name] = "model store: folder \(folder(for: name).path) holds model \(manifest.modelID), "
+                    + "not \(name) (its files changed; remove or rename it)"
+                continue
             }
-            try writeSidecar(manifest)
+            do {
+                try writeSidecar(manifest)
+            } catch {
+                refusedAtStart[name] = "model store: cannot record the manifest of \(name): \(error)"
+                continue
+            }
             manifests[name] = manifest
         }
     }

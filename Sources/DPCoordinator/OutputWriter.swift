@@ -124,6 +124,8 @@ public enum OutputError: Error, CustomStringConvertible, Equatable {
     case incomplete(jobID: UInt64, missing: [UInt32])
     case ffmpegFailed(status: Int32, command: String, stderr: String)
     case io(path: String, message: String)
+    /// A file or folder in the way that this job did not create (confined output): nothing touched.
+    case notOwned(path: String, message: String)
 
     public var description: String {
         switch self {
@@ -142,7 +144,7 @@ public enum OutputError: Error, CustomStringConvertible, Equatable {
                 + (missing.count > 10 ? ", ...)" : ")")
         case let .ffmpegFailed(status, command, stderr):
             return "ffmpeg exited with status \(status): \(command)\n\(stderr)"
-        case let .io(path, message):
+        case let .io(path, message), let .notOwned(path, message):
             return "\(path): \(message)"
         }
     }
@@ -159,8 +161,14 @@ public final class OutputWriter: @unchecked Sendable {
     }
 
     public let directory: URL
-    /// `directory.path` (the per-frame writes build paths from strings, not URLs).
+    /// The path every file operation goes through: `directory.path`, or for a writer confined to an
+    /// output root its folder's `/proc/<pid>/fd/<n>` name (OutputConfinement.swift). The per-frame
+    /// writes build paths from strings, not URLs.
     let directoryPath: String
+    /// The output root this writer is confined to (nil: `directory` is used as given).
+    public let root: URL?
+    /// The open output folder of a confined writer (kept open for the writer's lifetime).
+    let folder: ConfinedFolder?
     public let durability: Durability
     /// Frames of `recorded` whose PNG was missing or did not match its record when the folder was
     /// opened (frame, what was wrong), ascending; their files were removed and they count as missing.
@@ -192,16 +200,40 @@ public final class OutputWriter: @unchecked Sendable {
     /// comment).
     public init(directory: URL, jobID: UInt64, modelID: String, settings: OutputJobSettings,
                 frames: [UInt32], durability: Durability = .syncEachFrame,
-                recorded: [OutputFrameRecord]? = nil) throws {
+                recorded: [OutputFrameRecord]? = nil, confinedTo root: URL? = nil) throws {
         self.directory = directory.standardizedFileURL
-        directoryPath = self.directory.path
         self.durability = durability
+        self.root = root?.standardizedFileURL
         let fm = FileManager.default
-        do {
-            try fm.createDirectory(at: self.directory, withIntermediateDirectories: true)
-        } catch {
-            throw OutputError.io(path: self.directory.path, message: "cannot create output folder: \(error)")
+        if let root = self.root {
+            // Confined (OutputConfinement.swift): reached from the root without following links, and
+            // only a folder this job made (new, empty, or holding its manifest.json) is written to.
+            let prefix = root.path + "/"
+            guard self.directory.path.hasPrefix(prefix) else {
+                throw OutputError.io(path: self.directory.path, message: "is outside the output root \(root.path)")
+            }
+            let open = try ConfinedFolder(root: root, relative: String(self.directory.path.dropFirst(prefix.count)), create: true)
+            folder = open
+            directoryPath = open.path
+            if !open.created, open.entryType("manifest.json") == nil {
+                let names = open.names().sorted()
+                if !names.isEmpty {
+                    throw OutputError.notOwned(path: self.directory.path, message: "already exists and holds "
+                        + "\(names.count) entr\(names.count == 1 ? "y" : "ies") (\(names.prefix(3).joined(separator: ", "))"
+                        + (names.count > 3 ? ", ..." : "") + ") but no manifest.json of job \(jobID): it is not this job's "
+                        + "output folder; nothing was touched (choose a new output name)")
+                }
+            }
+        } else {
+            folder = nil
+            directoryPath = self.directory.path
+            do {
+                try fm.createDirectory(at: self.directory, withIntermediateDirectories: true)
+            } catch {
+                throw OutputError.io(path: self.directory.path, message: "cannot create output folder: \(error)")
+            }
         }
+        let work = URL(fileURLWithPath: directoryPath, isDirectory: true)
         let sortedFrames = Array(Set(frames)).sorted()
         expected = Set(sortedFrames)
         manifest = OutputManifest(format: OutputManifest.currentFormat, jobID: jobID, modelID: modelID,
@@ -210,7 +242,13 @@ public final class OutputWriter: @unchecked Sendable {
         expectedJSON = ManifestJSON.list(sortedFrames)
 
         let manifestURL = self.directory.appendingPathComponent("manifest.json")
-        if let data = try? Data(contentsOf: manifestURL) {
+        let manifestData: Data?
+        if let folder {
+            manifestData = try folder.read("manifest.json", maxBytes: 1 << 30)
+        } else {
+            manifestData = try? Data(contentsOf: manifestURL)
+        }
+        if let data = manifestData {
             let old: OutputManifest
             do {
                 old = try JSONDecoder().decode(OutputManifest.self, from: data)
@@ -233,8 +271,10 @@ public final class OutputWriter: @unchecked Sendable {
         if let recorded {
             var invalid: [(frame: UInt32, reason: String)] = []
             for record in recorded.sorted(by: { $0.frame < $1.frame }) where expected.contains(record.frame) {
-                let url = self.directory.appendingPathComponent(OutputWriter.fileName(frame: record.frame))
-                guard let data = try? Data(contentsOf: url) else {
+                let name = OutputWriter.fileName(frame: record.frame)
+                let url = self.directory.appendingPathComponent(name)
+                let found = folder.map { (try? $0.read(name)) ?? nil } ?? (try? Data(contentsOf: work.appendingPathComponent(name)))
+                guard let data = found else {
                     invalid.append((record.frame, "\(url.path) is missing (journal: done by attempt \(record.attempt))"))
                     continue
                 }
@@ -249,14 +289,18 @@ public final class OutputWriter: @unchecked Sendable {
             invalidRecords = invalid
         }
         // PNGs the manifest does not vouch for.
-        let names = (try? fm.contentsOfDirectory(atPath: self.directory.path)) ?? []
+        let names = folder?.names() ?? (try? fm.contentsOfDirectory(atPath: self.directory.path)) ?? []
         for name in names where name.hasPrefix("frame_") && name.hasSuffix(".png") {
             let number = name.dropFirst("frame_".count).dropLast(".png".count)
             if let n = UInt32(number), OutputWriter.fileName(frame: n) == name, written[n] != nil { continue }
-            try? fm.removeItem(at: self.directory.appendingPathComponent(name))
+            if folder != nil {
+                unlink(directoryPath + "/" + name)  // confined: a file or link only, never a folder's contents
+            } else {
+                try? fm.removeItem(at: work.appendingPathComponent(name))
+            }
         }
         for name in names where name.hasPrefix(".") && name.contains(".tmp-") {
-            try? fm.removeItem(at: self.directory.appendingPathComponent(name))
+            try? fm.removeItem(at: work.appendingPathComponent(name))
         }
         for (frame, record) in written { entryJSON[frame] = ManifestJSON.entry(record) }
         manifest.complete = written.count == expected.count
@@ -359,8 +403,8 @@ public final class OutputWriter: @unchecked Sendable {
         dirty = false
         lock.unlock()
         do {
-            try OutputWriter.writeManifest(snapshot, entries: entries, expectedJSON: expectedJSON, directory: directory,
-                                           durable: durable)
+            try OutputWriter.writeManifest(snapshot, entries: entries, expectedJSON: expectedJSON,
+                                           directory: URL(fileURLWithPath: directoryPath, isDirectory: true), durable: durable)
         } catch {
             lock.lock()
             dirty = true
@@ -448,19 +492,23 @@ public final class OutputWriter: @unchecked Sendable {
             throw OutputError.incomplete(jobID: job, missing: frames.isEmpty ? [] : missing)
         }
         let fm = FileManager.default
+        // Confined: the video's folder opened beneath the root like the output folder, and an
+        // existing file there that manifest.json does not record as this job's video is refused.
+        let videoFolder = try confinedVideoFolder(video)
+        let work = URL(fileURLWithPath: directoryPath, isDirectory: true)
         let contiguous = zip(frames, frames.dropFirst()).allSatisfy { $1 == $0 + 1 }
-        var pattern = directory.appendingPathComponent("frame_%05d.png").path
+        var pattern = work.appendingPathComponent("frame_%05d.png").path
         var startNumber = frames[0]
         var linkFolder: URL?
         defer { if let linkFolder { try? fm.removeItem(at: linkFolder) } }
         if !contiguous {
-            let folder = directory.appendingPathComponent(".video-frames.tmp-\(UInt32.random(in: 0 ... .max))")
+            let folder = work.appendingPathComponent(".video-frames.tmp-\(UInt32.random(in: 0 ... .max))")
             do {
                 try fm.createDirectory(at: folder, withIntermediateDirectories: true)
                 linkFolder = folder
                 for (index, frame) in frames.enumerated() {
                     try fm.createSymbolicLink(atPath: folder.appendingPathComponent(String(format: "seq_%08d.png", index)).path,
-                                              withDestinationPath: directory.appendingPathComponent(OutputWriter.fileName(frame: frame)).path)
+                                              withDestinationPath: work.appendingPathComponent(OutputWriter.fileName(frame: frame)).path)
                 }
             } catch {
                 throw OutputError.io(path: folder.path, message: "cannot prepare the ordered frame list: \(error)")
@@ -468,7 +516,8 @@ public final class OutputWriter: @unchecked Sendable {
             pattern = folder.appendingPathComponent("seq_%08d.png").path
             startNumber = 0
         }
-        let target = video.standardizedFileURL
+        let logical = video.standardizedFileURL
+        let target = videoFolder.map { URL(fileURLWithPath: $0.folder.path).appendingPathComponent($0.name) } ?? logical
         let temp = target.deletingLastPathComponent()
             .appendingPathComponent(".tmp-\(UInt32.random(in: 0 ... .max))-" + target.lastPathComponent)
         defer { try? fm.removeItem(at: temp) }
@@ -478,17 +527,24 @@ public final class OutputWriter: @unchecked Sendable {
                          "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
                          "-c:v", "libx264", "-pix_fmt", "yuv420p", temp.path]
         try OutputWriter.run(ffmpeg, arguments)
-        if rename(temp.path, target.path) != 0 {
-            throw OutputError.io(path: target.path, message: "rename from \(temp.path) failed: \(String(cString: strerror(errno)))")
+        if let videoFolder, !videoFolder.ours {
+            // Not this job's file: link(2) refuses to replace whatever appeared there meanwhile.
+            if link(temp.path, target.path) != 0 {
+                let why = errno == EEXIST ? "exists and was not written by this job (refusing to replace it)"
+                    : "link from \(temp.path) failed: \(String(cString: strerror(errno)))"
+                throw OutputError.notOwned(path: logical.path, message: why)
+            }
+        } else if rename(temp.path, target.path) != 0 {
+            throw OutputError.io(path: logical.path, message: "rename from \(temp.path) failed: \(String(cString: strerror(errno)))")
         }
         DurableFile.syncDirectory(target.deletingLastPathComponent().path)
         let digest: String
         do {
             digest = try FileDigest.sha256(ofFile: target.path).sha256
         } catch {
-            throw OutputError.io(path: target.path, message: "\(error)")
+            throw OutputError.io(path: logical.path, message: "\(error)")
         }
-        let record = OutputVideoRecord(path: target.path, fps: fps, frames: frames.count, sha256: digest)
+        let record = OutputVideoRecord(path: logical.path, fps: fps, frames: frames.count, sha256: digest)
         lock.lock()
         manifest.video = record
         dirty = true
@@ -499,10 +555,44 @@ public final class OutputWriter: @unchecked Sendable {
 
     private func flushIgnoringErrors() { try? flush() }
 
+    /// For a confined writer: the video's folder (opened beneath the root without following links,
+    /// created if missing), its file name, and whether a file already there is this job's own video
+    /// (manifest.json records it at this path). Throws `notOwned` for any other existing entry.
+    /// nil for a writer that is not confined. The coordinator calls it when it opens a job, so a
+    /// video name in the way fails the job before a frame is rendered.
+    @discardableResult
+    public func checkVideoTarget(_ video: URL) throws -> Bool {
+        try confinedVideoFolder(video)?.ours ?? true
+    }
+
+    func confinedVideoFolder(_ video: URL) throws -> (folder: ConfinedFolder, name: String, ours: Bool)? {
+        guard let root else { return nil }
+        let path = video.standardizedFileURL.path
+        let prefix = root.path + "/"
+        guard path.hasPrefix(prefix) else {
+            throw OutputError.io(path: path, message: "video is outside the output root \(root.path)")
+        }
+        let relative = String(path.dropFirst(prefix.count))
+        let parts = relative.split(separator: "/", omittingEmptySubsequences: false)
+        let name = String(parts.last ?? "")
+        let parent = parts.dropLast().joined(separator: "/")
+        let folder = try ConfinedFolder(root: root, relative: parent, create: true)
+        guard let type = folder.entryType(name) else { return (folder, name, false) }
+        lock.lock()
+        let recorded = manifest.video
+        lock.unlock()
+        guard type == S_IFREG, let recorded, recorded.path == path,
+              let data = try folder.read(name), FileDigest.sha256(data) == recorded.sha256 else {
+            throw OutputError.notOwned(path: path, message: "exists and was not written by this job "
+                + "(refusing to replace it; choose another video name)")
+        }
+        return (folder, name, true)
+    }
+
     private func writeManifestLocked(durable: Bool = true) throws {
         manifest.complete = written.count == expected.count
-        try OutputWriter.writeManifest(manifest, entries: entryJSON, expectedJSON: expectedJSON, directory: directory,
-                                       durable: durable)
+        try OutputWriter.writeManifest(manifest, entries: entryJSON, expectedJSON: expectedJSON,
+                                       directory: URL(fileURLWithPath: directoryPath, isDirectory: true), durable: durable)
         dirty = false
     }
 

@@ -139,17 +139,31 @@ extension Journal {
     /// A failed render. If current: the worker's failure count for the job goes up (banned at
     /// `maxFailedFramesPerWorker`), and the frame is requeued, or failed once it has failed on
     /// `maxFailedWorkersPerFrame` different workers. If not current: recorded as stale.
+    ///
+    /// `countsTowardWorkerBan` false: the worker died, disconnected or stalled during the attempt
+    /// (issue 12: a poison frame that kills every worker must end). The failure counts toward the
+    /// frame's budget of different workers, not toward the worker's ban from the job (a worker
+    /// killed by its host is not a bad worker). A non-current attempt is left as it is.
     public func failAttempt(_ attempt: Int64, error: String, maxFailedWorkersPerFrame: Int = 3,
-                            maxFailedFramesPerWorker: Int = 3) throws -> AttemptOutcome {
+                            maxFailedFramesPerWorker: Int = 3, countsTowardWorkerBan: Bool = true) throws -> AttemptOutcome {
         try write {
             let t = now
             let (a, current) = try loadForResult(attempt)
-            guard current else { return try recordStale(a, at: t, late: "failed: \(error)") }
+            guard current else {
+                if !countsTowardWorkerBan {
+                    return AttemptOutcome(applied: false, attemptID: a.id, jobID: a.jobID, frame: a.frame, frameState: .queued,
+                                          jobState: try jobState(a.jobID) ?? .failed, jobFinished: false,
+                                          workerBannedFromJob: false, staleReason: "attempt is not current")
+                }
+                return try recordStale(a, at: t, late: "failed: \(error)")
+            }
             try finishAttempt(a.id, result: .failed, at: t, renderSeconds: nil, error: error)
-            try db.run("""
-                INSERT INTO worker_job_failures (worker, job_id, failures, banned) VALUES (?1, ?2, 1, ?3 <= 1)
-                ON CONFLICT (worker, job_id) DO UPDATE SET failures = failures + 1, banned = (failures + 1 >= ?3)
-                """, [.text(a.worker), .integer(a.jobID), .int(maxFailedFramesPerWorker)])
+            if countsTowardWorkerBan {
+                try db.run("""
+                    INSERT INTO worker_job_failures (worker, job_id, failures, banned) VALUES (?1, ?2, 1, ?3 <= 1)
+                    ON CONFLICT (worker, job_id) DO UPDATE SET failures = failures + 1, banned = (failures + 1 >= ?3)
+                    """, [.text(a.worker), .integer(a.jobID), .int(maxFailedFramesPerWorker)])
+            }
             try db.run("UPDATE workers SET frames_failed = frames_failed + 1 WHERE name = ?", [.text(a.worker)])
             let banned = (try db.query("SELECT banned FROM worker_job_failures WHERE worker = ? AND job_id = ?",
                                        [.text(a.worker), .integer(a.jobID)]).first?.int("banned") ?? 0) != 0

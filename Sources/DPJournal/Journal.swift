@@ -323,8 +323,27 @@ public final class Journal: @unchecked Sendable {
         let final: JobState = failed > 0 ? .failed : .completed
         try db.run("UPDATE jobs SET state = ?, updated_at_ms = ?, finished_at_ms = ?, error = ? WHERE id = ?",
                    [.text(final.rawValue), .integer(t), .integer(t),
-                    failed > 0 ? .text("\(failed) frame(s) failed") : .null, .integer(id)])
+                    failed > 0 ? .text(try failedFramesReport(id, failed: failed)) : .null, .integer(id)])
         return (final, true)
+    }
+
+    /// "N frame(s) failed: frame F (worker errors, last first); ..." for a job's failed frames: the
+    /// first 3 frames, each with its last 3 workers' errors cut to 300 characters.
+    func failedFramesReport(_ id: Int64, failed: Int) throws -> String {
+        let frames = try db.query("SELECT frame FROM frames WHERE job_id = ? AND state = 'failed' ORDER BY frame LIMIT 3",
+                                  [.integer(id)]).compactMap { $0.int("frame") }
+        var parts: [String] = []
+        for frame in frames {
+            let errors = try db.query("""
+                SELECT worker, error FROM attempts WHERE job_id = ? AND frame = ? AND result = 'failed' ORDER BY id DESC LIMIT 3
+                """, [.integer(id), .int(frame)]).map { row -> String in
+                let text = row.string("error") ?? "?"
+                return "'\(row.string("worker") ?? "?")': " + (text.count > 300 ? String(text.prefix(300)) + "..." : text)
+            }
+            parts.append("frame \(frame) (" + errors.joined(separator: " | ") + ")")
+        }
+        return "\(failed) frame(s) failed" + (parts.isEmpty ? "" : ": " + parts.joined(separator: "; "))
+            + (failed > frames.count ? "; ..." : "")
     }
 
     /// A job's state and frame counters (inside the lock; unknown job: throws).

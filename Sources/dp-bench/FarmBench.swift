@@ -197,7 +197,7 @@ enum FarmBench {
         let model = root.appendingPathComponent("model")
         try fm.createDirectory(at: model, withIntermediateDirectories: true)
         let config: [String: Any] = [
-            "format": "dreampose-model/1", "name": "farm-bench (no weights)", "height": 64, "width": 64,
+            "format": "dreampose-model/1", "name": "farm-bench (no weights)", "height": 8, "width": 8,  // the synthetic renderer's 8x8 frames
             "vae_scaling_factor": 0.18215, "pose_window": 5,
             "defaults": ["steps": 1, "sampler": "ddim", "image_guidance": 1.0, "pose_guidance": 1.0] as [String: Any],
         ]
@@ -215,6 +215,7 @@ enum FarmBench {
             }
         }
         var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: root.appendingPathComponent("state"))
+        settings.outputRoot = root  // as dp-coord serve: the jobs name their output folders inside it
         if let turnIntervalUs { settings.minTurnIntervalMicroseconds = turnIntervalUs }
         if coordinatorNice != 0 { settings.loopThreadNice = coordinatorNice }
         let coordinator = try Coordinator(settings: settings, log: log)
@@ -248,7 +249,7 @@ enum FarmBench {
         let warmUp = min(frames, warmUpFrames ?? 8 * workers * slots)
         if warmUp > 0 {
             let job = JobSubmission(name: "bench warm-up", modelDirectory: model, subjectPNG: subject, poses: poses,
-                                    frames: Array(0..<warmUp), outputDirectory: root.appendingPathComponent("out-warm-up").path)
+                                    frames: Array(0..<warmUp), outputDirectory: "out-warm-up")
             let start = Date()
             let id = try client.submit(job)
             var state: String?
@@ -265,7 +266,7 @@ enum FarmBench {
             for s in services { s.resetSlotStatistics() }
         }
         let job = JobSubmission(name: "bench", modelDirectory: model, subjectPNG: subject, poses: poses,
-                                frames: Array(0..<frames), outputDirectory: root.appendingPathComponent("out").path)
+                                frames: Array(0..<frames), outputDirectory: "out")
         let start = Date()
         let cpuStart = processCPUSeconds()
         let threadsStart = ThreadCPU.byThread()

@@ -55,6 +55,9 @@ extension DPCoordCommand {
         @Option(name: .customLong("loop-nice"),
                 help: "Nice value for the coordinator's loop thread, e.g. -5 on a machine shared with a dp-worker (below 0 needs CAP_SYS_NICE).")
         var loopNice: Int?
+        @Option(name: .customLong("output-root"),
+                help: "Folder that holds every job's output folder and video (default <state>/outputs); jobs name them relative to it.")
+        var outputRoot: String?
 
         func validate() throws {
             if let h = heartbeatMs, h < 1 { throw ValidationError("--heartbeat-ms must be at least 1") }
@@ -76,6 +79,7 @@ extension DPCoordCommand {
             if let ffmpeg { settings.ffmpegPath = ffmpeg }
             if let turnIntervalUs { settings.minTurnIntervalMicroseconds = turnIntervalUs }
             if let loopNice { settings.loopThreadNice = loopNice }
+            if let outputRoot { settings.outputRoot = SubmitInputs.absoluteURL(outputRoot) }
             let coordinator = try Coordinator(settings: settings, log: { DPCoordCommand.stderrLine($0) })
             DPCoordCommand.stderrLine("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
             let trap = SignalTrap { sig in
@@ -99,10 +103,10 @@ extension DPCoordCommand {
         /// --model, --subject, --poses, --frames, --steps, --sampler, --image-guidance, --pose-guidance, --seed,
         /// --noise: the same declaration (and file-free checks) as `dp-worker render`.
         @OptionGroup var render: RenderOptions
-        @Option(help: "Output folder for frame_<n>.png and manifest.json (on the coordinator's machine).") var out: String
+        @Option(help: "Output folder for frame_<n>.png and manifest.json: a local path, or with --coordinator a name inside its --output-root.") var out: String
         @Option(help: "Job priority (higher goes first).") var priority = 0
         @Option(help: "Dispatch order: frame (ascending) or preview (first, last, middle, then halves).") var order = "frame"
-        @Option(help: "Write an H.264 video of the finished sequence to this file (on the coordinator's machine).") var video: String?
+        @Option(help: "Write an H.264 video of the finished sequence to this file (with --coordinator: a name inside its --output-root).") var video: String?
         @Option(help: "Frames per second of --video.") var fps = 30
         @Option(help: "Job name shown by status (default: model:subject).") var name: String?
         @Option(help: "Coordinator to submit to; without it the job runs here with an embedded coordinator.") var coordinator: String?
@@ -120,7 +124,8 @@ extension DPCoordCommand {
 
         func run() throws {
             let inputs = try SubmitInputs.load(.init(
-                render: render, out: out, priority: priority, order: order, video: video, fps: fps, name: name))
+                render: render, out: out, priority: priority, order: order, video: video, fps: fps, name: name,
+                remote: coordinator != nil))
             let display = FollowDisplay(json: json)
             if !json { display.line("dp-coord submit: \(inputs.summary)") }
 

@@ -23,7 +23,9 @@ final class EmbeddedFarm {
         self.timeout = timeout
         stateDirectory = outputDirectory.appendingPathComponent(".dp-state")
         try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
-        let settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: stateDirectory)
+        var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: stateDirectory)
+        // The operator's own machine: --out and --video are local paths, taken as given.
+        settings.allowLocalOutputPaths = true
         coordinator = try Coordinator(settings: settings, log: { log("coordinator: \($0)") })
         let coordinator = self.coordinator
         coordinatorThread = BackgroundThread(name: "dp-coord") { try coordinator.run() }

@@ -2,6 +2,7 @@ import DPCLISupport
 import DPCoordinator
 import DPModels
 import DPPipeline
+import DPProtocol
 import Foundation
 
 /// The local files of a `dp-coord submit`, read and checked on the submitting machine before anything is
@@ -21,6 +22,9 @@ struct SubmitInputs {
         var video: String?
         var fps: Int
         var name: String?
+        /// Submitting to a coordinator elsewhere (`--coordinator`): --out and --video are names inside
+        /// its output root (`dp-coord serve --output-root`), sent as given; absolute paths are refused.
+        var remote = false
     }
 
     /// Reads and validates every input named by `o` (paths relative to the current directory).
@@ -88,12 +92,26 @@ struct SubmitInputs {
             noiseNPY = NPY.encode(shape: latentShape, values: values)
         }
 
-        let out = absoluteURL(o.out)
-        var outIsDir: ObjCBool = false
-        if fm.fileExists(atPath: out.path, isDirectory: &outIsDir), !outIsDir.boolValue {
-            throw CLIError("--out \(out.path) exists and is not a folder")
+        let out: URL
+        let video: String?
+        if o.remote {
+            // Names inside the coordinator's output root; it checks them again (and owns the root).
+            for (flag, value) in [("--out", o.out), ("--video", o.video)] {
+                if let value, let problem = RelativePath.problem(value) {
+                    throw CLIError("\(flag) \(value): with --coordinator it names a folder or file inside the coordinator's "
+                        + "output root (dp-coord serve --output-root), relative and without '..': \(problem)")
+                }
+            }
+            out = URL(fileURLWithPath: o.out, relativeTo: URL(fileURLWithPath: "/")).standardizedFileURL
+            video = o.video
+        } else {
+            out = absoluteURL(o.out)
+            var outIsDir: ObjCBool = false
+            if fm.fileExists(atPath: out.path, isDirectory: &outIsDir), !outIsDir.boolValue {
+                throw CLIError("--out \(out.path) exists and is not a folder")
+            }
+            video = o.video.map { absoluteURL($0).path }
         }
-        let video = o.video.map { absoluteURL($0).path }
         if let video, !video.lowercased().hasSuffix(".mp4") && !video.lowercased().hasSuffix(".mkv")
             && !video.lowercased().hasSuffix(".mov") {
             throw CLIError("--video \(video): expected a .mp4, .mkv or .mov file name")
@@ -101,7 +119,7 @@ struct SubmitInputs {
 
         let name = o.name ?? "\(modelURL.lastPathComponent):\(subjectURL.deletingPathExtension().lastPathComponent)"
         var job = JobSubmission(name: name, modelDirectory: modelURL, subjectPNG: subjectPNG, poses: poses,
-                                frames: frames, outputDirectory: out.path)
+                                frames: frames, outputDirectory: o.remote ? o.out : out.path)
         job.steps = r.steps
         job.sampler = r.sampler
         job.imageGuidance = r.imageGuidance
@@ -115,7 +133,7 @@ struct SubmitInputs {
         let d = config.defaults
         let summary = "\(frames.count) frame(s) of \(poses.count) pose(s), model \(config.name) \(config.height)x\(config.width), "
             + "\(r.sampler ?? d.sampler) \(r.steps ?? d.steps) steps, s_I \(r.imageGuidance ?? d.imageGuidance), "
-            + "s_P \(r.poseGuidance ?? d.poseGuidance), \(noiseNPY == nil ? "seed \(r.seed ?? 0)" : "noise file") -> \(out.path)"
+            + "s_P \(r.poseGuidance ?? d.poseGuidance), \(noiseNPY == nil ? "seed \(r.seed ?? 0)" : "noise file") -> \(o.remote ? o.out + " (in the coordinator's output root)" : out.path)"
         return SubmitInputs(submission: job, summary: summary)
     }
 

@@ -101,7 +101,7 @@ final class CLIDeployTests: CLIProcessTestCase {
     func startCoordinator() throws -> (CLITestSupport.Started, String) {
         let coord = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
             "serve", "--bind", "tcp://127.0.0.1:*", "--state", work.appendingPathComponent("state").path,
-            "--heartbeat-ms", "100",
+            "--heartbeat-ms", "100", "--output-root", work.path,
         ], work: work)
         started.append(coord)
         var endpoint: String?
@@ -165,7 +165,7 @@ final class CLIDeployTests: CLIProcessTestCase {
         // A long frame (many steps) that the worker is rendering when the signals come.
         let args = ["submit", "--model", assets.appendingPathComponent("model").path,
                     "--subject", assets.appendingPathComponent("subject.png").path,
-                    "--poses", assets.appendingPathComponent("poses").path, "--out", work.appendingPathComponent("out").path,
+                    "--poses", assets.appendingPathComponent("poses").path, "--out", "out",  // inside --output-root
                     "--steps", "400", "--frames", "0"]
         let submit = try CLITestSupport.run("dp-coord", args + ["--coordinator", endpoint, "--detach"], work: work)
         XCTAssertEqual(submit.status, 0, submit.stderr)

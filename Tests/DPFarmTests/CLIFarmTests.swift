@@ -11,6 +11,7 @@ final class CLIFarmTests: CLIProcessTestCase {
     func startCoordinator(state: URL) throws -> (CLITestSupport.Started, String) {
         let coord = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
             "serve", "--bind", "tcp://127.0.0.1:*", "--state", state.path, "--heartbeat-ms", "100", "--grace", "0.2",
+            "--output-root", work.path,
         ], work: work)
         started.append(coord)
         var endpoint: String?
@@ -36,7 +37,8 @@ final class CLIFarmTests: CLIProcessTestCase {
         // Submit and follow: the frames land in --out and match the golden frames.
         let out = work.appendingPathComponent("out")
         let frames = Array(golden.frames.prefix(2))
-        let submit = try CLITestSupport.run("dp-coord", try golden.submitArgs(out: out) + [
+        // With --coordinator, --out is a name inside the coordinator's --output-root (here the work folder).
+        let submit = try CLITestSupport.run("dp-coord", try golden.submitArgs(out: out).map { $0 == out.path ? "out" : $0 } + [
             "--coordinator", endpoint, "--frames", frames.map(String.init).joined(separator: ","), "--json",
         ], work: work)
         XCTAssertEqual(submit.status, 0, "submit: \(submit.stderr)\ncoordinator: \(coord.stderr)\nworker: \(worker.stderr)")
@@ -69,7 +71,7 @@ final class CLIFarmTests: CLIProcessTestCase {
 
         // A detached job with many steps, cancelled at once: state cancelled, and its follower would exit non-zero.
         let out2 = work.appendingPathComponent("out2")
-        var args2 = try golden.submitArgs(out: out2)
+        var args2 = try golden.submitArgs(out: out2).map { $0 == out2.path ? "out2" : $0 }
         if let i = args2.firstIndex(of: "--steps") { args2[i + 1] = "400" } else { args2 += ["--steps", "400"] }
         let detached = try CLITestSupport.run("dp-coord", args2 + ["--coordinator", endpoint, "--detach"], work: work)
         XCTAssertEqual(detached.status, 0, detached.stderr)

@@ -51,6 +51,9 @@ final class RunningCoordinator {
         var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: state)
         settings.heartbeatIntervalMs = 100
         settings.restartGraceSeconds = 0
+        // Most tests submit absolute output folders in their temp folder, as the embedded farm does;
+        // the confinement tests (ConfinementTests) turn this off to get `dp-coord serve`'s behaviour.
+        settings.allowLocalOutputPaths = true
         configure(&settings)
         self.logs = logs
         coordinator = try Coordinator(settings: settings, clock: clock, log: logs.closure)
@@ -225,7 +228,34 @@ enum FarmFixtures {
     /// A pose .npy stand-in whose bytes name its frame (the coordinator forwards them untouched).
     static func pose(_ n: Int) -> Data { Data("pose-\(n)".utf8) }
 
-    static func png(frame: UInt32, by worker: String) -> Data { Data("\u{89}PNG frame \(frame) by \(worker)".utf8) }
+    /// A result PNG whose structure passes the coordinator's check (signature, IHDR of the fixture
+    /// model's 48x64 8-bit RGB frame size, chunks up to IEND) and whose bytes name the frame and worker.
+    /// The pixels are not real (the coordinator never decodes them).
+    static func png(frame: UInt32, by worker: String, width: Int = 48, height: Int = 64) -> Data {
+        pngStructure(width: width, height: height, payload: Data("frame \(frame) by \(worker)".utf8))
+    }
+
+    static func pngStructure(width: Int, height: Int, payload: Data, bitDepth: UInt8 = 8, colourType: UInt8 = 2) -> Data {
+        func be32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(v >> 16 & 0xff), UInt8(v >> 8 & 0xff), UInt8(v & 0xff)] }
+        func chunk(_ type: String, _ body: [UInt8]) -> [UInt8] {
+            let typed = Array(type.utf8) + body
+            return be32(UInt32(body.count)) + typed + be32(crc32(typed))
+        }
+        var out: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+        out += chunk("IHDR", be32(UInt32(width)) + be32(UInt32(height)) + [bitDepth, colourType, 0, 0, 0])
+        out += chunk("IDAT", Array(payload))
+        out += chunk("IEND", [])
+        return Data(out)
+    }
+
+    static func crc32(_ bytes: [UInt8]) -> UInt32 {
+        var c: UInt32 = 0xFFFF_FFFF
+        for byte in bytes {
+            c ^= UInt32(byte)
+            for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        }
+        return c ^ 0xFFFF_FFFF
+    }
 
     static func submission(model: URL, frames: [Int], out: URL, poses: [Int]? = nil, order: String = "frame",
                            video: String? = nil) -> JobSubmission {

@@ -117,7 +117,9 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent("frame_00000.png")),
                        FarmFixtures.png(frame: 0, by: "fast"))
         let attempts = try coord.coordinator.journal.attempts(job: job, frame: 0)
-        XCTAssertEqual(attempts.map(\.result), [.stale, .ok])
+        // The dead worker's attempt counts as failed (issue 12: a worker that dies mid-attempt counts
+        // toward the frame's failure budget); its late result changes nothing.
+        XCTAssertEqual(attempts.map(\.result), [.failed, .ok])
         XCTAssertEqual(attempts.map(\.id), [Int64(stale.attemptID), Int64(current.attemptID)])
         let frames = try XCTUnwrap(FarmFixtures.manifest(out)["frames"] as? [[String: Any]])
         XCTAssertEqual(frames.count, 1)
@@ -406,7 +408,8 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(finished, "failed", "frame 2 failed on 3 different workers")
         let status = try XCTUnwrap(client.status(job: job).first)
         XCTAssertEqual(status.failed, 1)
-        XCTAssertEqual(status.error, "1 frame(s) failed")
+        XCTAssertTrue(status.error?.hasPrefix("1 frame(s) failed: frame 2 (") == true, status.error ?? "")
+        for name in ["a", "b", "c"] { XCTAssertTrue(status.error?.contains("out of memory on \(name)") == true, status.error ?? "") }
         XCTAssertTrue(status.perWorker.isEmpty)
     }
 

@@ -28,6 +28,7 @@ final class FarmEndToEndTests: XCTestCase {
         settings.heartbeatIntervalMs = 50
         settings.heartbeatLiveness = 5
         settings.restartGraceSeconds = 0.3
+        settings.allowLocalOutputPaths = true  // absolute output folders in the test's temp folder
         let coordinator = try Coordinator(settings: settings, log: { print("coord: \($0)") })
         let done = DispatchSemaphore(value: 0)
         Thread { try? coordinator.run(); done.signal() }.start()
@@ -159,7 +160,7 @@ final class FarmEndToEndTests: XCTestCase {
     func testCancelStopsEveryWorkerWithinAFewSteps() throws {
         let coordinator = try startCoordinator(state: temp.appendingPathComponent("state"))
         // 200 steps of 10 ms: a frame takes 2 s, a cancel must end it far sooner.
-        let renderer = SyntheticFrameRenderer(steps: 200, stepDelaySeconds: 0.01)
+        let renderer = SyntheticFrameRenderer(steps: 200, stepDelaySeconds: 0.01, width: 64, height: 128)  // the golden model's frame size
         for i in 0..<2 { try startWorker(coordinator.endpoint, name: "c-w\(i)", renderer: renderer) }
         // Any valid model folder: the synthetic renderer does not read it, the farm ships it.
         let model = try goldenJob().root.appendingPathComponent("model", isDirectory: true)

@@ -41,6 +41,7 @@ final class FarmFailureTests: XCTestCase {
         settings.heartbeatIntervalMs = 100
         settings.heartbeatLiveness = 3
         settings.restartGraceSeconds = 0.3
+        settings.allowLocalOutputPaths = true  // absolute output folders in the test's temp folder
         configure(&settings)
         let logs = LogSink()
         let coordinator = try Coordinator(settings: settings, log: logs.closure)
@@ -209,17 +210,20 @@ final class FarmFailureTests: XCTestCase {
             XCTAssertEqual(entry["worker"] as? String, survivorName, "manifest worker of frame \(n)")
         }
 
-        // The journal: the victim's attempt of its frame was lost (requeued, no failure counted), and the
-        // frame was rendered by a later attempt of the survivor.
+        // The journal: the victim's attempt of its frame failed (a worker that dies mid-attempt counts
+        // toward the frame's budget of 3 different workers, issue 12), the frame was requeued and
+        // rendered by a later attempt of the survivor.
         let attempts = try coordinator.journal.attempts(job: job, frame: kill.frame)
         let victimAttempts = attempts.filter { $0.worker == victimName }
         XCTAssertEqual(victimAttempts.count, 1, "victim attempts of frame \(kill.frame): \(attempts)")
-        XCTAssertEqual(victimAttempts.first?.result, .lost, "victim attempt of frame \(kill.frame): \(attempts)")
+        XCTAssertEqual(victimAttempts.first?.result, .failed, "victim attempt of frame \(kill.frame): \(attempts)")
         let ok = attempts.filter { $0.result == .ok }
         XCTAssertEqual(ok.map(\.worker), [survivorName], "frame \(kill.frame) attempts: \(attempts)")
         if let lost = victimAttempts.first, let good = ok.first { XCTAssertGreaterThan(good.id, lost.id) }
-        XCTAssertEqual(try coordinator.journal.frame(job: job, frame: kill.frame)?.failures, 0,
-                       "a lost attempt is not a failure")
+        XCTAssertEqual(try coordinator.journal.frame(job: job, frame: kill.frame)?.failures, 1,
+                       "a worker killed mid-attempt is one of the frame's 3 failures")
+        XCTAssertEqual(try coordinator.journal.workerJobFailures(worker: victimName, job: job).failures, 0,
+                       "a killed worker is not banned for it")
         // The victim never got a second frame (it was killed during its first).
         for n in golden.frames where n != kill.frame {
             let others = try coordinator.journal.attempts(job: job, frame: n)
@@ -247,13 +251,14 @@ final class FarmFailureTests: XCTestCase {
         let port = try FarmPorts.freeLoopbackPort()
         let endpoint = "tcp://127.0.0.1:\(port)"
         let state = temp.appendingPathComponent("coord-state")
-        let serveArgs = ["serve", "--bind", endpoint, "--state", state.path, "--heartbeat-ms", "100", "--grace", "0.3"]
+        let serveArgs = ["serve", "--bind", endpoint, "--state", state.path, "--heartbeat-ms", "100", "--grace", "0.3",
+                         "--output-root", temp.path]
         let first = try FarmChild("dp-coord", serveArgs, logDirectory: temp, name: "coord-1")
         children.append(first)
         XCTAssertTrue(first.waitForOutput("serving on"), "dp-coord serve did not start: \(first.output)")
 
         // Two in-process workers with the synthetic renderer (only the farm matters here), counting renders.
-        let renderer = CountingRenderer(SyntheticFrameRenderer(steps: 8, stepDelaySeconds: 0.02))
+        let renderer = CountingRenderer(SyntheticFrameRenderer(steps: 8, stepDelaySeconds: 0.02, width: 48, height: 64))  // the fixture model's frame size
         for i in 0 ..< 2 { try startWorker(endpoint, name: "rw\(i)", renderer: renderer) }
 
         let frames = Array(0 ..< 10)
@@ -264,7 +269,9 @@ final class FarmFailureTests: XCTestCase {
             let client = try FarmClient(endpoint: endpoint)
             defer { client.close() }
             try waitForWorkers(client, ["rw0", "rw1"])
-            job = try client.submit(FarmFixtures.submission(model: model, frames: frames, out: out))
+            var submission = FarmFixtures.submission(model: model, frames: frames, out: out)
+            submission.outputDirectory = "out"  // a name inside the served coordinator's --output-root
+            job = try client.submit(submission)
             var doneSeen = 0
             _ = try follow(client, job: job) { event in
                 if case .frameDone = event { doneSeen += 1 }

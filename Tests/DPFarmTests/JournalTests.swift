@@ -460,7 +460,8 @@ final class JournalTests: XCTestCase {
         let job2 = try XCTUnwrap(j.job(job.id))
         XCTAssertEqual(job2.state, .failed)
         XCTAssertEqual(job2.framesDone, 3)
-        XCTAssertEqual(job2.error, "1 frame(s) failed")
+        // The failed frame's last workers' errors, last first (issue 12: the job reports them).
+        XCTAssertEqual(job2.error, "1 frame(s) failed: frame 0 ('w3': oom | 'w2': oom | 'w1': render failed: NaN in latent)")
     }
 
     func testCancelJobStopsDispatchAndFencesRunningAttempts() throws {

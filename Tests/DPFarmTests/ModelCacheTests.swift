@@ -131,13 +131,15 @@ final class ModelCacheTests: XCTestCase {
         XCTAssertEqual(code { try store.readChunk(modelID: String(repeating: "a", count: 64), path: path, offset: 0, length: 1) },
                        .unknownModel)
 
-        // A restart reads the sidecar manifest; a folder whose files changed size is re-hashed and refused.
+        // A restart reads the sidecar manifest; a folder whose files changed size is re-hashed and refused:
+        // not served, reported, and the store (so the coordinator) still opens (issue 12: no crash loop).
         XCTAssertEqual(try ModelStore(directory: store.directory).modelIDs, [id])
         try Data("grown".utf8).write(to: store.folder(for: id).appendingPathComponent("unet/config.json"))
-        XCTAssertThrowsError(try ModelStore(directory: store.directory)) { error in
-            XCTAssertEqual((error as? ModelStoreError)?.code, .checksumMismatch)
-            XCTAssertTrue("\(error)".contains(id), "\(error)")
-        }
+        let reopened = try ModelStore(directory: store.directory)
+        XCTAssertEqual(reopened.modelIDs, [])
+        XCTAssertFalse(reopened.contains(id))
+        let why = try XCTUnwrap(reopened.refusedAtStart[id])
+        XCTAssertTrue(why.contains("its files changed"), why)
     }
 
     func testStoreUploadRefusesCorruptedFileNamingBothHashes() throws {
