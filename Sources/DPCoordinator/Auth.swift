@@ -123,6 +123,10 @@ public final class AuthorizedKeys: Sendable {
         for k in workers { next.roles[k, default: []].insert(.worker) }
         for k in clients { next.roles[k, default: []].insert(.client) }
         for k in admins { next.roles[k, default: []].formUnion([.client, .admin]) }
+        // The coordinator's own key pair is an admin client too: whoever holds its secret key can run
+        // the coordinator anyway, and probes and operators on its machine (`dp-coord health`, `status`)
+        // can use it without a key of their own.
+        next.roles[settings.serverKeys.publicKey, default: []].formUnion([.client, .admin])
         next.counts = Counts(workers: workers.count, clients: clients.count, admins: admins.count)
         let counts = next.counts
         snapshot.withLock { $0 = next }

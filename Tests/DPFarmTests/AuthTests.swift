@@ -307,8 +307,9 @@ final class AuthTests: XCTestCase {
                          file: StaticString = #filePath, line: UInt = #line) throws {
             let path = root.appendingPathComponent(name).path
             FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
-            XCTAssertThrowsError(secret ? try CurveKeyFile.readSecret(path) : try CurveKeyFile.readPublic(path),
-                                 file: file, line: line) { error in
+            XCTAssertThrowsError(try { () throws -> Void in
+                if secret { _ = try CurveKeyFile.readSecret(path) } else { _ = try CurveKeyFile.readPublic(path) }
+            }(), file: file, line: line) { error in
                 guard let e = error as? CurveKeyFileError else { return XCTFail("\(error)", file: file, line: line) }
                 XCTAssertEqual(e.path, path, file: file, line: line)
                 XCTAssertTrue(e.description.contains(path), e.description, file: file, line: line)
