@@ -242,6 +242,11 @@ public enum CurveKeyFile {
             let trimmed = line.trimmingCharacters(in: .whitespaces)
             if trimmed.isEmpty || trimmed.hasPrefix("#") { continue }
             let indented = line.first == " " || line.first == "\t"
+            // A bare key (Z85 has '=' in its alphabet, so look for one before reading "name = value").
+            if !indented, CurveKey.isZ85(trimmed) {
+                bare.append(trimmed)
+                continue
+            }
             guard let eq = trimmed.firstIndex(of: "=") else {
                 if indented { continue }  // a nested section name: not ours
                 section = trimmed
