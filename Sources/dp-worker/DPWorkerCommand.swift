@@ -149,8 +149,11 @@ struct HealthCommand: ParsableCommand {
     @Option(help: "The worker's --name.") var worker: String
     @Option(help: "Seconds to wait for the coordinator's reply.") var timeout: Double = 5
     @Flag(help: "Print nothing when healthy.") var quiet = false
-    @Option(help: "Secret key file to ask with (the worker's own NAME.key, or a client key).") var key: String?
-    @Option(name: .customLong("server-key"), help: "The coordinator's public key file.") var serverKey: String?
+    // Not --key/--server-key either (the parent's): the worker's own key files under other names.
+    @Option(name: .customLong("worker-key"), help: "Secret key file to ask with: the worker's --key (or a client key).")
+    var key: String?
+    @Option(name: .customLong("coordinator-key"), help: "The coordinator's public key file: the worker's --server-key.")
+    var serverKey: String?
 
     func run() throws {
         let env = ProcessInfo.processInfo.environment
@@ -162,7 +165,7 @@ struct HealthCommand: ParsableCommand {
         do {
             var curve: CurveClientKeys?
             if let key, let serverKey { curve = try CurveClientKeys.load(keyFile: key, serverKeyFile: serverKey) }
-            else if key != nil || serverKey != nil { throw ValidationError("--key and --server-key go together") }
+            else if key != nil || serverKey != nil { throw ValidationError("--worker-key and --coordinator-key go together") }
             let client = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout, curve: curve)
             defer { client.close() }
             workers = try client.workers()

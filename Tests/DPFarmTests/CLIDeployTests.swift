@@ -123,7 +123,7 @@ final class CLIDeployTests: CLIProcessTestCase {
         XCTAssertTrue(up.stdout.contains("answering"), up.stdout)
 
         // Not registered yet: 1.
-        let none = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w"] + keys.worker,
+        let none = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w"] + keys.workerHealth,
                                           work: work)
         XCTAssertEqual(none.status, 1, none.stderr)
         XCTAssertTrue(none.stderr.contains("does not list worker \"probe-w\""), none.stderr)
@@ -136,7 +136,7 @@ final class CLIDeployTests: CLIProcessTestCase {
         var status: Int32 = -1
         let deadline = Date().addingTimeInterval(120)
         while Date() < deadline {
-            status = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w"] + keys.worker,
+            status = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w"] + keys.workerHealth,
                                             work: work).status
             if status == 0 { break }
             usleep(100_000)
@@ -151,7 +151,7 @@ final class CLIDeployTests: CLIProcessTestCase {
         XCTAssertEqual(down.status, 1, down.stderr)
         XCTAssertTrue(down.stderr.contains("did not answer"), down.stderr)
         let orphan = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w", "--timeout", "1"]
-                                            + keys.worker, work: work)
+                                            + keys.workerHealth, work: work)
         XCTAssertEqual(orphan.status, 2, orphan.stderr)
     }
 

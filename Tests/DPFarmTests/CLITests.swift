@@ -200,9 +200,13 @@ class CLIProcessTestCase: XCTestCase {
              "--authorized-workers", dir.deletingLastPathComponent().appendingPathComponent("workers.d").path,
              "--authorized-clients", dir.deletingLastPathComponent().appendingPathComponent("clients.d").path]
         }
-        /// `dp-worker --connect` (and `dp-worker health`) arguments.
+        /// `dp-worker --connect` arguments.
         var worker: [String] {
             ["--key", dir.appendingPathComponent("worker.key").path, "--server-key", serverPublic]
+        }
+        /// `dp-worker health` arguments.
+        var workerHealth: [String] {
+            ["--worker-key", dir.appendingPathComponent("worker.key").path, "--coordinator-key", serverPublic]
         }
         /// Client command (`submit --coordinator`, `status`, `workers`, `cancel`, `health`) arguments.
         var client: [String] {
