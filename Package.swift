@@ -83,7 +83,7 @@ let package = Package(
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: v5),
         .executableTarget(name: "dp-worker",
-                          dependencies: ["DPWorker", "DPPipeline", "DPFileKit", "DPCLISupport",
+                          dependencies: ["DPWorker", "DPPipeline", "DPFileKit", "DPCLISupport", "DPTransport",
                                          // render's frame records (RenderRecords) and `health` (FarmClient)
                                          "DPCoordinator",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -47,6 +47,8 @@ else
   # The machine's own system units (sysinit.target, network-online.target ...) the units refer to.
   cp -a "$(pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null || echo /usr/lib/systemd/system)" "$R/usr/lib/systemd/system"
   cp "$BIN/dp-coord" "$BIN/dp-worker" "$R/usr/local/bin/"
+  # dp-coord.service's ExecReload (SIGHUP: re-read the authorized keys) runs /bin/kill.
+  mkdir -p "$R/bin" && cp /bin/kill "$R/bin/kill"
   cp Deploy/systemd/coord.env Deploy/systemd/worker.env "$R/etc/dp-farm/"
   cp Deploy/systemd/dp-coord.service Deploy/systemd/dp-worker.service "$R/etc/systemd/system/"
   for unit in dp-coord.service dp-worker.service; do

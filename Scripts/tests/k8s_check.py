@@ -73,6 +73,15 @@ def run_probe(probe, env, timeout):
         return "timeout"
 
 
+def localize(container, local):
+    """The container with /etc/dp-farm paths in its args and exec probes swapped for this machine's."""
+    c = dict(container, args=[local(a) for a in container["args"]])
+    for probe in ("readinessProbe", "livenessProbe"):
+        if probe in c:
+            c[probe] = {"exec": {"command": [local(a) for a in c[probe]["exec"]["command"]]}}
+    return c
+
+
 def main():
     docs = load()
     svc = docs[("Service", "dp-coord")]
@@ -114,8 +123,8 @@ def main():
         spec = d["spec"]["template"]["spec"]
         c = spec["containers"][0]
         keys = [v for v in spec["volumes"] if v["name"] == "keys"]
-        check(f"{kind}: keys Secret is mounted read-only and optional (issue 12)",
-              bool(keys) and keys[0]["secret"].get("optional") is True
+        check(f"{kind}: keys Secret is mounted read-only, owner-only (0400) and required (no keys, no start)",
+              bool(keys) and not keys[0]["secret"].get("optional") and keys[0]["secret"].get("defaultMode") == 0o400
               and any(m["name"] == "keys" and m.get("readOnly") for m in c["volumeMounts"]))
         check(f"{kind}: runs as non-root without privilege escalation",
               spec["securityContext"].get("runAsNonRoot") is True
@@ -131,6 +140,17 @@ def main():
     env.pop("DP_COORDINATOR", None)
     procs = []
     try:
+        # The keys the pods mount under /etc/dp-farm, made with the binaries' keygen in a folder of ours.
+        etc = os.path.join(work, "etc-dp-farm")
+        for d in ("keys", "workers.d", "clients.d", "admins.d"):
+            os.makedirs(os.path.join(etc, d))
+        for tool, name in (("dp-coord", "coordinator"), ("dp-worker", "worker")):
+            subprocess.run([os.path.join(BIN, tool), "keygen", os.path.join(etc, "keys", name)], check=True,
+                           stdout=subprocess.DEVNULL)
+        shutil.copy(os.path.join(etc, "keys", "worker.pub"), os.path.join(etc, "workers.d", "worker.pub"))
+        local = lambda a: a.replace("/etc/dp-farm", etc)
+        coord = localize(coord, local)
+        worker = localize(worker, local)
         port = free_port()
         endpoint = f"tcp://127.0.0.1:{port}"
         cargs = [a.replace(":5555", f":{port}").replace("0.0.0.0", "127.0.0.1") for a in coord["args"]]

@@ -190,7 +190,15 @@ sys.exit(0 if m['complete'] and m['settings'].get('seed') == 7 and m['video']['f
 
 # ---------------------------------------------------------------------------------------------------------
 echo "slurm tests: 2. farm mode (dp-coord serve outside Slurm, workers.sbatch, a worker cancelled mid-frame)"
-"$BIN/dp-coord" serve --bind "tcp://127.0.0.1:*" --state "$W/coord-state" 2> "$W/coord.log" &
+# Keys as in Deploy/slurm/README.md: the coordinator's pair, one worker key shared by the array, a client key.
+mkdir -p "$W/keys" "$W/workers.d" "$W/clients.d"
+"$BIN/dp-coord" keygen "$W/keys/coordinator" > /dev/null || { bad "dp-coord keygen"; exit 1; }
+"$BIN/dp-worker" keygen "$W/keys/worker" > /dev/null || { bad "dp-worker keygen"; exit 1; }
+"$BIN/dp-coord" keygen "$W/keys/client" > /dev/null || { bad "dp-coord keygen (client)"; exit 1; }
+cp "$W/keys/worker.pub" "$W/workers.d/" && cp "$W/keys/client.pub" "$W/clients.d/"
+export DP_CLIENT_KEY="$W/keys/client.key" DP_SERVER_KEY="$W/keys/coordinator.pub"
+"$BIN/dp-coord" serve --bind "tcp://127.0.0.1:*" --state "$W/coord-state" --key "$W/keys/coordinator.key" \
+  --authorized-workers "$W/workers.d" --authorized-clients "$W/clients.d" 2> "$W/coord.log" &
 coord_pid=$!
 ep=""
 t0=$SECONDS
@@ -201,7 +209,8 @@ done
 [[ -n "$ep" ]] || { bad "coordinator did not start"; cat "$W/coord.log"; exit 1; }
 echo "  coordinator $ep (pid $coord_pid)"
 jw=$(sbatch --parsable "${small[@]}" --array=0-1 --output="$W/worker-%A_%a.log" \
-     --export="ALL,DP_COORDINATOR=$ep,DP_WORKER=$BIN/dp-worker,DP_NAME_PREFIX=slurm" Deploy/slurm/workers.sbatch) \
+     --export="ALL,DP_COORDINATOR=$ep,DP_WORKER=$BIN/dp-worker,DP_NAME_PREFIX=slurm,DP_WORKER_KEY=$W/keys/worker.key,DP_SERVER_KEY=$W/keys/coordinator.pub" \
+     Deploy/slurm/workers.sbatch) \
   || { bad "sbatch workers.sbatch"; exit 1; }
 echo "  worker array job $jw (2 tasks)"
 "$BIN/dp-coord" submit --coordinator "$ep" "${common[@]}" --out "$W/farm-out" --json > "$W/submit.jsonl" 2> "$W/submit.err" &

@@ -130,7 +130,7 @@ extension Coordinator {
             order: spec.order == .preview ? .preview : .frame, outputDir: spec.outputDir,
             videoPath: spec.video.path.isEmpty ? nil : spec.video.path,
             videoFPS: spec.video.fps == 0 ? 30 : Int(spec.video.fps), frames: frames.map { Int($0) },
-            initialState: pendingInputs.isEmpty && !waitsForModel ? .queued : .uploading))
+            initialState: pendingInputs.isEmpty && !waitsForModel ? .queued : .uploading, ownerKey: sender.key))
         if startModelUpload {
             do {
                 modelUploads[manifest.modelID] = ModelUpload(ownerJob: record.id, staging: try models.beginUpload(manifest))
@@ -230,6 +230,7 @@ extension Coordinator {
 
     func onUpload(_ peer: Data, _ requestID: UInt64, _ chunk: FarmUploadChunk) throws {
         let jobID = Int64(truncatingIfNeeded: chunk.jobID)
+        guard try accessibleJob(peer, requestID, chunk.jobID, for: "upload") != nil else { return }
         guard let upload = uploads[jobID] else {
             badRequest(peer, requestID, .unknownJob, "job \(chunk.jobID) is not waiting for uploads", job: chunk.jobID)
             return
@@ -417,10 +418,7 @@ extension Coordinator {
 
     func onFollow(_ peer: Data, _ requestID: UInt64, _ follow: FarmFollowJob) throws {
         let id = Int64(truncatingIfNeeded: follow.jobID)
-        guard let record = try journal.job(id, includingSpec: false) else {
-            badRequest(peer, requestID, .unknownJob, "no job \(follow.jobID)", job: follow.jobID)
-            return
-        }
+        guard let record = try accessibleJob(peer, requestID, follow.jobID, for: "follow") else { return }
         let limits = settings.limits
         let following = followers[id]?.count ?? 0
         let streams = followers.values.reduce(0) { n, list in n + list.filter { $0.peer == peer }.count }
@@ -477,7 +475,7 @@ extension Coordinator {
         var reply = FarmStatusReply()
         if request.jobID == 0 {
             // At most `maxStatusJobs`, the newest; a marker entry (job id 0) says how many were left out.
-            let all = try journal.jobs(includingSpec: false)
+            let all = try journal.jobs(includingSpec: false).filter(senderMayAccess)
             let limit = max(1, settings.limits.maxStatusJobs)
             reply.jobs = all.suffix(limit).map(jobStatus)
             if all.count > limit {
@@ -489,10 +487,7 @@ extension Coordinator {
                 reply.jobs.append(marker)
             }
         } else {
-            guard let record = try journal.job(Int64(truncatingIfNeeded: request.jobID), includingSpec: false) else {
-                badRequest(peer, requestID, .unknownJob, "no job \(request.jobID)", job: request.jobID)
-                return
-            }
+            guard let record = try accessibleJob(peer, requestID, request.jobID, for: "status") else { return }
             reply.jobs = [jobStatus(record)]
         }
         send(peer, .statusReply(reply), requestID: requestID)
@@ -500,10 +495,7 @@ extension Coordinator {
 
     func onCancel(_ peer: Data, _ requestID: UInt64, _ request: FarmCancelJob) throws {
         let id = Int64(truncatingIfNeeded: request.jobID)
-        guard try journal.job(id, includingSpec: false) != nil else {
-            badRequest(peer, requestID, .unknownJob, "no job \(request.jobID)", job: request.jobID)
-            return
-        }
+        guard try accessibleJob(peer, requestID, request.jobID, for: "cancel") != nil else { return }
         let running = try journal.cancelJob(id, reason: "cancelled by \(peerName(peer))")
         if uploads[id] != nil { dropUpload(id, reason: "job \(id) was cancelled") }
         cancelOnWorkers(job: id, attempts: running, reason: "job \(id) cancelled")

@@ -13,6 +13,12 @@ extension Coordinator {
             send(peer, .error(FarmError(.badRequest, "hello refused: \(problem)")))
             return
         }
+        // A name belongs to its key: another key's Hello gets no session and none of its attempts.
+        if let problem = try workerNameProblem(hello.workerName) {
+            log("rejected hello from \(peerName(peer)), \(sender.label): \(problem)")
+            send(peer, .error(FarmError(.badRequest, problem)))
+            return
+        }
         // Earlier sessions of this worker (same connection, or an older one by name) end here.
         var previous: [LiveAttempt] = []
         for old in [sessions[peer], sessionByName[hello.workerName].flatMap { sessions[$0] }].compactMap({ $0 }) {
@@ -21,12 +27,14 @@ extension Coordinator {
             sessions[old.routingID] = nil
             if sessionByName[old.name] == old.routingID { sessionByName[old.name] = nil }
         }
-        let session = WorkerSession(routingID: peer, hello: hello, now: now)
+        let session = WorkerSession(routingID: peer, hello: hello, key: sender.key, now: now)
+        // Attempts in the journal are re-adopted only by the key that owns the name.
+        let ownsRecordedAttempts = try sender.key == nil || journal.workerKey(hello.workerName) == sender.key
         var adopted: [UInt64] = []
         var refused: [UInt64] = []
         for id in hello.runningAttemptIds {
             let attemptID = Int64(truncatingIfNeeded: id)
-            if let record = try journal.attempt(attemptID), record.worker == hello.workerName,
+            if ownsRecordedAttempts, let record = try journal.attempt(attemptID), record.worker == hello.workerName,
                try journal.isCurrent(attemptID) {
                 session.attempts[attemptID] = LiveAttempt(id: attemptID, jobID: record.jobID, frame: record.frame,
                                                           step: 0, total: 0, lastProgressMs: now)
@@ -42,7 +50,7 @@ extension Coordinator {
         sessions[peer] = session
         sessionByName[session.name] = peer
         try journal.recordWorker(name: session.name, host: hello.host.hostname, slots: session.slots,
-                                 threads: session.threads)
+                                 threads: session.threads, key: session.key)
         var welcome = FarmWelcome()
         welcome.coordinatorID = coordinatorID
         welcome.heartbeatIntervalMs = UInt32(settings.heartbeatIntervalMs)

@@ -24,6 +24,10 @@ public final class Coordinator: @unchecked Sendable {
     let router: ZMQSocket
     let coordinatorID: String
     let inputsDirectory: URL
+    /// The authorized keys (nil: `--insecure-no-auth`); `reloadAuthorizedKeys()` re-reads them.
+    public let authorizedKeys: AuthorizedKeys?
+    /// The ZAP handler's socket, served by the loop thread (nil: insecure).
+    let zap: ZAPHandler?
 
     private let stopLock = NSLock()
     private var stopRequested = false
@@ -32,6 +36,8 @@ public final class Coordinator: @unchecked Sendable {
     // MARK: loop state (touched only by the thread in run())
     var sessions: [Data: WorkerSession] = [:]
     var sessionByName: [String: Data] = [:]
+    /// The authenticated sender of the message being handled (set by `handle` for each message).
+    var sender = PeerIdentity.insecure
     var jobContexts: [Int64: JobContext] = [:]
     var uploads: [Int64: JobUpload] = [:]
     var modelUploads: [String: ModelUpload] = [:]
@@ -80,13 +86,34 @@ public final class Coordinator: @unchecked Sendable {
         models = try ModelStore(directory: state.appendingPathComponent("models", isDirectory: true),
                                 maxChunkBytes: chunkLimit)
         context = try ZMQContext()
+        switch settings.auth {
+        case .insecureNoAuth:
+            authorizedKeys = nil
+            zap = nil
+        case .curve(let auth):
+            let keys = try AuthorizedKeys(auth)
+            authorizedKeys = keys
+            // Bound before the ROUTER: libzmq admits every CURVE client while no handler is bound.
+            zap = try ZAPHandler(context: context, keys: keys, log: log)
+        }
         router = try context.socket(.router)
         try router.set([.routerMandatory(true), .maxMessageSize(Int64(settings.maxMessageBytes) + 4096),
                         .sendHighWaterMark(100_000), .receiveHighWaterMark(100_000)])
+        if case .curve(let auth) = settings.auth {
+            do {
+                try router.set([.curveServer(true), .curveSecretKey(auth.serverKeys.secretKey),
+                                .curvePublicKey(auth.serverKeys.publicKey), .zapDomain(ZAPHandler.domain)])
+            } catch {
+                router.close()
+                zap?.socket.close()
+                throw CoordinatorError("cannot make the ROUTER a CURVE server (libzmq built without CURVE?): \(error)")
+            }
+        }
         do {
             endpoint = try router.bind(settings.bind)
         } catch {
             router.close()
+            zap?.socket.close()
             throw CoordinatorError("cannot bind \(settings.bind): \(error)")
         }
         coordinatorID = String(format: "%016llx", UInt64.random(in: 0 ... .max))
@@ -94,8 +121,19 @@ public final class Coordinator: @unchecked Sendable {
             wakePipe = try WakePipe()
         } catch {
             router.close()
+            zap?.socket.close()
             throw CoordinatorError("cannot create the loop's wake pipe: \(error)")
         }
+    }
+
+    /// Re-reads the authorized key folders (SIGHUP). Thread-safe. On an error the keys in use
+    /// stay; nil in insecure mode. Connections of removed keys lose their rights at their next message.
+    @discardableResult
+    public func reloadAuthorizedKeys() throws -> AuthorizedKeys.Counts? {
+        guard let authorizedKeys else { return nil }
+        let counts = try authorizedKeys.reload()
+        log("authorized keys reloaded: \(counts)")
+        return counts
     }
 
     /// Makes the loop run a turn now (thread-safe).
@@ -111,6 +149,7 @@ public final class Coordinator: @unchecked Sendable {
         stopLock.unlock()
         defer {
             router.close()
+            zap?.socket.close()
             context.terminate()
         }
         startedMs = clock.nowMilliseconds()
@@ -126,8 +165,19 @@ public final class Coordinator: @unchecked Sendable {
         let poller = ZMQPoller()
         try poller.add(router)
         poller.add(fileDescriptor: wakePipe.readDescriptor)
+        if let zap { try poller.add(zap.socket) }
         let pollMs = max(5, min(100, settings.heartbeatIntervalMs / 4))
         log("coordinator \(coordinatorID) serving on \(endpoint) (state \(settings.stateDirectory.path))")
+        switch settings.auth {
+        case .insecureNoAuth:
+            for _ in 0 ..< 3 {
+                log("WARNING: --insecure-no-auth: NO AUTHENTICATION. Anyone who can reach \(endpoint) can submit, "
+                    + "cancel and read every job and register as a worker. Use CURVE keys (dp-coord keygen).")
+            }
+        case .curve(let auth):
+            log("CURVE authentication on: server public key \(auth.serverKeys.publicKey); "
+                + "\(authorizedKeys?.counts.description ?? "")")
+        }
         defer { flushOutputs(force: true) }
         var lastTurnNs: UInt64 = 0
         let minTurnNs = UInt64(max(0, settings.minTurnIntervalMicroseconds)) * 1000
@@ -139,13 +189,15 @@ public final class Coordinator: @unchecked Sendable {
             }
             let ready = try poller.poll(timeoutMilliseconds: pollMs)
             if ready[1].contains(.readable) { wakePipe.drain() }
+            // Handshakes first: they wait for no journal.
+            if let zap, ready.count > 2, ready[2].contains(.readable) { try zap.serve() }
             lastTurnNs = DispatchTime.now().uptimeNanoseconds
             // One loop turn = one journal transaction; its messages go out after the commit.
             try turn {
                 if ready[0].contains(.readable) {
                     var handled = 0
-                    while handled < 1024, let frames = try router.receive(flags: .dontWait) {
-                        handle(frames)
+                    while handled < 1024, let message = try router.receiveMessage(flags: .dontWait) {
+                        handle(message.frames, userID: message.userID)
                         handled += 1
                         if maxTurnNs > 0, DispatchTime.now().uptimeNanoseconds &- lastTurnNs >= maxTurnNs { break }
                     }
@@ -322,11 +374,17 @@ public final class Coordinator: @unchecked Sendable {
 
     func peerName(_ routingID: Data) -> String {
         let hex = routingID.map { String(format: "%02x", $0) }.joined()
-        if let s = sessions[routingID] { return "peer \(hex.prefix(64)) (worker '\(peer: s.name)')" }
-        return "peer \(hex.prefix(64))"
+        let key = sender.key.map { ", key \($0.prefix(8))…" } ?? ""
+        if let s = sessions[routingID] {
+            return "peer \(hex.prefix(64)) (worker '\(peer: s.name)'\(s.key.map { ", key \($0.prefix(8))…" } ?? ""))"
+        }
+        return "peer \(hex.prefix(64))" + (key.isEmpty ? "" : " (\(key.dropFirst(2)))")
     }
 
-    func handle(_ frames: [Data]) {
+    func handle(_ frames: [Data], userID: String? = nil) {
+        guard let identity = identify(frames.first ?? Data(), userID: userID) else { return }
+        sender = identity
+        defer { sender = .insecure }
         guard frames.count == 2 else {
             let peer = frames.first ?? Data()
             let why = FarmProtocolError.malformed(
@@ -364,6 +422,7 @@ public final class Coordinator: @unchecked Sendable {
     func route(_ peer: Data, _ envelope: FarmEnvelope) throws {
         let rid = envelope.requestID
         guard let body = envelope.body else { return }
+        guard senderMaySend(body, peer: peer, requestID: rid) else { return }
         switch body {
         case .hello(let hello):
             try onHello(peer, hello)
@@ -493,6 +552,8 @@ final class WorkerSession {
     let threads: Int
     let host: FarmHostInfo
     let maxMessageBytes: Int
+    /// The public key the session authenticated with (nil: insecure mode). Owns the session's attempts.
+    let key: String?
     var credit = 0
     var preps: Set<Int64> = []
     var attempts: [Int64: LiveAttempt] = [:]
@@ -502,8 +563,9 @@ final class WorkerSession {
     /// Credit beyond the cap was asked for (logged once per session).
     var warnedCredit = false
 
-    init(routingID: Data, hello: FarmHello, now: Int64) {
+    init(routingID: Data, hello: FarmHello, key: String?, now: Int64) {
         self.routingID = routingID
+        self.key = key
         name = hello.workerName
         slots = Int(hello.slots)
         threads = Int(hello.threads)

@@ -54,6 +54,10 @@ public struct CoordinatorSettings: Sendable {
     /// negative value keeps dispatch and heartbeats prompt; lowering it needs CAP_SYS_NICE (root,
     /// or systemd's `Nice=`, which covers the whole process). Refused: logged, and the loop runs on.
     public var loopThreadNice: Int? = nil
+    /// Who may connect and what each key may do (Auth.swift). `.insecureNoAuth` (the default here,
+    /// for in-process tests about other things) admits anyone with every role; `dp-coord serve`
+    /// refuses to start without keys unless told `--insecure-no-auth`.
+    public var auth: CoordinatorAuth = .insecureNoAuth
 
     /// `outputRoot`, or `<state>/outputs` when it is not set.
     public var resolvedOutputRoot: URL {

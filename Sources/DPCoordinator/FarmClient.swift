@@ -15,6 +15,9 @@ public enum FarmClientError: Error, CustomStringConvertible {
     case invalid(String)
     /// The coordinator sent something unexpected.
     case protocolError(String)
+    /// No secure session with the coordinator: it refused this key, or it does not hold the
+    /// secret key of the pinned server key (says which, from the socket's handshake events).
+    case handshake(String)
 
     public var description: String {
         switch self {
@@ -22,6 +25,7 @@ public enum FarmClientError: Error, CustomStringConvertible {
         case let .remote(code, message): return "coordinator refused (\(code)): \(message)"
         case .invalid(let why): return why
         case .protocolError(let why): return "protocol error: \(why)"
+        case .handshake(let why): return "no secure connection: \(why)"
         }
     }
 }
@@ -36,8 +40,14 @@ public final class FarmClient {
     private var pending: [FarmEnvelope] = []
     /// Upload chunk size.
     public var chunkBytes = FarmProtocol.defaultChunkBytes
+    /// The CURVE handshake's events (nil without keys).
+    private let monitor: ZMQMonitor?
+    private var handshake = ZMQHandshakeState()
+    private let usingCurve: Bool
 
-    public init(endpoint: String, timeoutSeconds: Double = 30) throws {
+    /// - curve: this client's key pair and the coordinator's pinned public key (`--key`,
+    ///   `--server-key`); nil = no CURVE (a coordinator run with `--insecure-no-auth`).
+    public init(endpoint: String, timeoutSeconds: Double = 30, curve: CurveClientKeys? = nil) throws {
         self.endpoint = endpoint
         timeoutMs = max(1, Int(timeoutSeconds * 1000))
         context = try ZMQContext()
@@ -45,13 +55,38 @@ public final class FarmClient {
         var id = Data([0x43])  // 'C': never starts with 0 (reserved by libzmq)
         for _ in 0..<15 { id.append(UInt8.random(in: 0 ... 255)) }
         try socket.set([.routingID(id), .maxMessageSize(Int64(FarmProtocol.defaultMaxMessageBytes) + 4096)])
+        if let curve { try socket.set(curve.socketOptions) }
+        usingCurve = curve != nil
+        monitor = try ZMQMonitor(socket)
         try socket.connect(endpoint)
     }
 
     deinit { close() }
 
     public func close() {
+        monitor?.socket.close()
         socket.close()
+    }
+
+    /// Reads the handshake events; throws once the coordinator refused this key (no point waiting).
+    private func checkHandshake() throws {
+        guard let monitor else { return }
+        handshake.record(try monitor.drain())
+        if handshake.refusedByAuth != nil, !handshake.succeeded,
+           let problem = handshake.problem(endpoint: endpoint, usingCurve: usingCurve) {
+            throw FarmClientError.handshake(problem)
+        }
+    }
+
+    /// The error for a request that got no reply in time: the handshake's problem when there was one.
+    private func noReply(_ what: String) -> FarmClientError {
+        if let monitor {
+            handshake.record((try? monitor.drain()) ?? [])
+            if !handshake.succeeded, handshake.reachedPeer, let problem = handshake.problem(endpoint: endpoint, usingCurve: usingCurve) {
+                return .handshake(problem + " (no reply to \(what) in \(timeoutMs) ms)")
+            }
+        }
+        return .timeout("no reply to \(what) from \(endpoint) in \(timeoutMs) ms")
     }
 
     // MARK: requests
@@ -74,8 +109,10 @@ public final class FarmClient {
     private func receiveSocket(timeoutMs: Int) throws -> FarmEnvelope? {
         let poller = ZMQPoller()
         try poller.add(socket)
+        if let monitor { try poller.add(monitor.socket) }
         let deadline = Date().addingTimeInterval(Double(timeoutMs) / 1000)
         while true {
+            try checkHandshake()
             let left = Int(deadline.timeIntervalSinceNow * 1000)
             if left < 0 { return nil }
             let ready = try poller.poll(timeoutMilliseconds: max(0, left))
@@ -98,7 +135,7 @@ public final class FarmClient {
         while true {
             let left = Int(deadline.timeIntervalSinceNow * 1000)
             guard left >= 0, let reply = try receiveSocket(timeoutMs: left) else {
-                throw FarmClientError.timeout("no reply to \(body.name) from \(endpoint) in \(timeoutMs) ms")
+                throw noReply(body.name)
             }
             if reply.requestID == id {
                 if case .error(let e)? = reply.body { throw FarmClientError.remote(code: e.code, message: e.message) }

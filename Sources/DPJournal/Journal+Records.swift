@@ -50,10 +50,13 @@ public struct NewJob: Sendable {
     public var frames: [Int]
     /// `.uploading` while the coordinator still waits for uploads (not dispatched until `markJobQueued`).
     public var initialState: JobState
+    /// The submitting client's public key (Z85); nil: submitted without authentication.
+    public var ownerKey: String?
 
     public init(name: String = "", spec: Data, modelID: String, priority: Int = 0, order: DispatchOrder = .frame,
                 outputDir: String, videoPath: String? = nil, videoFPS: Int = 30, frames: [Int],
-                initialState: JobState = .queued) {
+                initialState: JobState = .queued, ownerKey: String? = nil) {
+        self.ownerKey = ownerKey
         self.name = name
         self.spec = spec
         self.modelID = modelID
@@ -88,6 +91,8 @@ public struct JobRecord: Sendable, Equatable {
     public var createdAtMs: Int64
     public var updatedAtMs: Int64
     public var finishedAtMs: Int64?
+    /// The submitting client's public key (migration 5); nil: none recorded (insecure mode or older journal).
+    public var ownerKey: String?
 }
 
 public struct FrameRecord: Sendable, Equatable {
@@ -180,6 +185,8 @@ public struct WorkerRecord: Sendable, Equatable {
     public var framesFailed: Int
     public var firstSeenMs: Int64
     public var lastSeenMs: Int64
+    /// The public key the name was last registered with (migration 5); nil: none (insecure mode).
+    public var key: String?
 }
 
 public struct ModelFileRecord: Codable, Sendable, Equatable {

@@ -184,6 +184,14 @@ extension Journal {
             CREATE INDEX attempts_frame ON attempts(job_id, frame);
             CREATE INDEX attempts_running ON attempts(id) WHERE state = 'running';
             """, rebuildsTables: true),
+        // CurveZMQ authentication: a job belongs to the client key that submitted it (others see it
+        // only with an admin key), a worker name to the key it last registered with (another key
+        // cannot take over its attempts). NULL: recorded without authentication (older journals,
+        // --insecure-no-auth); such jobs are visible to admin keys only.
+        Migration(version: 5, name: "owner keys", sql: """
+            ALTER TABLE jobs ADD COLUMN owner_key TEXT;
+            ALTER TABLE workers ADD COLUMN key TEXT;
+            """),
     ]
 
     /// Applies the migrations `db` lacks, in order, each in a transaction. Refuses a database

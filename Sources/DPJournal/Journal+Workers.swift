@@ -2,14 +2,30 @@ import Foundation
 
 /// Workers (by name) and models (by id).
 extension Journal {
-    /// A worker said Hello: create or refresh its row.
-    public func recordWorker(name: String, host: String, slots: Int, threads: Int) throws {
+    /// A worker said Hello: create or refresh its row; `key` is the public key it authenticated
+    /// with (nil: insecure mode), which then owns the name (`workerKey`).
+    public func recordWorker(name: String, host: String, slots: Int, threads: Int, key: String? = nil) throws {
         try write {
             let t = now
             try db.run("""
-                INSERT INTO workers (name, host, slots, threads, first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
-                ON CONFLICT (name) DO UPDATE SET host = ?2, slots = ?3, threads = ?4, last_seen_ms = ?5
-                """, [.text(name), .text(host), .int(slots), .int(threads), .integer(t)])
+                INSERT INTO workers (name, host, slots, threads, first_seen_ms, last_seen_ms, key) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
+                ON CONFLICT (name) DO UPDATE SET host = ?2, slots = ?3, threads = ?4, last_seen_ms = ?5, key = ?6
+                """, [.text(name), .text(host), .int(slots), .int(threads), .integer(t), .optionalText(key)])
+        }
+    }
+
+    /// The public key worker `name` last registered with (nil: unknown name, or registered without a key).
+    public func workerKey(_ name: String) throws -> String? {
+        try locked {
+            try db.query("SELECT key FROM workers WHERE name = ?", [.text(name)]).first?.string("key")
+        }
+    }
+
+    /// Whether `worker` holds running attempts in the journal.
+    public func hasRunningAttempts(worker: String) throws -> Bool {
+        try locked {
+            try !db.query("SELECT 1 AS x FROM attempts WHERE state = 'running' AND worker = ? LIMIT 1",
+                          [.text(worker)]).isEmpty
         }
     }
 
@@ -24,7 +40,7 @@ extension Journal {
                 WorkerRecord(name: $0.string("name") ?? "", host: $0.string("host") ?? "", slots: $0.int("slots") ?? 0,
                              threads: $0.int("threads") ?? 0, framesDone: $0.int("frames_done") ?? 0,
                              framesFailed: $0.int("frames_failed") ?? 0, firstSeenMs: $0.int64("first_seen_ms") ?? 0,
-                             lastSeenMs: $0.int64("last_seen_ms") ?? 0)
+                             lastSeenMs: $0.int64("last_seen_ms") ?? 0, key: $0.string("key"))
             }
         }
     }

@@ -99,11 +99,11 @@ public final class Journal: @unchecked Sendable {
             let t = now
             try db.run("""
                 INSERT INTO jobs (name, model_id, priority, order_mode, state, output_dir, video_path, video_fps,
-                                  frames_total, created_at_ms, updated_at_ms)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                  frames_total, created_at_ms, updated_at_ms, owner_key)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """, [.text(job.name), .text(job.modelID), .int(job.priority), .text(job.order.rawValue),
                       .text(job.initialState.rawValue), .text(job.outputDir), .optionalText(job.videoPath),
-                      .int(job.videoFPS), .int(sorted.count), .integer(t), .integer(t)])
+                      .int(job.videoFPS), .int(sorted.count), .integer(t), .integer(t), .optionalText(job.ownerKey)])
             let id = db.lastInsertRowID
             try db.run("INSERT INTO job_specs (job_id, spec) VALUES (?, ?)", [.integer(id), .blob(job.spec)])
             // Rows of `chunk` frames per statement (a job can have tens of thousands of frames), the
@@ -371,7 +371,7 @@ public final class Journal: @unchecked Sendable {
                   framesTotal: r.int("frames_total") ?? 0, framesDone: r.int("frames_done") ?? 0,
                   framesFailed: r.int("frames_failed") ?? 0, error: r.string("error"),
                   createdAtMs: r.int64("created_at_ms") ?? 0, updatedAtMs: r.int64("updated_at_ms") ?? 0,
-                  finishedAtMs: r.int64("finished_at_ms"))
+                  finishedAtMs: r.int64("finished_at_ms"), ownerKey: r.string("owner_key"))
     }
 
     static func frameRecord(_ r: SQLiteRow) -> FrameRecord {

@@ -42,6 +42,11 @@ public enum ZMQOption {
     case curvePublicKey(String)
     case curveSecretKey(String)
     case curveServerKey(String)
+    /// ZMQ_ZAP_DOMAIN: the domain passed to the ZAP handler (RFC 27) for this socket's handshakes.
+    case zapDomain(String)
+    /// ZMQ_HANDSHAKE_IVL: a connection whose security handshake has not finished in this time is
+    /// closed (0 = never; libzmq's default is 30 s).
+    case handshakeInterval(milliseconds: Int32)
 
     var name: String {
         switch self {
@@ -66,6 +71,8 @@ public enum ZMQOption {
         case .curvePublicKey: return "ZMQ_CURVE_PUBLICKEY"
         case .curveSecretKey: return "ZMQ_CURVE_SECRETKEY"
         case .curveServerKey: return "ZMQ_CURVE_SERVERKEY"
+        case .zapDomain: return "ZMQ_ZAP_DOMAIN"
+        case .handshakeInterval: return "ZMQ_HANDSHAKE_IVL"
         }
     }
 }
@@ -95,6 +102,8 @@ extension ZMQSocket {
         case .curvePublicKey(let k): try setCurveKey(ZMQ_CURVE_PUBLICKEY, k, option)
         case .curveSecretKey(let k): try setCurveKey(ZMQ_CURVE_SECRETKEY, k, option)
         case .curveServerKey(let k): try setCurveKey(ZMQ_CURVE_SERVERKEY, k, option)
+        case .zapDomain(let d): try setBytes(ZMQ_ZAP_DOMAIN, Data(d.utf8), option)
+        case .handshakeInterval(let v): try setInt32(ZMQ_HANDSHAKE_IVL, v, option)
         }
     }
 
@@ -163,9 +172,10 @@ extension ZMQSocket {
     }
 
     private func setCurveKey(_ option: Int32, _ z85: String, _ typed: ZMQOption) throws {
-        guard z85.utf8.count == 40 else {
+        guard z85.utf8.count == 40, CurveKey.isZ85(z85) else {
             throw ZMQError(code: EINVAL, operation: "zmq_setsockopt",
-                           detail: "\(type) \(typed.name): expected a 40-character Z85 key, got \(z85.utf8.count) characters")
+                           detail: "\(type) \(typed.name): expected a 40-character Z85 key, got \(z85.utf8.count) characters"
+                               + (z85.utf8.count == 40 ? " outside the Z85 alphabet" : ""))
         }
         // Z85 keys are passed as 41 bytes including the terminating NUL.
         let socket = try raw("zmq_setsockopt")
@@ -218,5 +228,21 @@ public struct ZMQCurveKeyPair: Sendable, Equatable {
         var sec = [CChar](repeating: 0, count: 41)
         if zmq_curve_keypair(&pub, &sec) != 0 { throw ZMQError.last("zmq_curve_keypair") }
         return ZMQCurveKeyPair(publicKey: String(cString: pub), secretKey: String(cString: sec))
+    }
+
+    public init(publicKey: String, secretKey: String) {
+        self.publicKey = publicKey
+        self.secretKey = secretKey
+    }
+
+    /// The key pair of a Z85 secret key (zmq_curve_public derives the public half).
+    public init(secretKey: String) throws {
+        guard CurveKey.isZ85(secretKey) else {
+            throw ZMQError(code: EINVAL, operation: "zmq_curve_public", detail: "not a 40-character Z85 key")
+        }
+        var pub = [CChar](repeating: 0, count: 41)
+        let rc = secretKey.withCString { zmq_curve_public(&pub, $0) }
+        if rc != 0 { throw ZMQError.last("zmq_curve_public") }
+        self.init(publicKey: String(cString: pub), secretKey: secretKey)
     }
 }

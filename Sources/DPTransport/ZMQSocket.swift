@@ -146,9 +146,25 @@ public final class ZMQSocket: @unchecked Sendable {
         try send([frame], flags: flags)
     }
 
+    /// Receives one whole multipart message with the peer's authenticated identity: the "User-Id"
+    /// property (zmq_msg_gets) that the ZAP handler set for the connection it came on, nil on a
+    /// connection without one (no ZAP handler, NULL mechanism). Nothing the peer sends can set it.
+    public func receiveMessage(flags: ZMQFlags = []) throws -> ZMQMessage? {
+        var userID: String?
+        guard let frames = try receive(flags: flags, properties: { msg in
+            if let p = zmq_msg_gets(msg, "User-Id") { userID = String(cString: p) } else { userID = nil }
+        }) else { return nil }
+        return ZMQMessage(frames: frames, userID: userID)
+    }
+
     /// Receives one whole multipart message. Returns nil when `.dontWait` was given (or
     /// ZMQ_RCVTIMEO expired) and nothing was waiting. Blocks otherwise; EINTR is retried.
     public func receive(flags: ZMQFlags = []) throws -> [Data]? {
+        try receive(flags: flags, properties: nil)
+    }
+
+    /// `receive`, calling `properties` with each received part (the last call: the last part).
+    private func receive(flags: ZMQFlags, properties: ((UnsafeMutablePointer<zmq_msg_t>) -> Void)?) throws -> [Data]? {
         let socket = try raw("zmq_msg_recv")
         var frames: [Data] = []
         var msg = zmq_msg_t()
@@ -162,6 +178,7 @@ public final class ZMQSocket: @unchecked Sendable {
                 if error.isAgain && frames.isEmpty { return nil }
                 throw error
             }
+            properties?(&msg)
             let size = zmq_msg_size(&msg)
             if size == 0 {
                 frames.append(Data())
@@ -170,5 +187,16 @@ public final class ZMQSocket: @unchecked Sendable {
             }
             if zmq_msg_more(&msg) == 0 { return frames }
         }
+    }
+}
+
+/// A received message and the authenticated identity of the connection it came on.
+public struct ZMQMessage {
+    public var frames: [Data]
+    /// The ZAP handler's user id for the peer's connection (nil: none).
+    public var userID: String?
+    public init(frames: [Data], userID: String?) {
+        self.frames = frames
+        self.userID = userID
     }
 }

@@ -59,8 +59,14 @@ public final class WorkerService: @unchecked Sendable {
     /// Credits granted on this session and not yet used by a FrameTask (guarded by `lock`).
     private var creditsOutstanding = 0
 
+    /// Why the last try to get a session failed (guarded by `lock`; nil once welcomed).
+    private var sessionProblem: WorkerSessionProblem?
+
     // MARK: I/O thread state
     private var socket: ZMQSocket?
+    /// The CURVE handshake's events of the current socket (nil without keys).
+    private var monitor: ZMQMonitor?
+    private var handshake = ZMQHandshakeState()
     private var welcomed = false
     private var heartbeatIntervalMs: Int
     private var heartbeatLiveness: Int
@@ -118,6 +124,8 @@ public final class WorkerService: @unchecked Sendable {
             thread.start()
         }
         defer {
+            monitor?.socket.close()
+            monitor = nil
             socket?.close()
             socket = nil
             lock.lock(); running = false; computeOpen = false; lock.unlock()
@@ -196,6 +204,17 @@ public final class WorkerService: @unchecked Sendable {
         public init() {}
     }
 
+    /// Why the worker has no session with the coordinator (nil: welcomed, or still trying for the
+    /// first time): a refused or failed CURVE handshake, a refused Hello, or no Welcome in time.
+    public var connectionProblem: WorkerSessionProblem? {
+        lock.lock(); defer { lock.unlock() }
+        return sessionProblem
+    }
+
+    private func setProblem(_ problem: WorkerSessionProblem?) {
+        lock.lock(); sessionProblem = problem; lock.unlock()
+    }
+
     /// Attempt ids currently held (rendering, or finished and not yet answered).
     public var heldAttemptIDs: [UInt64] {
         lock.lock(); defer { lock.unlock() }
@@ -234,6 +253,11 @@ public final class WorkerService: @unchecked Sendable {
         try s.set([.routingID(id),
                    .maxMessageSize(Int64(settings.maxMessageBytes) + 4096),
                    .sendHighWaterMark(0), .receiveHighWaterMark(0)])
+        monitor?.socket.close()
+        monitor = nil
+        handshake = ZMQHandshakeState()
+        if let curve = settings.curve { try s.set(curve.socketOptions) }
+        monitor = try ZMQMonitor(s)
         try s.connect(settings.connect)
         socket = s
         welcomed = false
@@ -270,14 +294,37 @@ public final class WorkerService: @unchecked Sendable {
         let poller = ZMQPoller()
         try poller.add(socket)
         poller.add(fileDescriptor: wakePipe.readDescriptor)
+        if let monitor { try poller.add(monitor.socket) }
         while true {
             // Stop handling first: it may end the session.
             if let done = try handleStop() { return done }
+            // Drained every turn (a readable monitor would otherwise keep the poll from sleeping).
+            if let monitor { handshake.record(try monitor.drain()) }
+            if !welcomed {
+                if handshake.refusedByAuth != nil, !handshake.succeeded,
+                   let problem = handshake.problem(endpoint: settings.connect, usingCurve: settings.curve != nil) {
+                    setProblem(.handshake(problem))
+                    return .lost(problem)
+                }
+            }
 
             let now = Date()
             let silentMs = now.timeIntervalSince(lastHeard) * 1000
             let deadMs = Double(heartbeatIntervalMs * heartbeatLiveness)
             if silentMs >= deadMs {
+                if !welcomed {
+                    if let monitor {
+                        handshake.record((try? monitor.drain()) ?? [])
+                    }
+                    if !handshake.succeeded, handshake.reachedPeer,
+                       let problem = handshake.problem(endpoint: settings.connect, usingCurve: settings.curve != nil) {
+                        setProblem(.handshake(problem))
+                        return .lost("no Welcome from \(settings.connect) within \(Int(silentMs)) ms: \(problem)")
+                    }
+                    if case .refused? = connectionProblem {} else {
+                        setProblem(.noWelcome("no Welcome from \(settings.connect) within \(Int(silentMs)) ms"))
+                    }
+                }
                 return .lost(welcomed
                     ? "coordinator \(settings.connect) silent for \(Int(silentMs)) ms (liveness \(heartbeatLiveness) x \(heartbeatIntervalMs) ms)"
                     : "no Welcome from \(settings.connect) within \(Int(silentMs)) ms")
@@ -532,6 +579,7 @@ public final class WorkerService: @unchecked Sendable {
 
     private func handleWelcome(_ w: FarmWelcome) throws {
         welcomed = true
+        setProblem(nil)
         backoffMs = settings.reconnectInitialMs
         if w.heartbeatIntervalMs > 0 { heartbeatIntervalMs = Int(w.heartbeatIntervalMs) }
         if w.heartbeatLiveness > 0 { heartbeatLiveness = Int(w.heartbeatLiveness) }
@@ -567,6 +615,11 @@ public final class WorkerService: @unchecked Sendable {
             log("worker \(settings.name): coordinator says not registered; sending Hello again")
             welcomed = false
             try sendHello()
+        case .badRequest where !welcomed && requestID == 0:
+            // The coordinator refused our Hello (e.g. this key is not a worker key, or the name
+            // belongs to another key): no session; retried after the backoff.
+            setProblem(.refused(error.message))
+            log("worker \(settings.name): coordinator refused this worker: \(error.message)")
         case .unknownModel, .unknownFile, .badRequest, .checksumMismatch, .tooLarge:
             // An answer to a model request fails it; other errors are only logged.
             var failed: [ModelRequest] = []
@@ -700,5 +753,23 @@ public final class WorkerService: @unchecked Sendable {
         let excess = idle.count - settings.maxIdleJobPreps
         guard excess > 0 else { return }
         for job in idle.prefix(excess) { jobs[job.prep.jobID] = nil }
+    }
+}
+
+/// Why a worker has no session with its coordinator (`WorkerService.connectionProblem`).
+public enum WorkerSessionProblem: Sendable, Equatable, CustomStringConvertible {
+    /// The CURVE handshake failed or was refused: wrong pinned server key, or key not authorized.
+    case handshake(String)
+    /// The coordinator answered Hello with an error.
+    case refused(String)
+    /// No Welcome in time (nothing known about why).
+    case noWelcome(String)
+
+    public var description: String {
+        switch self {
+        case .handshake(let why): return "CURVE handshake: \(why)"
+        case .refused(let why): return "Hello refused: \(why)"
+        case .noWelcome(let why): return why
+        }
     }
 }

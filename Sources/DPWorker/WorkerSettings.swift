@@ -1,5 +1,6 @@
 // The settings of a farm worker (`dp-worker --connect ...`), with their documented defaults.
 import DPProtocol
+import DPTransport
 import Foundation
 
 public struct WorkerSettings: Sendable {
@@ -49,6 +50,9 @@ public struct WorkerSettings: Sendable {
     public var prefetchBelowSeconds: Double = 1.0
     public var prefetchWindowSeconds: Double = 0.010
     public var maxPrefetchPerSlot: Int = 8
+    /// CURVE: this worker's key pair and the coordinator's pinned public key (`--key`,
+    /// `--server-key`); nil = no CURVE (only a coordinator run with `--insecure-no-auth` accepts that).
+    public var curve: CurveClientKeys?
 
     /// Frames queued per slot beyond the one rendering, after a frame of `lastFrameSeconds`
     /// (nil: none rendered yet, so nothing is known and nothing prefetched).

@@ -3,6 +3,7 @@ import DPCLISupport
 import DPCoordinator
 import DPFileKit
 import DPPipeline
+import DPTransport
 import Foundation
 
 /// `dp-coord`: the render farm's coordinator (`serve`) and its clients (`submit`, `status`, `cancel`, `workers`).
@@ -10,7 +11,8 @@ struct DPCoordCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dp-coord",
         abstract: "Run a DreamPose render farm coordinator, or submit and watch jobs.",
-        subcommands: [Serve.self, Submit.self, Status.self, Cancel.self, Workers.self, Finalize.self, Health.self])
+        subcommands: [Serve.self, Submit.self, Status.self, Cancel.self, Workers.self, Finalize.self, Health.self,
+                      Keygen.self])
 
     /// The coordinator a client command talks to: `--coordinator`, else `$DP_COORDINATOR`, else local port 5555.
     static func coordinatorEndpoint(_ option: String?) -> String {
@@ -28,9 +30,34 @@ struct ClientOptions: ParsableArguments {
     @Option(help: "Coordinator endpoint (default: $DP_COORDINATOR, else tcp://127.0.0.1:5555).")
     var coordinator: String?
     @Option(help: "Seconds to wait for the coordinator's reply.") var timeout: Double = 30
+    @OptionGroup var keys: ClientKeyOptions
 
     func client() throws -> FarmClient {
-        try FarmClient(endpoint: DPCoordCommand.coordinatorEndpoint(coordinator), timeoutSeconds: timeout)
+        try FarmClient(endpoint: DPCoordCommand.coordinatorEndpoint(coordinator), timeoutSeconds: timeout,
+                       curve: keys.load())
+    }
+}
+
+/// `--key` / `--server-key` of the client commands (a client key: `dp-coord keygen`).
+struct ClientKeyOptions: ParsableArguments {
+    @Option(help: "This client's secret key file (NAME.key from `dp-coord keygen NAME`; default: $DP_CLIENT_KEY).")
+    var key: String?
+    @Option(name: .customLong("server-key"),
+            help: "The coordinator's public key file, pinned (its NAME.pub; default: $DP_SERVER_KEY).")
+    var serverKey: String?
+
+    /// The keys, or nil when neither is given (a coordinator run with --insecure-no-auth).
+    func load() throws -> CurveClientKeys? {
+        let env = ProcessInfo.processInfo.environment
+        let key = self.key ?? env["DP_CLIENT_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        let server = serverKey ?? env["DP_SERVER_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        switch (key, server) {
+        case (nil, nil): return nil
+        case let (k?, s?):
+            do { return try CurveClientKeys.load(keyFile: k, serverKeyFile: s) } catch { throw CLIError("\(error)") }
+        case (nil, _): throw CLIError("--server-key needs --key (this client's secret key file)")
+        case (_, nil): throw CLIError("--key needs --server-key (the coordinator's public key file)")
+        }
     }
 }
 
@@ -58,6 +85,20 @@ extension DPCoordCommand {
         @Option(name: .customLong("output-root"),
                 help: "Folder that holds every job's output folder and video (default <state>/outputs); jobs name them relative to it.")
         var outputRoot: String?
+        @Option(help: "The coordinator's secret key file (NAME.key from `dp-coord keygen NAME`); workers and clients pin its NAME.pub.")
+        var key: String?
+        @Option(name: .customLong("authorized-workers"),
+                help: "Folder of worker public keys (*.pub, one key per file) admitted as workers; re-read on SIGHUP.")
+        var authorizedWorkers: String?
+        @Option(name: .customLong("authorized-clients"),
+                help: "Folder of client public keys (*.pub) admitted as clients (submit, status, cancel, follow their own jobs); re-read on SIGHUP.")
+        var authorizedClients: String?
+        @Option(name: .customLong("admin-clients"),
+                help: "Folder of client public keys (*.pub) that may see and cancel every job; re-read on SIGHUP.")
+        var adminClients: String?
+        @Flag(name: .customLong("insecure-no-auth"),
+              help: "Run WITHOUT authentication: anyone who can reach --bind may submit, cancel, read every job and register as a worker.")
+        var insecureNoAuth = false
 
         func validate() throws {
             if let h = heartbeatMs, h < 1 { throw ValidationError("--heartbeat-ms must be at least 1") }
@@ -66,12 +107,44 @@ extension DPCoordCommand {
             if let g = grace, !(g >= 0) { throw ValidationError("--grace must be zero or positive") }
             if let t = turnIntervalUs, t < 0 { throw ValidationError("--turn-interval-us must be 0 or more") }
             if let n = loopNice, !(-20...19).contains(n) { throw ValidationError("--loop-nice must be between -20 and 19") }
+            if insecureNoAuth, key != nil || authorizedWorkers != nil || authorizedClients != nil || adminClients != nil {
+                throw ValidationError("--insecure-no-auth cannot be combined with --key or the authorized key folders")
+            }
+        }
+
+        /// The authentication settings, or the error that says how to make keys.
+        func auth() throws -> CoordinatorAuth {
+            if insecureNoAuth { return .insecureNoAuth }
+            let howTo = """
+                dp-coord serve needs keys (every peer is authenticated, on loopback too: other users of the machine are peers):
+                  dp-coord keygen /etc/dp-farm/keys/coordinator          # coordinator.key (secret, 0600) + coordinator.pub
+                  dp-worker keygen /etc/dp-farm/keys/worker-NAME         # on each render machine; copy its .pub to:
+                  mkdir -p /etc/dp-farm/workers.d /etc/dp-farm/clients.d /etc/dp-farm/admins.d
+                  cp worker-NAME.pub /etc/dp-farm/workers.d/             # and each client's NAME.pub to clients.d/
+                  dp-coord serve --key /etc/dp-farm/keys/coordinator.key --authorized-workers /etc/dp-farm/workers.d \\
+                      --authorized-clients /etc/dp-farm/clients.d [--admin-clients /etc/dp-farm/admins.d] ...
+                Workers and clients then pass --key THEIR.key --server-key coordinator.pub.
+                (Or --insecure-no-auth, for a closed test setup only.)
+                """
+            guard let key else { throw CLIError("no --key given.\n" + howTo) }
+            guard authorizedWorkers != nil || authorizedClients != nil || adminClients != nil else {
+                throw CLIError("no --authorized-workers, --authorized-clients or --admin-clients folder: nobody could connect.\n" + howTo)
+            }
+            let pair: ZMQCurveKeyPair
+            do { pair = try CurveKeyFile.readSecret(key) } catch { throw CLIError("\(error)\n" + howTo) }
+            func source(_ dir: String?) -> AuthorizedKeySource {
+                dir.map { .directory(SubmitInputs.absoluteURL($0)) } ?? .none
+            }
+            return .curve(CurveAuthSettings(serverKeys: pair, workers: source(authorizedWorkers),
+                                            clients: source(authorizedClients), admins: source(adminClients)))
         }
 
         func run() throws {
+            let auth = try auth()
             let stateURL = SubmitInputs.absoluteURL(state)
             try FileManager.default.createDirectory(at: stateURL, withIntermediateDirectories: true)
             var settings = CoordinatorSettings(bind: bind, stateDirectory: stateURL)
+            settings.auth = auth
             if let heartbeatMs { settings.heartbeatIntervalMs = heartbeatMs }
             if let liveness { settings.heartbeatLiveness = liveness }
             if let stallTimeout { settings.stallTimeoutSeconds = stallTimeout }
@@ -82,11 +155,28 @@ extension DPCoordCommand {
             if let outputRoot { settings.outputRoot = SubmitInputs.absoluteURL(outputRoot) }
             let coordinator = try Coordinator(settings: settings, log: { DPCoordCommand.stderrLine($0) })
             DPCoordCommand.stderrLine("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
+            if auth.isInsecure {
+                DPCoordCommand.stderrLine("dp-coord: WARNING: --insecure-no-auth: NO AUTHENTICATION on \(coordinator.endpoint); "
+                    + "anyone who can reach it controls the farm")
+            }
             let trap = SignalTrap { sig in
                 DPCoordCommand.stderrLine("dp-coord: \(sig == SIGINT ? "SIGINT" : "SIGTERM"), shutting down")
                 coordinator.shutdown()
             }
             defer { trap.cancel() }
+            // SIGHUP: re-read the authorized key folders (a bad folder keeps the keys in use).
+            let hup = SignalTrap([SIGHUP], repeats: true) { _ in
+                do {
+                    if let counts = try coordinator.reloadAuthorizedKeys() {
+                        DPCoordCommand.stderrLine("dp-coord: SIGHUP: authorized keys reloaded (\(counts))")
+                    } else {
+                        DPCoordCommand.stderrLine("dp-coord: SIGHUP: nothing to reload (--insecure-no-auth)")
+                    }
+                } catch {
+                    DPCoordCommand.stderrLine("dp-coord: SIGHUP: keys NOT reloaded, the previous ones stay in use: \(error)")
+                }
+            }
+            defer { hup.cancel() }
             try coordinator.run()
             DPCoordCommand.stderrLine("dp-coord: stopped")
         }
@@ -116,6 +206,7 @@ extension DPCoordCommand {
         @Option(help: "Embedded mode: engine threads in all, split between the workers (default: all cores).") var threads: Int?
         @Option(help: "Seconds to wait for the coordinator's replies.") var timeout: Double = 30
         @Flag(help: "Embedded mode: show the embedded coordinator's and workers' log lines.") var verbose = false
+        @OptionGroup var keys: ClientKeyOptions
 
         func validate() throws {
             if workers < 1 { throw ValidationError("--workers must be at least 1") }
@@ -156,7 +247,7 @@ extension DPCoordCommand {
         }
 
         func submitRemote(_ inputs: SubmitInputs, endpoint: String, display: FollowDisplay) throws {
-            let client = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout)
+            let client = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout, curve: keys.load())
             defer { client.close() }
             let id = try client.submit(inputs.submission)
             if detach {
@@ -308,17 +399,52 @@ extension DPCoordCommand {
         @Option(help: "Coordinator endpoint (default: $DP_COORDINATOR, else tcp://127.0.0.1:5555).") var coordinator: String?
         @Option(help: "Seconds to wait for the reply.") var timeout: Double = 5
         @Flag(help: "Print nothing when healthy.") var quiet = false
+        @OptionGroup var keys: ClientKeyOptions
 
         func run() throws {
             let endpoint = DPCoordCommand.coordinatorEndpoint(coordinator)
+            let curve = try keys.load()
             do {
-                let c = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout)
+                let c = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout, curve: curve)
                 defer { c.close() }
                 let workers = try c.workers()
                 if !quiet { print("coordinator \(endpoint): answering, \(workers.filter(\.connected).count) worker(s) connected") }
             } catch {
                 throw CLIError("coordinator \(endpoint) did not answer within \(timeout) s: \(error)")
             }
+        }
+    }
+}
+
+// MARK: - keygen
+
+extension DPCoordCommand {
+    struct Keygen: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Make a CURVE key pair: NAME.key (secret, mode 0600) and NAME.pub (public).",
+            discussion: """
+                For the coordinator (serve --key NAME.key; workers and clients pin NAME.pub with --server-key) and \
+                for clients (submit/status/cancel/workers --key NAME.key; put NAME.pub in the coordinator's \
+                --authorized-clients or --admin-clients folder). Workers make theirs with `dp-worker keygen`. The files \
+                use czmq's certificate format (ZPL, Z85 keys). Existing files are never replaced.
+                """)
+        @Argument(help: "Path and name of the pair, without extension (e.g. /etc/dp-farm/keys/coordinator).") var name: String
+
+        func run() throws {
+            try KeygenOutput.run(name)
+        }
+    }
+}
+
+/// Shared by `dp-coord keygen` and `dp-worker keygen`.
+enum KeygenOutput {
+    static func run(_ name: String) throws {
+        do {
+            let made = try CurveKeyFile.generate(base: (name as NSString).expandingTildeInPath)
+            print("secret key  \(made.secretPath)  (mode 0600: keep it on this machine)")
+            print("public key  \(made.publicPath)  \(made.pair.publicKey)")
+        } catch {
+            throw CLIError("\(error)")
         }
     }
 }

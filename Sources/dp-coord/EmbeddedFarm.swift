@@ -17,15 +17,25 @@ final class EmbeddedFarm {
     private let timeout: Double
     private let lock = NSLock()
     private var stopped = false
+    /// The submitting client's keys (ephemeral, like every key of the embedded farm).
+    private let clientKeys: CurveClientKeys
 
     init(outputDirectory: URL, workers: Int, threads: Int?, timeout: Double,
          log: @escaping @Sendable (String) -> Void) throws {
         self.timeout = timeout
         stateDirectory = outputDirectory.appendingPathComponent(".dp-state")
         try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
+        // Ephemeral keys, in memory only: the coordinator's port on 127.0.0.1 is open to every user of
+        // the machine, so even this farm admits only its own workers and client.
+        let server = try ZMQCurveKeyPair.generate()
+        let workerKeys = try ZMQCurveKeyPair.generate()
+        let client = try ZMQCurveKeyPair.generate()
+        clientKeys = CurveClientKeys(keys: client, serverPublicKey: server.publicKey)
         var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: stateDirectory)
         // The operator's own machine: --out and --video are local paths, taken as given.
         settings.allowLocalOutputPaths = true
+        settings.auth = .curve(CurveAuthSettings(serverKeys: server, workers: .keys([workerKeys.publicKey]),
+                                                 clients: .keys([client.publicKey])))
         coordinator = try Coordinator(settings: settings, log: { log("coordinator: \($0)") })
         let coordinator = self.coordinator
         coordinatorThread = BackgroundThread(name: "dp-coord") { try coordinator.run() }
@@ -38,6 +48,7 @@ final class EmbeddedFarm {
             var ws = WorkerSettings(connect: coordinator.endpoint, name: name,
                                     cacheDirectory: stateDirectory.appendingPathComponent("workers/\(name)/models"))
             ws.threads = perWorker[i]
+            ws.curve = CurveClientKeys(keys: workerKeys, serverPublicKey: server.publicKey)
             let service = try WorkerService(settings: ws, renderer: PipelineFrameRenderer(), context: workerContext,
                                             log: { log("\(name): \($0)") })
             services.append(service)
@@ -54,7 +65,7 @@ final class EmbeddedFarm {
 
     /// Submits the job to the embedded coordinator and follows it to the end; returns the final job state.
     func runJob(_ job: JobSubmission, display: FollowDisplay) throws -> String {
-        let client = try FarmClient(endpoint: coordinator.endpoint, timeoutSeconds: timeout)
+        let client = try FarmClient(endpoint: coordinator.endpoint, timeoutSeconds: timeout, curve: clientKeys)
         defer { client.close() }
         let id = try client.submit(job)
         if display.mode == .json { display.emit(["event": "submitted", "job": id]) }

@@ -9,12 +9,17 @@ final class SignalTrap {
     private let queue = DispatchQueue(label: "dp-coord.signals")
     private var fired = false
 
-    init(_ signals: [Int32] = [SIGTERM, SIGINT], handler: @escaping (Int32) -> Void) {
+    /// - repeats: every signal runs `handler` again (SIGHUP: reload), none exits.
+    init(_ signals: [Int32] = [SIGTERM, SIGINT], repeats: Bool = false, handler: @escaping (Int32) -> Void) {
         for sig in signals {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
             source.setEventHandler { [weak self] in
                 guard let self else { return }
+                if repeats {
+                    handler(sig)
+                    return
+                }
                 if self.fired {
                     FileHandle.standardError.write(Data("second signal: exiting now\n".utf8))
                     exit(130)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import DPCoordinator
 import DPPipeline
+import DPTransport
 import DPWorker
 import Foundation
 
@@ -14,7 +15,7 @@ struct DPWorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dp-worker",
         abstract: "Render DreamPose frames for a coordinator (--connect), or on this machine alone (render).",
-        subcommands: [RenderCommand.self, DemoAssetsCommand.self, HealthCommand.self])
+        subcommands: [RenderCommand.self, DemoAssetsCommand.self, HealthCommand.self, KeygenCommand.self])
 
     @Option(help: "Coordinator endpoint to work for, e.g. tcp://render-host:5555 (also $DP_COORDINATOR).")
     var connect: String?
@@ -31,6 +32,12 @@ struct DPWorkerCommand: ParsableCommand {
     @Option(name: .customLong("prefetch-below"),
             help: "Ask for the next frames ahead of time while frames take less than this many seconds (default 1; 0 = never).")
     var prefetchBelow: Double?
+    @Option(help: "This worker's secret key file (NAME.key from `dp-worker keygen NAME`; its NAME.pub goes in the coordinator's --authorized-workers folder).")
+    var key: String?
+    @Option(name: .customLong("server-key"), help: "The coordinator's public key file, pinned: a coordinator without its secret key is refused.")
+    var serverKey: String?
+    @Flag(name: .customLong("insecure-no-auth"), help: "Connect without CURVE keys (only a coordinator run with --insecure-no-auth accepts that).")
+    var insecureNoAuth = false
 
     func validate() throws {
         if slots < 1 { throw ValidationError("--slots must be at least 1") }
@@ -39,6 +46,12 @@ struct DPWorkerCommand: ParsableCommand {
         if let h = heartbeatMs, h < 1 { throw ValidationError("--heartbeat-ms must be at least 1") }
         if let p = progressMs, p < 0 { throw ValidationError("--progress-ms must be zero or positive") }
         if let p = prefetchBelow, !(p >= 0) { throw ValidationError("--prefetch-below must be zero or positive") }
+        if insecureNoAuth, key != nil || serverKey != nil {
+            throw ValidationError("--insecure-no-auth cannot be combined with --key/--server-key")
+        }
+        if (key == nil) != (serverKey == nil) {
+            throw ValidationError("--key and --server-key go together (this worker's secret key file, the coordinator's public key file)")
+        }
     }
 
     func run() throws {
@@ -56,6 +69,19 @@ struct DPWorkerCommand: ParsableCommand {
         if let heartbeatMs { settings.heartbeatIntervalMs = heartbeatMs }
         if let progressMs { settings.progressIntervalMs = progressMs }
         if let prefetchBelow { settings.prefetchBelowSeconds = prefetchBelow }
+        if let key, let serverKey {
+            do {
+                settings.curve = try CurveClientKeys.load(keyFile: key, serverKeyFile: serverKey)
+            } catch {
+                throw CLIError("\(error)")
+            }
+        } else if !insecureNoAuth {
+            throw CLIError("""
+                no keys: pass --key NAME.key (make it with `dp-worker keygen NAME`, then put NAME.pub in the \
+                coordinator's --authorized-workers folder) and --server-key COORDINATOR.pub, or --insecure-no-auth \
+                for a coordinator run without authentication
+                """)
+        }
         do { try settings.validate() } catch { throw CLIError("\(error)") }
 
         let workerName = settings.name
@@ -123,6 +149,11 @@ struct HealthCommand: ParsableCommand {
     @Option(help: "The worker's --name.") var worker: String
     @Option(help: "Seconds to wait for the coordinator's reply.") var timeout: Double = 5
     @Flag(help: "Print nothing when healthy.") var quiet = false
+    // Not --key/--server-key either (the parent's): the worker's own key files under other names.
+    @Option(name: .customLong("worker-key"), help: "Secret key file to ask with: the worker's --key (or a client key).")
+    var key: String?
+    @Option(name: .customLong("coordinator-key"), help: "The coordinator's public key file: the worker's --server-key.")
+    var serverKey: String?
 
     func run() throws {
         let env = ProcessInfo.processInfo.environment
@@ -132,7 +163,10 @@ struct HealthCommand: ParsableCommand {
         let name = worker
         let workers: [WorkerInfo]
         do {
-            let client = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout)
+            var curve: CurveClientKeys?
+            if let key, let serverKey { curve = try CurveClientKeys.load(keyFile: key, serverKeyFile: serverKey) }
+            else if key != nil || serverKey != nil { throw ValidationError("--worker-key and --coordinator-key go together") }
+            let client = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout, curve: curve)
             defer { client.close() }
             workers = try client.workers()
         } catch {
@@ -171,5 +205,27 @@ struct DemoAssetsCommand: ParsableCommand {
         print("model   \(paths.model.path)")
         print("subject \(paths.subject.path)")
         print("poses   \(paths.poses.path)")
+    }
+}
+
+/// `dp-worker keygen NAME`: this worker's CURVE key pair.
+struct KeygenCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "keygen",
+        abstract: "Make this worker's CURVE key pair: NAME.key (secret, mode 0600) and NAME.pub (public).",
+        discussion: """
+            Run it on the render machine; pass --key NAME.key to the worker and copy NAME.pub into the coordinator's \
+            --authorized-workers folder (then `systemctl reload dp-coord`, or SIGHUP). Existing files are never replaced.
+            """)
+    @Argument(help: "Path and name of the pair, without extension (e.g. /etc/dp-farm/keys/worker).") var name: String
+
+    func run() throws {
+        do {
+            let made = try CurveKeyFile.generate(base: (name as NSString).expandingTildeInPath)
+            print("secret key  \(made.secretPath)  (mode 0600: keep it on this machine)")
+            print("public key  \(made.publicPath)  \(made.pair.publicKey)")
+        } catch {
+            throw CLIError("\(error)")
+        }
     }
 }

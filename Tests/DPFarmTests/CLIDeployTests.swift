@@ -98,11 +98,11 @@ final class CLIDeployTests: CLIProcessTestCase {
     }
 
     /// Starts `dp-coord serve` on a free loopback port; returns it and its endpoint.
-    func startCoordinator() throws -> (CLITestSupport.Started, String) {
+    func startCoordinator(keys: FarmKeys) throws -> (CLITestSupport.Started, String) {
         let coord = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
             "serve", "--bind", "tcp://127.0.0.1:*", "--state", work.appendingPathComponent("state").path,
             "--heartbeat-ms", "100", "--output-root", work.path,
-        ], work: work)
+        ] + keys.serve, work: work)
         started.append(coord)
         var endpoint: String?
         XCTAssertTrue(coord.waitForStderr { text in
@@ -116,25 +116,28 @@ final class CLIDeployTests: CLIProcessTestCase {
     }
 
     func testHealthCommands() throws {
-        let (coord, endpoint) = try startCoordinator()
-        let up = try CLITestSupport.run("dp-coord", ["health", "--coordinator", endpoint], work: work)
+        let keys = try farmKeys()
+        let (coord, endpoint) = try startCoordinator(keys: keys)
+        let up = try CLITestSupport.run("dp-coord", ["health", "--coordinator", endpoint] + keys.client, work: work)
         XCTAssertEqual(up.status, 0, up.stderr)
         XCTAssertTrue(up.stdout.contains("answering"), up.stdout)
 
         // Not registered yet: 1.
-        let none = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w"], work: work)
+        let none = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w"] + keys.workerHealth,
+                                          work: work)
         XCTAssertEqual(none.status, 1, none.stderr)
         XCTAssertTrue(none.stderr.contains("does not list worker \"probe-w\""), none.stderr)
 
         let worker = try CLITestSupport.Started(try CLITestSupport.binary("dp-worker"), [
             "--connect", endpoint, "--cache", work.appendingPathComponent("cache").path, "--name", "probe-w",
             "--threads", "1", "--heartbeat-ms", "100",
-        ], work: work)
+        ] + keys.worker, work: work)
         started.append(worker)
         var status: Int32 = -1
         let deadline = Date().addingTimeInterval(120)
         while Date() < deadline {
-            status = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w"], work: work).status
+            status = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w"] + keys.workerHealth,
+                                            work: work).status
             if status == 0 { break }
             usleep(100_000)
         }
@@ -143,11 +146,12 @@ final class CLIDeployTests: CLIProcessTestCase {
         // Coordinator gone: dp-coord health 1, dp-worker health 2 (not the worker's fault).
         kill(coord.process.processIdentifier, SIGTERM)
         XCTAssertEqual(coord.wait(timeout: 60).status, 0, coord.stderr)
-        let down = try CLITestSupport.run("dp-coord", ["health", "--coordinator", endpoint, "--timeout", "1"], work: work)
+        let down = try CLITestSupport.run("dp-coord", ["health", "--coordinator", endpoint, "--timeout", "1"] + keys.client,
+                                          work: work)
         XCTAssertEqual(down.status, 1, down.stderr)
         XCTAssertTrue(down.stderr.contains("did not answer"), down.stderr)
-        let orphan = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w", "--timeout", "1"],
-                                            work: work)
+        let orphan = try CLITestSupport.run("dp-worker", ["health", "--coordinator", endpoint, "--worker", "probe-w", "--timeout", "1"]
+                                            + keys.workerHealth, work: work)
         XCTAssertEqual(orphan.status, 2, orphan.stderr)
     }
 
@@ -156,18 +160,19 @@ final class CLIDeployTests: CLIProcessTestCase {
         let assets = work.appendingPathComponent("demo")
         let made = try CLITestSupport.run("dp-worker", ["demo-assets", "--out", assets.path, "--frames", "2"], work: work)
         XCTAssertEqual(made.status, 0, made.stderr)
-        let (coord, endpoint) = try startCoordinator()
+        let keys = try farmKeys()
+        let (coord, endpoint) = try startCoordinator(keys: keys)
         let worker = try CLITestSupport.Started(try CLITestSupport.binary("dp-worker"), [
             "--connect", endpoint, "--cache", work.appendingPathComponent("cache").path, "--name", "term-w",
             "--threads", "1", "--heartbeat-ms", "100",
-        ], work: work)
+        ] + keys.worker, work: work)
         started.append(worker)
         // A long frame (many steps) that the worker is rendering when the signals come.
         let args = ["submit", "--model", assets.appendingPathComponent("model").path,
                     "--subject", assets.appendingPathComponent("subject.png").path,
                     "--poses", assets.appendingPathComponent("poses").path, "--out", "out",  // inside --output-root
                     "--steps", "400", "--frames", "0"]
-        let submit = try CLITestSupport.run("dp-coord", args + ["--coordinator", endpoint, "--detach"], work: work)
+        let submit = try CLITestSupport.run("dp-coord", args + ["--coordinator", endpoint, "--detach"] + keys.client, work: work)
         XCTAssertEqual(submit.status, 0, submit.stderr)
         // Rendering: the coordinator has seen step progress from the worker.
         XCTAssertTrue(worker.waitForStderr(timeout: 120) { $0.contains("welcomed") },
@@ -175,7 +180,7 @@ final class CLIDeployTests: CLIProcessTestCase {
         var busy = false
         let deadline = Date().addingTimeInterval(120)
         while !busy && Date() < deadline {
-            let w = try CLITestSupport.run("dp-coord", ["workers", "--json", "--coordinator", endpoint], work: work)
+            let w = try CLITestSupport.run("dp-coord", ["workers", "--json", "--coordinator", endpoint] + keys.client, work: work)
             if let list = try? JSONSerialization.jsonObject(with: Data(w.stdout.utf8)) as? [[String: Any]] {
                 busy = list.contains { $0["name"] as? String == "term-w" && ($0["busy"] as? Int ?? 0) > 0 }
             }

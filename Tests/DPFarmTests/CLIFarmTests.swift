@@ -8,11 +8,11 @@ final class CLIFarmTests: CLIProcessTestCase {
     override var workFolderPrefix: String { "dp-farm-cli" }
 
     /// Starts `dp-coord serve` on a free loopback port and returns it with its endpoint (from its first line).
-    func startCoordinator(state: URL) throws -> (CLITestSupport.Started, String) {
+    func startCoordinator(state: URL, keys: FarmKeys) throws -> (CLITestSupport.Started, String) {
         let coord = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
             "serve", "--bind", "tcp://127.0.0.1:*", "--state", state.path, "--heartbeat-ms", "100", "--grace", "0.2",
             "--output-root", work.path,
-        ], work: work)
+        ] + keys.serve, work: work)
         started.append(coord)
         var endpoint: String?
         XCTAssertTrue(coord.waitForStderr { text in
@@ -27,11 +27,12 @@ final class CLIFarmTests: CLIProcessTestCase {
 
     func testServeWorkerSubmitStatusWorkersCancel() throws {
         let golden = try CLITestSupport.pipelineCase()
-        let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"))
+        let keys = try farmKeys()
+        let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"), keys: keys)
         let worker = try CLITestSupport.Started(try CLITestSupport.binary("dp-worker"), [
             "--connect", endpoint, "--cache", work.appendingPathComponent("cache").path, "--name", "cli-worker",
             "--threads", "2", "--heartbeat-ms", "100",
-        ], work: work)
+        ] + keys.worker, work: work)
         started.append(worker)
 
         // Submit and follow: the frames land in --out and match the golden frames.
@@ -40,7 +41,7 @@ final class CLIFarmTests: CLIProcessTestCase {
         // With --coordinator, --out is a name inside the coordinator's --output-root (here the work folder).
         let submit = try CLITestSupport.run("dp-coord", try golden.submitArgs(out: out).map { $0 == out.path ? "out" : $0 } + [
             "--coordinator", endpoint, "--frames", frames.map(String.init).joined(separator: ","), "--json",
-        ], work: work)
+        ] + keys.client, work: work)
         XCTAssertEqual(submit.status, 0, "submit: \(submit.stderr)\ncoordinator: \(coord.stderr)\nworker: \(worker.stderr)")
         let events = submit.jsonEvents
         let jobID = try XCTUnwrap(events.first { $0["event"] as? String == "submitted" }?["job"] as? Int, submit.stdout)
@@ -52,7 +53,8 @@ final class CLIFarmTests: CLIProcessTestCase {
         }
 
         // status --json: the job, completed, every frame done.
-        let status = try CLITestSupport.run("dp-coord", ["status", String(jobID), "--json", "--coordinator", endpoint], work: work)
+        let status = try CLITestSupport.run("dp-coord", ["status", String(jobID), "--json", "--coordinator", endpoint] + keys.client,
+                                           work: work)
         XCTAssertEqual(status.status, 0, status.stderr)
         let jobs = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [[String: Any]], status.stdout)
         XCTAssertEqual(jobs.count, 1)
@@ -62,7 +64,9 @@ final class CLIFarmTests: CLIProcessTestCase {
 
         // workers --json (coordinator taken from $DP_COORDINATOR): our worker, connected, with its frames.
         let workersRun = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), ["workers", "--json"], work: work,
-                                                    environment: ["DP_COORDINATOR": endpoint]).wait(timeout: 60)
+                                                    environment: ["DP_COORDINATOR": endpoint,
+                                                                  "DP_CLIENT_KEY": keys.client[1],
+                                                                  "DP_SERVER_KEY": keys.serverPublic]).wait(timeout: 60)
         XCTAssertEqual(workersRun.status, 0, workersRun.stderr)
         let workers = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(workersRun.stdout.utf8)) as? [[String: Any]],
                                     workersRun.stdout)
@@ -73,14 +77,14 @@ final class CLIFarmTests: CLIProcessTestCase {
         let out2 = work.appendingPathComponent("out2")
         var args2 = try golden.submitArgs(out: out2).map { $0 == out2.path ? "out2" : $0 }
         if let i = args2.firstIndex(of: "--steps") { args2[i + 1] = "400" } else { args2 += ["--steps", "400"] }
-        let detached = try CLITestSupport.run("dp-coord", args2 + ["--coordinator", endpoint, "--detach"], work: work)
+        let detached = try CLITestSupport.run("dp-coord", args2 + ["--coordinator", endpoint, "--detach"] + keys.client, work: work)
         XCTAssertEqual(detached.status, 0, detached.stderr)
         let job2 = try XCTUnwrap(Int(detached.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), detached.stdout)
         XCTAssertNotEqual(job2, jobID)
-        let cancel = try CLITestSupport.run("dp-coord", ["cancel", String(job2), "--coordinator", endpoint], work: work)
+        let cancel = try CLITestSupport.run("dp-coord", ["cancel", String(job2), "--coordinator", endpoint] + keys.client, work: work)
         XCTAssertEqual(cancel.status, 0, cancel.stderr)
         XCTAssertTrue(cancel.stdout.contains("cancelled"), cancel.stdout)
-        let follow = try CLITestSupport.run("dp-coord", ["status", String(job2), "--coordinator", endpoint], work: work)
+        let follow = try CLITestSupport.run("dp-coord", ["status", String(job2), "--coordinator", endpoint] + keys.client, work: work)
         XCTAssertTrue(follow.stdout.contains("cancelled"), follow.stdout)
 
         // SIGTERM: both stop cleanly.
@@ -107,5 +111,57 @@ final class CLIFarmTests: CLIProcessTestCase {
             let img = try PNGCodec.read(out.appendingPathComponent(FrameSelection.outputName(frame: n)))
             XCTAssertGreaterThan(img.width, 0)
         }
+    }
+
+    /// `dp-coord serve` refuses to start without keys (loopback too) and says how to make them; with
+    /// --insecure-no-auth it starts and says loudly that nothing is authenticated. SIGHUP admits a key
+    /// added to --authorized-clients; a client without keys, or with an unknown key, gets nowhere.
+    func testServeNeedsKeysAndSIGHUPAdmitsANewClient() throws {
+        let refused = try CLITestSupport.run("dp-coord", [
+            "serve", "--bind", "tcp://127.0.0.1:*", "--state", work.appendingPathComponent("s0").path,
+        ], work: work, timeout: 60)
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stderr.contains("dp-coord keygen"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("dp-worker keygen"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("--insecure-no-auth"), refused.stderr)
+
+        let insecure = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
+            "serve", "--bind", "tcp://127.0.0.1:*", "--state", work.appendingPathComponent("s1").path, "--insecure-no-auth",
+        ], work: work)
+        started.append(insecure)
+        XCTAssertTrue(insecure.waitForStderr { $0.contains("serving on") }, insecure.stderr)
+        XCTAssertTrue(insecure.stderr.contains("NO AUTHENTICATION"), insecure.stderr)
+        kill(insecure.process.processIdentifier, SIGTERM)
+        XCTAssertEqual(insecure.wait(timeout: 60).status, 0, insecure.stderr)
+
+        let keys = try farmKeys()
+        let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"), keys: keys)
+        let ok = try CLITestSupport.run("dp-coord", ["status", "--coordinator", endpoint] + keys.client, work: work)
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+
+        // No keys at all: the handshake fails, and the client says why.
+        let bare = try CLITestSupport.run("dp-coord", ["status", "--coordinator", endpoint, "--timeout", "2"], work: work)
+        XCTAssertNotEqual(bare.status, 0)
+        XCTAssertTrue(bare.stderr.contains("--server-key"), bare.stderr)
+
+        // A new client key: refused until it is in clients.d and the coordinator got SIGHUP.
+        let newKey = work.appendingPathComponent("keys/client2")
+        XCTAssertEqual(try CLITestSupport.run("dp-coord", ["keygen", newKey.path], work: work).status, 0)
+        let args2 = ["status", "--coordinator", endpoint, "--timeout", "2", "--key", newKey.path + ".key",
+                     "--server-key", keys.serverPublic]
+        let before = try CLITestSupport.run("dp-coord", args2, work: work)
+        XCTAssertNotEqual(before.status, 0)
+        XCTAssertTrue(before.stderr.contains("refused this key"), before.stderr)
+        try FileManager.default.copyItem(atPath: newKey.path + ".pub",
+                                         toPath: work.appendingPathComponent("clients.d/client2.pub").path)
+        kill(coord.process.processIdentifier, SIGHUP)
+        var status: Int32 = -1
+        let deadline = Date().addingTimeInterval(30)
+        while status != 0 && Date() < deadline {
+            status = try CLITestSupport.run("dp-coord", args2, work: work).status
+        }
+        XCTAssertEqual(status, 0, "client2 not admitted after SIGHUP: \(coord.stderr)")
+        kill(coord.process.processIdentifier, SIGTERM)
+        XCTAssertEqual(coord.wait(timeout: 60).status, 0, coord.stderr)
     }
 }

@@ -190,6 +190,48 @@ class CLIProcessTestCase: XCTestCase {
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
     }
 
+    /// CURVE keys for a farm of binaries, made with `dp-coord keygen` / `dp-worker keygen` in `work/keys`:
+    /// the coordinator's pair, one worker and one client key admitted through `work/workers.d` and `work/clients.d`.
+    struct FarmKeys {
+        let dir: URL
+        /// `dp-coord serve` arguments.
+        var serve: [String] {
+            ["--key", dir.appendingPathComponent("coordinator.key").path,
+             "--authorized-workers", dir.deletingLastPathComponent().appendingPathComponent("workers.d").path,
+             "--authorized-clients", dir.deletingLastPathComponent().appendingPathComponent("clients.d").path]
+        }
+        /// `dp-worker --connect` arguments.
+        var worker: [String] {
+            ["--key", dir.appendingPathComponent("worker.key").path, "--server-key", serverPublic]
+        }
+        /// `dp-worker health` arguments.
+        var workerHealth: [String] {
+            ["--worker-key", dir.appendingPathComponent("worker.key").path, "--coordinator-key", serverPublic]
+        }
+        /// Client command (`submit --coordinator`, `status`, `workers`, `cancel`, `health`) arguments.
+        var client: [String] {
+            ["--key", dir.appendingPathComponent("client.key").path, "--server-key", serverPublic]
+        }
+        var serverPublic: String { dir.appendingPathComponent("coordinator.pub").path }
+    }
+
+    func farmKeys() throws -> FarmKeys {
+        let dir = work.appendingPathComponent("keys")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        for (tool, name, folder) in [("dp-coord", "coordinator", nil), ("dp-worker", "worker", "workers.d"),
+                                     ("dp-coord", "client", "clients.d")] as [(String, String, String?)] {
+            let made = try CLITestSupport.run(tool, ["keygen", dir.appendingPathComponent(name).path], work: work)
+            XCTAssertEqual(made.status, 0, "\(tool) keygen: \(made.stderr)")
+            if let folder {
+                let target = work.appendingPathComponent(folder)
+                try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+                try FileManager.default.copyItem(at: dir.appendingPathComponent("\(name).pub"),
+                                                 to: target.appendingPathComponent("\(name).pub"))
+            }
+        }
+        return FarmKeys(dir: dir)
+    }
+
     override func tearDownWithError() throws {
         for p in started where p.process.isRunning {
             kill(p.process.processIdentifier, SIGKILL)

@@ -85,13 +85,15 @@ final class RawPeer {
     let socket: ZMQSocket
     let name: String
 
-    init(_ endpoint: String, name: String) throws {
+    /// - curve: connect as this CURVE client (AuthTests); nil = no CURVE (an insecure coordinator).
+    init(_ endpoint: String, name: String, curve: CurveClientKeys? = nil) throws {
         self.name = name
         context = try ZMQContext()
         socket = try context.socket(.dealer)
         var id = Data("P".utf8)
         for _ in 0..<8 { id.append(UInt8.random(in: 1...255)) }
         try socket.set(.routingID(id))
+        if let curve { try socket.set(curve.socketOptions) }
         try socket.connect(endpoint)
     }
 

@@ -77,6 +77,8 @@ final class FarmFailureTests: XCTestCase {
         let child = try FarmChild("dp-worker", [
             "--connect", endpoint, "--name", name, "--cache", temp.appendingPathComponent("cache-\(name)").path,
             "--threads", "1", "--heartbeat-ms", "100",
+            // Failure handling, not authentication (AuthTests): the coordinators here run without keys.
+            "--insecure-no-auth",
         ], logDirectory: temp, name: name)
         children.append(child)
         return child
@@ -252,7 +254,8 @@ final class FarmFailureTests: XCTestCase {
         let endpoint = "tcp://127.0.0.1:\(port)"
         let state = temp.appendingPathComponent("coord-state")
         let serveArgs = ["serve", "--bind", endpoint, "--state", state.path, "--heartbeat-ms", "100", "--grace", "0.3",
-                         "--output-root", temp.path]
+                         "--output-root", temp.path,
+                         "--insecure-no-auth"]  // failure handling, not authentication (AuthTests)
         let first = try FarmChild("dp-coord", serveArgs, logDirectory: temp, name: "coord-1")
         children.append(first)
         XCTAssertTrue(first.waitForOutput("serving on"), "dp-coord serve did not start: \(first.output)")

@@ -110,6 +110,32 @@ final class JournalTests: XCTestCase {
         XCTAssertEqual(try j.job(new.id)?.outputsFinal, true)
     }
 
+    func testMigrationFiveAddsOwnerKeysAndKeepsOlderRowsReadable() throws {
+        // A journal written before migration 5: a job and a worker without keys.
+        let db = try SQLiteDatabase(path: path)
+        try Journal.migrate(db, migrations: Array(Journal.migrations.prefix(4)), clock: clock)
+        try db.execute("""
+            INSERT INTO jobs (id, name, model_id, order_mode, state, output_dir, frames_total, created_at_ms, updated_at_ms)
+                VALUES (1, 'old', 'm', 'frame', 'queued', '/out', 1, 0, 0);
+            INSERT INTO job_specs (job_id, spec) VALUES (1, x'00');
+            INSERT INTO workers (name, host, first_seen_ms, last_seen_ms) VALUES ('w', 'h', 0, 0);
+            """)
+        let j = try open()
+        XCTAssertEqual(try j.job(1)?.name, "old")
+        XCTAssertNil(try j.job(1)?.ownerKey, "no owner recorded before authentication")
+        XCTAssertNil(try j.workerKey("w"))
+        var owned = newJob([0])
+        owned.ownerKey = "client-key"
+        XCTAssertEqual(try j.createJob(owned).ownerKey, "client-key")
+        try j.recordWorker(name: "w", host: "h", slots: 1, threads: 1, key: "worker-key")
+        XCTAssertEqual(try j.workerKey("w"), "worker-key")
+        XCTAssertEqual(try j.workers().first?.key, "worker-key")
+        XCTAssertFalse(try j.hasRunningAttempts(worker: "w"))
+        let job = try j.createJob(newJob([0]))
+        _ = try j.startAttempt(job: job.id, frame: 0, worker: "w")
+        XCTAssertTrue(try j.hasRunningAttempts(worker: "w"))
+    }
+
     func testMigrationFourKeepsRowsForeignKeysAndTheAttemptSequence() throws {
         // A journal written before migration 4: a job with a done and a dispatched frame, and a
         // deleted job whose attempts had taken ids 3-7 (so the sequence is past the largest id left).
@@ -129,7 +155,7 @@ final class JournalTests: XCTestCase {
         XCTAssertEqual(try db.query("SELECT COUNT(*) AS n FROM attempts").first?.int("n"), 2, "cascaded before the migration")
 
         let j = try open()
-        XCTAssertEqual(try j.schemaVersion(), 4)
+        XCTAssertEqual(try j.schemaVersion(), Journal.migrations.last?.version)
         XCTAssertEqual(try j.frame(job: 1, frame: 0)?.state, .done)
         XCTAssertEqual(try j.frame(job: 1, frame: 0)?.outputSHA256, "abc")
         XCTAssertEqual(try j.frame(job: 1, frame: 1)?.currentAttemptID, 2)
