@@ -121,34 +121,20 @@ struct ModelDefaults {
     var poseGuidance: Float
     var poseWindow: Int
 
+    /// dreampose.json read through DPFileKit's `DreamPoseFile`, which checks every value against
+    /// `DreamPoseLimits` (the pipeline reads it the same way): a hostile file (`steps: 1e300`, a
+    /// pose_window past UInt32.max) is an error for that model, never a trap in the coordinator.
     init(folder: URL, modelID: String) throws {
-        let url = folder.appendingPathComponent("dreampose.json")
-        let object: Any
+        let file: DreamPoseFile
         do {
-            object = try JSONSerialization.jsonObject(with: try Data(contentsOf: url))
+            file = try DreamPoseFile.read(folder.appendingPathComponent("dreampose.json"))
         } catch {
-            throw CoordinatorError("model \(modelID): cannot read \(url.path): \(error)")
+            throw CoordinatorError("model \(modelID): \(error)")
         }
-        guard let root = object as? [String: Any], let defaults = root["defaults"] as? [String: Any] else {
-            throw CoordinatorError("model \(modelID): \(url.path) has no \"defaults\" object")
-        }
-        func number(_ key: String) throws -> Double {
-            guard let v = defaults[key] as? NSNumber else {
-                throw CoordinatorError("model \(modelID): \(url.path): defaults.\(key) missing or not a number")
-            }
-            return v.doubleValue
-        }
-        steps = Int(try number("steps"))
-        guard let sampler = defaults["sampler"] as? String else {
-            throw CoordinatorError("model \(modelID): \(url.path): defaults.sampler missing or not a string")
-        }
-        self.sampler = sampler
-        imageGuidance = Float(try number("image_guidance"))
-        poseGuidance = Float(try number("pose_guidance"))
-        let window = (root["pose_window"] as? NSNumber)?.intValue ?? FarmProtocol.defaultPoseWindow
-        guard window > 0, window % 2 == 1 else {
-            throw CoordinatorError("model \(modelID): \(url.path): pose_window \(window) must be odd and positive")
-        }
-        poseWindow = window
+        steps = file.steps
+        sampler = file.sampler
+        imageGuidance = file.imageGuidance
+        poseGuidance = file.poseGuidance
+        poseWindow = file.poseWindow
     }
 }
