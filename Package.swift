@@ -6,8 +6,14 @@
 //   executables on top. The engine never imports ZeroMQ or SQLite; DPCoordinator never imports the models.
 import PackageDescription
 
+// -Ounchecked (no overflow or bounds traps) only on the numeric kernels of DPTensor, which take no input from
+// files or peers. Everything that parses or validates outside data (NPY, PNG, safetensors, configs,
+// dreampose.json, manifests, wire messages) is built with checks on (SECURITY.md).
 let release: [SwiftSetting] = [
     .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+]
+let checked: [SwiftSetting] = [
+    .unsafeFlags(["-wmo"], .when(configuration: .release)),
 ]
 let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
 
@@ -39,14 +45,14 @@ let package = Package(
         // Linux calls Swift cannot make itself (variadic prctl).
         .target(name: "CDPSys", path: "Sources/CDPSys"),
         .target(name: "DPTensor", dependencies: ["CDPKernels"], swiftSettings: release),
-        .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: release),
-        .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: release),
+        .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: checked),
+        .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: checked),
         // Golden-case reading and the parity runner (dp-bench parity and the tests share it).
-        .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline"], swiftSettings: release),
+        .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline"], swiftSettings: checked),
         .target(name: "DPPipeline",
                 dependencies: ["DPTensor", "DPModels", "DPSampling", "DPFileKit", "CPNG",
                                .product(name: "Crypto", package: "swift-crypto")],
-                swiftSettings: release),
+                swiftSettings: checked),
 
         // The farm.
         // Model manifest/identity, file SHA-256 and crash-safe writes: shared by the coordinator (no
@@ -93,7 +99,15 @@ let package = Package(
                           dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPGolden",
                                          "DPCoordinator", "DPWorker", "DPTransport", "CDPSys",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
-                          swiftSettings: release),
+                          swiftSettings: checked),
+
+        // Fuzzing (Tests/Fuzz/README.md): the fuzz entry points, one per input format, shared by the libFuzzer
+        // driver (dp-fuzz built by Scripts/fuzz.sh with -sanitize=fuzzer) and the corpus replay test.
+        .target(name: "DPFuzzTargets",
+                dependencies: ["DPPipeline", "DPModels", "DPSampling", "DPFileKit", "DPProtocol"],
+                path: "Tests/Fuzz/Targets", swiftSettings: v5),
+        .executableTarget(name: "dp-fuzz", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Driver",
+                          swiftSettings: v5),
 
         // Tests.
         .testTarget(name: "DPTensorTests", dependencies: ["DPTensor"], swiftSettings: v5),
@@ -101,6 +115,7 @@ let package = Package(
         .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor", "DPGolden"], exclude: ["Reference"],
                     swiftSettings: v5),
         .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden", "DPFileKit"], swiftSettings: v5),
+        .testTarget(name: "DPFuzzTests", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Replay", swiftSettings: v5),
         .testTarget(name: "DPFarmTests",
                     dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal", "DPFileKit"],
                     swiftSettings: v5),

@@ -137,49 +137,22 @@ struct ModelDefaults {
     var width: Int
     var height: Int
 
+    /// dreampose.json read through DPFileKit's `DreamPoseFile`, which checks every value against
+    /// `DreamPoseLimits` (the pipeline reads it the same way): a hostile file (`steps: 1e300`, a
+    /// pose_window past UInt32.max) is an error for that model, never a trap in the coordinator.
     init(folder: URL, modelID: String) throws {
-        let url = folder.appendingPathComponent("dreampose.json")
-        let object: Any
+        let file: DreamPoseFile
         do {
-            object = try JSONSerialization.jsonObject(with: try Data(contentsOf: url))
+            file = try DreamPoseFile.read(folder.appendingPathComponent("dreampose.json"))
         } catch {
-            throw CoordinatorError("model \(modelID): cannot read \(url.path): \(error)")
+            throw CoordinatorError("model \(modelID): \(error)")
         }
-        guard let root = object as? [String: Any], let defaults = root["defaults"] as? [String: Any] else {
-            throw CoordinatorError("model \(modelID): \(url.path) has no \"defaults\" object")
-        }
-        func number(_ key: String) throws -> Double {
-            guard let v = defaults[key] as? NSNumber, v.doubleValue.isFinite else {
-                throw CoordinatorError("model \(modelID): \(url.path): defaults.\(key) missing or not a finite number")
-            }
-            return v.doubleValue
-        }
-        // Checked conversions: a hostile value (`steps: 1e300`) is an error naming the key, never a trap.
-        let stepsValue = try number("steps")
-        guard let whole = Int(exactly: stepsValue), (1...100_000).contains(whole) else {
-            throw CoordinatorError("model \(modelID): \(url.path): defaults.steps \(stepsValue) is not a whole number from 1 to 100000")
-        }
-        steps = whole
-        guard let sampler = defaults["sampler"] as? String else {
-            throw CoordinatorError("model \(modelID): \(url.path): defaults.sampler missing or not a string")
-        }
-        self.sampler = sampler
-        imageGuidance = Float(try number("image_guidance"))
-        poseGuidance = Float(try number("pose_guidance"))
-        let windowValue = (root["pose_window"] as? NSNumber)?.doubleValue ?? Double(FarmProtocol.defaultPoseWindow)
-        guard let window = Int(exactly: windowValue), (1...1001).contains(window), window % 2 == 1 else {
-            throw CoordinatorError("model \(modelID): \(url.path): pose_window \(windowValue) must be odd and positive "
-                + "(at most 1001)")
-        }
-        poseWindow = window
-        func size(_ key: String) throws -> Int {
-            guard let v = root[key] as? NSNumber, let n = Int(exactly: v.doubleValue), (1...ResultPNGCheck.maxSide).contains(n) else {
-                throw CoordinatorError("model \(modelID): \(url.path): \(key) missing or not a whole number of pixels "
-                    + "from 1 to \(ResultPNGCheck.maxSide)")
-            }
-            return n
-        }
-        width = try size("width")
-        height = try size("height")
+        steps = file.steps
+        sampler = file.sampler
+        imageGuidance = file.imageGuidance
+        poseGuidance = file.poseGuidance
+        poseWindow = file.poseWindow
+        width = file.width
+        height = file.height
     }
 }

@@ -44,8 +44,27 @@ public struct ModelManifest: Codable, Equatable, Sendable {
         self.init(modelID: ModelManifest.identity(of: sorted), files: sorted)
     }
 
-    /// Sum of the file sizes.
-    public var totalBytes: UInt64 { files.reduce(0) { $0 + $1.size } }
+    // Upper bounds (a manifest comes from a client or a coordinator; `validate` checks them, SECURITY.md lists
+    // them). A manifest declaring 2^62-byte files used to pass and to overflow sums of sizes.
+    /// Most files a model may have.
+    public static let maxFiles = 4096
+    /// Largest file of a model (64 GiB; SD-1.5's UNet in float32 is 3.4 GB).
+    public static let maxFileBytes: UInt64 = 1 << 36
+    /// Largest model (256 GiB in all).
+    public static let maxTotalBytes: UInt64 = 1 << 38
+    /// Longest relative path, in UTF-8 bytes.
+    public static let maxPathBytes = 1024
+
+    /// Sum of the file sizes (saturating at UInt64.max; `validate` bounds it by `maxTotalBytes`).
+    public var totalBytes: UInt64 {
+        var total: UInt64 = 0
+        for file in files {
+            let (sum, overflow) = total.addingReportingOverflow(file.size)
+            if overflow { return .max }
+            total = sum
+        }
+        return total
+    }
 
     /// The entry for `path`, if the manifest lists it.
     public func entry(for path: String) -> ModelFileEntry? {
@@ -69,8 +88,26 @@ public struct ModelManifest: Codable, Equatable, Sendable {
     /// 64 lowercase hex digits, and `modelID` is the identity of `files`.
     /// (Path safety against `..` etc. is the receiver's business: see DPProtocol's `RelativePath`.)
     public func validate() throws {
+        guard files.count <= Self.maxFiles else {
+            throw ModelManifestError(path: "<manifest>",
+                                     message: "model \(modelID.prefix(80)) lists \(files.count) files, at most \(Self.maxFiles) allowed")
+        }
         var previous: String?
+        var total: UInt64 = 0
         for file in files {
+            guard !file.path.isEmpty, file.path.utf8.count <= Self.maxPathBytes else {
+                throw ModelManifestError(path: String(file.path.prefix(80)),
+                                         message: "path is \(file.path.utf8.count) bytes, expected 1 to \(Self.maxPathBytes)")
+            }
+            guard file.size <= Self.maxFileBytes else {
+                throw ModelManifestError(path: file.path,
+                                         message: "size \(file.size) is more than the \(Self.maxFileBytes) bytes a model file may have")
+            }
+            total += file.size  // both terms <= 2^36 * 4096 = 2^48: no overflow
+            guard total <= Self.maxTotalBytes else {
+                throw ModelManifestError(path: file.path,
+                                         message: "the model's files add up to more than the \(Self.maxTotalBytes) bytes a model may have")
+            }
             if let previous, !previous.utf8.lexicographicallyPrecedes(file.path.utf8) {
                 throw ModelManifestError(path: file.path, message: previous == file.path
                     ? "listed twice in the manifest of model \(modelID)"

@@ -176,13 +176,53 @@ public struct SchedulerConfig: Codable, Equatable, Sendable {
     /// non-standard literals `Infinity`, `-Infinity`, `NaN` that Python's json writes are accepted.
     /// Errors name the file and, for a bad value, the key with what was expected and found.
     public static func load(_ url: URL) throws -> SchedulerConfig {
-        let data: Data
+        let data: Data?
         do {
-            data = try Data(contentsOf: url)
+            let handle = try FileHandle(forReadingFrom: url)
+            defer { try? handle.close() }
+            data = try handle.read(upToCount: maxFileBytes + 1)
         } catch {
             throw SchedulerConfigError(file: url.path, message: "cannot read: \(error.localizedDescription)")
         }
-        return try decode(data, file: url.path)
+        guard (data?.count ?? 0) <= maxFileBytes else {
+            throw SchedulerConfigError(file: url.path, message: "larger than the \(maxFileBytes) bytes a config may have")
+        }
+        return try decode(data ?? Data(), file: url.path)
+    }
+
+    // Upper bounds (a scheduler config comes with a model from a client or a peer; SECURITY.md lists them).
+    /// Largest scheduler_config.json read.
+    public static let maxFileBytes = 1 << 20
+    /// Most train timesteps (SD: 1000); the schedulers allocate arrays of this length.
+    public static let maxTrainTimesteps = 100_000
+
+    /// Range checks on every number (the decoder only checks types): an error names the file and the key.
+    public func validate(file: String = "<memory>") throws {
+        func fail(_ key: String, _ expected: String, _ found: Any) -> SchedulerConfigError {
+            SchedulerConfigError(file: file, message: "key '\(key)': expected \(expected), found \(found)")
+        }
+        let maxT = Self.maxTrainTimesteps
+        guard numTrainTimesteps >= 1, numTrainTimesteps <= maxT else {
+            throw fail("num_train_timesteps", "1 to \(maxT)", numTrainTimesteps)
+        }
+        for (key, v) in [("beta_start", betaStart), ("beta_end", betaEnd)] where !(v.isFinite && v >= 0 && v <= 1) {
+            throw fail(key, "a number in [0, 1]", v)
+        }
+        if let trained = trainedBetas {
+            guard trained.count <= maxT else { throw fail("trained_betas", "at most \(maxT) values", trained.count) }
+            for v in trained where !(v.isFinite && v >= 0 && v <= 1) {
+                throw fail("trained_betas", "values in [0, 1]", v)
+            }
+        }
+        guard stepsOffset >= 0, stepsOffset < numTrainTimesteps else {
+            throw fail("steps_offset", "0 to num_train_timesteps - 1 (\(numTrainTimesteps - 1))", stepsOffset)
+        }
+        guard solverOrder >= 1, solverOrder <= 16 else { throw fail("solver_order", "1 to 16", solverOrder) }
+        for (key, v) in [("clip_sample_range", clipSampleRange), ("dynamic_thresholding_ratio", dynamicThresholdingRatio),
+                         ("sample_max_value", sampleMaxValue)] where !v.isFinite {
+            throw fail(key, "a finite number", v)
+        }
+        guard !lambdaMinClipped.isNaN else { throw fail("lambda_min_clipped", "a number or -Infinity", lambdaMinClipped) }
     }
 
     /// Decodes config JSON text; `file` only labels errors.
@@ -190,7 +230,11 @@ public struct SchedulerConfig: Codable, Equatable, Sendable {
         let decoder = JSONDecoder()
         decoder.allowsJSON5 = true   // Infinity / -Infinity / NaN literals as written by Python's json
         do {
-            return try decoder.decode(SchedulerConfig.self, from: data)
+            let config = try decoder.decode(SchedulerConfig.self, from: data)
+            try config.validate(file: file)
+            return config
+        } catch let error as SchedulerConfigError {
+            throw error
         } catch let error as DecodingError {
             throw SchedulerConfigError(file: file, message: describe(error))
         } catch {

@@ -30,7 +30,7 @@ final class RenderCLITests: XCTestCase {
         return dst
     }
 
-    struct Run { var status: Int32; var stderr: String }
+    struct Run { var status: Int32; var stderr: String; var signaled = false }
 
     func render(_ args: [String]) throws -> Run {
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -50,7 +50,8 @@ final class RenderCLITests: XCTestCase {
         try p.run()
         let data = err.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        return Run(status: p.terminationStatus, stderr: String(decoding: data, as: UTF8.self))
+        return Run(status: p.terminationStatus, stderr: String(decoding: data, as: UTF8.self),
+                   signaled: p.terminationReason == .uncaughtSignal)
     }
 
     func baseArgs(_ golden: GoldenCase, model: URL? = nil, subject: URL? = nil, poses: URL? = nil,
@@ -61,8 +62,9 @@ final class RenderCLITests: XCTestCase {
          "--out", out.path, "--noise", golden.url("inputs/noise.f32").path]
     }
 
-    /// A failed run must leave nothing in the output folder.
+    /// A failed run must leave nothing in the output folder, and fail with an exit status, not a signal.
     func assertFails(_ run: Run, mentions needles: [String], out: URL, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertFalse(run.signaled, "killed by signal \(run.status), stderr: \(run.stderr)", file: file, line: line)
         XCTAssertNotEqual(run.status, 0, "expected a failure, stderr: \(run.stderr)", file: file, line: line)
         for needle in needles {
             XCTAssertTrue(run.stderr.contains(needle), "stderr lacks \"\(needle)\": \(run.stderr)", file: file, line: line)
@@ -123,6 +125,49 @@ final class RenderCLITests: XCTestCase {
         let bad = poses.appendingPathComponent(PoseSource.fileName(frame: 1))
         try NPY.write(shape: [3, 4, 5], values: [Float](repeating: 0.5, count: 60), to: bad)
         assertFails(try render(baseArgs(golden, poses: poses, out: out)), mentions: [bad.path, "(2, H, W)"], out: out)
+    }
+
+    /// Issue 12: a pose .npy whose shape multiplies past 2^64 wrote past its buffer (SIGSEGV) in the
+    /// -Ounchecked build; now a clean error naming the file.
+    func testPoseWhoseShapeOverflowsIsACleanError() throws {
+        let golden = try goldenCase()
+        let out = work.appendingPathComponent("out")
+        let poses = work.appendingPathComponent("poses")
+        try FileManager.default.copyItem(at: golden.url("inputs/poses"), to: poses)
+        let bad = poses.appendingPathComponent(PoseSource.fileName(frame: 1))
+        try FileManager.default.removeItem(at: bad)
+        try FileManager.default.copyItem(at: Self.fuzzCorpus("npy/bad-shape-overflows-2p64.npy"), to: bad)
+        assertFails(try render(baseArgs(golden, poses: poses, out: out)), mentions: [bad.path, "elements allowed"], out: out)
+    }
+
+    /// Issue 12: `layers_per_block: 2147483647` aborted the process while the UNet was built; a
+    /// `defaults.steps: 1e300` dreampose.json crashed the coordinator. Both are clean errors naming file and key.
+    func testAbsurdModelConfigsAreCleanErrors() throws {
+        let golden = try goldenCase()
+        let out = work.appendingPathComponent("out")
+        let model = try copyModel(golden)
+        let unetConfig = model.appendingPathComponent("unet/config.json")
+        var unet = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: unetConfig)) as? [String: Any])
+        unet["layers_per_block"] = 2147483647
+        try JSONSerialization.data(withJSONObject: unet).write(to: unetConfig)
+        assertFails(try render(baseArgs(golden, model: model, out: out)),
+                    mentions: [unetConfig.path, "layers_per_block is 2147483647"], out: out)
+
+        let model2 = work.appendingPathComponent("model2")
+        try FileManager.default.copyItem(at: golden.url("model"), to: model2)
+        let dreampose = model2.appendingPathComponent("dreampose.json")
+        let text = try String(contentsOf: dreampose, encoding: .utf8)
+        let hostile = text.replacingOccurrences(of: #""steps": \d+"#, with: #""steps": 1e300"#, options: .regularExpression)
+        XCTAssertNotEqual(hostile, text, "the golden dreampose.json has no defaults.steps to replace")
+        try Data(hostile.utf8).write(to: dreampose)
+        assertFails(try render(baseArgs(golden, model: model2, out: out)),
+                    mentions: [dreampose.path, "defaults.steps"], out: out)
+    }
+
+    /// A committed hostile input of the fuzz corpus (Tests/Fuzz/corpus).
+    static func fuzzCorpus(_ path: String) -> URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fuzz/corpus").appendingPathComponent(path)
     }
 
     func testModelForAnotherFrameSize() throws {

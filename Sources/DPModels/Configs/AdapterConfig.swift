@@ -34,9 +34,21 @@ public struct AdapterConfig: Codable, Equatable, Sendable {
         return config
     }
 
+    /// Decodes config.json bytes and checks them (`validate`); `file` names them in errors.
+    public static func parse(_ data: Data, file: String = "config.json") throws -> AdapterConfig {
+        let config = try ConfigFile.decode(AdapterConfig.self, from: data, file: file)
+        try config.validate(file: file)
+        return config
+    }
+
     public func validate(file: String = "AdapterConfig") throws {
         guard clipTokens > 0, vaeTokens > 0, vaeFeatures > 0, hidden > 0 else {
             throw ConfigError(file: file, reason: "clip_tokens \(clipTokens), vae_tokens \(vaeTokens), vae_features \(vaeFeatures), hidden \(hidden) must all be positive")
         }
+        typealias L = ConfigLimits
+        try L.count(clipTokens, "clip_tokens", max: 256 * 256 + 1, file: file)
+        try L.count(vaeTokens, "vae_tokens", max: L.maxChannels, file: file)
+        try L.count(vaeFeatures, "vae_features", max: (L.maxSpatial / 16) * (L.maxSpatial / 16), file: file)
+        try L.count(hidden, "hidden", max: L.maxChannels, file: file)
     }
 }

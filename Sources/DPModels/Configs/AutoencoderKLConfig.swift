@@ -115,6 +115,13 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
         return config
     }
 
+    /// Decodes config.json bytes and checks them (`validate`); `file` names them in errors.
+    public static func parse(_ data: Data, file: String = "config.json") throws -> AutoencoderKLConfig {
+        let config = try ConfigFile.decode(AutoencoderKLConfig.self, from: data, file: file)
+        try config.validate(file: file)
+        return config
+    }
+
     /// Spatial factor between image and latents: 2^(levels - 1) (SD: 8).
     public var downsampleFactor: Int { 1 << max(blockOutChannels.count - 1, 0) }
 
@@ -135,5 +142,15 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
         guard scalingFactor.isFinite, scalingFactor > 0 else {
             throw fail("scaling_factor \(scalingFactor) must be positive")
         }
+        // Upper bounds (ConfigLimits): the model is built from these counts.
+        typealias L = ConfigLimits
+        guard n <= L.maxBlocks else { throw fail("block_out_channels has \(n) blocks, at most \(L.maxBlocks) allowed") }
+        try L.counts(blockOutChannels, "block_out_channels", max: L.maxChannels, file: file)
+        try L.count(inChannels, "in_channels", max: L.maxChannels, file: file)
+        try L.count(outChannels, "out_channels", max: L.maxChannels, file: file)
+        try L.count(latentChannels, "latent_channels", max: L.maxChannels, file: file)
+        try L.count(layersPerBlock, "layers_per_block", max: L.maxLayers, file: file)
+        try L.count(normNumGroups, "norm_num_groups", max: L.maxChannels, file: file)
+        try L.finite(scalingFactor, "scaling_factor", positive: true, file: file)
     }
 }

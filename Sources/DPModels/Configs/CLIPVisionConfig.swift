@@ -75,6 +75,13 @@ public struct CLIPVisionConfig: Codable, Equatable, Sendable {
         return config
     }
 
+    /// Decodes config.json bytes and checks them (`validate`); `file` names them in errors.
+    public static func parse(_ data: Data, file: String = "config.json") throws -> CLIPVisionConfig {
+        let config = try ConfigFile.decode(CLIPVisionConfig.self, from: data, file: file)
+        try config.validate(file: file)
+        return config
+    }
+
     /// Patches per side.
     public var gridSize: Int { patchSize > 0 ? imageSize / patchSize : 0 }
     /// Tokens: one CLS token plus one per patch (ViT-B/32 at 224: 50).
@@ -93,5 +100,18 @@ public struct CLIPVisionConfig: Codable, Equatable, Sendable {
         guard imageSize % patchSize == 0 else {
             throw fail("image_size \(imageSize) is not a multiple of patch_size \(patchSize)")
         }
+        // Upper bounds (ConfigLimits): the model is built from these counts.
+        typealias L = ConfigLimits
+        try L.count(hiddenSize, "hidden_size", max: L.maxChannels, file: file)
+        try L.count(intermediateSize, "intermediate_size", max: L.maxChannels, file: file)
+        try L.count(projectionDim, "projection_dim", max: L.maxChannels, file: file)
+        try L.count(numHiddenLayers, "num_hidden_layers", max: L.maxLayers, file: file)
+        try L.count(numAttentionHeads, "num_attention_heads", max: L.maxHeads, file: file)
+        try L.count(numChannels, "num_channels", max: L.maxChannels, file: file)
+        try L.count(imageSize, "image_size", max: L.maxSpatial, file: file)
+        try L.count(patchSize, "patch_size", max: L.maxSpatial, file: file)
+        // Tokens: (image / patch)^2 + 1, attention is tokens^2: keep the grid sane.
+        guard gridSize <= 256 else { throw fail("image_size / patch_size is \(gridSize), at most 256 allowed") }
+        try L.finite(layerNormEps, "layer_norm_eps", positive: true, file: file)
     }
 }

@@ -285,6 +285,13 @@ public struct UNet2DConditionConfig: Codable, Equatable, Sendable {
         return config
     }
 
+    /// Decodes config.json bytes and checks them (`validate`); `file` names them in errors.
+    public static func parse(_ data: Data, file: String = "config.json") throws -> UNet2DConditionConfig {
+        let config = try ConfigFile.decode(UNet2DConditionConfig.self, from: data, file: file)
+        try config.validate(file: file)
+        return config
+    }
+
     // MARK: - Derived values
 
     /// Attention heads per down block: diffusers uses `num_attention_heads or attention_head_dim`
@@ -354,5 +361,35 @@ public struct UNet2DConditionConfig: Codable, Equatable, Sendable {
         guard normNumGroups > 0, blockOutChannels.allSatisfy({ $0 % normNumGroups == 0 }) else {
             throw fail("norm_num_groups \(normNumGroups) does not divide block_out_channels \(blockOutChannels)")
         }
+        // Upper bounds (ConfigLimits): the model is built from these counts.
+        typealias L = ConfigLimits
+        guard n <= L.maxBlocks else { throw fail("block_out_channels has \(n) blocks, at most \(L.maxBlocks) allowed") }
+        try L.counts(blockOutChannels, "block_out_channels", max: L.maxChannels, file: file)
+        try L.count(inChannels, "in_channels", max: L.maxChannels, file: file)
+        try L.count(outChannels, "out_channels", max: L.maxChannels, file: file)
+        try L.count(layersPerBlock, "layers_per_block", max: L.maxLayers, file: file)
+        try L.count(transformerLayersPerBlock, "transformer_layers_per_block", max: L.maxLayers, file: file)
+        try L.count(crossAttentionDim, "cross_attention_dim", max: L.maxChannels, file: file)
+        try L.counts(headsPerBlock, numAttentionHeads == nil ? "attention_head_dim" : "num_attention_heads",
+                     max: L.maxHeads, file: file)
+        if numAttentionHeads != nil { try L.counts(attentionHeadDim, "attention_head_dim", max: L.maxChannels, file: file) }
+        try L.count(normNumGroups, "norm_num_groups", max: L.maxChannels, file: file)
+        try L.count(convInKernel, "conv_in_kernel", max: 15, file: file)
+        try L.count(convOutKernel, "conv_out_kernel", max: 15, file: file)
+        guard downsamplePadding >= 0, downsamplePadding <= 15 else {
+            throw fail("downsample_padding is \(downsamplePadding), expected 0 to 15")
+        }
+        guard freqShift >= -L.maxChannels, freqShift <= L.maxChannels else {
+            throw fail("freq_shift is \(freqShift), expected magnitude at most \(L.maxChannels)")
+        }
+        if let s = sampleSize { try L.count(s, "sample_size", max: L.maxSpatial, file: file) }
+        for (key, v) in [("time_embedding_dim", timeEmbeddingDim), ("time_cond_proj_dim", timeCondProjDim),
+                         ("encoder_hid_dim", encoderHidDim), ("num_class_embeds", numClassEmbeds)] {
+            if let v { try L.count(v, key, max: L.maxChannels, file: file) }
+        }
+        try L.finite(normEps, "norm_eps", positive: true, file: file)
+        try L.finite(midBlockScaleFactor, "mid_block_scale_factor", file: file)
+        try L.finite(resnetOutScaleFactor, "resnet_out_scale_factor", positive: true, file: file)
+        guard dropout.isFinite, dropout >= 0, dropout <= 1 else { throw fail("dropout is \(dropout), expected 0 to 1") }
     }
 }

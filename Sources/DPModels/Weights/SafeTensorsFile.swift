@@ -90,7 +90,7 @@ public struct SafeTensorsFile: @unchecked Sendable {   // immutable; the mapping
         self.url = url
         let path = url.path
         mapping = try MappedFile(path: path)
-        let parsed = try Self.parseHeader(mapping, file: path)
+        let parsed = try Self.parseHeader(base: mapping.base, size: mapping.size, file: path)
         var table: [String: Entry] = [:]
         for e in parsed.entries { table[e.name] = e }
         entries = table
@@ -159,14 +159,29 @@ public struct SafeTensorsFile: @unchecked Sendable {   // immutable; the mapping
     /// every tensor has a known dtype, a shape of non-negative integers and two offsets with
     /// `end - begin == product(shape) * itemsize`, inside the data section; no two tensors overlap;
     /// `__metadata__`, if present, maps strings to strings.
-    private static func parseHeader(_ m: MappedFile, file: String) throws -> ParsedHeader {
+    /// Checks the header of a whole safetensors file held in memory (`bytes`), as `init(url:)` checks a
+    /// mapped file; returns the tensor names in data order. For tests and the fuzz targets.
+    public static func validateHeader(_ bytes: Data, file: String = "<memory>") throws -> [String] {
+        try bytes.withUnsafeBytes { raw in
+            try parseHeader(base: raw.count > 0 ? raw.baseAddress : nil, size: raw.count, file: file)
+                .entries.sorted { ($0.begin, $0.name) < ($1.begin, $1.name) }.map(\.name)
+        }
+    }
+
+    /// Most dimensions a tensor may have.
+    public static let maxDimensions = 8
+    /// Most elements a tensor may declare, counting a 0 dimension as 1 (so that no product of its
+    /// dimensions, e.g. a stride, can overflow later).
+    public static let maxElements = 1 << 40
+
+    private static func parseHeader(base: UnsafeRawPointer?, size: Int, file: String) throws -> ParsedHeader {
         func bad(_ reason: String) -> WeightsError { .malformed(file: file, reason: reason) }
-        guard m.size >= 8, let base = m.base else {
-            throw bad("file is \(m.size) bytes, too short to hold the 8-byte header length")
+        guard size >= 8, let base else {
+            throw bad("file is \(size) bytes, too short to hold the 8-byte header length")
         }
         let headerLength = UInt64(littleEndian: base.loadUnaligned(as: UInt64.self))
-        guard headerLength <= UInt64(m.size - 8) else {
-            throw bad("header length \(headerLength) runs past the end of the file (\(m.size) bytes, truncated?)")
+        guard headerLength <= UInt64(size - 8) else {
+            throw bad("header length \(headerLength) runs past the end of the file (\(size) bytes, truncated?)")
         }
         guard headerLength <= UInt64(maxHeaderBytes) else {
             throw bad("header length \(headerLength) exceeds the limit of \(maxHeaderBytes) bytes")
@@ -174,7 +189,7 @@ public struct SafeTensorsFile: @unchecked Sendable {   // immutable; the mapping
         let n = Int(headerLength)
         guard n >= 2 else { throw bad("header of \(n) bytes cannot hold a JSON object") }
         let dataStart = 8 + n
-        let dataSize = m.size - dataStart
+        let dataSize = size - dataStart
         let headerBytes = Data(bytes: base + 8, count: n)
 
         let raw: RawHeader
@@ -198,6 +213,17 @@ public struct SafeTensorsFile: @unchecked Sendable {   // immutable; the mapping
             let shape = t.shape
             guard shape.allSatisfy({ $0 >= 0 }) else {
                 throw bad("tensor '\(name)' has shape \(shape), expected non-negative integers")
+            }
+            guard shape.count <= maxDimensions else {
+                throw bad("tensor '\(name)' has \(shape.count) dimensions, at most \(maxDimensions) allowed")
+            }
+            var extent = 1
+            for d in shape {
+                let (p, overflow) = extent.multipliedReportingOverflow(by: max(d, 1))
+                guard !overflow, p <= maxElements else {
+                    throw bad("tensor '\(name)' shape \(shape) has more than the \(maxElements) elements allowed")
+                }
+                extent = p
             }
             guard t.offsets.count == 2 else {
                 throw bad("tensor '\(name)' has data_offsets \(t.offsets), expected [begin, end]")

@@ -21,13 +21,23 @@ public struct NPYError: Error, CustomStringConvertible {
 public enum NPY {
     static let magic: [UInt8] = [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59]  // "\x93NUMPY"
 
+    // Upper bounds (an .npy comes from a client or a peer; SECURITY.md lists every input limit).
+    /// Most elements an array may have: a 2 x 4096 x 4096 pose map is 2^25.
+    public static let maxElements = 1 << 26
+    /// Most dimensions (numpy itself allows 64).
+    public static let maxDimensions = 32
+    /// Longest header dictionary (numpy's own reader refuses more than 10000 bytes by default).
+    public static let maxHeaderBytes = 1 << 16
+    /// Largest file `read` accepts: the largest float64 array plus its header.
+    public static let maxFileBytes = 8 * maxElements + 12 + maxHeaderBytes
+
     /// Reads an .npy file of float64 or float32 values in C order.
     public static func read(_ url: URL) throws -> (shape: [Int], values: [Float]) {
         let data: Data
         do {
-            data = try Data(contentsOf: url)
+            data = try FileRead.contents(ofFile: url.path, maxBytes: maxFileBytes)
         } catch {
-            throw NPYError(path: url.path, message: "cannot read file: \(error.localizedDescription)")
+            throw NPYError(path: url.path, message: "cannot read file: \(error)")
         }
         return try decode(data, name: url.path)
     }
@@ -55,6 +65,9 @@ public enum NPY {
             throw fail("unsupported format version \(major).\(minor): expected 1.0, 2.0 or 3.0")
         }
         guard minor == 0 else { throw fail("unsupported format version \(major).\(minor): expected 1.0, 2.0 or 3.0") }
+        guard headerLength <= maxHeaderBytes else {
+            throw fail("header length \(headerLength) is more than the \(maxHeaderBytes) bytes allowed")
+        }
         guard headerStart + headerLength <= bytes.count else {
             throw fail("truncated: header needs \(headerLength) bytes, only \(bytes.count - headerStart) present")
         }
@@ -88,14 +101,22 @@ public enum NPY {
             throw fail("dtype '\(header.descr)' is not supported: expected float64 '<f8' or float32 '<f4'")
         }
 
+        // Checked: a shape whose product (or byte size) passes 2^63 once wrapped around and the copy below
+        // wrote past its buffer. Each step is bounded, so neither product can overflow.
+        guard header.shape.count <= maxDimensions else {
+            throw fail("shape has \(header.shape.count) dimensions, at most \(maxDimensions) allowed")
+        }
         var count = 1
         for d in header.shape {
             let (c, o) = count.multipliedReportingOverflow(by: d)
-            guard !o else { throw fail("shape \(header.shape) is too large") }
+            guard !o, c <= maxElements else {
+                throw fail("shape \(header.shape) has more than the \(maxElements) elements allowed")
+            }
             count = c
         }
         let dataStart = headerStart + headerLength
-        let expected = count * itemSize
+        let (expected, overflow) = count.multipliedReportingOverflow(by: itemSize)
+        guard !overflow else { throw fail("shape \(header.shape) is too large") }
         let present = bytes.count - dataStart
         guard present >= expected else {
             throw fail("truncated data: shape \(header.shape) of \(header.descr) needs \(expected) bytes, found \(present)")

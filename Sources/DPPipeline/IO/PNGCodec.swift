@@ -26,20 +26,55 @@ public struct PNGError: Error, CustomStringConvertible {
 }
 
 public enum PNGCodec {
+    // Upper bounds (a PNG comes from a client or a peer; SECURITY.md lists every input limit). A 74-byte
+    // file can declare a 2^31 x 2^31 image: the IHDR is checked against these before libpng sees the file.
+    /// Most pixels an image may have (16.7 M: 4096 x 4096; a 12 MP phone photo fits).
+    public static let maxPixels = 1 << 24
+    /// Longest side in pixels.
+    public static let maxSide = 16384
+    /// Largest file `read` accepts.
+    public static let maxFileBytes = 256 << 20
+
     /// Reads any PNG file and converts it to 8-bit RGB.
     public static func read(_ url: URL) throws -> RGBImage {
         let data: Data
         do {
-            data = try Data(contentsOf: url)
+            data = try FileRead.contents(ofFile: url.path, maxBytes: maxFileBytes)
         } catch {
-            throw PNGError(path: url.path, message: "cannot read file: \(error.localizedDescription)")
+            throw PNGError(path: url.path, message: "cannot read file: \(error)")
         }
         return try decode(data, name: url.path)
     }
 
+    /// The size an image declares in its IHDR chunk (the first chunk, right after the 8-byte signature),
+    /// checked against `maxSide` and `maxPixels`, read without libpng: nothing is allocated for a header
+    /// that asks for too much.
+    public static func checkHeader(_ data: Data, name: String = "<memory>") throws -> (width: Int, height: Int) {
+        func fail(_ message: String) -> PNGError { PNGError(path: name, message: message) }
+        let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+        guard data.count >= 8 else {
+            throw fail(data.isEmpty ? "empty file, expected a PNG signature" : "\(data.count) bytes, too short for a PNG")
+        }
+        let b = [UInt8](data.prefix(33))
+        guard Array(b[0 ..< 8]) == signature else { throw fail("not a PNG (bad signature)") }
+        guard b.count >= 33 else { throw fail("truncated: the file ends before the end of the IHDR chunk") }
+        func be32(_ at: Int) -> UInt32 {
+            UInt32(b[at]) << 24 | UInt32(b[at + 1]) << 16 | UInt32(b[at + 2]) << 8 | UInt32(b[at + 3])
+        }
+        guard be32(8) == 13, Array(b[12 ..< 16]) == Array("IHDR".utf8) else {
+            throw fail("the first chunk is not a 13-byte IHDR")
+        }
+        let width = Int(be32(16)), height = Int(be32(20))
+        guard width >= 1, height >= 1 else { throw fail("image \(width)x\(height) is empty") }
+        guard width <= maxSide, height <= maxSide, width * height <= maxPixels else {
+            throw fail("image \(width)x\(height) is larger than allowed (at most \(maxSide) pixels a side and \(maxPixels) pixels)")
+        }
+        return (width, height)
+    }
+
     /// Decodes PNG bytes (`name` is used in error messages only).
     public static func decode(_ data: Data, name: String = "<memory>") throws -> RGBImage {
-        if data.isEmpty { throw PNGError(path: name, message: "empty file, expected a PNG signature") }
+        let declared = try checkHeader(data, name: name)
         return try data.withUnsafeBytes { (raw: UnsafeRawBufferPointer) -> RGBImage in
             var image = png_image()
             image.version = png_uint_32(PNG_IMAGE_VERSION)
@@ -47,6 +82,10 @@ public enum PNGCodec {
                 throw PNGError(path: name, message: "not a readable PNG (\(message(of: image)))")
             }
             let width = Int(image.width), height = Int(image.height)
+            guard width == declared.width, height == declared.height else {
+                png_image_free(&image)
+                throw PNGError(path: name, message: "libpng read \(width)x\(height), the IHDR says \(declared.width)x\(declared.height)")
+            }
             let fileFormat = image.format
             let sixteenBit = fileFormat & PNG_FORMAT_FLAG_LINEAR != 0
             let channels = 4  // always read with alpha so that libpng never composites it away

@@ -1,3 +1,4 @@
+import DPFileKit
 import Foundation
 
 /// Errors of the DreamPose pipeline. Every case says which file, frame or option was wrong and what was expected.
@@ -73,23 +74,33 @@ public struct DreamPoseConfig: Codable, Equatable, Sendable {
         defaults = try c.decodeIfPresent(Defaults.self, forKey: .defaults) ?? Defaults()
     }
 
-    /// Reads and validates `dreampose.json`.
+    /// Reads and validates `dreampose.json`: DPFileKit's `DreamPoseFile` checks every value against
+    /// `DreamPoseLimits` (the coordinator reads the same file through it), so a hostile file is an error
+    /// naming the file and key, never a trap or a huge allocation.
     public static func load(_ url: URL) throws -> DreamPoseConfig {
-        let config: DreamPoseConfig
         do {
-            config = try JSONDecoder().decode(DreamPoseConfig.self, from: Data(contentsOf: url))
-        } catch {
-            throw PipelineError("\(url.path): cannot read dreampose.json: \(error)")
+            return try DreamPoseConfig(try DreamPoseFile.read(url), file: url.path)
+        } catch let e as DreamPoseFileError {
+            throw PipelineError(e.description)
         }
-        guard config.format == formatName else {
-            throw PipelineError("\(url.path): format is \"\(config.format)\", expected \"\(formatName)\"")
+    }
+
+    /// Decodes and validates dreampose.json bytes (`file` names them in errors).
+    public static func parse(_ data: Data, file: String = "dreampose.json") throws -> DreamPoseConfig {
+        do {
+            return try DreamPoseConfig(try DreamPoseFile.parse(data, file: file), file: file)
+        } catch let e as DreamPoseFileError {
+            throw PipelineError(e.description)
         }
-        guard config.height > 0, config.width > 0, config.height % 64 == 0, config.width % 64 == 0 else {
-            throw PipelineError("\(url.path): height \(config.height) and width \(config.width) must be positive multiples of 64")
+    }
+
+    init(_ f: DreamPoseFile, file: String) throws {
+        guard f.height % 64 == 0, f.width % 64 == 0 else {
+            throw PipelineError("\(file): height \(f.height) and width \(f.width) must be positive multiples of 64")
         }
-        guard config.poseWindow > 0, config.poseWindow % 2 == 1 else {
-            throw PipelineError("\(url.path): pose_window \(config.poseWindow) must be a positive odd number")
-        }
-        return config
+        self.init(name: f.name, height: f.height, width: f.width, vaeScalingFactor: f.vaeScalingFactor,
+                  poseWindow: f.poseWindow,
+                  defaults: Defaults(steps: f.steps, sampler: f.sampler, imageGuidance: f.imageGuidance,
+                                     poseGuidance: f.poseGuidance))
     }
 }
