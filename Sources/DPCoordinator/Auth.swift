@@ -7,6 +7,7 @@
 // connection (the "User-Id" message property, `ZMQSocket.receiveMessage`), never anything the
 // peer wrote in a message; its roles are looked up again in the current key lists for every
 // message, so a key removed from a folder (and SIGHUP) loses its rights at once.
+import DPProtocol
 import DPTransport
 import Foundation
 import Synchronization
@@ -179,18 +180,27 @@ final class ZAPHandler {
 
     let socket: ZMQSocket
     let keys: AuthorizedKeys
-    let log: @Sendable (String) -> Void
+    private let logLine: @Sendable (String) -> Void
+    private let now: @Sendable () -> Int64
+    /// Refused handshakes are an unauthenticated peer's doing: their lines are capped (LogLimiter).
+    private var refusals = LogLimiter()
 
-    init(context: ZMQContext, keys: AuthorizedKeys, log: @escaping @Sendable (String) -> Void) throws {
+    init(context: ZMQContext, keys: AuthorizedKeys, now: @escaping @Sendable () -> Int64,
+         log: @escaping @Sendable (String) -> Void) throws {
         socket = try context.socket(.rep)
         self.keys = keys
-        self.log = log
+        self.now = now
+        self.logLine = log
         do {
             try socket.bind(Self.endpoint)
         } catch {
             socket.close()
             throw CoordinatorError("cannot bind the ZAP handler \(Self.endpoint): \(error)")
         }
+    }
+
+    private func log(_ text: @autoclosure () -> String) {
+        if let line = refusals.line(text(), nowMilliseconds: now()) { logLine(line) }
     }
 
     /// Answers every waiting request (never blocks).
@@ -215,17 +225,17 @@ final class ZAPHandler {
         let address = String(decoding: frames[3].prefix(64), as: UTF8.self)
         let mechanism = String(decoding: frames[5], as: UTF8.self)
         guard domain == Self.domain else {
-            log("ZAP: connection from \(address) for domain '\(domain.prefix(32))': refused")
+            log("ZAP: connection from \(peer: address, limit: 64) for domain '\(peer: domain, limit: 32)': refused")
             return reply(requestID, "400", "unknown domain")
         }
         guard mechanism == "CURVE", frames.count == 7, frames[6].count == 32 else {
-            log("ZAP: connection from \(address) with mechanism '\(mechanism.prefix(16))': refused (CURVE only)")
+            log("ZAP: connection from \(peer: address, limit: 64) with mechanism '\(peer: mechanism, limit: 16)': refused (CURVE only)")
             return reply(requestID, "400", "CURVE only")
         }
         guard let key = CurveKey.encode(frames[6]) else { return reply(requestID, "400", "bad key") }
         let roles = keys.roles(of: key)
         guard !roles.isEmpty else {
-            log("ZAP: connection from \(address) with unknown key \(key): refused")
+            log("ZAP: connection from \(peer: address, limit: 64) with unknown key \(key): refused")
             return reply(requestID, "400", "key not authorized")
         }
         return reply(requestID, "200", "OK", user: "\(roles):\(key)")

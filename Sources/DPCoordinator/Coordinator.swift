@@ -38,6 +38,8 @@ public final class Coordinator: @unchecked Sendable {
     var sessionByName: [String: Data] = [:]
     /// The authenticated sender of the message being handled (set by `handle` for each message).
     var sender = PeerIdentity.insecure
+    /// Malformed-message lines: a peer sending garbage in a loop gets a bounded number of them.
+    var rejectLog = LogLimiter()
     var jobContexts: [Int64: JobContext] = [:]
     var uploads: [Int64: JobUpload] = [:]
     var modelUploads: [String: ModelUpload] = [:]
@@ -94,7 +96,7 @@ public final class Coordinator: @unchecked Sendable {
             let keys = try AuthorizedKeys(auth)
             authorizedKeys = keys
             // Bound before the ROUTER: libzmq admits every CURVE client while no handler is bound.
-            zap = try ZAPHandler(context: context, keys: keys, log: log)
+            zap = try ZAPHandler(context: context, keys: keys, now: { [clock] in clock.nowMilliseconds() }, log: log)
         }
         router = try context.socket(.router)
         try router.set([.routerMandatory(true), .maxMessageSize(Int64(settings.maxMessageBytes) + 4096),
@@ -414,7 +416,10 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     func reject(_ routingID: Data, _ error: FarmProtocolError) {
-        log("rejected message from \(peerName(routingID)): \(peer: error.description, limit: 400)")
+        if let line = rejectLog.line("rejected message from \(peerName(routingID)): \(peer: error.description, limit: 400)",
+                                     nowMilliseconds: now) {
+            log(line)
+        }
         guard !routingID.isEmpty else { return }
         send(routingID, .error(FarmError(error)))
     }

@@ -286,7 +286,7 @@ final class SecurityFarmTests: XCTestCase {
         try Data("grown".utf8).write(to: state.appendingPathComponent("models/\(goodID)/unet/config.json"))
         let again = try confined(state: state)  // RunningCoordinator fails the test if it does not come up
         defer { again.stop() }
-        for (job, why) in zip(jobs, ["defaults.steps 1e+300 is not a whole number", "its files changed"]) {
+        for (job, why) in zip(jobs, ["dreampose.json: height 1e+300", "its files changed"]) {
             let record = try XCTUnwrap(again.coordinator.journal.job(job))
             XCTAssertEqual(record.state, .failed)
             XCTAssertTrue((record.error ?? "").contains("cannot load the job at coordinator start-up"), record.error ?? "")
