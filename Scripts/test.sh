@@ -11,7 +11,7 @@ cd "$ROOT"
 # debug (default) or release. Debug, because the build dominates and the tests do not need speed: the
 # engine's hot loops are OpenBLAS and the C kernels (CDPKernels, always -O2) and the golden models are tiny.
 # Measured on the 2-core machine (busy with other builds) with 215 tests: debug build from a fresh clone
-# ~7 min, tests 57 s; release build (-Ounchecked -wmo, plus -enable-testing, which the @testable tests need)
+# ~7 min, tests 57 s; release build (-Ounchecked on DPTensor, -wmo, plus -enable-testing, which the @testable tests need)
 # ~9+ min, tests 38 s. The whole CI run (.ci/run) took ~8 min in debug.
 CONFIG="${DP_TEST_CONFIG:-debug}"
 flags=(-c "$CONFIG")
@@ -31,6 +31,9 @@ phase "setup" Scripts/setup.sh
 # builds the plugin into .build-protogen, ~2 minutes; later runs reuse it). ProtocolTests repeats the check.
 phase "generated protobuf code is current" Scripts/gen_protos.sh --check
 phase "swift build ($CONFIG, with tests)" swift build "${flags[@]}" --build-tests
+# The tests include DPFuzzTests: every committed fuzz input (Tests/Fuzz/corpus, Tests/Fuzz/crashes) replayed
+# once through the fuzz entry points. Fuzzing itself (Scripts/fuzz.sh) is not a phase here: its instrumented
+# build alone takes several minutes, past this script's budget for it.
 phase "swift test ($CONFIG)" swift test "${flags[@]}" --skip-build "$@"
 phase "python tests (converter)" python3 -m pytest Scripts/tests -q
 # The deployment files, with the binaries just built: systemd units (systemd-analyze verify) and Kubernetes

@@ -58,7 +58,7 @@ public final class PoseSource: Sendable {
             stacked = nil
         } else {
             origin = .stacked(url)
-            let array = try NPY.read(url)
+            let array = try NPY.read(url, maxElements: NPY.maxStackedElements)
             guard array.shape.count == 4, array.shape[1] == 2, array.shape[0] > 0 else {
                 throw PipelineError("\(url.path): stacked poses have shape \(array.shape), expected (N, 2, H, W)")
             }

@@ -31,19 +31,24 @@ public enum NPY {
     /// Largest file `read` accepts: the largest float64 array plus its header.
     public static let maxFileBytes = 8 * maxElements + 12 + maxHeaderBytes
 
-    /// Reads an .npy file of float64 or float32 values in C order.
-    public static func read(_ url: URL) throws -> (shape: [Int], values: [Float]) {
+    /// Most elements of a stacked pose file (N, 2, H, W), which `PoseSource` reads whole: 2^30 (4 GiB of
+    /// float32 once decoded; 800 frames of 640x512).
+    public static let maxStackedElements = 1 << 30
+
+    /// Reads an .npy file of float64 or float32 values in C order (at most `maxElements` of them).
+    public static func read(_ url: URL, maxElements: Int = NPY.maxElements) throws -> (shape: [Int], values: [Float]) {
         let data: Data
         do {
-            data = try FileRead.contents(ofFile: url.path, maxBytes: maxFileBytes)
+            data = try FileRead.contents(ofFile: url.path, maxBytes: 8 * maxElements + 12 + maxHeaderBytes)
         } catch {
             throw NPYError(path: url.path, message: "cannot read file: \(error)")
         }
-        return try decode(data, name: url.path)
+        return try decode(data, name: url.path, maxElements: maxElements)
     }
 
-    /// Decodes .npy bytes (`name` is used in error messages only).
-    public static func decode(_ data: Data, name: String = "<memory>") throws -> (shape: [Int], values: [Float]) {
+    /// Decodes .npy bytes (`name` is used in error messages only); more than `maxElements` is an error.
+    public static func decode(_ data: Data, name: String = "<memory>",
+                              maxElements: Int = NPY.maxElements) throws -> (shape: [Int], values: [Float]) {
         let bytes = [UInt8](data)
         func fail(_ message: String) -> NPYError { NPYError(path: name, message: message) }
 

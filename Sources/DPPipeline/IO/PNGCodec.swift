@@ -31,7 +31,7 @@ public enum PNGCodec {
     /// Most pixels an image may have (16.7 M: 4096 x 4096; a 12 MP phone photo fits).
     public static let maxPixels = 1 << 24
     /// Longest side in pixels.
-    public static let maxSide = 16384
+    public static let maxSide = 1 << 16
     /// Largest file `read` accepts.
     public static let maxFileBytes = 256 << 20
 

@@ -1,3 +1,4 @@
+import DPFileKit
 import DPSampling
 import DPTensor
 import Foundation
@@ -12,8 +13,16 @@ public enum NoiseSource: Sendable, Equatable {
     /// Reads a raw float32 noise file, checking its size against the latent shape.
     public static func file(_ url: URL, shape: [Int]) throws -> NoiseSource {
         let data: Data
-        do { data = try Data(contentsOf: url) } catch {
-            throw PipelineError("noise file \(url.path): cannot read: \(error.localizedDescription)")
+        // Read at most the bytes the shape needs: a larger file is refused by its size, unread.
+        let (needed, overflow) = shape.reduce((1, false)) { acc, d in
+            let (p, o) = acc.0.multipliedReportingOverflow(by: d)
+            return (p, acc.1 || o)
+        }
+        guard !overflow, needed <= NPY.maxElements else {
+            throw PipelineError("noise file \(url.path): latent shape \(shape) is too large")
+        }
+        do { data = try FileRead.contents(ofFile: url.path, maxBytes: 4 * needed) } catch {
+            throw PipelineError("noise file \(url.path): cannot read: \(error)")
         }
         return .values(try decodeRaw(data, shape: shape, what: "noise file \(url.path)"))
     }
