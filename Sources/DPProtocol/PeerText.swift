@@ -1,6 +1,6 @@
 /// Peer-supplied text (worker and host names, job names, error messages, paths) as it may appear in
 /// a log line: control characters, newlines and other invisible or format scalars escaped (`\n`,
-/// `\r`, `\t`, `\\`, `\u{..}`), then cut to `limit` characters with "..." and the original length,
+/// `\r`, `\t`, `\\`, `\u{..}`), then cut to `limit` characters with "..." and the original length in bytes,
 /// so a peer can neither forge log lines nor flood the log (issue 12, item 7). One helper for every
 /// place the coordinator (or a worker) logs peer text: `"worker '\(peer: name)'"`.
 public enum PeerText {
@@ -10,10 +10,10 @@ public enum PeerText {
     public static func escaped(_ text: String, limit: Int = defaultLimit) -> String {
         var out = ""
         var kept = 0
-        var total = 0
+        var cut = false
+        // Stops at `limit`: a 64 MiB message costs no more to log than a short one.
         for scalar in text.unicodeScalars {
-            total += 1
-            guard kept < limit else { continue }
+            guard kept < limit else { cut = true; break }
             kept += 1
             switch scalar {
             case "\n": out += "\\n"
@@ -34,7 +34,7 @@ public enum PeerText {
                 }
             }
         }
-        if total > kept { out += "...(\(total) characters)" }
+        if cut { out += "...(\(text.utf8.count) bytes)" }
         return out
     }
 }

@@ -52,8 +52,9 @@ final class SecurityFarmTests: XCTestCase {
         XCTAssertEqual(PeerText.escaped("x\u{1b}[31my\u{7f}\u{202e}z"), "x\\u{1b}[31my\\u{7f}\\u{202e}z")
         XCTAssertEqual(PeerText.escaped("héllo wörld ✓"), "héllo wörld ✓")
         let long = String(repeating: "a", count: 1000)
-        XCTAssertEqual(PeerText.escaped(long), String(repeating: "a", count: 200) + "...(1000 characters)")
-        XCTAssertEqual(PeerText.escaped("abcdef", limit: 3), "abc...(6 characters)")
+        XCTAssertEqual(PeerText.escaped(long), String(repeating: "a", count: 200) + "...(1000 bytes)")
+        XCTAssertEqual(PeerText.escaped("abcdef", limit: 3), "abc...(6 bytes)")
+        XCTAssertEqual(PeerText.escaped("abc", limit: 3), "abc")
         let forged = "w1' registered\ncoordinator 0 stopped"
         let line = "worker '\(peer: forged)' says hi"
         XCTAssertFalse(line.contains("\n"))
