@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The farm's chaos run: one job rendered through faults, then checked frame by frame.
 
-A job of FRAMES frames of the tiny random-weight demo model (`dp-worker demo-assets`) is rendered by a
-`dp-coord serve` on loopback with WORKERS `dp-worker` processes. While it runs:
+A job of FRAMES frames of the tiny random-weight demo model (`dp-worker demo-assets`) is rendered by a keyed
+(CurveZMQ) `dp-coord serve` on loopback with WORKERS `dp-worker` processes. While it runs:
 
 * KILLS times a random worker is SIGKILLed at a random moment (mostly mid-frame) and started again;
 * COORD_KILLS times the coordinator is SIGKILLed and started again on the same state folder and port;
@@ -195,6 +195,7 @@ class Farm:
         self.coord_starts += 1
         logf = open(self.work / f"coord-{self.coord_starts}.log", "wb")
         cmd = [str(self.bin / "dp-coord"), "serve", "--bind", self.endpoint, "--state", str(self.state),
+               "--output-root", str(self.work / "outputs"),
                "--heartbeat-ms", str(self.args.heartbeat_ms), "--liveness", "5", "--grace", "3",
                "--stall-timeout", "60"] + self.auth.get("serve", [])
         self.coord = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
@@ -267,10 +268,7 @@ def run_cli(cmd: list[str], what: str, timeout: float = 600) -> str:
 
 
 def make_keys(bin_dir: Path, keys: Path) -> dict:
-    """A keyed farm when the binaries have `keygen` (issue 12); otherwise no key arguments."""
-    probe = subprocess.run([str(bin_dir / "dp-coord"), "--help"], capture_output=True, text=True)
-    if not re.search(r"^\s+keygen\b", probe.stdout, re.M):
-        return {}
+    """A keyed farm (CurveZMQ): the coordinator's pair, one worker key and one client key, admitted by folder."""
     keys.mkdir(parents=True)
     for d in ("workers", "clients"):
         (keys / d).mkdir()
@@ -329,9 +327,8 @@ def main() -> int:
     log(f"reference done in {time.time() - t0:.0f} s")
 
     auth = make_keys(bin_dir, work / "keys")
-    log("keyed farm (CurveZMQ)" if auth else "farm without keys (these binaries have no keygen)")
     farm = Farm(args, work, auth)
-    out = work / "out"
+    out = work / "outputs" / "chaos"   # the job's --out is a name inside the coordinator's --output-root
     watcher = FileWatcher(out)
     faults: list[str] = []
     figures: dict = {}
@@ -340,7 +337,7 @@ def main() -> int:
         for i in range(args.workers):
             farm.start_worker(i)
         sub = run_cli([str(bin_dir / "dp-coord"), "submit", "--coordinator", farm.endpoint, "--detach",
-                       "--out", str(out), "--name", "chaos"] + job + auth.get("client", []),
+                       "--out", "chaos", "--name", "chaos"] + job + auth.get("client", []),
                       "dp-coord submit --detach")
         job_id = int(sub.strip().split()[-1])
         log(f"job {job_id} submitted to {farm.endpoint}; workers {args.workers} "
@@ -433,7 +430,6 @@ def main() -> int:
         "stalls": sum("cuts" in f for f in faults), "attempt_results": results,
         "frames_lost": len(lost), "lost": lost[:20], "frames_written_twice": len(twice), "written_twice": twice[:20],
         "frames_different": len(different), "different": different[:20], "byte_identical": identical,
-        "keyed": bool(auth),
     })
     print(f"chaos run: {args.frames} frames, {args.workers} workers, {figures['seconds']} s; "
           f"faults: {figures['worker_kills']} worker SIGKILLs, {figures['coordinator_kills']} coordinator "
