@@ -36,8 +36,9 @@ public final class Coordinator: @unchecked Sendable {
     // MARK: loop state (touched only by the thread in run())
     var sessions: [Data: WorkerSession] = [:]
     var sessionByName: [String: Data] = [:]
-    /// The authenticated sender of the message being handled (set by `handle` for each message).
-    var sender = PeerIdentity.insecure
+    /// The authenticated sender of the message being handled (set by `handle` for each message;
+    /// nobody, with no rights, outside one).
+    var sender = PeerIdentity.nobody
     var jobContexts: [Int64: JobContext] = [:]
     var uploads: [Int64: JobUpload] = [:]
     var modelUploads: [String: ModelUpload] = [:]
@@ -363,17 +364,16 @@ public final class Coordinator: @unchecked Sendable {
 
     func peerName(_ routingID: Data) -> String {
         let hex = routingID.map { String(format: "%02x", $0) }.joined()
-        let key = sender.key.map { ", key \($0.prefix(8))…" } ?? ""
         if let s = sessions[routingID] {
             return "peer \(hex) (worker '\(s.name)'\(s.key.map { ", key \($0.prefix(8))…" } ?? ""))"
         }
-        return "peer \(hex)" + (key.isEmpty ? "" : " (\(key.dropFirst(2)))")
+        return "peer \(hex)"
     }
 
     func handle(_ frames: [Data], userID: String? = nil) {
         guard let identity = identify(frames.first ?? Data(), userID: userID) else { return }
         sender = identity
-        defer { sender = .insecure }
+        defer { sender = .nobody }
         guard frames.count == 2 else {
             let peer = frames.first ?? Data()
             let why = FarmProtocolError.malformed(

@@ -150,11 +150,6 @@ extension DPCoordCommand {
             if let turnIntervalUs { settings.minTurnIntervalMicroseconds = turnIntervalUs }
             if let loopNice { settings.loopThreadNice = loopNice }
             let coordinator = try Coordinator(settings: settings, log: { DPCoordCommand.stderrLine($0) })
-            DPCoordCommand.stderrLine("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
-            if auth.isInsecure {
-                DPCoordCommand.stderrLine("dp-coord: WARNING: --insecure-no-auth: NO AUTHENTICATION on \(coordinator.endpoint); "
-                    + "anyone who can reach it controls the farm")
-            }
             let trap = SignalTrap { sig in
                 DPCoordCommand.stderrLine("dp-coord: \(sig == SIGINT ? "SIGINT" : "SIGTERM"), shutting down")
                 coordinator.shutdown()
@@ -173,6 +168,12 @@ extension DPCoordCommand {
                 }
             }
             defer { hup.cancel() }
+            // Announced once the signals are handled: a SIGTERM right after this line stops it cleanly.
+            DPCoordCommand.stderrLine("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
+            if auth.isInsecure {
+                DPCoordCommand.stderrLine("dp-coord: WARNING: --insecure-no-auth: NO AUTHENTICATION on \(coordinator.endpoint); "
+                    + "anyone who can reach it controls the farm")
+            }
             try coordinator.run()
             DPCoordCommand.stderrLine("dp-coord: stopped")
         }
