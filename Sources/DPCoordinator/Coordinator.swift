@@ -191,7 +191,16 @@ public final class Coordinator: @unchecked Sendable {
             let ready = try poller.poll(timeoutMilliseconds: pollMs)
             if ready[1].contains(.readable) { wakePipe.drain() }
             // Handshakes first: they wait for no journal.
-            if let zap, ready.count > 2, ready[2].contains(.readable) { try zap.serve() }
+            if let zap, ready.count > 2, ready[2].contains(.readable) {
+                do {
+                    try zap.serve()
+                } catch let error as ZMQError where error.isContextTerminated {
+                    throw error
+                } catch {
+                    // Fails closed: a handshake without an answer never completes.
+                    log("ZAP handler: \(error)")
+                }
+            }
             lastTurnNs = DispatchTime.now().uptimeNanoseconds
             // One loop turn = one journal transaction; its messages go out after the commit.
             try turn {
