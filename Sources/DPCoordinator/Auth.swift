@@ -78,6 +78,8 @@ struct PeerIdentity: Equatable {
 
     /// Insecure mode: every peer may do everything, jobs have no owner.
     static let insecure = PeerIdentity(key: nil, roles: [.worker, .client, .admin])
+    /// No message being handled: no rights at all.
+    static let nobody = PeerIdentity(key: nil, roles: [])
 
     /// Short form for logs: the key's first characters.
     var label: String {

@@ -36,8 +36,9 @@ public final class Coordinator: @unchecked Sendable {
     // MARK: loop state (touched only by the thread in run())
     var sessions: [Data: WorkerSession] = [:]
     var sessionByName: [String: Data] = [:]
-    /// The authenticated sender of the message being handled (set by `handle` for each message).
-    var sender = PeerIdentity.insecure
+    /// The authenticated sender of the message being handled (set by `handle` for each message;
+    /// nobody, with no rights, outside one).
+    var sender = PeerIdentity.nobody
     /// Malformed-message lines: a peer sending garbage in a loop gets a bounded number of them.
     var rejectLog = LogLimiter()
     var jobContexts: [Int64: JobContext] = [:]
@@ -192,7 +193,16 @@ public final class Coordinator: @unchecked Sendable {
             let ready = try poller.poll(timeoutMilliseconds: pollMs)
             if ready[1].contains(.readable) { wakePipe.drain() }
             // Handshakes first: they wait for no journal.
-            if let zap, ready.count > 2, ready[2].contains(.readable) { try zap.serve() }
+            if let zap, ready.count > 2, ready[2].contains(.readable) {
+                do {
+                    try zap.serve()
+                } catch let error as ZMQError where error.isContextTerminated {
+                    throw error
+                } catch {
+                    // Fails closed: a handshake without an answer never completes.
+                    log("ZAP handler: \(error)")
+                }
+            }
             lastTurnNs = DispatchTime.now().uptimeNanoseconds
             // One loop turn = one journal transaction; its messages go out after the commit.
             try turn {
@@ -376,17 +386,16 @@ public final class Coordinator: @unchecked Sendable {
 
     func peerName(_ routingID: Data) -> String {
         let hex = routingID.map { String(format: "%02x", $0) }.joined()
-        let key = sender.key.map { ", key \($0.prefix(8))…" } ?? ""
         if let s = sessions[routingID] {
             return "peer \(hex.prefix(64)) (worker '\(peer: s.name)'\(s.key.map { ", key \($0.prefix(8))…" } ?? ""))"
         }
-        return "peer \(hex.prefix(64))" + (key.isEmpty ? "" : " (\(key.dropFirst(2)))")
+        return "peer \(hex.prefix(64))"
     }
 
     func handle(_ frames: [Data], userID: String? = nil) {
         guard let identity = identify(frames.first ?? Data(), userID: userID) else { return }
         sender = identity
-        defer { sender = .insecure }
+        defer { sender = .nobody }
         guard frames.count == 2 else {
             let peer = frames.first ?? Data()
             let why = FarmProtocolError.malformed(

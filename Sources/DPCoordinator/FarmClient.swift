@@ -54,7 +54,9 @@ public final class FarmClient {
         socket = try context.socket(.dealer)
         var id = Data([0x43])  // 'C': never starts with 0 (reserved by libzmq)
         for _ in 0..<15 { id.append(UInt8.random(in: 0 ... 255)) }
-        try socket.set([.routingID(id), .maxMessageSize(Int64(FarmProtocol.defaultMaxMessageBytes) + 4096)])
+        // A send never blocks past the timeout (then it reports the request as not queued).
+        try socket.set([.routingID(id), .maxMessageSize(Int64(FarmProtocol.defaultMaxMessageBytes) + 4096),
+                        .sendTimeout(milliseconds: Int32(clamping: timeoutMs))])
         if let curve { try socket.set(curve.socketOptions) }
         usingCurve = curve != nil
         monitor = try ZMQMonitor(socket)
@@ -71,7 +73,15 @@ public final class FarmClient {
     /// Reads the handshake events; throws once the coordinator refused this key (no point waiting).
     private func checkHandshake() throws {
         guard let monitor else { return }
-        handshake.record(try monitor.drain())
+        // Drained even when done with it (a readable monitor would keep the poll from sleeping).
+        let events = try monitor.drain()
+        guard !handshake.succeeded else { return }
+        handshake.record(events)
+        if handshake.succeeded {
+            // A session: nothing more to diagnose.
+            monitor.stop()
+            return
+        }
         if handshake.refusedByAuth != nil, !handshake.succeeded,
            let problem = handshake.problem(endpoint: endpoint, usingCurve: usingCurve) {
             throw FarmClientError.handshake(problem)
@@ -80,7 +90,7 @@ public final class FarmClient {
 
     /// The error for a request that got no reply in time: the handshake's problem when there was one.
     private func noReply(_ what: String) -> FarmClientError {
-        if let monitor {
+        if let monitor, !handshake.succeeded {
             handshake.record((try? monitor.drain()) ?? [])
             if !handshake.succeeded, handshake.reachedPeer, let problem = handshake.problem(endpoint: endpoint, usingCurve: usingCurve) {
                 return .handshake(problem + " (no reply to \(what) in \(timeoutMs) ms)")

@@ -6,9 +6,14 @@ import Foundation
 /// Owned by the thread that owns the monitored socket.
 public final class ZMQMonitor {
     public let socket: ZMQSocket
+    private weak var target: ZMQSocket?
 
-    /// Starts monitoring `target` (handshake, connect and disconnect events).
+    /// Starts monitoring `target` (handshake, connect and disconnect events). libzmq's side of the
+    /// monitor sends events blocking on its I/O thread: this side's queue is unbounded (receive
+    /// high-water mark 0) so an undrained monitor can never stall libzmq; `stop()` it when its
+    /// events are no longer wanted.
     public init(_ target: ZMQSocket) throws {
+        self.target = target
         let endpoint = "inproc://dp-monitor-\(UInt64.random(in: 0 ... .max))"
         let events = ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CONNECT_RETRIED
             | ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -17,7 +22,16 @@ public final class ZMQMonitor {
             throw ZMQError.last("zmq_socket_monitor", endpoint)
         }
         socket = try target.context.socket(.pair)
+        try socket.set(.receiveHighWaterMark(0))
         try socket.connect(endpoint)
+    }
+
+    /// Stops the events (the target goes on); idempotent, also after the target was closed.
+    public func stop() {
+        if let target, !target.isClosed, let raw = try? target.raw("zmq_socket_monitor") {
+            zmq_socket_monitor(raw, nil, 0)
+        }
+        target = nil
     }
 
     deinit { socket.close() }

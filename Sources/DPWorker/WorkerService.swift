@@ -299,7 +299,14 @@ public final class WorkerService: @unchecked Sendable {
             // Stop handling first: it may end the session.
             if let done = try handleStop() { return done }
             // Drained every turn (a readable monitor would otherwise keep the poll from sleeping).
-            if let monitor { handshake.record(try monitor.drain()) }
+            if let monitor {
+                let events = try monitor.drain()
+                if !handshake.succeeded {
+                    handshake.record(events)
+                    // This socket's session is up: no more events wanted (a reconnect gets a new socket).
+                    if handshake.succeeded { monitor.stop() }
+                }
+            }
             if !welcomed {
                 if handshake.refusedByAuth != nil, !handshake.succeeded,
                    let problem = handshake.problem(endpoint: settings.connect, usingCurve: settings.curve != nil) {

@@ -154,11 +154,6 @@ extension DPCoordCommand {
             if let loopNice { settings.loopThreadNice = loopNice }
             if let outputRoot { settings.outputRoot = SubmitInputs.absoluteURL(outputRoot) }
             let coordinator = try Coordinator(settings: settings, log: { DPCoordCommand.stderrLine($0) })
-            DPCoordCommand.stderrLine("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
-            if auth.isInsecure {
-                DPCoordCommand.stderrLine("dp-coord: WARNING: --insecure-no-auth: NO AUTHENTICATION on \(coordinator.endpoint); "
-                    + "anyone who can reach it controls the farm")
-            }
             let trap = SignalTrap { sig in
                 DPCoordCommand.stderrLine("dp-coord: \(sig == SIGINT ? "SIGINT" : "SIGTERM"), shutting down")
                 coordinator.shutdown()
@@ -177,6 +172,12 @@ extension DPCoordCommand {
                 }
             }
             defer { hup.cancel() }
+            // Announced once the signals are handled: a SIGTERM right after this line stops it cleanly.
+            DPCoordCommand.stderrLine("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
+            if auth.isInsecure {
+                DPCoordCommand.stderrLine("dp-coord: WARNING: --insecure-no-auth: NO AUTHENTICATION on \(coordinator.endpoint); "
+                    + "anyone who can reach it controls the farm")
+            }
             try coordinator.run()
             DPCoordCommand.stderrLine("dp-coord: stopped")
         }

@@ -174,6 +174,72 @@ final class AuthTests: XCTestCase {
         defer { admin.close() }
         XCTAssertEqual(try admin.workers().count, 0)
         XCTAssertEqual(try coord.coordinator.journal.runningAttempts().count, 0)
+
+        // A WorkerService run with a client key is refused, and says so.
+        var settings = WorkerSettings(connect: coord.endpoint, name: "client-as-worker",
+                                      cacheDirectory: root.appendingPathComponent("cache"))
+        settings.heartbeatIntervalMs = 100
+        settings.reconnectInitialMs = 20
+        settings.curve = try curve("client1")
+        let worker = try WorkerService(settings: settings, renderer: SyntheticFrameRenderer(), log: { _ in })
+        let done = DispatchSemaphore(value: 0)
+        Thread { try? worker.run(); done.signal() }.start()
+        defer {
+            worker.shutdown(handBack: true)
+            XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+        }
+        let deadline = Date().addingTimeInterval(20)
+        while worker.connectionProblem == nil, Date() < deadline { usleep(20_000) }
+        guard case .refused(let why)? = worker.connectionProblem else {
+            return XCTFail("expected a refused Hello, got \(String(describing: worker.connectionProblem))")
+        }
+        XCTAssertTrue(why.contains("not authorized as a worker"), why)
+        XCTAssertEqual(try admin.workers().count, 0)
+    }
+
+    func testAnotherClientCannotUploadIntoAJob() throws {
+        let coord = try startCoordinator()
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let manifest = try ModelManifest.compute(directory: model)
+        let owner = try RawPeer(coord.endpoint, name: "owner", curve: try curve("client1"))
+        var spec = FarmJobSpec()
+        spec.name = "mine"
+        spec.modelID = manifest.modelID
+        let subject = Data("subject".utf8)
+        spec.subject.path = "subject.png"
+        spec.subject.size = UInt64(subject.count)
+        spec.subject.sha256 = FileDigest.sha256(subject)
+        var pose = FarmPoseInput()
+        pose.frame = 0
+        pose.file.path = "poses/0.npy"
+        pose.file.size = 4
+        pose.file.sha256 = FileDigest.sha256(Data("pose".utf8))
+        spec.poses = [pose]
+        spec.outputDir = "out"
+        var submit = FarmSubmitJob()
+        submit.spec = spec
+        submit.model = FarmModelManifest(manifest)
+        try owner.send(.submitJob(submit), requestID: 1)
+        let reply = try owner.expect("submit_reply") { if case .submitReply(let r) = $0 { return r } else { return nil } }
+
+        // client2 (and a worker key) sending the subject for client1's job: refused as an unknown job.
+        var chunk = FarmUploadChunk()
+        chunk.jobID = reply.jobID
+        chunk.file.kind = .input
+        chunk.file.path = "subject.png"
+        chunk.data = subject
+        chunk.last = true
+        for (name, code) in [("client2", FarmErrorCode.unknownJob), ("worker1", .badRequest)] {
+            let other = try RawPeer(coord.endpoint, name: name, curve: try curve(name))
+            try other.send(.uploadChunk(chunk), requestID: 2)
+            let refused = try other.expect("error") { if case .error(let e) = $0 { return e } else { return nil } }
+            XCTAssertEqual(refused.code, code, "\(name): \(refused.message)")
+        }
+        // The owner's own chunk is taken (the subject was still missing).
+        try owner.send(.uploadChunk(chunk), requestID: 3)
+        let ack = try owner.expect("upload_ack") { if case .uploadAck(let a) = $0 { return a } else { return nil } }
+        XCTAssertTrue(ack.fileComplete)
     }
 
     // MARK: worker sessions belong to keys
