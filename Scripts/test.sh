@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of dp-farm on a fresh machine: set-up (Scripts/setup.sh), the Swift build and tests,
-# the Python tests of the checkpoint converter, then the deployment tests (Scripts/tests/deploy_test.sh,
+# the Python tests of the checkpoint converter, a short chaos run of the farm, then the deployment tests (Scripts/tests/deploy_test.sh,
 # Scripts/tests/slurm_test.sh). Extra arguments go to `swift test` (e.g. --filter X).
 #
 # The Swift tests build in the debug configuration: see DP_TEST_CONFIG below for why.
@@ -40,6 +40,12 @@ phase "python tests (converter)" python3 -m pytest Scripts/tests -q
 # manifests (schema + probes against the binaries), then Slurm on a throwaway one-node cluster (needs root;
 # skipped with the reason otherwise, except under CI=true). A few minutes together; see each script's header.
 BIN_DIR="$(swift build "${flags[@]}" --show-bin-path)"
+# A short chaos run through the real binaries (Scripts/chaos.sh runs the full one: 200 frames, 10 worker
+# SIGKILLs, 2 coordinator SIGKILLs, a 30 s network cut): a keyed farm of 4 workers renders 48 frames through 4
+# worker SIGKILLs, 1 coordinator SIGKILL + restart and an 8 s cut, and every frame must be there once and
+# byte-identical to a fault-free `dp-worker render`. ~2 minutes on the busy 2-core machine.
+phase "chaos run (short)" python3 Scripts/chaos/chaos.py --bin "$BIN_DIR" --frames 48 --kills 4 --coord-kills 1 \
+  --stall 8 --steps 10
 phase "deployment checks (systemd, Kubernetes)" env DP_BIN_DIR="$BIN_DIR" Scripts/tests/deploy_test.sh
 phase "Slurm tests (one-node cluster)" env DP_BIN_DIR="$BIN_DIR" Scripts/tests/slurm_test.sh
 echo "==> all tests passed in $((SECONDS - started)) s" >&2
