@@ -62,6 +62,7 @@ for target in "${targets[@]}"; do
       >"$log" 2>&1
   rc=$?
   set -e
+  rm -rf "${TMPDIR:-/tmp}"/dp-fuzz-coordinator-*  # the coordinator target's state folders
   runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' | tail -n 1)
   [[ -n "$runs" ]] || runs=$(grep -Eo '^#[0-9]+' "$log" | tail -n 1 | tr -d '#')
   after=$(ls "$crashes" | wc -l)
