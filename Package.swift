@@ -105,7 +105,7 @@ let package = Package(
         // driver (dp-fuzz built by Scripts/fuzz.sh with -sanitize=fuzzer) and the corpus replay test.
         .target(name: "DPFuzzTargets",
                 dependencies: ["DPPipeline", "DPModels", "DPSampling", "DPFileKit", "DPProtocol", "DPCoordinator",
-                               "DPTransport"],
+                               "DPTransport", "DPWorker"],
                 path: "Tests/Fuzz/Targets", swiftSettings: v5),
         .executableTarget(name: "dp-fuzz", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Driver",
                           swiftSettings: v5),

@@ -37,6 +37,7 @@ public enum FuzzTargets {
         FuzzTarget(name: "manifest", summary: "model manifest: JSON sidecar and wire form, then validate()", run: manifest),
         FuzzTarget(name: "envelope", summary: "FarmEnvelope.decode (every ZeroMQ message)", run: envelope),
         FuzzTarget(name: "coordinator", summary: "a live Coordinator's message handlers (real socket, temp journal), then a liveness probe", run: coordinator),
+        FuzzTarget(name: "worker", summary: "a live WorkerService's message handlers (scripted coordinator, temp cache), then a liveness check", run: worker),
     ]
 
     public static func target(named name: String) -> FuzzTarget? { all.first { $0.name == name } }
@@ -134,10 +135,22 @@ public enum FuzzTargets {
         return .accepted
     }
 
-    /// Stops the coordinator target's coordinator, if one was started (the replay test calls this).
+    /// Stops the coordinator and worker targets' services, if started (the replay test and dp-fuzz replay).
     public static func stopCoordinator() {
         coordinatorHarness?.stop()
         coordinatorHarness = nil
+        workerHarness?.stop()
+        workerHarness = nil
+    }
+
+    nonisolated(unsafe) static var workerHarness: WorkerHarness?
+
+    @Sendable static func worker(_ data: Data) -> FuzzOutcome {
+        if workerHarness == nil {
+            do { workerHarness = try WorkerHarness() } catch { fatalError("cannot start the worker: \(error)") }
+        }
+        workerHarness!.run(data)
+        return .accepted
     }
 
     @Sendable static func envelope(_ data: Data) -> FuzzOutcome {
