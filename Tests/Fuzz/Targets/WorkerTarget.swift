@@ -1,9 +1,10 @@
 // The worker's message handlers as a fuzz target: a WorkerService (synthetic 8x8 renderer, model cache in a
 // temporary folder) connected to a scripted coordinator (a ROUTER socket on 127.0.0.1) started once per process.
 // Each input is split into up to 8 messages (at each "\n--\n") that the scripted coordinator sends the worker as
-// they are; then the worker must still talk (its heartbeats or a new Hello) within 10 s. A handler that traps
-// kills the process (a crash for libFuzzer). A worker whose run() returns (it may give up on a coordinator) is
-// started again.
+// they are; then the worker must still talk (its heartbeats, a reply or a new Hello) within 1 s, or else stop
+// within 10 s when asked (a Welcome may legitimately set a heartbeat interval of days), and is then started
+// again. A handler that traps kills the process (a crash for libFuzzer); a wedged I/O thread fails the check.
+// A worker whose run() returns (it may give up on a coordinator) is started again.
 import DPProtocol
 import DPTransport
 import DPWorker
@@ -93,8 +94,14 @@ final class WorkerHarness: @unchecked Sendable {   // used from the fuzzing thre
             do { try startWorker() } catch { fatalError("cannot restart the worker: \(error)") }
             return
         }
-        if !heard(within: 10), finished.wait(timeout: .now()) != .success {
-            fatalError("the worker stayed silent for 10 s after the input (no heartbeat, no Hello)")
+        if !heard(within: 1), finished.wait(timeout: .now()) != .success {
+            // Silence can be legitimate (a Welcome may set a heartbeat interval of days): the worker must then
+            // still stop when asked, which its I/O thread does only if it is not wedged. Then a fresh one.
+            service?.shutdown(handBack: false)
+            guard finished.wait(timeout: .now() + 10) == .success else {
+                fatalError("the worker went silent after the input and did not stop within 10 s when asked")
+            }
+            do { try startWorker() } catch { fatalError("cannot restart the worker: \(error)") }
         }
     }
 }
