@@ -104,7 +104,8 @@ let package = Package(
         // Fuzzing (Tests/Fuzz/README.md): the fuzz entry points, one per input format, shared by the libFuzzer
         // driver (dp-fuzz built by Scripts/fuzz.sh with -sanitize=fuzzer) and the corpus replay test.
         .target(name: "DPFuzzTargets",
-                dependencies: ["DPPipeline", "DPModels", "DPSampling", "DPFileKit", "DPProtocol"],
+                dependencies: ["DPPipeline", "DPModels", "DPSampling", "DPFileKit", "DPProtocol", "DPCoordinator",
+                               "DPTransport", "DPWorker"],
                 path: "Tests/Fuzz/Targets", swiftSettings: v5),
         .executableTarget(name: "dp-fuzz", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Driver",
                           swiftSettings: v5),

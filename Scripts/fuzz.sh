@@ -56,12 +56,14 @@ for target in "${targets[@]}"; do
   echo "==> fuzzing $target for ${SECONDS_PER_TARGET} s (log: $log)" >&2
   # detect_leaks=0: the Swift runtime's caches look like leaks to LeakSanitizer at exit.
   set +e
-  DP_FUZZ_TARGET="$target" ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=0" \
+  # SWIFT_BACKTRACE=enable=no: libFuzzer reports a Swift trap itself (the Swift backtracer trips ASan).
+  DP_FUZZ_TARGET="$target" ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=0" SWIFT_BACKTRACE=enable=no \
     "$bin" -max_total_time="$SECONDS_PER_TARGET" -timeout=20 -rss_limit_mb=4096 -malloc_limit_mb=2048 \
       -detect_leaks=0 -print_final_stats=1 -artifact_prefix="$crashes/" "$scratch" "$FUZZ/corpus/$target" \
       >"$log" 2>&1
   rc=$?
   set -e
+  rm -rf "${TMPDIR:-/tmp}"/dp-fuzz-coordinator-* "${TMPDIR:-/tmp}"/dp-fuzz-worker-*  # the service targets' folders
   runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' | tail -n 1)
   [[ -n "$runs" ]] || runs=$(grep -Eo '^#[0-9]+' "$log" | tail -n 1 | tr -d '#')
   after=$(ls "$crashes" | wc -l)

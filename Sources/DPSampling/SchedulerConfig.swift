@@ -227,10 +227,15 @@ public struct SchedulerConfig: Codable, Equatable, Sendable {
 
     /// Decodes config JSON text; `file` only labels errors.
     public static func decode(_ data: Data, file: String = "<memory>") throws -> SchedulerConfig {
+        // Python's json writes the non-standard literals Infinity / -Infinity / NaN. They are quoted here (outside
+        // strings only) and read back by the strict JSON parser's string convention. (Foundation's JSON5 mode,
+        // used before, traps on some malformed input, e.g. invalid UTF-8 in an unquoted key: found by fuzzing,
+        // reproducer Tests/Fuzz/crashes/config/.)
         let decoder = JSONDecoder()
-        decoder.allowsJSON5 = true   // Infinity / -Infinity / NaN literals as written by Python's json
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(
+            positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
         do {
-            let config = try decoder.decode(SchedulerConfig.self, from: data)
+            let config = try decoder.decode(SchedulerConfig.self, from: quotingPythonFloatLiterals(data))
             try config.validate(file: file)
             return config
         } catch let error as SchedulerConfigError {
@@ -240,6 +245,45 @@ public struct SchedulerConfig: Codable, Equatable, Sendable {
         } catch {
             throw SchedulerConfigError(file: file, message: "\(error)")
         }
+    }
+
+    /// `data` with each `NaN`, `Infinity` and `-Infinity` token outside a JSON string put in quotes.
+    static func quotingPythonFloatLiterals(_ data: Data) -> Data {
+        let bytes = [UInt8](data)
+        let literals: [[UInt8]] = [Array("-Infinity".utf8), Array("Infinity".utf8), Array("NaN".utf8)]
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count + 16)
+        var i = 0, inString = false
+        while i < bytes.count {
+            let b = bytes[i]
+            if inString {
+                out.append(b)
+                if b == UInt8(ascii: "\\"), i + 1 < bytes.count {
+                    out.append(bytes[i + 1])
+                    i += 2
+                    continue
+                }
+                if b == UInt8(ascii: "\"") { inString = false }
+                i += 1
+                continue
+            }
+            if b == UInt8(ascii: "\"") {
+                inString = true
+                out.append(b)
+                i += 1
+                continue
+            }
+            if let literal = literals.first(where: { i + $0.count <= bytes.count && Array(bytes[i ..< i + $0.count]) == $0 }) {
+                out.append(UInt8(ascii: "\""))
+                out += literal
+                out.append(UInt8(ascii: "\""))
+                i += literal.count
+                continue
+            }
+            out.append(b)
+            i += 1
+        }
+        return Data(out)
     }
 
     private static func describe(_ error: DecodingError) -> String {

@@ -125,5 +125,12 @@ final class HostileInputTests: XCTestCase {
             }
         }
         XCTAssertNoThrow(try SchedulerConfig.decode(Data(#"{"lambda_min_clipped": -Infinity}"#.utf8)))
+        // The Python literals are recognised outside strings only.
+        let named = try? SchedulerConfig.decode(Data(#"{"_class_name": "a \"NaN\" Infinity", "lambda_min_clipped": -Infinity}"#.utf8))
+        XCTAssertEqual(named?.className, #"a "NaN" Infinity"#)
+        XCTAssertEqual(named?.lambdaMinClipped, -.infinity)
+        // Found by fuzzing: Foundation's JSON5 mode (used before) trapped on invalid UTF-8 in an unquoted key.
+        let crash = Data([0x7B, 0xFF, 0xFF, 0x12]) + Data(#"ain_timesteps": 4}"#.utf8)
+        XCTAssertThrowsError(try SchedulerConfig.decode(crash, file: "s.json")) { XCTAssertTrue("\($0)".contains("s.json"), "\($0)") }
     }
 }

@@ -160,3 +160,27 @@ put("envelope", "bad-version-2.bin", env(10, hello, version=2))
 put("envelope", "bad-no-body.bin", field(1, 0, varint(1)))
 put("envelope", "bad-truncated.bin", env(10, hello)[:-3])
 put("envelope", "bad-length-huge.bin", field(1, 0, varint(1)) + field(10, 2, varint(1 << 62)))
+
+# --- coordinator / worker targets: up to 8 envelopes joined by "\n--\n"
+SEP = b"\n--\n"
+os.makedirs(os.path.join(ROOT, "coordinator"), exist_ok=True)
+put("coordinator", "hello.bin", env(10, hello))
+put("coordinator", "heartbeat.bin", env(30, field(1, 0, varint(3)) + field(2, 0, varint(1700000000000)) + field(4, 0, varint(1))))
+put("coordinator", "truncated.bin", env(10, hello)[:-3])
+put("coordinator", "hello-heartbeat-manifest-goodbye.bin", SEP.join([
+    env(10, hello), env(30, field(1, 0, varint(3))), env(24, ld(1, ident.encode()) + ld(2, wire_file("a", 5, h))),
+    env(16, ld(1, b"SIGTERM"))]))
+put("coordinator", "hello-credit-huge-running-ids.bin", SEP.join([
+    env(10, ld(1, b"w2") + field(2, 0, varint(1)) + b"".join(field(6, 0, varint(i)) for i in range(1, 200))),
+    env(11, field(1, 0, varint(0xFFFFFFFF)))]))
+welcome = ld(1, b"c-fuzz") + field(2, 0, varint(100)) + field(3, 0, varint(5)) + field(4, 0, varint(64 << 20)) \
+    + field(5, 0, varint(1 << 20))
+put("worker", "welcome.bin", env(20, welcome))
+put("worker", "welcome-extreme.bin", env(20, ld(1, b"c") + field(2, 0, varint(0)) + field(3, 0, varint(0xFFFFFFFF))
+    + field(4, 0, varint((1 << 64) - 1)) + field(5, 0, varint(0)) + b"".join(field(6, 0, varint(i)) for i in range(50))))
+put("worker", "welcome-then-heartbeat-cancel-error.bin", SEP.join([
+    env(20, welcome), env(30, field(1, 0, varint(1))), env(23, field(1, 0, varint(7))),
+    env(31, field(1, 0, varint(3)) + ld(2, b"not registered"))]))
+put("worker", "welcome-then-manifest-2p62.bin", SEP.join([
+    env(20, welcome), env(24, ld(1, ident.encode()) + ld(2, wire_file("a", 1 << 62, h)), request_id=1)]))
+put("worker", "garbage.bin", b"\x08\x01\xa2\x01\xff\xff")

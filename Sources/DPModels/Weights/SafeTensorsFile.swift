@@ -155,10 +155,6 @@ public struct SafeTensorsFile: @unchecked Sendable {   // immutable; the mapping
         var metadata: [String: String]
     }
 
-    /// Checks: the file holds the 8-byte length and the whole header; the header is a JSON object;
-    /// every tensor has a known dtype, a shape of non-negative integers and two offsets with
-    /// `end - begin == product(shape) * itemsize`, inside the data section; no two tensors overlap;
-    /// `__metadata__`, if present, maps strings to strings.
     /// Checks the header of a whole safetensors file held in memory (`bytes`), as `init(url:)` checks a
     /// mapped file; returns the tensor names in data order. For tests and the fuzz targets.
     public static func validateHeader(_ bytes: Data, file: String = "<memory>") throws -> [String] {
@@ -174,6 +170,11 @@ public struct SafeTensorsFile: @unchecked Sendable {   // immutable; the mapping
     /// dimensions, e.g. a stride, can overflow later).
     public static let maxElements = 1 << 40
 
+    /// Checks: the file holds the 8-byte length and the whole header; the header is a JSON object;
+    /// every tensor has a known dtype, a shape of non-negative integers and two offsets with
+    /// `end - begin == product(shape) * itemsize`, inside the data section; no two tensors overlap;
+    /// `__metadata__`, if present, maps strings to strings; at most `maxDimensions` dimensions and
+    /// `maxElements` elements per tensor.
     private static func parseHeader(base: UnsafeRawPointer?, size: Int, file: String) throws -> ParsedHeader {
         func bad(_ reason: String) -> WeightsError { .malformed(file: file, reason: reason) }
         guard size >= 8, let base else {

@@ -101,6 +101,7 @@ struct FuzzDriver {
                 print("rejected \(file): \(why.prefix(300))")
             }
         }
+        FuzzTargets.stopCoordinator()
         print("\(name): \(files.count) inputs, \(accepted) accepted, \(rejected) rejected, 0 crashes")
         return 0
     }

@@ -38,6 +38,7 @@ final class FuzzCorpusReplayTests: XCTestCase {
                 }
             }
         }
+        FuzzTargets.stopCoordinator()
         XCTAssertGreaterThan(total, 0)
     }
 

@@ -4,6 +4,7 @@
 // report, a runaway allocation) is a bug. Two callers share these functions (Tests/Fuzz/README.md):
 //   * dp-fuzz, built by Scripts/fuzz.sh with -sanitize=fuzzer,address, hands them libFuzzer's inputs;
 //   * DPFuzzTests (the normal test suite) replays every committed corpus and crash input through them.
+import DPCoordinator
 import DPFileKit
 import DPModels
 import DPPipeline
@@ -35,6 +36,8 @@ public enum FuzzTargets {
         FuzzTarget(name: "config", summary: "UNet/VAE/CLIP/adapter config.json, scheduler_config.json (+ building each scheduler), dreampose.json", run: config),
         FuzzTarget(name: "manifest", summary: "model manifest: JSON sidecar and wire form, then validate()", run: manifest),
         FuzzTarget(name: "envelope", summary: "FarmEnvelope.decode (every ZeroMQ message)", run: envelope),
+        FuzzTarget(name: "coordinator", summary: "a live Coordinator's message handlers (real socket, temp journal), then a liveness probe", run: coordinator),
+        FuzzTarget(name: "worker", summary: "a live WorkerService's message handlers (scripted coordinator, temp cache), then a liveness check", run: worker),
     ]
 
     public static func target(named name: String) -> FuzzTarget? { all.first { $0.name == name } }
@@ -119,6 +122,35 @@ public enum FuzzTargets {
             }
             precondition(manifest.totalBytes <= ModelManifest.maxTotalBytes)
         }
+    }
+
+    /// Started on first use: the coordinator, its state folder and the two peers live as long as the process.
+    nonisolated(unsafe) static var coordinatorHarness: CoordinatorHarness?
+
+    @Sendable static func coordinator(_ data: Data) -> FuzzOutcome {
+        if coordinatorHarness == nil {
+            do { coordinatorHarness = try CoordinatorHarness() } catch { fatalError("cannot start the coordinator: \(error)") }
+        }
+        coordinatorHarness!.run(data)
+        return .accepted
+    }
+
+    /// Stops the coordinator and worker targets' services, if started (the replay test and dp-fuzz replay).
+    public static func stopCoordinator() {
+        coordinatorHarness?.stop()
+        coordinatorHarness = nil
+        workerHarness?.stop()
+        workerHarness = nil
+    }
+
+    nonisolated(unsafe) static var workerHarness: WorkerHarness?
+
+    @Sendable static func worker(_ data: Data) -> FuzzOutcome {
+        if workerHarness == nil {
+            do { workerHarness = try WorkerHarness() } catch { fatalError("cannot start the worker: \(error)") }
+        }
+        workerHarness!.run(data)
+        return .accepted
     }
 
     @Sendable static func envelope(_ data: Data) -> FuzzOutcome {
