@@ -150,6 +150,8 @@ public enum OutputError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+// unchecked: the vars below are only touched holding `lock` (init aside); not yet a Mutex because issue 14
+// item 2 splits this file (frame files, manifest, video), and the split is the place to move them.
 public final class OutputWriter: @unchecked Sendable {
     /// How frame PNGs are made durable (see the file comment).
     public enum Durability: Sendable {

@@ -19,6 +19,7 @@ func LLVMFuzzerRunDriver(
     _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
     _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32) -> Int32
 
+// unsafe: set on the main thread before LLVMFuzzerRunDriver, which calls fuzzOneInput on that same thread.
 nonisolated(unsafe) var selectedTarget: FuzzTarget?
 
 func selectTarget() -> FuzzTarget {
