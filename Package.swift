@@ -15,7 +15,6 @@ let release: [SwiftSetting] = [
 let checked: [SwiftSetting] = [
     .unsafeFlags(["-wmo"], .when(configuration: .release)),
 ]
-let v5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
 
 let package = Package(
     name: "dp-farm",
@@ -57,44 +56,37 @@ let package = Package(
         // The farm.
         // Model manifest/identity, file SHA-256 and crash-safe writes: shared by the coordinator (no
         // model code), the worker's model cache and (later) the pipeline.
-        .target(name: "DPFileKit", dependencies: [.product(name: "Crypto", package: "swift-crypto")],
-                swiftSettings: v5),
+        .target(name: "DPFileKit", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "DPProtocol",
-                dependencies: ["DPFileKit", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
-                swiftSettings: v5),
-        .target(name: "DPTransport", dependencies: ["CZeroMQ"], swiftSettings: v5),
-        .target(name: "DPJournal", dependencies: ["CSQLite3"], swiftSettings: v5),
+                dependencies: ["DPFileKit", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .target(name: "DPTransport", dependencies: ["CZeroMQ"]),
+        .target(name: "DPJournal", dependencies: ["CSQLite3"]),
         .target(name: "DPCoordinator",
                 dependencies: ["DPProtocol", "DPTransport", "DPJournal", "DPFileKit", "CDPSys",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "Logging", package: "swift-log")],
-                exclude: ["DESIGN.md"],
-                swiftSettings: v5),
+                exclude: ["DESIGN.md"]),
         .target(name: "DPWorker",
                 dependencies: ["DPPipeline", "DPProtocol", "DPTransport", "DPFileKit", "CDPSys",
                                .product(name: "Crypto", package: "swift-crypto"),
-                               .product(name: "Logging", package: "swift-log")],
-                swiftSettings: v5),
+                               .product(name: "Logging", package: "swift-log")]),
 
         // Executables.
         // The rendering options (--model ... --noise) that dp-coord submit and dp-worker render both take:
         // one ParsableArguments declaration with the checks that need no files. DPSampling only for the sampler
         // names; both executables already link it (dp-coord through DPWorker, for its embedded farm).
         .target(name: "DPCLISupport",
-                dependencies: ["DPSampling", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-                swiftSettings: v5),
+                dependencies: ["DPSampling", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "dp-coord",
                           dependencies: ["DPCoordinator", "DPWorker", "DPTransport", "DPCLISupport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                                         .product(name: "Logging", package: "swift-log")],
-                          swiftSettings: v5),
+                                         .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "dp-worker",
                           dependencies: ["DPWorker", "DPPipeline", "DPFileKit", "DPCLISupport", "DPTransport",
                                          // render's frame records (RenderRecords) and `health` (FarmClient)
                                          "DPCoordinator",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                                         .product(name: "Logging", package: "swift-log")],
-                          swiftSettings: v5),
+                                         .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "dp-bench",
                           dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPGolden",
                                          "DPCoordinator", "DPWorker", "DPTransport", "CDPSys",
@@ -106,19 +98,16 @@ let package = Package(
         .target(name: "DPFuzzTargets",
                 dependencies: ["DPPipeline", "DPModels", "DPSampling", "DPFileKit", "DPProtocol", "DPCoordinator",
                                "DPTransport", "DPWorker"],
-                path: "Tests/Fuzz/Targets", swiftSettings: v5),
-        .executableTarget(name: "dp-fuzz", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Driver",
-                          swiftSettings: v5),
+                path: "Tests/Fuzz/Targets"),
+        .executableTarget(name: "dp-fuzz", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Driver"),
 
         // Tests.
-        .testTarget(name: "DPTensorTests", dependencies: ["DPTensor"], swiftSettings: v5),
-        .testTarget(name: "DPModelsTests", dependencies: ["DPModels", "DPTensor", "DPGolden"], swiftSettings: v5),
-        .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor", "DPGolden"], exclude: ["Reference"],
-                    swiftSettings: v5),
-        .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden", "DPFileKit"], swiftSettings: v5),
-        .testTarget(name: "DPFuzzTests", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Replay", swiftSettings: v5),
+        .testTarget(name: "DPTensorTests", dependencies: ["DPTensor"]),
+        .testTarget(name: "DPModelsTests", dependencies: ["DPModels", "DPTensor", "DPGolden"]),
+        .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor", "DPGolden"], exclude: ["Reference"]),
+        .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden", "DPFileKit"]),
+        .testTarget(name: "DPFuzzTests", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Replay"),
         .testTarget(name: "DPFarmTests",
-                    dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal", "DPFileKit"],
-                    swiftSettings: v5),
+                    dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal", "DPFileKit"]),
     ]
 )

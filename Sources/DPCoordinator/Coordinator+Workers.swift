@@ -3,6 +3,7 @@ import DPFileKit
 import DPJournal
 import DPProtocol
 import Foundation
+import Synchronization
 
 extension Coordinator {
     // MARK: sessions
@@ -597,8 +598,8 @@ extension Coordinator {
     func finishJob(_ id: Int64) {
         guard !finishing.contains(id), let record = try? journal.job(id, includingSpec: false) else { return }
         finishing.insert(id)
-        // Its context leaves the loop: the job gets no more frames, and the background work owns
-        // (and frees) it. A job whose output cannot be opened (it failed for that) has nothing to write.
+        // Its context leaves the loop: the job gets no more frames, and the background work owns its
+        // OutputWriter. A job whose output cannot be opened (it failed for that) has nothing to write.
         let context: JobContext?
         if let open = jobContexts.removeValue(forKey: id) {
             context = open
@@ -617,27 +618,27 @@ extension Coordinator {
         let log = self.log
         let report: @Sendable (String?, String, Bool) -> Void = { [weak self] video, message, final in
             guard let self else { return }
-            self.finishLock.lock()
-            self.finishedOutputs.append(FinishedOutputs(job: id, state: record.state, video: video, message: message,
-                                                        final: final))
-            self.finishLock.unlock()
+            self.finishedOutputs.withLock {
+                $0.append(FinishedOutputs(job: id, state: record.state, video: video, message: message, final: final))
+            }
             self.wakeLoop()
         }
         let message = record.error ?? ""
         let videoQueue = self.videoQueue
+        let output = context?.output  // all the background work needs of the context
         manifestQueue.async {
             do {
-                try context?.output.flush()
+                try output?.flush()
             } catch {
                 log("job \(id): cannot write its final manifest.json: \(error)")
             }
-            guard wantsVideo, let context else {
+            guard wantsVideo, let output else {
                 report(record.videoWritten ? record.videoPath : nil, message, true)
                 return
             }
             videoQueue.async {
                 do {
-                    let video = try context.output.makeVideo(at: URL(fileURLWithPath: record.videoPath ?? ""),
+                    let video = try output.makeVideo(at: URL(fileURLWithPath: record.videoPath ?? ""),
                                                              fps: record.videoFPS, ffmpeg: ffmpeg)
                     try journal.markVideoWritten(job: id)
                     report(video.path, message, true)
@@ -657,7 +658,7 @@ extension Coordinator {
     }
 
     /// What `finishJob`'s background work reports back to the loop.
-    struct FinishedOutputs {
+    struct FinishedOutputs: Sendable {
         var job: Int64
         var state: JobState
         var video: String?
@@ -669,10 +670,10 @@ extension Coordinator {
     /// Jobs whose final outputs were written since the last turn: marked final in the journal
     /// (this turn's transaction), then JobFinished to their followers.
     func drainFinishedOutputs() {
-        finishLock.lock()
-        let done = finishedOutputs
-        finishedOutputs.removeAll()
-        finishLock.unlock()
+        let done = finishedOutputs.withLock { outputs in
+            defer { outputs.removeAll() }
+            return outputs
+        }
         for f in done {
             finishing.remove(f.job)
             if f.final {

@@ -10,7 +10,10 @@ import DPJournal
 import DPProtocol
 import DPTransport
 import Foundation
+import Synchronization
 
+// unchecked: the loop state below is owned by the thread in `run()` (nothing else touches it); what other
+// threads share with the loop (stop request, finished outputs, the rewrite flag) is behind a Mutex.
 public final class Coordinator: @unchecked Sendable {
     public let settings: CoordinatorSettings
     public let journal: Journal
@@ -29,9 +32,8 @@ public final class Coordinator: @unchecked Sendable {
     /// The ZAP handler's socket, served by the loop thread (nil: insecure).
     let zap: ZAPHandler?
 
-    private let stopLock = NSLock()
-    private var stopRequested = false
-    private var running = false
+    /// `shutdown()` was called / `run()` is running (any thread).
+    private let runState = Mutex((stopRequested: false, running: false))
 
     // MARK: loop state (touched only by the thread in run())
     var sessions: [Data: WorkerSession] = [:]
@@ -58,8 +60,8 @@ public final class Coordinator: @unchecked Sendable {
     /// Finished jobs whose final outputs (manifest.json, video) are being written off the loop
     /// (`finishJob`); their followers get JobFinished when `finishedOutputs` reports them.
     var finishing: Set<Int64> = []
-    let finishLock = NSLock()
-    var finishedOutputs: [FinishedOutputs] = []  // guarded by finishLock
+    /// Filled by the background output work, drained by the loop.
+    let finishedOutputs = Mutex<[FinishedOutputs]>([])
     let videoQueue = DispatchQueue(label: "dp-coord.video")
     /// A pipe in the loop's poll set: background work that leaves something for the loop (finished
     /// outputs) and `shutdown()` write a byte to it, so the loop does not sleep out its poll timeout.
@@ -146,10 +148,11 @@ public final class Coordinator: @unchecked Sendable {
 
     /// Runs the loop on the calling thread until `shutdown()`. Owns the ROUTER socket.
     public func run() throws {
-        stopLock.lock()
-        guard !running else { stopLock.unlock(); throw CoordinatorError("run() is already running") }
-        running = true
-        stopLock.unlock()
+        let alreadyRunning = runState.withLock { state in
+            defer { state.running = true }
+            return state.running
+        }
+        guard !alreadyRunning else { throw CoordinatorError("run() is already running") }
         defer {
             router.close()
             zap?.socket.close()
@@ -285,7 +288,7 @@ public final class Coordinator: @unchecked Sendable {
         lastManifestFlushMs = t
         let due = jobContexts.filter { $0.value.output.needsFlush }.map { ($0.key, $0.value.output) }
         let log = self.log
-        let rewrite = {
+        let rewrite: @Sendable () -> Void = {
             for (id, output) in due {
                 do {
                     try output.flush(durable: force)
@@ -309,16 +312,12 @@ public final class Coordinator: @unchecked Sendable {
 
     /// Thread-safe; `run()` returns within one poll interval.
     public func shutdown() {
-        stopLock.lock()
-        stopRequested = true
-        stopLock.unlock()
+        runState.withLock { $0.stopRequested = true }
         wakeLoop()
     }
 
     var isStopping: Bool {
-        stopLock.lock()
-        defer { stopLock.unlock() }
-        return stopRequested
+        runState.withLock { $0.stopRequested }
     }
 
     var now: Int64 { clock.nowMilliseconds() }
@@ -617,16 +616,14 @@ struct Follower {
 
 
 /// A Bool shared between threads.
-final class LockedFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
+final class LockedFlag: Sendable {
+    private let value = Mutex(false)
 
     /// Sets the flag to `newValue` and returns what it was.
     func exchange(_ newValue: Bool) -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        let old = value
-        value = newValue
-        return old
+        value.withLock { value in
+            defer { value = newValue }
+            return value
+        }
     }
 }

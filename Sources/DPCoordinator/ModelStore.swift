@@ -6,6 +6,7 @@
 import DPFileKit
 import DPProtocol
 import Foundation
+import Synchronization
 
 /// A model request the store cannot serve; `code` is the wire error to answer with.
 public struct ModelStoreError: Error, CustomStringConvertible {
@@ -18,53 +19,51 @@ public struct ModelStoreError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-public final class ModelStore: @unchecked Sendable {
+public final class ModelStore: Sendable {
     /// `<state>/models`.
     public let directory: URL
     /// Largest chunk served per request (the message limit leaves room for the envelope).
     public let maxChunkBytes: Int
 
-    private let lock = NSLock()
-    private var manifests: [String: ModelManifest] = [:]
+    private struct State {
+        var manifests: [String: ModelManifest] = [:]
+        var chunkFault: (@Sendable (_ path: String, _ offset: UInt64, _ data: Data) -> Data)?
+    }
+    private let state: Mutex<State>
     /// Model folders found at start-up that could not be used (id -> why): not served, and a job that
     /// needs one fails with the reason instead of keeping the coordinator from starting.
-    public private(set) var refusedAtStart: [String: String] = [:]
-    private var chunkFault: (@Sendable (_ path: String, _ offset: UInt64, _ data: Data) -> Data)?
+    public let refusedAtStart: [String: String]
 
     /// TESTS ONLY (fault injection; nil in production, set by nothing but tests): when set, every
     /// chunk `readChunk` serves is passed through it (model-relative path, offset, bytes read from
     /// disk) and its return value is served instead, so a test can corrupt what a worker receives.
     public var chunkTransform: (@Sendable (_ path: String, _ offset: UInt64, _ data: Data) -> Data)? {
-        get {
-            lock.lock()
-            defer { lock.unlock() }
-            return chunkFault
-        }
-        set {
-            lock.lock()
-            chunkFault = newValue
-            lock.unlock()
-        }
+        get { state.withLock { $0.chunkFault } }
+        set { state.withLock { $0.chunkFault = newValue } }
     }
 
     /// Opens the store in `directory` (created if needed). Staging folders left by a crash are
     /// removed; each model folder's manifest is read from its sidecar file (checked: self-consistent,
     /// same id, file sizes on disk match) or computed again by hashing.
     public init(directory: URL, maxChunkBytes: Int = 16 << 20) throws {
-        self.directory = directory.standardizedFileURL
+        let directory = directory.standardizedFileURL
+        self.directory = directory
         self.maxChunkBytes = maxChunkBytes
         let fm = FileManager.default
         do {
-            try fm.createDirectory(at: self.directory, withIntermediateDirectories: true)
+            try fm.createDirectory(at: directory, withIntermediateDirectories: true)
         } catch {
-            throw ModelStoreError(.internal, "model store \(self.directory.path): cannot create folder: \(error)")
+            throw ModelStoreError(.internal, "model store \(directory.path): cannot create folder: \(error)")
         }
-        for leftover in ModelStaging.leftovers(in: self.directory) { try? fm.removeItem(at: leftover) }
-        let names = (try? fm.contentsOfDirectory(atPath: self.directory.path)) ?? []
+        for leftover in ModelStaging.leftovers(in: directory) { try? fm.removeItem(at: leftover) }
+        var manifests: [String: ModelManifest] = [:]
+        var refusedAtStart: [String: String] = [:]
+        let names = (try? fm.contentsOfDirectory(atPath: directory.path)) ?? []
         for name in names where FileDigest.isHexSHA256(name) {
+            let folder = Self.folder(for: name, in: directory)
             var isDir: ObjCBool = false
-            guard fm.fileExists(atPath: folder(for: name).path, isDirectory: &isDir), isDir.boolValue else { continue }
-            if let manifest = loadSidecar(name) {
+            guard fm.fileExists(atPath: folder.path, isDirectory: &isDir), isDir.boolValue else { continue }
+            if let manifest = Self.loadSidecar(name, in: directory) {
                 manifests[name] = manifest
                 continue
             }
@@ -72,44 +71,40 @@ public final class ModelStore: @unchecked Sendable {
             // reason for the coordinator not to start (issue 12: no crash loop on stored state).
             let manifest: ModelManifest
             do {
-                manifest = try ModelManifest.compute(directory: folder(for: name))
+                manifest = try ModelManifest.compute(directory: folder)
             } catch {
-                refusedAtStart[name] = "model store: cannot hash \(folder(for: name).path): \(error)"
+                refusedAtStart[name] = "model store: cannot hash \(folder.path): \(error)"
                 continue
             }
             guard manifest.modelID == name else {
-                refusedAtStart[name] = "model store: folder \(folder(for: name).path) holds model \(manifest.modelID), "
+                refusedAtStart[name] = "model store: folder \(folder.path) holds model \(manifest.modelID), "
                     + "not \(name) (its files changed; remove or rename it)"
                 continue
             }
             do {
-                try writeSidecar(manifest)
+                try Self.writeSidecar(manifest, in: directory)
             } catch {
                 refusedAtStart[name] = "model store: cannot record the manifest of \(name): \(error)"
                 continue
             }
             manifests[name] = manifest
         }
+        self.refusedAtStart = refusedAtStart
+        state = Mutex(State(manifests: manifests))
     }
 
     /// Model ids held, sorted.
     public var modelIDs: [String] {
-        lock.lock()
-        defer { lock.unlock() }
-        return manifests.keys.sorted()
+        state.withLock { $0.manifests.keys.sorted() }
     }
 
     public func contains(_ modelID: String) -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return manifests[modelID] != nil
+        state.withLock { $0.manifests[modelID] != nil }
     }
 
     /// The manifest of a held model (ModelManifestRequest).
     public func manifest(for modelID: String) throws -> ModelManifest {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let manifest = manifests[modelID] else {
+        guard let manifest = state.withLock({ $0.manifests[modelID] }) else {
             throw ModelStoreError(.unknownModel, "model \(modelID) is not held by this coordinator")
         }
         return manifest
@@ -117,6 +112,10 @@ public final class ModelStore: @unchecked Sendable {
 
     /// Where model `modelID` lives (whether or not it is held).
     public func folder(for modelID: String) -> URL {
+        Self.folder(for: modelID, in: directory)
+    }
+
+    private static func folder(for modelID: String, in directory: URL) -> URL {
         directory.appendingPathComponent(modelID, isDirectory: true)
     }
 
@@ -219,23 +218,21 @@ public final class ModelStore: @unchecked Sendable {
             }
         }
         try writeSidecar(manifest)
-        lock.lock()
-        manifests[manifest.modelID] = manifest
-        lock.unlock()
+        state.withLock { $0.manifests[manifest.modelID] = manifest }
     }
 
     // MARK: - Manifest sidecar files
 
-    private func sidecarURL(_ modelID: String) -> URL {
+    private static func sidecarURL(_ modelID: String, in directory: URL) -> URL {
         directory.appendingPathComponent(modelID + ".manifest.json")
     }
 
-    private func loadSidecar(_ modelID: String) -> ModelManifest? {
-        guard let data = try? Data(contentsOf: sidecarURL(modelID)),
+    private static func loadSidecar(_ modelID: String, in directory: URL) -> ModelManifest? {
+        guard let data = try? Data(contentsOf: sidecarURL(modelID, in: directory)),
               let manifest = try? JSONDecoder().decode(ModelManifest.self, from: data),
               manifest.modelID == modelID, (try? manifest.validate()) != nil else { return nil }
         // Cheap check that the folder still matches: every listed file has its size, nothing else.
-        let root = folder(for: modelID).path
+        let root = folder(for: modelID, in: directory).path
         var count = 0
         if let walker = FileManager.default.enumerator(atPath: root) {
             while let rel = walker.nextObject() as? String {
@@ -252,12 +249,17 @@ public final class ModelStore: @unchecked Sendable {
     }
 
     private func writeSidecar(_ manifest: ModelManifest) throws {
+        try Self.writeSidecar(manifest, in: directory)
+    }
+
+    private static func writeSidecar(_ manifest: ModelManifest, in directory: URL) throws {
+        let url = sidecarURL(manifest.modelID, in: directory)
         do {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-            try DurableFile.write(try encoder.encode(manifest), to: sidecarURL(manifest.modelID))
+            try DurableFile.write(try encoder.encode(manifest), to: url)
         } catch {
-            throw ModelStoreError(.internal, "cannot write \(sidecarURL(manifest.modelID).path): \(error)")
+            throw ModelStoreError(.internal, "cannot write \(url.path): \(error)")
         }
     }
 }

@@ -24,7 +24,7 @@ import Glibc
 #endif
 
 /// A folder beneath a root, opened without following symbolic links (see the file comment).
-final class ConfinedFolder {
+final class ConfinedFolder: Sendable {
     /// The open folder.
     let fd: Int32
     /// `/proc/<pid>/fd/<fd>`: a path naming exactly this folder, for this process and its children.

@@ -18,6 +18,7 @@
 import CDPSys
 import DPFileKit
 import Foundation
+import Synchronization
 
 /// The rendering settings of a job as written to manifest.json (defaults already resolved from the
 /// model's dreampose.json, so the manifest says what was actually used).
@@ -150,7 +151,7 @@ public enum OutputError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-public final class OutputWriter: @unchecked Sendable {
+public final class OutputWriter: Sendable {
     /// How frame PNGs are made durable (see the file comment).
     public enum Durability: Sendable {
         /// fsync each PNG and its folder; `write(flush: true)` also rewrites manifest.json durably.
@@ -172,18 +173,20 @@ public final class OutputWriter: @unchecked Sendable {
     public let durability: Durability
     /// Frames of `recorded` whose PNG was missing or did not match its record when the folder was
     /// opened (frame, what was wrong), ascending; their files were removed and they count as missing.
-    public private(set) var invalidRecords: [(frame: UInt32, reason: String)] = []
-    private let lock = NSLock()
-    /// Serialises manifest rewrites (taken before `lock`): a rewrite snapshots the manifest under
-    /// `lock` and builds and writes the JSON after releasing it, so frames keep being written
+    public let invalidRecords: [(frame: UInt32, reason: String)]
+    /// Serialises manifest rewrites (taken before `state`): a rewrite snapshots the manifest holding
+    /// `state` and builds and writes the JSON after releasing it, so frames keep being written
     /// meanwhile; a later rewrite always writes a later snapshot.
-    private let rewriteLock = NSLock()
-    private var manifest: OutputManifest
-    private var written: [UInt32: OutputFrameRecord] = [:]
-    private var expected: Set<UInt32>
-    private var dirty = false
-    /// Each written frame's manifest entry, encoded once when it is written (`ManifestJSON`).
-    private var entryJSON: [UInt32: String] = [:]
+    private let rewriteLock = Mutex(())
+    private struct State {
+        var manifest: OutputManifest
+        var written: [UInt32: OutputFrameRecord] = [:]
+        var dirty = false
+        /// Each written frame's manifest entry, encoded once when it is written (`ManifestJSON`).
+        var entryJSON: [UInt32: String] = [:]
+    }
+    private let state: Mutex<State>
+    private let expected: Set<UInt32>
     /// The sorted frame list of manifest.json, encoded once.
     private let expectedJSON: String
 
@@ -235,11 +238,15 @@ public final class OutputWriter: @unchecked Sendable {
         }
         let work = URL(fileURLWithPath: directoryPath, isDirectory: true)
         let sortedFrames = Array(Set(frames)).sorted()
-        expected = Set(sortedFrames)
-        manifest = OutputManifest(format: OutputManifest.currentFormat, jobID: jobID, modelID: modelID,
+        let expected = Set(sortedFrames)
+        self.expected = expected
+        var manifest = OutputManifest(format: OutputManifest.currentFormat, jobID: jobID, modelID: modelID,
                                   settings: settings, framesExpected: sortedFrames, frames: [],
                                   complete: sortedFrames.isEmpty, video: nil)
-        expectedJSON = ManifestJSON.list(sortedFrames)
+        let expectedJSON = ManifestJSON.list(sortedFrames)
+        self.expectedJSON = expectedJSON
+        var written: [UInt32: OutputFrameRecord] = [:]
+        var invalid: [(frame: UInt32, reason: String)] = []
 
         let manifestURL = self.directory.appendingPathComponent("manifest.json")
         let manifestData: Data?
@@ -269,7 +276,6 @@ public final class OutputWriter: @unchecked Sendable {
             manifest.video = old.video
         }
         if let recorded {
-            var invalid: [(frame: UInt32, reason: String)] = []
             for record in recorded.sorted(by: { $0.frame < $1.frame }) where expected.contains(record.frame) {
                 let name = OutputWriter.fileName(frame: record.frame)
                 let url = self.directory.appendingPathComponent(name)
@@ -286,8 +292,8 @@ public final class OutputWriter: @unchecked Sendable {
                 }
                 written[record.frame] = record
             }
-            invalidRecords = invalid
         }
+        invalidRecords = invalid
         // PNGs the manifest does not vouch for.
         let names = folder?.names() ?? (try? fm.contentsOfDirectory(atPath: self.directory.path)) ?? []
         for name in names where name.hasPrefix("frame_") && name.hasSuffix(".png") {
@@ -302,32 +308,31 @@ public final class OutputWriter: @unchecked Sendable {
         for name in names where name.hasPrefix(".") && name.contains(".tmp-") {
             try? fm.removeItem(at: work.appendingPathComponent(name))
         }
+        var entryJSON: [UInt32: String] = [:]
         for (frame, record) in written { entryJSON[frame] = ManifestJSON.entry(record) }
         manifest.complete = written.count == expected.count
-        try writeManifestLocked()
+        try OutputWriter.writeManifest(manifest, entries: entryJSON, expectedJSON: expectedJSON,
+                                       directory: work, durable: true)
+        state = Mutex(State(manifest: manifest, written: written, dirty: false, entryJSON: entryJSON))
     }
 
     /// A snapshot of manifest.json's content.
     public var currentManifest: OutputManifest {
-        lock.lock()
-        defer { lock.unlock() }
-        var copy = manifest
-        copy.frames = written.values.sorted { $0.frame < $1.frame }
-        return copy
+        state.withLock { state in
+            var copy = state.manifest
+            copy.frames = state.written.values.sorted { $0.frame < $1.frame }
+            return copy
+        }
     }
 
     /// The record of frame `n` if it was written.
     public func record(frame: UInt32) -> OutputFrameRecord? {
-        lock.lock()
-        defer { lock.unlock() }
-        return written[frame]
+        state.withLock { $0.written[frame] }
     }
 
     /// Frames of the job not written yet, ascending.
     public var missingFrames: [UInt32] {
-        lock.lock()
-        defer { lock.unlock() }
-        return manifest.framesExpected.filter { written[$0] == nil }
+        state.withLock { state in state.manifest.framesExpected.filter { state.written[$0] == nil } }
     }
 
     public var isComplete: Bool { missingFrames.isEmpty }
@@ -339,25 +344,19 @@ public final class OutputWriter: @unchecked Sendable {
     @discardableResult
     public func write(frame: UInt32, png: Data, attempt: UInt64, worker: String, renderSeconds: Double,
                       claimedSHA256: String? = nil, flush: Bool = true) throws -> OutputFrameRecord {
-        lock.lock()
-        let record: OutputFrameRecord
-        do {
-            record = try writeLocked(frame: frame, png: png, attempt: attempt, worker: worker, renderSeconds: renderSeconds,
-                                     claimedSHA256: claimedSHA256)
-        } catch {
-            lock.unlock()
-            throw error
+        let record = try state.withLock { state in
+            try writeLocked(frame: frame, png: png, attempt: attempt, worker: worker, renderSeconds: renderSeconds,
+                            claimedSHA256: claimedSHA256, &state)
         }
-        lock.unlock()
         if flush { try self.flush() }
         return record
     }
 
     private func writeLocked(frame: UInt32, png: Data, attempt: UInt64, worker: String, renderSeconds: Double,
-                             claimedSHA256: String?) throws -> OutputFrameRecord {
-        let job = manifest.jobID
+                             claimedSHA256: String?, _ state: inout State) throws -> OutputFrameRecord {
+        let job = state.manifest.jobID
         guard expected.contains(frame) else { throw OutputError.unexpectedFrame(jobID: job, frame: frame) }
-        if let previous = written[frame] {
+        if let previous = state.written[frame] {
             throw OutputError.alreadyWritten(jobID: job, frame: frame, writtenBy: previous.attempt, refusedAttempt: attempt)
         }
         let digest = FileDigest.sha256(png)
@@ -377,14 +376,14 @@ public final class OutputWriter: @unchecked Sendable {
         } catch {
             throw OutputError.io(path: path, message: "\(error)")
         }
-        let s = manifest.settings
+        let s = state.manifest.settings
         let record = OutputFrameRecord(frame: frame, file: name, attempt: attempt, worker: worker,
-                                       modelID: manifest.modelID, seed: s.seed, sampler: s.sampler, steps: s.steps,
+                                       modelID: state.manifest.modelID, seed: s.seed, sampler: s.sampler, steps: s.steps,
                                        imageGuidance: s.imageGuidance, poseGuidance: s.poseGuidance,
                                        renderSeconds: renderSeconds, pngSHA256: digest, pngSize: png.count)
-        written[frame] = record
-        entryJSON[frame] = ManifestJSON.entry(record)
-        dirty = true
+        state.written[frame] = record
+        state.entryJSON[frame] = ManifestJSON.entry(record)
+        state.dirty = true
         return record
     }
 
@@ -393,31 +392,30 @@ public final class OutputWriter: @unchecked Sendable {
     /// the manifest a report rebuilt from it on reopening; the rewrite when a job ends is durable.
     /// Thread-safe; the JSON is built and written outside the writer's lock (see `rewriteLock`).
     public func flush(durable: Bool = true) throws {
-        rewriteLock.lock()
-        defer { rewriteLock.unlock() }
-        lock.lock()
-        guard dirty else { lock.unlock(); return }
-        manifest.complete = written.count == expected.count
-        let snapshot = manifest
-        let entries = entryJSON  // copied on write: the next frame written pays for the copy, once
-        dirty = false
-        lock.unlock()
-        do {
-            try OutputWriter.writeManifest(snapshot, entries: entries, expectedJSON: expectedJSON,
-                                           directory: URL(fileURLWithPath: directoryPath, isDirectory: true), durable: durable)
-        } catch {
-            lock.lock()
-            dirty = true
-            lock.unlock()
-            throw error
+        try rewriteLock.withLock { _ in
+            let expectedCount = expected.count
+            let snapshot = state.withLock { state -> (OutputManifest, [UInt32: String])? in
+                guard state.dirty else { return nil }
+                state.manifest.complete = state.written.count == expectedCount
+                state.dirty = false
+                // entryJSON is copied on write: the next frame written pays for the copy, once.
+                return (state.manifest, state.entryJSON)
+            }
+            guard let (manifest, entries) = snapshot else { return }
+            do {
+                try OutputWriter.writeManifest(manifest, entries: entries, expectedJSON: expectedJSON,
+                                               directory: URL(fileURLWithPath: directoryPath, isDirectory: true),
+                                               durable: durable)
+            } catch {
+                state.withLock { $0.dirty = true }
+                throw error
+            }
         }
     }
 
     /// True when frames were written since manifest.json was last rewritten.
     public var needsFlush: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return dirty
+        state.withLock { $0.dirty }
     }
 
     /// `.batched` PNG write: on Linux an unnamed O_TMPFILE file linked into place when complete
@@ -482,11 +480,7 @@ public final class OutputWriter: @unchecked Sendable {
     public func makeVideo(at video: URL, fps: Int = 30, ffmpeg: String = "ffmpeg") throws -> OutputVideoRecord {
         precondition(fps > 0, "fps must be positive, got \(fps)")
         flushIgnoringErrors()
-        let (frames, job) = { () -> ([UInt32], UInt64) in
-            lock.lock()
-            defer { lock.unlock() }
-            return (manifest.framesExpected, manifest.jobID)
-        }()
+        let (frames, job) = state.withLock { ($0.manifest.framesExpected, $0.manifest.jobID) }
         let missing = missingFrames
         guard missing.isEmpty, !frames.isEmpty else {
             throw OutputError.incomplete(jobID: job, missing: frames.isEmpty ? [] : missing)
@@ -545,10 +539,10 @@ public final class OutputWriter: @unchecked Sendable {
             throw OutputError.io(path: logical.path, message: "\(error)")
         }
         let record = OutputVideoRecord(path: logical.path, fps: fps, frames: frames.count, sha256: digest)
-        lock.lock()
-        manifest.video = record
-        dirty = true
-        lock.unlock()
+        state.withLock { state in
+            state.manifest.video = record
+            state.dirty = true
+        }
         try flush()
         return record
     }
@@ -578,22 +572,13 @@ public final class OutputWriter: @unchecked Sendable {
         let parent = parts.dropLast().joined(separator: "/")
         let folder = try ConfinedFolder(root: root, relative: parent, create: true)
         guard let type = folder.entryType(name) else { return (folder, name, false) }
-        lock.lock()
-        let recorded = manifest.video
-        lock.unlock()
+        let recorded = state.withLock { $0.manifest.video }
         guard type == S_IFREG, let recorded, recorded.path == path,
               let data = try folder.read(name), FileDigest.sha256(data) == recorded.sha256 else {
             throw OutputError.notOwned(path: path, message: "exists and was not written by this job "
                 + "(refusing to replace it; choose another video name)")
         }
         return (folder, name, true)
-    }
-
-    private func writeManifestLocked(durable: Bool = true) throws {
-        manifest.complete = written.count == expected.count
-        try OutputWriter.writeManifest(manifest, entries: entryJSON, expectedJSON: expectedJSON,
-                                       directory: URL(fileURLWithPath: directoryPath, isDirectory: true), durable: durable)
-        dirty = false
     }
 
     private static func writeManifest(_ manifest: OutputManifest, entries entryJSON: [UInt32: String], expectedJSON: String,

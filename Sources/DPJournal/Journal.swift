@@ -6,6 +6,8 @@ import Foundation
 ///
 /// Thread-safe: every public method holds the journal's lock for its whole transaction.
 /// Times come from the injected `JournalClock`.
+// unchecked: `db` (one SQLite connection) and `deferred` are only touched holding `lock`, a recursive lock
+// because `batch` bodies and composite changes call public methods while holding it; a Mutex is not reentrant.
 public final class Journal: @unchecked Sendable {
     public let path: String
     public let clock: JournalClock

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Where the journal (and the coordinator) get "now": milliseconds since the Unix epoch.
 /// Injected so tests drive time instead of sleeping.
@@ -13,24 +14,14 @@ public final class SystemClock: JournalClock {
 }
 
 /// A clock that only moves when told to (tests, simulations). Thread-safe.
-public final class ManualClock: JournalClock, @unchecked Sendable {
-    private let lock = NSLock()
-    private var now: Int64
+public final class ManualClock: JournalClock {
+    private let now: Mutex<Int64>
 
-    public init(milliseconds: Int64 = 1_700_000_000_000) { now = milliseconds }
+    public init(milliseconds: Int64 = 1_700_000_000_000) { now = Mutex(milliseconds) }
 
-    public func nowMilliseconds() -> Int64 {
-        lock.lock(); defer { lock.unlock() }
-        return now
-    }
+    public func nowMilliseconds() -> Int64 { now.withLock { $0 } }
 
-    public func advance(milliseconds: Int64) {
-        lock.lock(); defer { lock.unlock() }
-        now += milliseconds
-    }
+    public func advance(milliseconds: Int64) { now.withLock { $0 += milliseconds } }
 
-    public func set(milliseconds: Int64) {
-        lock.lock(); defer { lock.unlock() }
-        now = milliseconds
-    }
+    public func set(milliseconds: Int64) { now.withLock { $0 = milliseconds } }
 }

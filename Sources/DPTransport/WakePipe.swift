@@ -7,7 +7,7 @@ import Darwin
 /// A non-blocking pipe that wakes a thread blocked in a poll: other threads `wake()` it, the
 /// polling thread adds `readDescriptor` to its poll set (`ZMQPoller.add(fileDescriptor:)`) and
 /// `drain()`s it after waking. Several wakes before a drain cost one wake-up.
-public final class WakePipe: @unchecked Sendable {
+public final class WakePipe: Sendable {
     public let readDescriptor: Int32
     private let writeDescriptor: Int32
 

@@ -1,5 +1,6 @@
 import CZeroMQ
 import Foundation
+import Synchronization
 
 /// A libzmq context: owns the I/O threads. Thread-safe; share one per process.
 ///
@@ -8,11 +9,11 @@ import Foundation
 /// fail at once with `ZMQError.isContextTerminated` (the owning threads then close their sockets);
 /// `terminate()` = shutdown + zmq_ctx_term, which returns once every socket is closed. Each socket
 /// keeps its context alive, so dropping the last reference terminates it without blocking.
+// unchecked: only for `handle`, a raw pointer to a libzmq context, which libzmq makes thread-safe.
 public final class ZMQContext: @unchecked Sendable {
     /// The raw `void *` context; valid until `terminate()`.
     public let handle: UnsafeMutableRawPointer
-    private let lock = NSLock()
-    private var terminated = false
+    private let terminated = Mutex(false)
 
     /// - Parameter ioThreads: libzmq background I/O threads (1 is plenty below ~1 GB/s).
     public init(ioThreads: Int32 = 1) throws {
@@ -35,18 +36,20 @@ public final class ZMQContext: @unchecked Sendable {
     /// Wakes every blocking call on this context's sockets with ETERM; further calls fail with
     /// ETERM. Safe from any thread, idempotent; does not wait.
     public func shutdown() {
-        lock.lock(); defer { lock.unlock() }
-        guard !terminated else { return }
-        zmq_ctx_shutdown(handle)
+        terminated.withLock { terminated in
+            guard !terminated else { return }
+            zmq_ctx_shutdown(handle)
+        }
     }
 
     /// Shuts down, then waits until every socket of this context is closed (with linger 0 that is
     /// as soon as their owners call `close()`). Idempotent.
     public func terminate() {
-        lock.lock()
-        if terminated { lock.unlock(); return }
-        terminated = true
-        lock.unlock()
+        let first = terminated.withLock { terminated in
+            defer { terminated = true }
+            return !terminated
+        }
+        guard first else { return }
         zmq_ctx_shutdown(handle)
         while zmq_ctx_term(handle) != 0 {
             if zmq_errno() != EINTR { break }

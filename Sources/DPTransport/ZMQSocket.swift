@@ -48,6 +48,7 @@ public struct ZMQFlags: OptionSet, Sendable {
 ///
 /// Messages are multipart: `[Data]`, one element per frame. A ROUTER receives the peer's routing id
 /// as frame 0 and sends to the peer named by frame 0.
+// unchecked: a libzmq socket is used by one thread at a time (handed over once, see above).
 public final class ZMQSocket: @unchecked Sendable {
     public let type: ZMQSocketType
     public let context: ZMQContext

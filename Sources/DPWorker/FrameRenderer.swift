@@ -42,11 +42,11 @@ public struct JobRenderSpec: Sendable, Equatable {
 
 /// Renders jobs: `prepare` once per job (load the model, condition on the subject, draw the noise),
 /// then `render` each frame.
-public protocol FrameRenderer: AnyObject {
+public protocol FrameRenderer: AnyObject, Sendable {
     func prepare(job: JobRenderSpec, modelDirectory: URL) throws -> any PreparedFrameRenderer
 }
 
-public protocol PreparedFrameRenderer: AnyObject {
+public protocol PreparedFrameRenderer: AnyObject, Sendable {
     /// Denoising steps per frame (Progress.total_steps).
     var totalSteps: Int { get }
     /// Renders frame `frame`. `poseWindow`: the window's .npy files (bytes), centre fallback applied by
@@ -179,16 +179,16 @@ public final class SyntheticFrameRenderer: FrameRenderer {
     public let stepDelaySeconds: Double
     public let width: Int
     public let height: Int
-    let sleeper: (Double) -> Void
+    let sleeper: @Sendable (Double) -> Void
     /// Monotonic nanoseconds.
-    let clock: () -> UInt64
+    let clock: @Sendable () -> UInt64
 
     /// - steps: steps per frame when the job does not set `steps` (a job's own `steps` wins).
     /// - stepDelaySeconds: time per step, spent in `sleeper` (default: nanosleep(2)) until the step's
     ///   deadline on `clock` (default: the monotonic clock).
     public init(steps: Int = 4, stepDelaySeconds: Double = 0, width: Int = 8, height: Int = 8,
-                sleeper: @escaping (Double) -> Void = SyntheticFrameRenderer.nanosleep,
-                clock: @escaping () -> UInt64 = { DispatchTime.now().uptimeNanoseconds }) {
+                sleeper: @escaping @Sendable (Double) -> Void = SyntheticFrameRenderer.nanosleep,
+                clock: @escaping @Sendable () -> UInt64 = { DispatchTime.now().uptimeNanoseconds }) {
         precondition(steps > 0 && width > 0 && height > 0 && stepDelaySeconds >= 0)
         self.steps = steps
         self.stepDelaySeconds = stepDelaySeconds

@@ -12,6 +12,7 @@
 // see `ModelStaging`.
 import DPFileKit
 import Foundation
+import Synchronization
 
 /// Why the cache could not do what was asked; `description` names the model and the numbers.
 public enum ModelCacheError: Error, CustomStringConvertible {
@@ -36,13 +37,12 @@ public enum ModelCacheError: Error, CustomStringConvertible {
 }
 
 /// A model held in use: it is not evicted until `release()` is called or the lease is freed.
-public final class ModelLease: @unchecked Sendable {
+public final class ModelLease: Sendable {
     public let modelID: String
     /// The model folder.
     public let directory: URL
-    private weak var cache: ModelCache?
-    private var released = false
-    private let lock = NSLock()
+    private weak let cache: ModelCache?
+    private let released = Mutex(false)
 
     init(modelID: String, directory: URL, cache: ModelCache) {
         self.modelID = modelID
@@ -51,10 +51,10 @@ public final class ModelLease: @unchecked Sendable {
     }
 
     public func release() {
-        lock.lock()
-        let first = !released
-        released = true
-        lock.unlock()
+        let first = released.withLock { released in
+            defer { released = true }
+            return !released
+        }
         if first { cache?.endUse(modelID) }
     }
 
@@ -70,7 +70,7 @@ public final class ModelInstall {
     init(staging: ModelStaging) { self.staging = staging }
 }
 
-public final class ModelCache: @unchecked Sendable {
+public final class ModelCache: Sendable {
     /// The cache folder.
     public let directory: URL
     /// Upper bound on the bytes of model files kept (manifest sizes).
@@ -97,12 +97,14 @@ public final class ModelCache: @unchecked Sendable {
 
     static let indexFormat = "dp-worker-model-cache/1"
 
-    private let lock = NSLock()
-    private var entries: [String: Entry] = [:]
-    private var useCounter: UInt64 = 0
-    private var inUse: [String: Int] = [:]
-    /// Bytes reserved by installs in progress, by model id.
-    private var reserved: [String: UInt64] = [:]
+    private struct State {
+        var entries: [String: Entry] = [:]
+        var useCounter: UInt64 = 0
+        var inUse: [String: Int] = [:]
+        /// Bytes reserved by installs in progress, by model id.
+        var reserved: [String: UInt64] = [:]
+    }
+    private let state = Mutex(State())
 
     /// Opens (creating if needed) the cache at `directory`. Removes staging folders left by a crash,
     /// reconciles the index with the model folders present (a folder missing from the index counts
@@ -121,6 +123,8 @@ public final class ModelCache: @unchecked Sendable {
         }
 
         var indexed: [String: Entry] = [:]
+        var entries: [String: Entry] = [:]
+        var useCounter: UInt64 = 0
         let indexURL = self.directory.appendingPathComponent("index.json")
         if let data = try? Data(contentsOf: indexURL) {
             guard let index = try? JSONDecoder().decode(Index.self, from: data), index.format == Self.indexFormat else {
@@ -141,30 +145,26 @@ public final class ModelCache: @unchecked Sendable {
                 entries[name] = Entry(modelID: name, bytes: try Self.folderBytes(path), lastUsed: 0)
             }
         }
-        lock.lock()
-        defer { lock.unlock() }
-        try evictLocked(toFit: 0, for: nil)
-        try saveIndexLocked()
+        try state.withLock { state in
+            state.entries = entries
+            state.useCounter = useCounter
+            try evictLocked(toFit: 0, for: nil, &state)
+            try saveIndexLocked(state)
+        }
     }
 
     /// Model ids on disk, most recently used first (for Hello.cached_model_ids).
     public var modelIDs: [String] {
-        lock.lock()
-        defer { lock.unlock() }
-        return entries.values.sorted { ($0.lastUsed, $0.modelID) > ($1.lastUsed, $1.modelID) }.map(\.modelID)
+        state.withLock { $0.entries.values.sorted { ($0.lastUsed, $0.modelID) > ($1.lastUsed, $1.modelID) }.map(\.modelID) }
     }
 
     /// Bytes of the models on disk.
     public var usedBytes: UInt64 {
-        lock.lock()
-        defer { lock.unlock() }
-        return entries.values.reduce(0) { $0 + $1.bytes }
+        state.withLock { $0.entries.values.reduce(0) { $0 + $1.bytes } }
     }
 
     public func contains(_ modelID: String) -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return entries[modelID] != nil
+        state.withLock { $0.entries[modelID] != nil }
     }
 
     /// The folder of `modelID` (whether or not it is cached).
@@ -175,27 +175,27 @@ public final class ModelCache: @unchecked Sendable {
     /// Marks `modelID` used now (most recently used) and in use until the lease is released.
     /// Returns nil when the model is not cached.
     public func lease(_ modelID: String) throws -> ModelLease? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard entries[modelID] != nil else { return nil }
-        try touchLocked(modelID)
-        inUse[modelID, default: 0] += 1
-        return ModelLease(modelID: modelID, directory: folder(for: modelID), cache: self)
+        try state.withLock { state in
+            guard state.entries[modelID] != nil else { return nil }
+            try touchLocked(modelID, &state)
+            state.inUse[modelID, default: 0] += 1
+            return ModelLease(modelID: modelID, directory: folder(for: modelID), cache: self)
+        }
     }
 
     /// Reserves room for `manifest` (evicting least recently used models not in use) and creates its
     /// staging folder. Throws `tooLarge`/`noRoom` when the bound cannot be met.
     public func beginInstall(_ manifest: ModelManifest) throws -> ModelInstall {
         let bytes = manifest.totalBytes
-        lock.lock()
-        defer { lock.unlock() }
         guard bytes <= maxBytes else {
             throw ModelCacheError.tooLarge(modelID: manifest.modelID, bytes: bytes, maxBytes: maxBytes)
         }
-        try evictLocked(toFit: bytes, for: manifest.modelID)
-        let staging = try ModelStaging(manifest: manifest, in: directory)
-        reserved[manifest.modelID, default: 0] += bytes
-        return ModelInstall(staging: staging)
+        return try state.withLock { state in
+            try evictLocked(toFit: bytes, for: manifest.modelID, &state)
+            let staging = try ModelStaging(manifest: manifest, in: directory)
+            state.reserved[manifest.modelID, default: 0] += bytes
+            return ModelInstall(staging: staging)
+        }
     }
 
     /// Verifies the staged files against the manifest, renames the folder into place, records the
@@ -205,48 +205,51 @@ public final class ModelCache: @unchecked Sendable {
         let id = install.manifest.modelID
         defer { abandon(install) }
         try install.staging.commit(to: folder(for: id))  // false: an identical install won; keep it
-        lock.lock()
-        defer { lock.unlock() }
-        if entries[id] == nil {
-            entries[id] = Entry(modelID: id, bytes: install.manifest.totalBytes, lastUsed: 0)
+        let bytes = install.manifest.totalBytes
+        return try state.withLock { state in
+            if state.entries[id] == nil {
+                state.entries[id] = Entry(modelID: id, bytes: bytes, lastUsed: 0)
+            }
+            try touchLocked(id, &state)
+            state.inUse[id, default: 0] += 1
+            return ModelLease(modelID: id, directory: folder(for: id), cache: self)
         }
-        try touchLocked(id)
-        inUse[id, default: 0] += 1
-        return ModelLease(modelID: id, directory: folder(for: id), cache: self)
     }
 
     /// Drops an install: removes its staging folder and releases its reservation.
     public func abandon(_ install: ModelInstall) {
         install.staging.discard()
-        lock.lock()
-        defer { lock.unlock() }
-        guard install.open else { return }
-        install.open = false
         let id = install.manifest.modelID
-        let left = (reserved[id] ?? 0) - min(reserved[id] ?? 0, install.manifest.totalBytes)
-        reserved[id] = left == 0 ? nil : left
+        let bytes = install.manifest.totalBytes
+        state.withLock { state in
+            guard install.open else { return }
+            install.open = false
+            let left = (state.reserved[id] ?? 0) - min(state.reserved[id] ?? 0, bytes)
+            state.reserved[id] = left == 0 ? nil : left
+        }
     }
 
     fileprivate func endUse(_ modelID: String) {
-        lock.lock()
-        defer { lock.unlock() }
-        let count = (inUse[modelID] ?? 1) - 1
-        inUse[modelID] = count <= 0 ? nil : count
+        state.withLock { state in
+            let count = (state.inUse[modelID] ?? 1) - 1
+            state.inUse[modelID] = count <= 0 ? nil : count
+        }
     }
 
     // MARK: - Locked helpers
 
-    private func touchLocked(_ modelID: String) throws {
-        useCounter += 1
-        entries[modelID]?.lastUsed = useCounter
-        try saveIndexLocked()
+    private func touchLocked(_ modelID: String, _ state: inout State) throws {
+        state.useCounter += 1
+        state.entries[modelID]?.lastUsed = state.useCounter
+        try saveIndexLocked(state)
     }
 
     /// Evicts least recently used models that are not in use until `extra` more bytes fit.
-    private func evictLocked(toFit extra: UInt64, for modelID: String?) throws {
-        var used = entries.values.reduce(0) { $0 + $1.bytes } + reserved.values.reduce(0, +)
+    private func evictLocked(toFit extra: UInt64, for modelID: String?, _ state: inout State) throws {
+        let inUse = state.inUse, reserved = state.reserved
+        var used = state.entries.values.reduce(0) { $0 + $1.bytes } + reserved.values.reduce(0, +)
         guard used + extra > maxBytes else { return }
-        let candidates = entries.values
+        let candidates = state.entries.values
             .filter { (inUse[$0.modelID] ?? 0) == 0 }
             .sorted { ($0.lastUsed, $0.modelID) < ($1.lastUsed, $1.modelID) }
         var victims: [Entry] = []
@@ -255,7 +258,7 @@ public final class ModelCache: @unchecked Sendable {
             used -= entry.bytes
         }
         guard used + extra <= maxBytes else {
-            let pinned = entries.keys.filter { (inUse[$0] ?? 0) > 0 } + reserved.keys
+            let pinned = state.entries.keys.filter { (inUse[$0] ?? 0) > 0 } + reserved.keys
             throw ModelCacheError.noRoom(modelID: modelID ?? "(cache bound)", bytes: extra,
                                          free: maxBytes - min(maxBytes, used), maxBytes: maxBytes,
                                          inUse: pinned.sorted())
@@ -269,15 +272,15 @@ public final class ModelCache: @unchecked Sendable {
             } catch {
                 throw ModelCacheError.io(path: folder.path, message: "cannot evict: \(error)")
             }
-            entries[victim.modelID] = nil
+            state.entries[victim.modelID] = nil
             try? FileManager.default.removeItem(at: doomed)
         }
-        if !victims.isEmpty { try saveIndexLocked() }
+        if !victims.isEmpty { try saveIndexLocked(state) }
     }
 
-    private func saveIndexLocked() throws {
-        let index = Index(format: Self.indexFormat, useCounter: useCounter,
-                          models: entries.values.sorted { $0.modelID < $1.modelID })
+    private func saveIndexLocked(_ state: State) throws {
+        let index = Index(format: Self.indexFormat, useCounter: state.useCounter,
+                          models: state.entries.values.sorted { $0.modelID < $1.modelID })
         let url = directory.appendingPathComponent("index.json")
         do {
             let encoder = JSONEncoder()

@@ -5,23 +5,53 @@ import DPFileKit
 import DPPipeline
 import DPProtocol
 import Foundation
+import Synchronization
 
-/// One attempt held by the worker. Mutable fields are guarded by the service's lock.
-final class AttemptTask {
+/// One attempt held by the worker. Its mutable state (read by the I/O thread, written by the compute
+/// thread rendering it) is behind its own Mutex; the service's lock, when both are held, is taken first.
+final class AttemptTask: Sendable {
     let task: FarmFrameTask
     let job: JobContext
     var attemptID: UInt64 { task.attemptID }
     var jobID: UInt64 { task.jobID }
     var frame: UInt32 { task.frame }
-    // guarded by WorkerService.lock
+
+    private struct State {
+        var started = false
+        var step = 0
+        var totalSteps = 0
+        var cancelReason: FarmErrorCode?
+        var result: FarmFrameResult?
+    }
+    private let state = Mutex(State())
+
     /// Taken by a compute thread (false while queued behind another frame).
-    var started = false
-    var step = 0
-    var totalSteps = 0
+    var started: Bool {
+        get { state.withLock { $0.started } }
+        set { state.withLock { $0.started = newValue } }
+    }
+    var step: Int {
+        get { state.withLock { $0.step } }
+        set { state.withLock { $0.step = newValue } }
+    }
+    var totalSteps: Int {
+        get { state.withLock { $0.totalSteps } }
+        set { state.withLock { $0.totalSteps = newValue } }
+    }
     /// Set when the attempt must stop (Cancel, shutdown, not adopted after a reconnect).
-    var cancelReasonLocked: FarmErrorCode?
+    var cancelReason: FarmErrorCode? {
+        get { state.withLock { $0.cancelReason } }
+        set { state.withLock { $0.cancelReason = newValue } }
+    }
+    /// Sets the cancel reason unless one is set already.
+    func cancel(_ reason: FarmErrorCode) {
+        state.withLock { $0.cancelReason = $0.cancelReason ?? reason }
+    }
     /// Set once the compute thread finished; sent by the I/O thread when a session is welcomed.
-    var result: FarmFrameResult?
+    var result: FarmFrameResult? {
+        get { state.withLock { $0.result } }
+        set { state.withLock { $0.result = newValue } }
+    }
 
     init(task: FarmFrameTask, job: JobContext) {
         self.task = task
@@ -30,26 +60,37 @@ final class AttemptTask {
 }
 
 /// A job prep held by the worker and, once a frame of it ran, its prepared renderer.
-final class JobContext {
+final class JobContext: Sendable {
     let prep: FarmJobPrep
-    /// guarded by WorkerService.lock
-    var lastUsed = Date()
-    /// Serialises preparation: the first frame prepares, the others wait and reuse it.
-    let prepareLock = NSLock()
-    var prepared: PreparedFrameRenderer?
-    var lease: ModelLease?
+    private let used = Mutex(Date())
+    var lastUsed: Date {
+        get { used.withLock { $0 } }
+        set { used.withLock { $0 = newValue } }
+    }
+
+    struct Preparation {
+        var prepared: (any PreparedFrameRenderer)?
+        var lease: ModelLease?
+    }
+    /// Held while preparing: the first frame prepares, the others wait and reuse it.
+    let preparation = Mutex(Preparation())
 
     init(prep: FarmJobPrep) { self.prep = prep }
 }
 
 /// A model manifest or chunk request waiting for the coordinator's reply.
-final class ModelRequest {
+final class ModelRequest: Sendable {
     let body: FarmEnvelope.OneOf_Body
     let what: String
+    private let id = Mutex<UInt64>(0)
     /// Assigned by the I/O thread.
-    var requestID: UInt64 = 0
-    private let condition = NSCondition()
-    private var outcome: Result<FarmEnvelope, Error>?
+    var requestID: UInt64 {
+        get { id.withLock { $0 } }
+        set { id.withLock { $0 = newValue } }
+    }
+    private let outcome = Mutex<Result<FarmEnvelope, any Error>?>(nil)
+    /// Signalled once, when the first outcome is set.
+    private let answered = DispatchSemaphore(value: 0)
 
     init(body: FarmEnvelope.OneOf_Body, what: String) {
         self.body = body
@@ -67,23 +108,20 @@ final class ModelRequest {
         }
     }
 
-    func complete(_ result: Result<FarmEnvelope, Error>) {
-        condition.lock()
-        if outcome == nil { outcome = result }
-        condition.signal()
-        condition.unlock()
+    func complete(_ result: Result<FarmEnvelope, any Error>) {
+        let first = outcome.withLock { outcome in
+            guard outcome == nil else { return false }
+            outcome = result
+            return true
+        }
+        if first { answered.signal() }
     }
 
     func wait(timeoutSeconds: Double) throws -> FarmEnvelope {
-        let deadline = Date().addingTimeInterval(timeoutSeconds)
-        condition.lock()
-        defer { condition.unlock() }
-        while outcome == nil {
-            if !condition.wait(until: deadline) && outcome == nil {
-                throw WorkerServiceError.modelUnavailable("no reply to \(what) within \(Int(timeoutSeconds)) s")
-            }
+        if answered.wait(timeout: .now() + timeoutSeconds) == .timedOut, outcome.withLock({ $0 == nil }) {
+            throw WorkerServiceError.modelUnavailable("no reply to \(what) within \(Int(timeoutSeconds)) s")
         }
-        return try outcome!.get()
+        return try outcome.withLock { $0 }!.get()
     }
 }
 
@@ -97,14 +135,11 @@ extension WorkerService {
         result.frame = task.frame
         result.workerName = settings.name
         let label = "job \(task.jobID) frame \(task.frame) (attempt \(task.attemptID))"
-        let cancelReason: () -> FarmErrorCode? = { [self] in
-            lock.lock(); defer { lock.unlock() }
-            return task.cancelReasonLocked
-        }
+        let cancelReason: () -> FarmErrorCode? = { task.cancelReason }
         do {
             let prepared = try preparedRenderer(for: task.job, label: label, cancelReason: cancelReason)
             let total = prepared.totalSteps
-            lock.lock(); task.totalSteps = total; lock.unlock()
+            task.totalSteps = total
             // One Progress per interval at most; the steps in between reach the coordinator with the
             // next Progress, a Heartbeat (task.step) or the FrameResult.
             let intervalNs = UInt64(settings.progressIntervalMs) * 1_000_000
@@ -112,9 +147,7 @@ extension WorkerService {
             let output = try prepared.render(
                 frame: Int(task.frame), poseWindow: task.task.poseWindowNpy,
                 progress: { [self] step in
-                    lock.lock()
                     task.step = step
-                    lock.unlock()
                     let t = DispatchTime.now().uptimeNanoseconds
                     guard t - lastReportNs >= intervalNs else { return }
                     lastReportNs = t
@@ -127,7 +160,7 @@ extension WorkerService {
                 result.png = output.png
                 result.pngSha256 = FileDigest.sha256(output.png)
                 result.renderSeconds = output.seconds
-                lock.lock(); lastFrameSeconds = output.seconds; lock.unlock()
+                shared.withLock { $0.lastFrameSeconds = output.seconds }
             }
         } catch {
             if let reason = cancelReason() {
@@ -144,9 +177,7 @@ extension WorkerService {
         if result.hasError {
             log("worker \(settings.name): \(label) ended: \(result.error.code) \(result.error.message)")
         }
-        lock.lock()
         task.result = result
-        lock.unlock()
         post(.finished(attemptID: task.attemptID))
     }
 
@@ -160,15 +191,15 @@ extension WorkerService {
     /// The job's prepared renderer, preparing it (and getting its model) on first use.
     private func preparedRenderer(for job: JobContext, label: String,
                                   cancelReason: () -> FarmErrorCode?) throws -> PreparedFrameRenderer {
-        job.prepareLock.lock()
-        defer { job.prepareLock.unlock() }
-        if let prepared = job.prepared { return prepared }
-        let lease = try acquireModel(job.prep.modelID, cancelled: { cancelReason() != nil })
-        let spec = try Self.renderSpec(job.prep)
-        let prepared = try renderer.prepare(job: spec, modelDirectory: lease.directory)
-        job.lease = lease
-        job.prepared = prepared
-        return prepared
+        try job.preparation.withLock { preparation in
+            if let prepared = preparation.prepared { return prepared }
+            let lease = try acquireModel(job.prep.modelID, cancelled: { cancelReason() != nil })
+            let spec = try Self.renderSpec(job.prep)
+            let prepared = try renderer.prepare(job: spec, modelDirectory: lease.directory)
+            preparation.lease = lease
+            preparation.prepared = prepared
+            return prepared
+        }
     }
 
     /// The renderer's view of a JobPrep (noise .npy bytes are passed on as they are: the renderer
@@ -195,8 +226,11 @@ extension WorkerService {
     /// A lease on `modelID`, fetched from the coordinator first when the cache lacks it.
     func acquireModel(_ modelID: String, cancelled: () -> Bool) throws -> ModelLease {
         if let lease = try cache.lease(modelID) { return lease }
-        fetchLock.lock()
-        defer { fetchLock.unlock() }
+        return try fetchLock.withLock { _ in try fetchModel(modelID, cancelled: cancelled) }
+    }
+
+    /// `acquireModel`'s fetch, holding `fetchLock`.
+    private func fetchModel(_ modelID: String, cancelled: () -> Bool) throws -> ModelLease {
         if let lease = try cache.lease(modelID) { return lease }  // fetched while we waited
         log("worker \(settings.name): model \(modelID) not cached; fetching it from the coordinator")
         let started = Date()
@@ -218,9 +252,7 @@ extension WorkerService {
         do { try manifest.validate() } catch {
             throw WorkerServiceError.modelUnavailable("model \(modelID): bad manifest from the coordinator: \(error)")
         }
-        lock.lock()
-        let chunkBytes = modelChunkBytes
-        lock.unlock()
+        let chunkBytes = shared.withLock { $0.modelChunkBytes }
         let fetcher = ModelFetcher(chunkBytes: chunkBytes, maxAttemptsPerFile: 3, log: { [log, settings] line in
             log("worker \(settings.name): \(line)")
         })

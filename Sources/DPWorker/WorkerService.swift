@@ -9,7 +9,7 @@
 //     order: fetches the model if the cache lacks it, prepares the job once (cached per job),
 //     renders with per-step progress (coalesced to one Progress per `progressIntervalMs`), and
 //     polls the attempt's cancel flag between denoising steps.
-//   Compute threads hand messages to the I/O thread through a lock-protected inbox and wake it
+//   Compute threads hand messages to the I/O thread through an inbox behind the `shared` Mutex and wake it
 //   through a pipe that zmq_poll watches next to the socket.
 //
 // Session: a fresh DEALER (fresh random routing id) per connection, Hello -> Welcome, then credits:
@@ -23,7 +23,10 @@ import DPFileKit
 import DPProtocol
 import DPTransport
 import Foundation
+import Synchronization
 
+// unchecked: the I/O thread state below (socket, session, timers) is owned by the thread in `run()`;
+// everything the compute threads and callers share with it is in `shared`, behind a Mutex.
 public final class WorkerService: @unchecked Sendable {
     public let settings: WorkerSettings
     public let renderer: FrameRenderer
@@ -31,36 +34,37 @@ public final class WorkerService: @unchecked Sendable {
     let context: ZMQContext
     let cache: ModelCache
 
-    // MARK: state shared with compute threads (guarded by `lock`)
-    let lock = NSLock()
-    private var inbox: [Event] = []
-    private var stopMode: StopMode?
-    private var running = false
-    /// Attempts held: received and not yet answered on a welcomed session.
-    var tasks: [UInt64: AttemptTask] = [:]
-    /// Job preps by job id.
-    var jobs: [UInt64: JobContext] = [:]
-    /// Chunk size for model fetches (Welcome.model_chunk_bytes).
-    var modelChunkBytes = FarmProtocol.defaultChunkBytes
+    // MARK: state shared with compute threads and callers
+    struct Shared {
+        var inbox: [Event] = []
+        var stopMode: StopMode?
+        var running = false
+        /// Attempts held: received and not yet answered on a welcomed session.
+        var tasks: [UInt64: AttemptTask] = [:]
+        /// Job preps by job id.
+        var jobs: [UInt64: JobContext] = [:]
+        /// Chunk size for model fetches (Welcome.model_chunk_bytes).
+        var modelChunkBytes = FarmProtocol.defaultChunkBytes
+        /// Frame tasks waiting for a compute thread, oldest first; `workSignal` is signalled once per
+        /// task queued and once per compute thread to stop when `run()` ends.
+        var queued: [AttemptTask] = []
+        var computeOpen = false
+        /// Render seconds of the last frame rendered: decides prefetch.
+        var lastFrameSeconds: Double?
+        /// What the compute threads did; see `slotStatistics`.
+        var slotStats = SlotStatistics()
+        /// Bumped by `resetSlotStatistics()`.
+        var slotStatsGeneration = 0
+        /// Credits granted on this session and not yet used by a FrameTask.
+        var creditsOutstanding = 0
+        /// Why the last try to get a session failed (nil once welcomed).
+        var sessionProblem: WorkerSessionProblem?
+    }
+    let shared = Mutex(Shared())
     private let wakePipe: WakePipe
     /// Serialises model fetches: one model downloads at a time, a second frame of the same model waits.
-    let fetchLock = NSLock()
-    /// Frame tasks waiting for a compute thread, oldest first (guarded by `lock`); `workSignal` is
-    /// signalled once per task queued and once per compute thread to stop when `run()` ends.
-    private var queued: [AttemptTask] = []
-    private var computeOpen = false
+    let fetchLock = Mutex(())
     private let workSignal = DispatchSemaphore(value: 0)
-    /// Render seconds of the last frame rendered (guarded by `lock`): decides prefetch.
-    var lastFrameSeconds: Double?
-    /// What the compute threads did (guarded by `lock`); see `slotStatistics`.
-    private var slotStats = SlotStatistics()
-    /// Bumped by `resetSlotStatistics()` (guarded by `lock`).
-    private var slotStatsGeneration = 0
-    /// Credits granted on this session and not yet used by a FrameTask (guarded by `lock`).
-    private var creditsOutstanding = 0
-
-    /// Why the last try to get a session failed (guarded by `lock`; nil once welcomed).
-    private var sessionProblem: WorkerSessionProblem?
 
     // MARK: I/O thread state
     private var socket: ZMQSocket?
@@ -108,11 +112,13 @@ public final class WorkerService: @unchecked Sendable {
     /// Connects, serves frames and reconnects until `shutdown(handBack:)` (or `abandon()`) has
     /// finished; then returns. Call it on a thread of its own (it becomes the I/O thread).
     public func run() throws {
-        lock.lock()
-        if running { lock.unlock(); throw WorkerServiceError.alreadyRunning(settings.name) }
-        running = true
-        computeOpen = true
-        lock.unlock()
+        let alreadyRunning = shared.withLock { shared in
+            if shared.running { return true }
+            shared.running = true
+            shared.computeOpen = true
+            return false
+        }
+        if alreadyRunning { throw WorkerServiceError.alreadyRunning(settings.name) }
         for i in 0 ..< settings.slots {
             // Named from inside with prctl (Foundation's Thread.name did not always reach the OS thread):
             // `top -H` shows "dp-compute 1" (Linux keeps 15 bytes).
@@ -128,7 +134,7 @@ public final class WorkerService: @unchecked Sendable {
             monitor = nil
             socket?.close()
             socket = nil
-            lock.lock(); running = false; computeOpen = false; lock.unlock()
+            shared.withLock { $0.running = false; $0.computeOpen = false }
             for _ in 0 ..< settings.slots { workSignal.signal() }
         }
         log("worker \(settings.name): \(settings.slots) slot(s), cache \(settings.cacheDirectory.path), "
@@ -154,13 +160,13 @@ public final class WorkerService: @unchecked Sendable {
     /// their current denoising step and are handed back in a Goodbye; without it they are finished
     /// and sent first. No new frames are taken either way. `run()` returns once the Goodbye is sent.
     public func shutdown(handBack: Bool = true) {
-        lock.lock()
-        if stopMode == nil { stopMode = handBack ? .handBack : .finish }
-        // Frames not started yet (prefetched) are always handed back.
-        for task in tasks.values where task.result == nil && (handBack || !task.started) {
-            task.cancelReasonLocked = .shuttingDown
+        shared.withLock { shared in
+            if shared.stopMode == nil { shared.stopMode = handBack ? .handBack : .finish }
+            // Frames not started yet (prefetched) are always handed back.
+            for task in shared.tasks.values where task.result == nil && (handBack || !task.started) {
+                task.cancelReason = .shuttingDown
+            }
         }
-        lock.unlock()
         wake()
     }
 
@@ -168,10 +174,10 @@ public final class WorkerService: @unchecked Sendable {
     /// heartbeats stop, running frames are abandoned (their results are never sent) and `run()`
     /// returns. For failure tests of the farm; a real worker is stopped with `shutdown`.
     public func abandon() {
-        lock.lock()
-        stopMode = .abandon
-        for task in tasks.values where task.result == nil { task.cancelReasonLocked = .shuttingDown }
-        lock.unlock()
+        shared.withLock { shared in
+            shared.stopMode = .abandon
+            for task in shared.tasks.values where task.result == nil { task.cancelReason = .shuttingDown }
+        }
         wake()
     }
 
@@ -181,16 +187,16 @@ public final class WorkerService: @unchecked Sendable {
     /// coordinator did not keep this worker fed; the wait before a slot's first frame is not
     /// counted, nor the one still going on).
     public var slotStatistics: SlotStatistics {
-        lock.lock(); defer { lock.unlock() }
-        return slotStats
+        shared.withLock { $0.slotStats }
     }
 
     /// Starts `slotStatistics` afresh: the wait until each slot's next frame is not counted either
     /// (a benchmark's pause between two jobs is not the coordinator's doing).
     public func resetSlotStatistics() {
-        lock.lock(); defer { lock.unlock() }
-        slotStats = SlotStatistics()
-        slotStatsGeneration += 1
+        shared.withLock { shared in
+            shared.slotStats = SlotStatistics()
+            shared.slotStatsGeneration += 1
+        }
     }
 
     public struct SlotStatistics: Sendable {
@@ -207,34 +213,30 @@ public final class WorkerService: @unchecked Sendable {
     /// Why the worker has no session with the coordinator (nil: welcomed, or still trying for the
     /// first time): a refused or failed CURVE handshake, a refused Hello, or no Welcome in time.
     public var connectionProblem: WorkerSessionProblem? {
-        lock.lock(); defer { lock.unlock() }
-        return sessionProblem
+        shared.withLock { $0.sessionProblem }
     }
 
     private func setProblem(_ problem: WorkerSessionProblem?) {
-        lock.lock(); sessionProblem = problem; lock.unlock()
+        shared.withLock { $0.sessionProblem = problem }
     }
 
     /// Attempt ids currently held (rendering, or finished and not yet answered).
     public var heldAttemptIDs: [UInt64] {
-        lock.lock(); defer { lock.unlock() }
-        return tasks.keys.sorted()
+        shared.withLock { $0.tasks.keys.sorted() }
     }
 
     // MARK: events from compute threads
 
-    enum Event {
+    enum Event: Sendable {
         case progress(attemptID: UInt64, step: Int)
         case finished(attemptID: UInt64)
         case modelRequest(ModelRequest)
     }
 
-    enum StopMode { case handBack, finish, abandon }
+    enum StopMode: Sendable { case handBack, finish, abandon }
 
     func post(_ event: Event) {
-        lock.lock()
-        inbox.append(event)
-        lock.unlock()
+        shared.withLock { $0.inbox.append(event) }
         wake()
     }
 
@@ -275,9 +277,7 @@ public final class WorkerService: @unchecked Sendable {
         hello.threads = UInt32(settings.threads ?? ProcessInfo.processInfo.activeProcessorCount)
         hello.host = WorkerHost.info()
         hello.maxMessageBytes = UInt64(settings.maxMessageBytes)
-        lock.lock()
-        hello.runningAttemptIds = tasks.keys.sorted()
-        lock.unlock()
+        hello.runningAttemptIds = shared.withLock { $0.tasks.keys.sorted() }
         try send(FarmEnvelope(.hello(hello)))
         helloSentAt = Date()
     }
@@ -358,10 +358,7 @@ public final class WorkerService: @unchecked Sendable {
 
     /// nil = keep serving; otherwise the session (and run) ends.
     private func handleStop() throws -> SessionOutcome? {
-        lock.lock()
-        let mode = stopMode
-        lock.unlock()
-        guard let mode else { return nil }
+        guard let mode = shared.withLock({ $0.stopMode }) else { return nil }
         if stopStartedAt == nil {
             stopStartedAt = Date()
             log("worker \(settings.name): stopping (\(mode))")
@@ -372,9 +369,7 @@ public final class WorkerService: @unchecked Sendable {
             socket = nil
             return .stopped
         case .finish, .handBack:
-            lock.lock()
-            let unfinished = tasks.values.filter { $0.result == nil }
-            lock.unlock()
+            let unfinished = shared.withLock { $0.tasks.values.filter { $0.result == nil } }
             // Wait for the compute threads to reach the end of their current step (handBack) or of
             // their frame (finish), within a bound: a frame stuck in a model load is handed back.
             let waitedMs = Date().timeIntervalSince(stopStartedAt!) * 1000
@@ -388,12 +383,14 @@ public final class WorkerService: @unchecked Sendable {
             try flushResults()
             var bye = FarmGoodbye()
             bye.reason = mode == .handBack ? "shutting down (SIGTERM): frames handed back" : "shutting down"
-            lock.lock()
-            // Anything still held is handed back (cancelled frames, or ones whose results were not sent).
-            bye.handedBackAttemptIds = Array(Set(tasks.keys).union(handedBack)).sorted()
-            for task in tasks.values { task.cancelReasonLocked = task.cancelReasonLocked ?? .shuttingDown }
-            tasks.removeAll()
-            lock.unlock()
+            let handedBack = self.handedBack
+            bye.handedBackAttemptIds = shared.withLock { shared in
+                // Anything still held is handed back (cancelled frames, or ones whose results were not sent).
+                let ids = Array(Set(shared.tasks.keys).union(handedBack)).sorted()
+                for task in shared.tasks.values { task.cancel(.shuttingDown) }
+                shared.tasks.removeAll()
+                return ids
+            }
             try send(FarmEnvelope(.goodbye(bye)))
             log("worker \(settings.name): Goodbye sent, handed back attempts \(bye.handedBackAttemptIds)")
             socket?.close()
@@ -406,10 +403,7 @@ public final class WorkerService: @unchecked Sendable {
     private func waitForStop(milliseconds: Int) -> Bool {
         let deadline = Date().addingTimeInterval(Double(milliseconds) / 1000)
         while true {
-            lock.lock()
-            let stopping = stopMode != nil
-            lock.unlock()
-            if stopping { return true }
+            if shared.withLock({ $0.stopMode != nil }) { return true }
             let left = deadline.timeIntervalSinceNow
             if left <= 0 { return false }
             var pfd = pollfd(fd: wakePipe.readDescriptor, events: Int16(POLLIN), revents: 0)
@@ -420,28 +414,26 @@ public final class WorkerService: @unchecked Sendable {
     }
 
     private func finishWhileDisconnected() {
-        lock.lock()
-        for task in tasks.values where task.result == nil { task.cancelReasonLocked = .shuttingDown }
-        lock.unlock()
+        shared.withLock { shared in
+            for task in shared.tasks.values where task.result == nil { task.cancelReason = .shuttingDown }
+        }
         log("worker \(settings.name): stopped while disconnected; the coordinator requeues its attempts")
     }
 
     // MARK: inbox
 
     private func processInbox() throws {
-        lock.lock()
-        let events = inbox
-        inbox.removeAll()
-        lock.unlock()
+        let events = shared.withLock { shared in
+            defer { shared.inbox.removeAll() }
+            return shared.inbox
+        }
         for event in events {
             switch event {
             case .progress(let attemptID, let step):
                 guard welcomed else { continue }
-                lock.lock()
-                let task = tasks[attemptID]
+                let task = shared.withLock { $0.tasks[attemptID] }
                 let total = task?.totalSteps ?? 0
-                let cancelled = task?.cancelReasonLocked != nil
-                lock.unlock()
+                let cancelled = task?.cancelReason != nil
                 guard let task, !cancelled else { continue }
                 var p = FarmProgress()
                 p.attemptID = attemptID
@@ -462,22 +454,19 @@ public final class WorkerService: @unchecked Sendable {
     /// the credits its freed slot makes wanted (`FrameResult.credits`, see `grantCredits`).
     private func flushResults() throws {
         guard welcomed else { return }
-        lock.lock()
-        let finished = tasks.values.filter { $0.result != nil }.sorted { $0.attemptID < $1.attemptID }
-        let mode = stopMode
-        lock.unlock()
+        let (finished, mode) = shared.withLock { shared in
+            (shared.tasks.values.filter { $0.result != nil }.sorted { $0.attemptID < $1.attemptID }, shared.stopMode)
+        }
         for task in finished {
             guard var result = task.result else { continue }
             if mode != nil, result.hasError, result.error.code == .shuttingDown {
                 // Handed back: listed in the Goodbye instead of answered.
                 handedBack.insert(task.attemptID)
-                lock.lock(); tasks[task.attemptID] = nil; lock.unlock()
+                shared.withLock { _ = $0.tasks.removeValue(forKey: task.attemptID) }
                 continue
             }
             result.workerName = settings.name
-            lock.lock()
-            tasks[task.attemptID] = nil
-            lock.unlock()
+            shared.withLock { _ = $0.tasks.removeValue(forKey: task.attemptID) }
             result.credits = UInt32(grantCredits())
             try send(FarmEnvelope(.frameResult(result)))
         }
@@ -489,13 +478,13 @@ public final class WorkerService: @unchecked Sendable {
     /// hiding the round trip to the coordinator), or none while stopping. Returns how many credits
     /// to grant now (wanted - held - granted and unused) and counts them as granted.
     private func grantCredits() -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        guard stopMode == nil else { return 0 }
-        let wanted = settings.slots * (1 + settings.prefetchDepth(lastFrameSeconds: lastFrameSeconds))
-        let n = max(0, wanted - tasks.count - creditsOutstanding)
-        creditsOutstanding += n
-        return n
+        shared.withLock { shared in
+            guard shared.stopMode == nil else { return 0 }
+            let wanted = settings.slots * (1 + settings.prefetchDepth(lastFrameSeconds: shared.lastFrameSeconds))
+            let n = max(0, wanted - shared.tasks.count - shared.creditsOutstanding)
+            shared.creditsOutstanding += n
+            return n
+        }
     }
 
     private func sendCredit(_ n: Int) throws {
@@ -510,16 +499,17 @@ public final class WorkerService: @unchecked Sendable {
         var beat = FarmHeartbeat()
         beat.sequence = heartbeatSequence
         beat.sentUnixMs = UInt64(Date().timeIntervalSince1970 * 1000)
-        lock.lock()
-        beat.attempts = tasks.values.sorted { $0.attemptID < $1.attemptID }.map { task in
+        let (tasks, freeSlots) = shared.withLock { shared in
+            (shared.tasks.values.sorted { $0.attemptID < $1.attemptID }, max(0, settings.slots - shared.tasks.count))
+        }
+        beat.attempts = tasks.map { task in
             var a = FarmAttemptProgress()
             a.attemptID = task.attemptID
             a.step = UInt32(task.step)
             a.totalSteps = UInt32(task.totalSteps)
             return a
         }
-        beat.freeSlots = UInt32(max(0, settings.slots - tasks.count))
-        lock.unlock()
+        beat.freeSlots = UInt32(freeSlots)
         try send(FarmEnvelope(.heartbeat(beat)))
     }
 
@@ -591,23 +581,23 @@ public final class WorkerService: @unchecked Sendable {
         if w.heartbeatIntervalMs > 0 { heartbeatIntervalMs = Int(w.heartbeatIntervalMs) }
         if w.heartbeatLiveness > 0 { heartbeatLiveness = Int(w.heartbeatLiveness) }
         let adopted = Set(w.adoptedAttemptIds)
-        lock.lock()
-        if w.modelChunkBytes > 0 { modelChunkBytes = Int(w.modelChunkBytes) }
-        var dropped: [UInt64] = []
-        for task in tasks.values where !adopted.contains(task.attemptID) && task.result == nil {
-            // The coordinator no longer counts this attempt: stop rendering it.
-            task.cancelReasonLocked = .cancelled
-            dropped.append(task.attemptID)
+        let (dropped, mode) = shared.withLock { shared in
+            if w.modelChunkBytes > 0 { shared.modelChunkBytes = Int(w.modelChunkBytes) }
+            var dropped: [UInt64] = []
+            for task in shared.tasks.values where !adopted.contains(task.attemptID) && task.result == nil {
+                // The coordinator no longer counts this attempt: stop rendering it.
+                task.cancelReason = .cancelled
+                dropped.append(task.attemptID)
+            }
+            return (dropped, shared.stopMode)
         }
-        let mode = stopMode
-        lock.unlock()
         if coordinatorID != w.coordinatorID {
             log("worker \(settings.name): welcomed by coordinator \(w.coordinatorID) (heartbeat \(heartbeatIntervalMs) ms x \(heartbeatLiveness))")
             coordinatorID = w.coordinatorID
         }
         if !dropped.isEmpty { log("worker \(settings.name): attempts \(dropped.sorted()) not adopted; cancelling them") }
         // A new session: the coordinator's credit for this worker starts at 0.
-        lock.lock(); creditsOutstanding = 0; lock.unlock()
+        shared.withLock { $0.creditsOutstanding = 0 }
         if mode == nil { try sendCredit(grantCredits()) }
         // Model requests of compute threads waiting across the reconnect go out again.
         for request in pendingModelRequests.values.sorted(by: { $0.requestID < $1.requestID }) {
@@ -646,13 +636,13 @@ public final class WorkerService: @unchecked Sendable {
     }
 
     private func handleJobPrep(_ prep: FarmJobPrep) {
-        lock.lock()
-        if let existing = jobs[prep.jobID], existing.prep == prep {
-            existing.lastUsed = Date()
-        } else {
-            jobs[prep.jobID] = JobContext(prep: prep)
+        shared.withLock { shared in
+            if let existing = shared.jobs[prep.jobID], existing.prep == prep {
+                existing.lastUsed = Date()
+            } else {
+                shared.jobs[prep.jobID] = JobContext(prep: prep)
+            }
         }
-        lock.unlock()
         evictIdleJobs()
     }
 
@@ -667,12 +657,10 @@ public final class WorkerService: @unchecked Sendable {
             result.credits = UInt32(grantCredits())
             try send(FarmEnvelope(.frameResult(result)))
         }
-        lock.lock()
-        creditsOutstanding = max(0, creditsOutstanding - 1)  // every FrameTask used one credit
-        let stopping = stopMode != nil
-        let duplicate = tasks[frameTask.attemptID] != nil
-        let job = jobs[frameTask.jobID]
-        lock.unlock()
+        let (stopping, duplicate, job) = shared.withLock { shared in
+            shared.creditsOutstanding = max(0, shared.creditsOutstanding - 1)  // every FrameTask used one credit
+            return (shared.stopMode != nil, shared.tasks[frameTask.attemptID] != nil, shared.jobs[frameTask.jobID])
+        }
         if duplicate {
             log("worker \(settings.name): ignored a second FrameTask for attempt \(frameTask.attemptID)")
             return
@@ -688,11 +676,11 @@ public final class WorkerService: @unchecked Sendable {
             return
         }
         let task = AttemptTask(task: frameTask, job: job)
-        lock.lock()
-        tasks[frameTask.attemptID] = task
-        queued.append(task)
-        job.lastUsed = Date()
-        lock.unlock()
+        shared.withLock { shared in
+            shared.tasks[frameTask.attemptID] = task
+            shared.queued.append(task)
+            job.lastUsed = Date()
+        }
         workSignal.signal()
     }
 
@@ -701,65 +689,72 @@ public final class WorkerService: @unchecked Sendable {
         var lastEnd: (ns: UInt64, generation: Int)?
         while true {
             workSignal.wait()
-            lock.lock()
-            if !queued.isEmpty {
-                let task = queued.removeFirst()
+            let previousEnd = lastEnd
+            // The next queued task (with its start time and statistics generation), or whether to go on.
+            let (next, open) = shared.withLock { shared -> ((AttemptTask, UInt64, Int)?, Bool) in
+                guard !shared.queued.isEmpty else { return (nil, shared.computeOpen) }
+                let task = shared.queued.removeFirst()
                 task.started = true
                 let start = DispatchTime.now().uptimeNanoseconds
-                let generation = slotStatsGeneration
-                if let lastEnd, lastEnd.generation == generation { slotStats.waitingNs += start - lastEnd.ns }
-                lock.unlock()
+                let generation = shared.slotStatsGeneration
+                if let previousEnd, previousEnd.generation == generation {
+                    shared.slotStats.waitingNs += start - previousEnd.ns
+                }
+                return ((task, start, generation), true)
+            }
+            if let (task, start, generation) = next {
                 compute(task)
                 let end = DispatchTime.now().uptimeNanoseconds
-                lock.lock()
-                if generation == slotStatsGeneration {  // a frame that straddles a reset is not counted
-                    slotStats.frames += 1
-                    slotStats.computingNs += end - start
-                    if slotStats.firstStartNs == 0 || start < slotStats.firstStartNs { slotStats.firstStartNs = start }
-                    slotStats.lastEndNs = max(slotStats.lastEndNs, end)
+                lastEnd = shared.withLock { shared in
+                    if generation == shared.slotStatsGeneration {  // a frame that straddles a reset is not counted
+                        shared.slotStats.frames += 1
+                        shared.slotStats.computingNs += end - start
+                        if shared.slotStats.firstStartNs == 0 || start < shared.slotStats.firstStartNs {
+                            shared.slotStats.firstStartNs = start
+                        }
+                        shared.slotStats.lastEndNs = max(shared.slotStats.lastEndNs, end)
+                    }
+                    return (end, shared.slotStatsGeneration)
                 }
-                lastEnd = (end, slotStatsGeneration)
-                lock.unlock()
                 continue
             }
-            let open = computeOpen
-            lock.unlock()
             if !open { return }
         }
     }
 
     private func handleCancel(_ cancel: FarmCancel) {
-        lock.lock()
-        var hit: [UInt64] = []
-        switch cancel.target {
-        case .attemptID(let id):
-            if let task = tasks[id], task.result == nil {
-                task.cancelReasonLocked = .cancelled
-                hit.append(id)
+        let hit = shared.withLock { shared in
+            var hit: [UInt64] = []
+            switch cancel.target {
+            case .attemptID(let id):
+                if let task = shared.tasks[id], task.result == nil {
+                    task.cancelReason = .cancelled
+                    hit.append(id)
+                }
+            case .jobID(let jobID):
+                for task in shared.tasks.values where task.jobID == jobID && task.result == nil {
+                    task.cancelReason = .cancelled
+                    hit.append(task.attemptID)
+                }
+                shared.jobs[jobID] = nil
+            case nil:
+                break
             }
-        case .jobID(let jobID):
-            for task in tasks.values where task.jobID == jobID && task.result == nil {
-                task.cancelReasonLocked = .cancelled
-                hit.append(task.attemptID)
-            }
-            jobs[jobID] = nil
-        case nil:
-            break
+            return hit
         }
-        lock.unlock()
         log("worker \(settings.name): Cancel \(String(describing: cancel.target)) (\(cancel.reason)): stopping attempts \(hit.sorted())")
     }
 
     /// Drops job preps that hold no attempt, least recently used first, beyond `maxIdleJobPreps`.
     private func evictIdleJobs() {
-        lock.lock()
-        defer { lock.unlock() }
-        guard jobs.count > settings.maxIdleJobPreps else { return }  // nothing could be evicted
-        let busy = Set(tasks.values.map(\.jobID))
-        let idle = jobs.values.filter { !busy.contains($0.prep.jobID) }.sorted { $0.lastUsed < $1.lastUsed }
-        let excess = idle.count - settings.maxIdleJobPreps
-        guard excess > 0 else { return }
-        for job in idle.prefix(excess) { jobs[job.prep.jobID] = nil }
+        shared.withLock { shared in
+            guard shared.jobs.count > settings.maxIdleJobPreps else { return }  // nothing could be evicted
+            let busy = Set(shared.tasks.values.map(\.jobID))
+            let idle = shared.jobs.values.filter { !busy.contains($0.prep.jobID) }.sorted { $0.lastUsed < $1.lastUsed }
+            let excess = idle.count - settings.maxIdleJobPreps
+            guard excess > 0 else { return }
+            for job in idle.prefix(excess) { shared.jobs[job.prep.jobID] = nil }
+        }
     }
 }
 

@@ -2,21 +2,21 @@ import DPCoordinator
 import DPTransport
 import DPWorker
 import Foundation
+import Synchronization
 
 /// `dp-coord submit` without `--coordinator`: a whole farm in this process. A real `Coordinator` on
 /// tcp://127.0.0.1:* with its state under `<out>/.dp-state`, and `workers` real `WorkerService`s rendering
 /// with `PipelineFrameRenderer`, each with its own model cache under the state folder. The job goes through
 /// the same messages as on a farm of machines (submit with upload, model fetch, dispatch, follow), so the
 /// outputs are the same.
-final class EmbeddedFarm {
+final class EmbeddedFarm: Sendable {
     let stateDirectory: URL
     let coordinator: Coordinator
-    private var services: [WorkerService] = []
-    private var workerThreads: [BackgroundThread] = []
-    private var coordinatorThread: BackgroundThread?
+    private let services: [WorkerService]
+    private let workerThreads: [BackgroundThread]
+    private let coordinatorThread: BackgroundThread
     private let timeout: Double
-    private let lock = NSLock()
-    private var stopped = false
+    private let stopped = Mutex(false)
     /// The submitting client's keys (ephemeral, like every key of the embedded farm).
     private let clientKeys: CurveClientKeys
 
@@ -42,6 +42,8 @@ final class EmbeddedFarm {
 
         let totalThreads = threads ?? ProcessInfo.processInfo.activeProcessorCount
         let perWorker = Self.split(threads: totalThreads, workers: workers)
+        var services: [WorkerService] = []
+        var workerThreads: [BackgroundThread] = []
         let workerContext = try ZMQContext()  // one ZeroMQ context (one I/O thread) for all local workers
         for i in 0..<workers {
             let name = "local-\(i + 1)"
@@ -54,6 +56,8 @@ final class EmbeddedFarm {
             services.append(service)
             workerThreads.append(BackgroundThread(name: "dp-worker-\(name)") { try service.run() })
         }
+        self.services = services
+        self.workerThreads = workerThreads
     }
 
     /// `total` engine threads shared by `workers`: every worker gets at least one, the first ones any remainder.
@@ -78,17 +82,18 @@ final class EmbeddedFarm {
 
     /// Stops the workers (each hands back what it holds), then the coordinator, and waits for their threads.
     func shutdown() {
-        lock.lock()
-        if stopped { lock.unlock(); return }
-        stopped = true
-        lock.unlock()
+        let first = stopped.withLock { stopped in
+            defer { stopped = true }
+            return !stopped
+        }
+        guard first else { return }
         for s in services { s.shutdown(handBack: true) }
         for t in workerThreads {
             let r = t.join(timeout: 30)
             if let e = r.error { FileHandle.standardError.write(Data("worker stopped with an error: \(e)\n".utf8)) }
         }
         coordinator.shutdown()
-        if let r = coordinatorThread?.join(timeout: 30), let e = r.error {
+        if let e = coordinatorThread.join(timeout: 30).error {
             FileHandle.standardError.write(Data("coordinator stopped with an error: \(e)\n".utf8))
         }
     }

@@ -1,9 +1,38 @@
 import DPCoordinator
 import Foundation
+import Synchronization
 
 /// Shows the events of a followed job: a live progress bar on a terminal (stderr), plain lines when stderr is
-/// not a terminal, or (`--json`) one JSON object per event on stdout.
-final class FollowDisplay {
+/// not a terminal, or (`--json`) one JSON object per event on stdout. Thread-safe: the embedded farm's log
+/// lines and the signal handler write through it while the main thread follows the job; each call holds the
+/// display's lock while it writes, so a log line never cuts a bar or an event in two.
+final class FollowDisplay: Sendable {
+    typealias Mode = FollowState.Mode
+    let mode: Mode
+    private let state: Mutex<FollowState>
+
+    init(json: Bool, isTTY: Bool = isatty(STDERR_FILENO) != 0, now: @escaping @Sendable () -> Date = Date.init) {
+        let state = FollowState(json: json, isTTY: isTTY, now: now)
+        mode = state.mode
+        self.state = Mutex(state)
+    }
+
+    /// Handles one event; returns false once the job finished.
+    func handle(_ event: FarmJobEvent) -> Bool { state.withLock { $0.handle(event) } }
+    var finalState: String? { state.withLock { $0.finalState } }
+    var video: String? { state.withLock { $0.video } }
+    func line(_ s: String) { state.withLock { $0.line(s) } }
+    func emit(_ object: [String: Any]) {
+        guard let line = FollowState.jsonLine(object) else { return }
+        state.withLock { _ in FileHandle.standardOutput.write(line) }
+    }
+
+    /// A Codable value as a JSON object for `JSONSerialization`.
+    static func jsonObject<T: Encodable>(_ value: T) -> Any { FollowState.jsonObject(value) }
+}
+
+/// `FollowDisplay`'s state and output, only reached through its Mutex.
+final class FollowState {
     enum Mode { case bar, lines, json }
     let mode: Mode
     private let start: Date
@@ -21,7 +50,7 @@ final class FollowDisplay {
     private(set) var finalState: String?
     private(set) var video: String?
 
-    init(json: Bool, isTTY: Bool = isatty(fileno(stderr)) != 0, now: @escaping () -> Date = Date.init) {
+    init(json: Bool, isTTY: Bool, now: @escaping () -> Date) {
         mode = json ? .json : (isTTY ? .bar : .lines)
         self.now = now
         start = now()
@@ -137,8 +166,14 @@ final class FollowDisplay {
     }
 
     func emit(_ object: [String: Any]) {
-        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return }
-        FileHandle.standardOutput.write(data + Data("\n".utf8))
+        guard let line = Self.jsonLine(object) else { return }
+        FileHandle.standardOutput.write(line)
+    }
+
+    /// `object` as one line of JSON (sorted keys).
+    static func jsonLine(_ object: [String: Any]) -> Data? {
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]) else { return nil }
+        return data + Data("\n".utf8)
     }
 
     /// A Codable value as a JSON object for `JSONSerialization`.

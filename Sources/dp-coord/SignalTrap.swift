@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Synchronization
 
 /// Runs `handler` (once) on a background queue when SIGTERM or SIGINT arrives; the default actions of both
 /// signals are ignored from then on, so the process shuts down through `handler`, not by being killed.
@@ -10,7 +11,7 @@ final class SignalTrap {
     private var fired = false
 
     /// - repeats: every signal runs `handler` again (SIGHUP: reload), none exits.
-    init(_ signals: [Int32] = [SIGTERM, SIGINT], repeats: Bool = false, handler: @escaping (Int32) -> Void) {
+    init(_ signals: [Int32] = [SIGTERM, SIGINT], repeats: Bool = false, handler: @escaping @Sendable (Int32) -> Void) {
         for sig in signals {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
@@ -41,18 +42,18 @@ final class SignalTrap {
 
 /// Runs `body` on a thread of its own with a large stack (the engine recurses through networks), and lets
 /// the caller wait for it.
-final class BackgroundThread {
-    private final class State: @unchecked Sendable {
-        var error: Error?
+final class BackgroundThread: Sendable {
+    private final class State: Sendable {
+        let error = Mutex<(any Error)?>(nil)
         let done = DispatchSemaphore(value: 0)
     }
     private let state: State
 
-    init(name: String, _ body: @escaping () throws -> Void) {
+    init(name: String, _ body: @escaping @Sendable () throws -> Void) {
         let state = State()
         self.state = state
         let thread = Thread {
-            do { try body() } catch { state.error = error }
+            do { try body() } catch { state.error.withLock { $0 = error } }
             state.done.signal()
         }
         thread.name = name
@@ -69,6 +70,6 @@ final class BackgroundThread {
             state.done.wait()
         }
         state.done.signal()  // later joins return at once
-        return (true, state.error)
+        return (true, state.error.withLock { $0 })
     }
 }

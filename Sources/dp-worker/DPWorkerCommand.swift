@@ -5,6 +5,7 @@ import DPPipeline
 import DPTransport
 import DPWorker
 import Foundation
+import Synchronization
 
 /// `dp-worker`: renders DreamPose frames for a coordinator (`--connect`), or alone (`render`).
 ///
@@ -106,7 +107,7 @@ struct DPWorkerCommand: ParsableCommand {
 /// The worker's SIGTERM/SIGINT handling (see `DPWorkerCommand.run`).
 enum WorkerSignals {
     static func install(log: @escaping @Sendable (String) -> Void, stop: @escaping @Sendable () -> Void) -> [DispatchSourceSignal] {
-        final class State: @unchecked Sendable { var stopping = false; var terms = 0 }
+        final class State: Sendable { let value = Mutex((stopping: false, terms: 0)) }
         let state = State()
         let queue = DispatchQueue(label: "dp-worker.signals")
         return [SIGTERM, SIGINT].map { sig in
@@ -114,13 +115,17 @@ enum WorkerSignals {
             let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
             source.setEventHandler {
                 let name = sig == SIGINT ? "SIGINT" : "SIGTERM"
-                if state.stopping {
+                // (stopping before this signal, repeats counted so far)
+                let (wasStopping, terms) = state.value.withLock { value in
+                    defer { value.stopping = true }
+                    if value.stopping && sig != SIGINT { value.terms += 1 }
+                    return (value.stopping, value.terms)
+                }
+                if wasStopping {
                     if sig == SIGINT { log("second SIGINT: exiting now, nothing handed back"); Foundation.exit(130) }
-                    state.terms += 1
-                    log("\(name) again (\(state.terms) repeat(s)): already handing back work, carrying on")
+                    log("\(name) again (\(terms) repeat(s)): already handing back work, carrying on")
                     return
                 }
-                state.stopping = true
                 log("\(name): handing back work after the current denoising step and disconnecting")
                 DispatchQueue.global().async { stop() }
             }

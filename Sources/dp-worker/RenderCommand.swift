@@ -123,7 +123,7 @@ struct CLIError: Error, CustomStringConvertible {
 
 /// Progress output on stderr: a rewritten line on a terminal, plain lines otherwise.
 final class ProgressLog {
-    private let isTTY = isatty(fileno(stderr)) != 0
+    private let isTTY = isatty(STDERR_FILENO) != 0
     private var pending = false
 
     func line(_ s: String) {

@@ -4,25 +4,21 @@ import DPJournal
 import DPProtocol
 import DPTransport
 import Foundation
+import Synchronization
 import XCTest
 
 /// Collects the coordinator's log lines; tests wait for a line instead of sleeping.
-final class LogSink: @unchecked Sendable {
-    private let lock = NSLock()
-    private var lines: [String] = []
+final class LogSink: Sendable {
+    private let lines = Mutex<[String]>([])
 
     var closure: @Sendable (String) -> Void { { [self] line in append(line) } }
 
     func append(_ line: String) {
-        lock.lock()
-        lines.append(line)
-        lock.unlock()
+        lines.withLock { $0.append(line) }
     }
 
     var all: [String] {
-        lock.lock()
-        defer { lock.unlock() }
-        return lines
+        lines.withLock { $0 }
     }
 
     func count(_ substring: String) -> Int { all.filter { $0.contains(substring) }.count }
@@ -40,11 +36,11 @@ final class LogSink: @unchecked Sendable {
 }
 
 /// A coordinator running on its own thread over a temp state folder.
-final class RunningCoordinator {
+final class RunningCoordinator: Sendable {
     let coordinator: Coordinator
     let logs: LogSink
     private let done = DispatchSemaphore(value: 0)
-    private var stopped = false
+    private let stopped = Mutex(false)
 
     init(state: URL, clock: JournalClock, logs: LogSink = LogSink(),
          configure: (inout CoordinatorSettings) -> Void = { _ in }) throws {
@@ -70,8 +66,11 @@ final class RunningCoordinator {
     var endpoint: String { coordinator.endpoint }
 
     func stop() {
-        guard !stopped else { return }
-        stopped = true
+        let first = stopped.withLock { stopped in
+            defer { stopped = true }
+            return !stopped
+        }
+        guard first else { return }
         coordinator.shutdown()
         XCTAssertEqual(done.wait(timeout: .now() + 10), .success, "run() did not return after shutdown()")
     }
@@ -80,7 +79,7 @@ final class RunningCoordinator {
 }
 
 /// A protocol-level peer (a scripted worker or client) on a raw DEALER socket.
-final class RawPeer {
+final class RawPeer: Sendable {
     let context: ZMQContext
     let socket: ZMQSocket
     let name: String

@@ -6,6 +6,7 @@ import DPFileKit
 import DPPipeline
 import DPWorker
 import Foundation
+import Synchronization
 import XCTest
 
 /// A child process of one of the package's binaries; stdout and stderr go to files (a pipe nobody
@@ -107,30 +108,23 @@ enum FarmPorts {
 
 /// Wraps a renderer and counts, per job id and frame, the renders that finished with a PNG (cancelled
 /// or failed renders are not counted).
-final class CountingRenderer: FrameRenderer, @unchecked Sendable {
+final class CountingRenderer: FrameRenderer {
     let inner: FrameRenderer
-    private let lock = NSLock()
-    private var finished: [Int: Int] = [:]
+    private let finished = Mutex<[Int: Int]>([:])
 
     init(_ inner: FrameRenderer) { self.inner = inner }
 
     /// Finished renders of `frame` (any job).
     func count(_ frame: Int) -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return finished[frame, default: 0]
+        finished.withLock { $0[frame, default: 0] }
     }
 
     var counts: [Int: Int] {
-        lock.lock()
-        defer { lock.unlock() }
-        return finished
+        finished.withLock { $0 }
     }
 
     fileprivate func record(_ frame: Int) {
-        lock.lock()
-        finished[frame, default: 0] += 1
-        lock.unlock()
+        finished.withLock { $0[frame, default: 0] += 1 }
     }
 
     func prepare(job: JobRenderSpec, modelDirectory: URL) throws -> any PreparedFrameRenderer {

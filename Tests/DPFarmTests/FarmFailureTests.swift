@@ -12,6 +12,7 @@ import DPJournal
 import DPPipeline
 import DPWorker
 import Foundation
+import Synchronization
 import XCTest
 
 final class FarmFailureTests: XCTestCase {
@@ -354,21 +355,19 @@ final class FarmFailureTests: XCTestCase {
         let corruptOffset: UInt64 = target.size > UInt64(chunkBytes) ? UInt64(chunkBytes) : 0
         let (coordinator, coordLogs) = try startCoordinator("fetch") { $0.modelChunkBytes = chunkBytes }
 
-        final class Served: @unchecked Sendable {
-            let lock = NSLock()
-            var counts: [String: Int] = [:]
-            var corrupted = 0
+        final class Served: Sendable {
+            let state = Mutex((counts: [String: Int](), corrupted: 0))
         }
         let served = Served()
         coordinator.models.chunkTransform = { path, offset, data in
-            served.lock.lock()
-            defer { served.lock.unlock() }
-            served.counts["\(path)@\(offset)", default: 0] += 1
-            guard path == target.path, offset == corruptOffset, served.corrupted == 0, !data.isEmpty else { return data }
-            served.corrupted += 1
-            var bad = data
-            bad[bad.startIndex + bad.count / 2] ^= 0xFF
-            return bad
+            served.state.withLock { served in
+                served.counts["\(path)@\(offset)", default: 0] += 1
+                guard path == target.path, offset == corruptOffset, served.corrupted == 0, !data.isEmpty else { return data }
+                served.corrupted += 1
+                var bad = data
+                bad[bad.startIndex + bad.count / 2] ^= 0xFF
+                return bad
+            }
         }
 
         let workerLogs = LogSink()
@@ -389,9 +388,7 @@ final class FarmFailureTests: XCTestCase {
             + "coordinator log:\n\(coordLogs.all.joined(separator: "\n"))")
 
         // The worker fetched every file from the coordinator; the corrupted chunk was served again.
-        served.lock.lock()
-        let counts = served.counts, corrupted = served.corrupted
-        served.lock.unlock()
+        let (counts, corrupted) = served.state.withLock { ($0.counts, $0.corrupted) }
         XCTAssertEqual(corrupted, 1, "the fault hook corrupted one chunk")
         for file in source.files {
             XCTAssertTrue(counts.keys.contains { $0.hasPrefix(file.path + "@") }, "'\(file.path)' never fetched: \(counts)")

@@ -399,7 +399,7 @@ final class ModelCacheTests: XCTestCase {
     // MARK: - Loaded models in memory
 
     func testLoadedModelCacheKeepsTheMostRecentlyUsed() throws {
-        final class Loaded { let id: String; init(_ id: String) { self.id = id } }
+        final class Loaded: Sendable { let id: String; init(_ id: String) { self.id = id } }
         let cache = LoadedModelCache<Loaded>(capacity: 2)
         var loads: [String] = []
         func get(_ id: String) throws -> Loaded {

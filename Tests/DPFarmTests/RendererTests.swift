@@ -6,6 +6,7 @@ import DPPipeline
 import DPProtocol
 @testable import DPWorker
 import Foundation
+import Synchronization
 import XCTest
 
 final class RendererTests: XCTestCase {
@@ -41,26 +42,36 @@ final class RendererTests: XCTestCase {
     }
 
     func testSyntheticStepsProgressDelayAndCancel() throws {
-        var slept: [Double] = []
-        var clock: UInt64 = 1_000_000_000
+        // The fake time and the sleeps asked for (the renderer may call these from any thread).
+        final class FakeTime: Sendable {
+            let state = Mutex((slept: [Double](), clock: UInt64(1_000_000_000)))
+            var slept: [Double] {
+                get { state.withLock { $0.slept } }
+                set { state.withLock { $0.slept = newValue } }
+            }
+            func advance(nanoseconds: UInt64) { state.withLock { $0.clock += nanoseconds } }
+        }
+        let time = FakeTime()
         let renderer = SyntheticFrameRenderer(steps: 4, stepDelaySeconds: 0.25, sleeper: { seconds in
-            slept.append(seconds)
-            clock += UInt64((seconds * 1e9).rounded())
-        }, clock: { clock })
+            time.state.withLock {
+                $0.slept.append(seconds)
+                $0.clock += UInt64((seconds * 1e9).rounded())
+            }
+        }, clock: { time.state.withLock { $0.clock } })
         let prepared = try renderer.prepare(job: spec(), modelDirectory: URL(fileURLWithPath: "/x"))
         XCTAssertEqual(prepared.totalSteps, 4)
         var steps: [Int] = []
         _ = try prepared.render(frame: 0, poseWindow: poses, progress: { steps.append($0) }, isCancelled: { false })
         XCTAssertEqual(steps, [1, 2, 3, 4])
-        XCTAssertEqual(slept, [0.25, 0.25, 0.25, 0.25])
+        XCTAssertEqual(time.slept, [0.25, 0.25, 0.25, 0.25])
         // Each step ends at its deadline from the frame's start: a step that overran is followed by a
         // shorter sleep, so the frame still takes 4 x 0.25 s.
-        slept = []
+        time.slept = []
         var overran = false
         _ = try prepared.render(frame: 1, poseWindow: poses, progress: { step in
-            if step == 1 && !overran { overran = true; clock += 100_000_000 }
+            if step == 1 && !overran { overran = true; time.advance(nanoseconds: 100_000_000) }
         }, isCancelled: { false })
-        XCTAssertEqual(slept.map { ($0 * 1000).rounded() }, [250, 150, 250, 250])
+        XCTAssertEqual(time.slept.map { ($0 * 1000).rounded() }, [250, 150, 250, 250])
         // The job's steps win over the renderer's default.
         XCTAssertEqual(try renderer.prepare(job: spec(steps: 7), modelDirectory: URL(fileURLWithPath: "/x")).totalSteps, 7)
         // Cancelled after two steps: stops before the third.

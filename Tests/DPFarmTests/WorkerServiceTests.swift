@@ -11,6 +11,8 @@ import XCTest
 /// A renderer for these tests: each denoising step waits until the test opens the gate (or a
 /// step budget allows it), so the tests decide when steps happen without sleeping. The PNG bytes
 /// depend on the job, frame and pose bytes only.
+// unchecked: the vars below are used holding `condition` (an NSCondition, which the steps wait on; a Mutex has
+// no wait), except spinSecondsPerStep, which a test sets before the worker starts.
 final class GatedRenderer: FrameRenderer, @unchecked Sendable {
     let steps: Int
     private let condition = NSCondition()
@@ -190,7 +192,7 @@ final class WorkerServiceTests: XCTestCase {
     }
 
     func start(_ coordinator: ScriptedCoordinator, renderer: GatedRenderer, slots: Int = 1,
-               configure: (inout WorkerSettings) -> Void = { _ in }) throws -> (WorkerService, Thread, NSCondition, () -> Bool) {
+               configure: (inout WorkerSettings) -> Void = { _ in }) throws -> (WorkerService, Thread, DispatchSemaphore, () -> Bool) {
         var settings = WorkerSettings(connect: coordinator.endpoint, name: "w-test",
                                       cacheDirectory: temp.appendingPathComponent("cache"))
         settings.slots = slots
@@ -205,18 +207,16 @@ final class WorkerServiceTests: XCTestCase {
         settings.prefetchBelowSeconds = 0
         configure(&settings)
         let service = try WorkerService(settings: settings, renderer: renderer, log: { print($0) })
-        let done = NSCondition()
-        var finished = false
+        let done = DispatchSemaphore(value: 0)  // signalled when run() returned
         let thread = Thread {
             do { try service.run() } catch { XCTFail("run() threw \(error)") }
-            done.lock(); finished = true; done.broadcast(); done.unlock()
+            done.signal()
         }
         thread.start()
         let isFinished = { () -> Bool in
-            done.lock(); defer { done.unlock() }
-            let deadline = Date().addingTimeInterval(5)
-            while !finished && done.wait(until: deadline) {}
-            return finished
+            guard done.wait(timeout: .now() + 5) == .success else { return false }
+            done.signal()  // later calls see it too
+            return true
         }
         return (service, thread, done, isFinished)
     }

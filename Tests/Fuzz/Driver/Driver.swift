@@ -19,18 +19,17 @@ func LLVMFuzzerRunDriver(
     _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
     _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32) -> Int32
 
-nonisolated(unsafe) var selectedTarget: FuzzTarget?
-
-func selectTarget() -> FuzzTarget {
-    if let selectedTarget { return selectedTarget }
+/// The target DP_FUZZ_TARGET names, looked up at first use (a global let: initialised once, thread-safe).
+let selectedTarget: FuzzTarget = {
     let name = ProcessInfo.processInfo.environment["DP_FUZZ_TARGET"] ?? ""
     guard let target = FuzzTargets.target(named: name) else {
         FileHandle.standardError.write(Data("dp-fuzz: set DP_FUZZ_TARGET to one of: \(FuzzTargets.all.map(\.name).joined(separator: ", "))\n".utf8))
         exit(2)
     }
-    selectedTarget = target
     return target
-}
+}()
+
+func selectTarget() -> FuzzTarget { selectedTarget }
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ bytes: UnsafePointer<UInt8>?, _ count: Int) -> Int32 {
