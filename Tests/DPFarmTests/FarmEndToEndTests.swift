@@ -155,6 +155,48 @@ final class FarmEndToEndTests: XCTestCase {
         }
     }
 
+    // MARK: a poison input ends
+
+    /// A pose .npy whose shape multiplies past 2^64 (it once made the reader write past its buffer) sent to
+    /// real workers with the real pipeline: each worker fails the frame with a clean error (no crash), the
+    /// frame fails after 3 different workers with their errors, and the job ends instead of feeding it on.
+    func testOverflowingPoseFailsTheFrameOnThreeWorkersCleanly() throws {
+        let golden = try goldenJob()
+        let coordinator = try startCoordinator(state: temp.appendingPathComponent("state-poison"))
+        let workers = try (0..<3).map {
+            try startWorker(coordinator.endpoint, name: "poison-w\($0)", renderer: PipelineFrameRenderer())
+        }
+        let victim = try XCTUnwrap(golden.frames.last)
+        var submission = golden.submission(temp.appendingPathComponent("out-poison").path)
+        // (2, 2^62, 4) float32: 2^65 elements, past Int.max bytes.
+        var header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4611686018427387904, 4), }"
+        while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
+        header += "\n"
+        var npy = Data([0x93]) + Data("NUMPY".utf8) + Data([1, 0])
+        npy += Data([UInt8(header.utf8.count & 0xff), UInt8(header.utf8.count >> 8)]) + Data(header.utf8)
+        npy += Data(count: 64)
+        submission.poses[victim] = npy
+        submission.frames = [victim]
+        let client = try FarmClient(endpoint: coordinator.endpoint)
+        defer { client.close() }
+        let job = try client.submit(submission)
+        let (state, done) = try follow(client, job: job)
+        XCTAssertEqual(state, "failed")
+        XCTAssertTrue(done.isEmpty, "no frame may be written: \(done)")
+        let attempts = try coordinator.journal.attempts(job: job, frame: victim)
+        let failed = attempts.filter { $0.result == .failed }
+        XCTAssertEqual(Set(failed.map(\.worker)), Set(workers.indices.map { "poison-w\($0)" }),
+                       "the frame fails once on each of the 3 workers: \(attempts)")
+        for a in failed {
+            XCTAssertTrue((a.error ?? "").contains("npy") || (a.error ?? "").contains("NPY"),
+                          "the worker's error names the pose file: \(a.error ?? "")")
+        }
+        let record = try XCTUnwrap(coordinator.journal.job(job))
+        XCTAssertTrue((record.error ?? "").contains("frame \(victim)"), "the job's error names the frame: \(record.error ?? "")")
+        XCTAssertEqual(try coordinator.journal.frame(job: job, frame: victim)?.state, .failed)
+        _ = workers
+    }
+
     // MARK: cancel
 
     func testCancelStopsEveryWorkerWithinAFewSteps() throws {
