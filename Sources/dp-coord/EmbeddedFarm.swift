@@ -34,6 +34,11 @@ final class EmbeddedFarm: Sendable {
         var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: stateDirectory)
         // The operator's own machine: --out and --video are local paths, taken as given.
         settings.allowLocalOutputPaths = true
+        // A fixed set of workers: no other worker will ever come. A frame fails once it failed on every one
+        // of them (at most the farm's 3), and no worker is banned from the job (on a farm a banned worker's
+        // frames wait for another; here they would wait forever and submit would never return).
+        settings.maxFailedWorkersPerFrame = min(settings.maxFailedWorkersPerFrame, max(1, workers))
+        settings.maxFailedFramesPerWorkerJob = Int(Int32.max)
         settings.auth = .curve(CurveAuthSettings(serverKeys: server, workers: .keys([workerKeys.publicKey]),
                                                  clients: .keys([client.publicKey])))
         coordinator = try Coordinator(settings: settings, log: { log("coordinator: \($0)") })

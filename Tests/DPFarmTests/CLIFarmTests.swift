@@ -113,6 +113,32 @@ final class CLIFarmTests: CLIProcessTestCase {
         }
     }
 
+    /// An embedded submit whose every frame fails on its only worker (here: a model whose UNet weights are
+    /// truncated, which only the worker's load finds) ends with a non-zero exit naming the workers' errors,
+    /// instead of waiting forever for another worker (on a farm, a worker banned from a job leaves its frames
+    /// to others; the embedded farm has no others).
+    func testEmbeddedSubmitWhoseFramesAllFailEndsWithTheErrors() throws {
+        let demo = work.appendingPathComponent("demo")
+        let assets = try CLITestSupport.run("dp-worker", ["demo-assets", "--out", demo.path, "--frames", "5"], work: work)
+        XCTAssertEqual(assets.status, 0, assets.stderr)
+        let weights = demo.appendingPathComponent("model/unet/diffusion_pytorch_model.safetensors")
+        let bytes = try Data(contentsOf: weights)
+        try bytes.prefix(bytes.count / 2).write(to: weights)
+        let run = try CLITestSupport.run("dp-coord", [
+            "submit", "--model", demo.appendingPathComponent("model").path,
+            "--subject", demo.appendingPathComponent("subject.png").path,
+            "--poses", demo.appendingPathComponent("poses").path, "--out", work.appendingPathComponent("out").path,
+            "--steps", "2", "--frames", "0-4", "--json",
+        ], work: work, timeout: 120)
+        XCTAssertNotEqual(run.status, -9, "exits by itself, not by the test's timeout: \(run.stderr)")
+        XCTAssertNotEqual(run.status, 0, run.stderr)
+        let finished = try XCTUnwrap(run.jsonEvents.last { $0["event"] as? String == "finished" }, run.stdout)
+        XCTAssertEqual(finished["state"] as? String, "failed")
+        XCTAssertEqual(finished["failed"] as? Int, 5)
+        XCTAssertEqual(finished["done"] as? Int, 0)
+        XCTAssertTrue(run.stdout.contains("malformed safetensors"), "the workers' errors are reported: \(run.stdout)")
+    }
+
     /// `dp-coord serve` refuses to start without keys (loopback too) and says how to make them; with
     /// --insecure-no-auth it starts and says loudly that nothing is authenticated. SIGHUP admits a key
     /// added to --authorized-clients; a client without keys, or with an unknown key, gets nowhere.
