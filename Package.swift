@@ -76,7 +76,7 @@ let package = Package(
         // one ParsableArguments declaration with the checks that need no files. DPSampling only for the sampler
         // names; both executables already link it (dp-coord through DPWorker, for its embedded farm).
         .target(name: "DPCLISupport",
-                dependencies: ["DPSampling", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+                dependencies: ["DPSampling", "DPFileKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "dp-coord",
                           dependencies: ["DPCoordinator", "DPWorker", "DPTransport", "DPCLISupport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import DPFileKit
 import DPSampling
 
 /// The rendering options shared by `dp-coord submit` and `dp-worker render`: one declaration of the job's
@@ -27,12 +28,10 @@ public struct RenderOptions: ParsableArguments {
 
     public func validate() throws {
         if seed != nil && noise != nil { throw ValidationError("give either --seed or --noise, not both") }
-        if let s = sampler, SamplerKind(rawValue: s) == nil {
-            throw ValidationError("unknown sampler \"\(s)\" (expected one of: \(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
-        }
-        if let s = steps, s < 1 { throw ValidationError("--steps must be at least 1 (got \(s))") }
-        for (flag, value) in [("--image-guidance", imageGuidance), ("--pose-guidance", poseGuidance)] {
-            if let v = value, !v.isFinite { throw ValidationError("\(flag) must be a finite number (got \(v))") }
+        // The same check, in the same words, as the coordinator's and the worker's (SamplingRequest).
+        if let problem = SamplingRequest.problem(steps: steps, sampler: sampler, imageGuidance: imageGuidance,
+                                                 poseGuidance: poseGuidance) {
+            throw ValidationError(problem)
         }
     }
 

@@ -198,6 +198,16 @@ extension Coordinator {
             }
             modelBytes = sum
         }
+        // The sampling settings: the same check, in the same words, as `dp-coord submit` and the workers make
+        // (SamplingRequest), before anything is journalled. 0 / "" / has_ false are "the model's default".
+        let render = spec.settings
+        if let problem = SamplingRequest.problem(
+            steps: render.steps == 0 ? nil : Int(render.steps),
+            sampler: render.sampler.isEmpty ? nil : render.sampler,
+            imageGuidance: render.hasImageGuidance_p ? render.imageGuidance : nil,
+            poseGuidance: render.hasPoseGuidance_p ? render.poseGuidance : nil) {
+            return problem
+        }
         guard spec.modelID == manifest.modelID else {
             return "job spec names model \(spec.modelID), the manifest is model \(manifest.modelID)"
         }

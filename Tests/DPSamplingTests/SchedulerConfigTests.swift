@@ -197,3 +197,13 @@ final class SchedulerConfigTests: XCTestCase {
         }
     }
 }
+
+import DPFileKit
+
+/// DPFileKit's `SamplingRequest` (the check the CLI, the coordinator and the workers share) cannot import the
+/// engine; its sampler names must be the engine's.
+final class SamplerNamesTests: XCTestCase {
+    func testSamplingRequestNamesAreTheEnginesSamplers() {
+        XCTAssertEqual(SamplingRequest.samplerNames, SamplerKind.allCases.map(\.rawValue))
+    }
+}

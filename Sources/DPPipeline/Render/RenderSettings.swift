@@ -66,20 +66,18 @@ public struct RenderSettings: Sendable, Equatable {
         self.imageGuidance = imageGuidance; self.poseGuidance = poseGuidance; self.noise = noise
     }
 
-    /// The settings with every default filled in from the model.
+    /// The settings with every default filled in from the model, checked as `dp-coord submit` and the
+    /// coordinator check them (`SamplingRequest`, DPFileKit).
     public func resolved(for config: DreamPoseConfig) throws -> ResolvedRenderSettings {
         let samplerName = sampler?.rawValue ?? config.defaults.sampler
-        guard let kind = SamplerKind(rawValue: samplerName) else {
-            throw PipelineError("unknown sampler \"\(samplerName)\" (expected one of: \(SamplerKind.allCases.map(\.rawValue).joined(separator: ", ")))")
-        }
         let steps = steps ?? config.defaults.steps
-        guard steps >= 1, steps <= 1000 else {
-            throw PipelineError("steps must be between 1 and 1000, got \(steps)")
-        }
         let sI = imageGuidance ?? config.defaults.imageGuidance
         let sP = poseGuidance ?? config.defaults.poseGuidance
-        guard sI.isFinite, sP.isFinite else {
-            throw PipelineError("guidance scales must be finite numbers (image \(sI), pose \(sP))")
+        if let problem = SamplingRequest.problem(steps: steps, sampler: samplerName, imageGuidance: sI, poseGuidance: sP) {
+            throw PipelineError(problem)
+        }
+        guard let kind = SamplerKind(rawValue: samplerName) else {
+            throw PipelineError("unknown sampler \"\(samplerName)\"")   // SamplingRequest has the same names
         }
         return ResolvedRenderSettings(steps: steps, sampler: kind, imageGuidance: sI, poseGuidance: sP, noise: noise)
     }
