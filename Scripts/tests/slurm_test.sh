@@ -197,8 +197,10 @@ mkdir -p "$W/keys" "$W/workers.d" "$W/clients.d"
 "$BIN/dp-coord" keygen "$W/keys/client" > /dev/null || { bad "dp-coord keygen (client)"; exit 1; }
 cp "$W/keys/worker.pub" "$W/workers.d/" && cp "$W/keys/client.pub" "$W/clients.d/"
 export DP_CLIENT_KEY="$W/keys/client.key" DP_SERVER_KEY="$W/keys/coordinator.pub"
+# Outputs go inside the coordinator's --output-root; a served job names its folder relative to it.
 "$BIN/dp-coord" serve --bind "tcp://127.0.0.1:*" --state "$W/coord-state" --key "$W/keys/coordinator.key" \
-  --authorized-workers "$W/workers.d" --authorized-clients "$W/clients.d" 2> "$W/coord.log" &
+  --authorized-workers "$W/workers.d" --authorized-clients "$W/clients.d" --output-root "$W/outputs" \
+  2> "$W/coord.log" &
 coord_pid=$!
 ep=""
 t0=$SECONDS
@@ -213,12 +215,13 @@ jw=$(sbatch --parsable "${small[@]}" --array=0-1 --output="$W/worker-%A_%a.log" 
      Deploy/slurm/workers.sbatch) \
   || { bad "sbatch workers.sbatch"; exit 1; }
 echo "  worker array job $jw (2 tasks)"
-"$BIN/dp-coord" submit --coordinator "$ep" "${common[@]}" --out "$W/farm-out" --json > "$W/submit.jsonl" 2> "$W/submit.err" &
+"$BIN/dp-coord" submit --coordinator "$ep" "${common[@]}" --out farm-out --json > "$W/submit.jsonl" 2> "$W/submit.err" &
 submit_pid=$!
 # The victim: the first worker seen rendering its second (or later) frame.
 victim_name=""
 t0=$SECONDS
 while (( SECONDS - t0 < WAIT_S )) && [[ -z "$victim_name" ]]; do
+  kill -0 "$submit_pid" 2>/dev/null || { bad "dp-coord submit ended before a worker became busy"; cat "$W/submit.err"; exit 1; }
   victim_name="$("$BIN/dp-coord" workers --coordinator "$ep" --json 2>/dev/null | python3 -c '
 import json, sys
 # busy after a first frame: its model is loaded, so the frame it holds is being rendered (not fetched).
@@ -243,8 +246,8 @@ rc=$?
 check "the job completes on the remaining worker (dp-coord submit exit 0)" test "$rc" -eq 0
 (( rc == 0 )) || { tail -n 5 "$W/submit.err" "$W/submit.jsonl"; }
 check "the coordinator requeued the handed-back frame" grep -q 'handed back' "$W/coord.log"
-check "farm frames byte-identical to the single-process render" same_frames "$W/farm-out" "$W/ref" "$FRAMES"
-check "farm manifest.json complete" python3 -c "import json,sys; m=json.load(open('$W/farm-out/manifest.json')); sys.exit(0 if m['complete'] and len(m['frames'])==$FRAMES else 1)"
+check "farm frames byte-identical to the single-process render" same_frames "$W/outputs/farm-out" "$W/ref" "$FRAMES"
+check "farm manifest.json complete" python3 -c "import json,sys; m=json.load(open('$W/outputs/farm-out/manifest.json')); sys.exit(0 if m['complete'] and len(m['frames'])==$FRAMES else 1)"
 scancel "$jw"
 
 summary
