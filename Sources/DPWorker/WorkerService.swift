@@ -65,6 +65,8 @@ public final class WorkerService: @unchecked Sendable {
     /// Serialises model fetches: one model downloads at a time, a second frame of the same model waits.
     let fetchLock = Mutex(())
     private let workSignal = DispatchSemaphore(value: 0)
+    /// The compute threads `run()` started, until each has left its loop (`waitForComputeThreads`).
+    private let computeThreads = DispatchGroup()
 
     // MARK: I/O thread state
     private var socket: ZMQSocket?
@@ -122,9 +124,11 @@ public final class WorkerService: @unchecked Sendable {
         for i in 0 ..< settings.slots {
             // Named from inside with prctl (Foundation's Thread.name did not always reach the OS thread):
             // `top -H` shows "dp-compute 1" (Linux keeps 15 bytes).
+            computeThreads.enter()
             let thread = Thread { [self] in
                 _ = dp_set_thread_name("dp-compute \(i + 1)")
                 computeLoop()
+                computeThreads.leave()
             }
             thread.stackSize = settings.computeThreadStackBytes
             thread.start()
@@ -682,6 +686,14 @@ public final class WorkerService: @unchecked Sendable {
             job.lastUsed = Date()
         }
         workSignal.signal()
+    }
+
+    /// After `run()` returned: waits until every compute thread has left its loop (a frame in progress is
+    /// handed back within a denoising step). A process should not exit while they still run: `dp-worker`
+    /// calls this before it returns, so exit handlers (OpenBLAS's among them) never race a frame. False when
+    /// `timeoutSeconds` passed first.
+    public func waitForComputeThreads(timeoutSeconds: Double) -> Bool {
+        computeThreads.wait(timeout: .now() + timeoutSeconds) == .success
     }
 
     /// A compute thread: renders queued tasks in arrival order until `run()` ends.

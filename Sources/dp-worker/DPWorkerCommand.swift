@@ -100,6 +100,10 @@ struct DPWorkerCommand: ParsableCommand {
         let sources = WorkerSignals.install(log: log) { service.shutdown(handBack: true) }
         defer { sources.forEach { $0.cancel() } }
         try service.run()
+        // The frames in progress stop within a denoising step; exit only once they have.
+        if !service.waitForComputeThreads(timeoutSeconds: 300) {
+            log("a frame did not stop within 300 s of the shutdown; exiting anyway")
+        }
         log("stopped")
     }
 }

@@ -97,27 +97,9 @@ final class CLIDeployTests: CLIProcessTestCase {
         XCTAssertTrue(run.stderr.contains("was not written by dp-worker render"), run.stderr)
     }
 
-    /// Starts `dp-coord serve` on a free loopback port; returns it and its endpoint.
-    func startCoordinator(keys: FarmKeys) throws -> (CLITestSupport.Started, String) {
-        let coord = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
-            "serve", "--bind", "tcp://127.0.0.1:*", "--state", work.appendingPathComponent("state").path,
-            "--heartbeat-ms", "100", "--output-root", work.path,
-        ] + keys.serve, work: work)
-        started.append(coord)
-        var endpoint: String?
-        XCTAssertTrue(coord.waitForStderr { text in
-            guard let r = text.range(of: "serving on ") else { return false }
-            let rest = text[r.upperBound...]
-            guard let end = rest.firstIndex(where: { $0 == "," || $0 == " " || $0 == "\n" }) else { return false }
-            endpoint = String(rest[..<end])
-            return true
-        }, coord.stderr)
-        return (coord, try XCTUnwrap(endpoint, coord.stderr))
-    }
-
     func testHealthCommands() throws {
         let keys = try farmKeys()
-        let (coord, endpoint) = try startCoordinator(keys: keys)
+        let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"), keys: keys)
         let up = try CLITestSupport.run("dp-coord", ["health", "--coordinator", endpoint] + keys.client, work: work)
         XCTAssertEqual(up.status, 0, up.stderr)
         XCTAssertTrue(up.stdout.contains("answering"), up.stdout)
@@ -161,7 +143,7 @@ final class CLIDeployTests: CLIProcessTestCase {
         let made = try CLITestSupport.run("dp-worker", ["demo-assets", "--out", assets.path, "--frames", "2"], work: work)
         XCTAssertEqual(made.status, 0, made.stderr)
         let keys = try farmKeys()
-        let (coord, endpoint) = try startCoordinator(keys: keys)
+        let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"), keys: keys)
         let worker = try CLITestSupport.Started(try CLITestSupport.binary("dp-worker"), [
             "--connect", endpoint, "--cache", work.appendingPathComponent("cache").path, "--name", "term-w",
             "--threads", "1", "--heartbeat-ms", "100",

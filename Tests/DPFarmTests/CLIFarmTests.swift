@@ -7,28 +7,10 @@ import XCTest
 final class CLIFarmTests: CLIProcessTestCase {
     override var workFolderPrefix: String { "dp-farm-cli" }
 
-    /// Starts `dp-coord serve` on a free loopback port and returns it with its endpoint (from its first line).
-    func startCoordinator(state: URL, keys: FarmKeys) throws -> (CLITestSupport.Started, String) {
-        let coord = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
-            "serve", "--bind", "tcp://127.0.0.1:*", "--state", state.path, "--heartbeat-ms", "100", "--grace", "0.2",
-            "--output-root", work.path,
-        ] + keys.serve, work: work)
-        started.append(coord)
-        var endpoint: String?
-        XCTAssertTrue(coord.waitForStderr { text in
-            guard let r = text.range(of: "serving on ") else { return false }
-            let rest = text[r.upperBound...]
-            guard let end = rest.firstIndex(where: { $0 == "," || $0 == " " || $0 == "\n" }) else { return false }
-            endpoint = String(rest[..<end])
-            return true
-        }, "dp-coord serve did not report its endpoint: \(coord.stderr)")
-        return (coord, try XCTUnwrap(endpoint, coord.stderr))
-    }
-
     func testServeWorkerSubmitStatusWorkersCancel() throws {
         let golden = try CLITestSupport.pipelineCase()
         let keys = try farmKeys()
-        let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"), keys: keys)
+        let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"), keys: keys, extra: ["--grace", "0.2"])
         let worker = try CLITestSupport.Started(try CLITestSupport.binary("dp-worker"), [
             "--connect", endpoint, "--cache", work.appendingPathComponent("cache").path, "--name", "cli-worker",
             "--threads", "2", "--heartbeat-ms", "100",
@@ -161,7 +143,7 @@ final class CLIFarmTests: CLIProcessTestCase {
         XCTAssertEqual(insecure.wait(timeout: 60).status, 0, insecure.stderr)
 
         let keys = try farmKeys()
-        let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"), keys: keys)
+        let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"), keys: keys, extra: ["--grace", "0.2"])
         let ok = try CLITestSupport.run("dp-coord", ["status", "--coordinator", endpoint] + keys.client, work: work)
         XCTAssertEqual(ok.status, 0, ok.stderr)
 

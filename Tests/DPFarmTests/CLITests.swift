@@ -190,6 +190,25 @@ class CLIProcessTestCase: XCTestCase {
         try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
     }
 
+    /// Starts `dp-coord serve` with `keys` on a free loopback port, outputs confined to `work` (`extra`: more
+    /// serve arguments); returns it and the endpoint from its "serving on" line.
+    func startCoordinator(state: URL, keys: FarmKeys, extra: [String] = []) throws -> (CLITestSupport.Started, String) {
+        let coord = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
+            "serve", "--bind", "tcp://127.0.0.1:*", "--state", state.path, "--heartbeat-ms", "100",
+            "--output-root", work.path,
+        ] + extra + keys.serve, work: work)
+        started.append(coord)
+        var endpoint: String?
+        XCTAssertTrue(coord.waitForStderr { text in
+            guard let r = text.range(of: "serving on ") else { return false }
+            let rest = text[r.upperBound...]
+            guard let end = rest.firstIndex(where: { $0 == "," || $0 == " " || $0 == "\n" }) else { return false }
+            endpoint = String(rest[..<end])
+            return true
+        }, "dp-coord serve did not report its endpoint: \(coord.stderr)")
+        return (coord, try XCTUnwrap(endpoint, coord.stderr))
+    }
+
     /// CURVE keys for a farm of binaries, made with `dp-coord keygen` / `dp-worker keygen` in `work/keys`:
     /// the coordinator's pair, one worker and one client key admitted through `work/workers.d` and `work/clients.d`.
     struct FarmKeys {
