@@ -262,11 +262,12 @@ extension OutputPlacement {
             guard [".mp4", ".mkv", ".mov"].contains(where: { lower.hasSuffix($0) }) else {
                 return .failure(SubmitRefusal("video path '\(PeerText.escaped(video))': expected a .mp4, .mkv or .mov file name"))
             }
-            if let videoPath, videoPath == dir || videoPath.hasPrefix(dir + "/") {
-                return .failure(SubmitRefusal("video path '\(PeerText.escaped(video))' is inside the job's output folder; name it beside the folder"))
-            }
         }
+        // Local paths (the embedded farm, the operator's own machine): as given, a video inside the folder too.
         guard root != nil else { return .success((dir, videoPath)) }
+        if let video, let videoPath, videoPath == dir || videoPath.hasPrefix(dir + "/") {
+            return .failure(SubmitRefusal("video path '\(PeerText.escaped(video))' is inside the job's output folder; name it beside the folder"))
+        }
         var info = stat()
         if lstat(dir, &info) == 0 {
             let isFolder = info.st_mode & S_IFMT == S_IFDIR

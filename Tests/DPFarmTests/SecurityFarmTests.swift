@@ -383,6 +383,27 @@ final class SecurityFarmTests: XCTestCase {
         XCTAssertEqual(try coord.coordinator.journal.attempt(Int64(task.attemptID))?.result, .failed)
     }
 
+    /// Confined, a video inside the job's own folder is refused (the folder holds only the job's frames and
+    /// manifest); with local paths (the embedded farm, the operator's machine) it is taken as given, as the
+    /// demo does.
+    func testVideoInsideTheOutputFolderOnlyWithLocalPaths() throws {
+        let model = try FarmFixtures.model(in: root)
+        do {
+            let coord = try confined()
+            defer { coord.stop() }
+            let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+            defer { client.close() }
+            expectRefused(client, submission(model, out: "job", video: "job/v.mp4"), "is inside the job's output folder")
+            XCTAssertEqual(try coord.coordinator.journal.jobs().count, 0)
+        }
+        let local = try RunningCoordinator(state: root.appendingPathComponent("local-state"), clock: ManualClock())
+        defer { local.stop() }
+        let client = try FarmClient(endpoint: local.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        let out = root.appendingPathComponent("local-out").path
+        XCTAssertGreaterThan(try client.submit(submission(model, out: out, video: out + "/v.mp4")), 0)
+    }
+
     func testSubmitLimitsAreEnforced() throws {
         let coord = try confined() {
             $0.limits.maxFramesPerJob = 10
