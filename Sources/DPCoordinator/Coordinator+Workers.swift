@@ -86,9 +86,12 @@ extension Coordinator {
         guard hello.slots >= 1, hello.slots <= UInt32(clamping: limits.maxSlots) else {
             return "worker '\(peer: name)': \(hello.slots) slots (expected 1 to \(limits.maxSlots))"
         }
-        guard hello.runningAttemptIds.count <= Int(hello.slots) else {
+        // A worker holds at most what its credit cap lets it ask for: one frame per slot rendering plus the
+        // frames it prefetched (a worker restarting its session after a coordinator restart lists them all).
+        let held = Int(hello.slots) * (1 + limits.maxPrefetchPerSlot)
+        guard hello.runningAttemptIds.count <= held else {
             return "worker '\(peer: name)' lists \(hello.runningAttemptIds.count) running attempts with "
-                + "\(hello.slots) slot(s) (at most one per slot)"
+                + "\(hello.slots) slot(s) (at most \(held): slots x (1 + \(limits.maxPrefetchPerSlot) prefetched))"
         }
         guard hello.cachedModelIds.count <= limits.maxCachedModels,
               hello.cachedModelIds.allSatisfy({ FileDigest.isHexSHA256($0) }) else {
