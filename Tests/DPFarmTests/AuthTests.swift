@@ -203,23 +203,9 @@ final class AuthTests: XCTestCase {
         let model = try FarmFixtures.model(in: root)
         let manifest = try ModelManifest.compute(directory: model)
         let owner = try RawPeer(coord.endpoint, name: "owner", curve: try curve("client1"))
-        var spec = FarmJobSpec()
-        spec.name = "mine"
-        spec.modelID = manifest.modelID
         let subject = Data("subject".utf8)
-        spec.subject.path = "subject.png"
-        spec.subject.size = UInt64(subject.count)
-        spec.subject.sha256 = FileDigest.sha256(subject)
-        var pose = FarmPoseInput()
-        pose.frame = 0
-        pose.file.path = "poses/0.npy"
-        pose.file.size = 4
-        pose.file.sha256 = FileDigest.sha256(Data("pose".utf8))
-        spec.poses = [pose]
-        spec.outputDir = "out"
-        var submit = FarmSubmitJob()
-        submit.spec = spec
-        submit.model = FarmModelManifest(manifest)
+        let submit = FarmFixtures.rawSubmitJob(manifest: manifest, name: "mine", subject: subject,
+                                               pose: Data("pose".utf8), out: "out")
         try owner.send(.submitJob(submit), requestID: 1)
         let reply = try owner.expect("submit_reply") { if case .submitReply(let r) = $0 { return r } else { return nil } }
 

@@ -46,30 +46,9 @@ final class ClientTests: XCTestCase {
         let model = try FarmFixtures.model(in: root)
         let manifest = try ModelManifest.compute(directory: model)
         let peer = try RawPeer(coord.endpoint, name: "client")
-        var spec = FarmJobSpec()
-        spec.name = "raw"
-        spec.modelID = manifest.modelID
         let subject = Data("subject".utf8)
-        spec.subject.path = "subject.png"
-        spec.subject.size = UInt64(subject.count)
-        spec.subject.sha256 = FileDigest.sha256(subject)
-        var pose = FarmPoseInput()
-        pose.frame = 0
-        pose.file.path = "poses/0.npy"
-        pose.file.size = 4
-        pose.file.sha256 = FileDigest.sha256(Data("pose".utf8))
-        spec.poses = [pose]
-        spec.outputDir = "out"
-        var submit = FarmSubmitJob()
-        submit.spec = spec
-        submit.model.modelID = manifest.modelID
-        submit.model.files = manifest.files.map {
-            var f = FarmModelFile()
-            f.path = $0.path
-            f.size = $0.size
-            f.sha256 = $0.sha256
-            return f
-        }
+        let submit = FarmFixtures.rawSubmitJob(manifest: manifest, name: "raw", subject: subject,
+                                               pose: Data("pose".utf8), out: "out")
         try peer.send(.submitJob(submit), requestID: 1)
         let reply = try peer.expect("submit_reply") { if case .submitReply(let r) = $0 { return r } else { return nil } }
         XCTAssertEqual(reply.missing.count, manifest.files.count + 2)

@@ -197,6 +197,33 @@ struct CoordinatorTestError: Error, CustomStringConvertible {
 }
 
 enum FarmFixtures {
+    /// A SubmitJob as a client sends it, built by hand (the tests that upload or misbehave themselves): one pose
+    /// at frame 0 (`poses/0.npy` holding `pose`), `subject` as `subject.png`, the model's manifest.
+    static func rawSubmitJob(manifest: ModelManifest, name: String, subject: Data, pose: Data, out: String,
+                             frames: [UInt32] = []) -> FarmSubmitJob {
+        func file(_ path: String, _ data: Data) -> FarmInputFile {
+            var f = FarmInputFile()
+            f.path = path
+            f.size = UInt64(data.count)
+            f.sha256 = FileDigest.sha256(data)
+            return f
+        }
+        var spec = FarmJobSpec()
+        spec.name = name
+        spec.modelID = manifest.modelID
+        spec.subject = file("subject.png", subject)
+        var poseInput = FarmPoseInput()
+        poseInput.frame = 0
+        poseInput.file = file("poses/0.npy", pose)
+        spec.poses = [poseInput]
+        spec.frames = frames
+        spec.outputDir = out
+        var submit = FarmSubmitJob()
+        submit.spec = spec
+        submit.model = FarmModelManifest(manifest)
+        return submit
+    }
+
     static func tempDirectory(_ label: String) throws -> URL {
         let url = FileManager.default.temporaryDirectory
             .appendingPathComponent("dp-coord-\(label)-\(UUID().uuidString)", isDirectory: true)

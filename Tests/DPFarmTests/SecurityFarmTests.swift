@@ -426,27 +426,9 @@ final class SecurityFarmTests: XCTestCase {
     /// A SubmitJob sent by hand (the upload is left to the test): one frame, `subject` bytes as the
     /// subject (distinct subjects = distinct inputs to upload). Returns the reply's body.
     func rawSubmit(_ peer: RawPeer, model: URL, out: String, subject: String, requestID: UInt64) throws -> FarmEnvelope.OneOf_Body {
-        let manifest = try ModelManifest.compute(directory: model)
-        func file(_ path: String, _ data: Data) -> FarmInputFile {
-            var f = FarmInputFile()
-            f.path = path
-            f.size = UInt64(data.count)
-            f.sha256 = FileDigest.sha256(data)
-            return f
-        }
-        var spec = FarmJobSpec()
-        spec.name = "raw"
-        spec.modelID = manifest.modelID
-        spec.subject = file("subject.png", Data(subject.utf8))
-        var pose = FarmPoseInput()
-        pose.frame = 0
-        pose.file = file("poses/0.npy", FarmFixtures.pose(0))
-        spec.poses = [pose]
-        spec.frames = [0]
-        spec.outputDir = out
-        var submit = FarmSubmitJob()
-        submit.spec = spec
-        submit.model = FarmModelManifest(manifest)
+        let submit = FarmFixtures.rawSubmitJob(manifest: try ModelManifest.compute(directory: model), name: "raw",
+                                               subject: Data(subject.utf8), pose: FarmFixtures.pose(0), out: out,
+                                               frames: [0])
         try peer.send(.submitJob(submit), requestID: requestID)
         guard let reply = try peer.next(), let body = reply.body else { throw CoordinatorTestError("no reply to submit") }
         XCTAssertEqual(reply.requestID, requestID)
