@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 // dp-farm: a CPU DreamPose renderer and render farm.
 // Module graph (dependencies point down):
-//   DPTensor <- DPModels <- DPSampling / DPPipeline <- DPWorker
+//   DPTensor <- DPModels <- DPSampling / DPPipeline <- DPWorker (DPSampling and DPPipeline also use DPFileKit)
 //   DPFileKit <- DPProtocol <- DPTransport <- DPCoordinator and DPWorker
 //   executables on top. The engine never imports ZeroMQ or SQLite; DPCoordinator never imports the models.
 import PackageDescription
@@ -45,9 +45,9 @@ let package = Package(
         .target(name: "CDPSys", path: "Sources/CDPSys"),
         .target(name: "DPTensor", dependencies: ["CDPKernels"], swiftSettings: release),
         .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: checked),
-        .target(name: "DPSampling", dependencies: ["DPTensor"], swiftSettings: checked),
+        .target(name: "DPSampling", dependencies: ["DPTensor", "DPFileKit"], swiftSettings: checked),
         // Golden-case reading and the parity runner (dp-bench parity and the tests share it).
-        .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline"], swiftSettings: checked),
+        .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPFileKit"], swiftSettings: checked),
         .target(name: "DPPipeline",
                 dependencies: ["DPTensor", "DPModels", "DPSampling", "DPFileKit", "CPNG",
                                .product(name: "Crypto", package: "swift-crypto")],
@@ -76,7 +76,7 @@ let package = Package(
         // one ParsableArguments declaration with the checks that need no files. DPSampling only for the sampler
         // names; both executables already link it (dp-coord through DPWorker, for its embedded farm).
         .target(name: "DPCLISupport",
-                dependencies: ["DPSampling", "DPFileKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+                dependencies: ["DPFileKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "dp-coord",
                           dependencies: ["DPCoordinator", "DPWorker", "DPTransport", "DPCLISupport",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -88,7 +88,7 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "dp-bench",
-                          dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPGolden",
+                          dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPGolden", "DPFileKit",
                                          "DPCoordinator", "DPWorker", "DPTransport", "CDPSys",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: checked),
@@ -104,7 +104,7 @@ let package = Package(
         // Tests.
         .testTarget(name: "DPTensorTests", dependencies: ["DPTensor"]),
         .testTarget(name: "DPModelsTests", dependencies: ["DPModels", "DPTensor", "DPGolden"]),
-        .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor", "DPGolden"], exclude: ["Reference"]),
+        .testTarget(name: "DPSamplingTests", dependencies: ["DPSampling", "DPTensor", "DPGolden", "DPFileKit"], exclude: ["Reference"]),
         .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden", "DPFileKit"]),
         .testTarget(name: "DPFuzzTests", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Replay"),
         .testTarget(name: "DPFarmTests",

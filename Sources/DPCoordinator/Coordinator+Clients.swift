@@ -198,16 +198,9 @@ extension Coordinator {
             }
             modelBytes = sum
         }
-        // The sampling settings: the same check, in the same words, as `dp-coord submit` and the workers make
-        // (SamplingRequest), before anything is journalled. 0 / "" / has_ false are "the model's default".
-        let render = spec.settings
-        if let problem = SamplingRequest.problem(
-            steps: render.steps == 0 ? nil : Int(render.steps),
-            sampler: render.sampler.isEmpty ? nil : render.sampler,
-            imageGuidance: render.hasImageGuidance_p ? render.imageGuidance : nil,
-            poseGuidance: render.hasPoseGuidance_p ? render.poseGuidance : nil) {
-            return problem
-        }
+        // The render request: the same check, in the same words, as `dp-coord submit` and the workers make
+        // (DPFileKit's RenderRequest), before anything is journalled.
+        do { _ = try RenderRequest(spec: spec) } catch { return "\(error)" }
         guard spec.modelID == manifest.modelID else {
             return "job spec names model \(spec.modelID), the manifest is model \(manifest.modelID)"
         }

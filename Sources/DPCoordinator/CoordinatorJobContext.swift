@@ -44,10 +44,10 @@ final class JobContext {
             throw CoordinatorError("job \(record.id): model \(modelID) is not held by this coordinator"
                 + (models.refusedAtStart[modelID].map { " (\($0))" } ?? ""))
         }
-        let defaults = try ModelDefaults(folder: models.folder(for: modelID), modelID: modelID)
-        poseWindowSize = defaults.poseWindow
-        frameWidth = defaults.width
-        frameHeight = defaults.height
+        let model = try Self.readDreamPose(folder: models.folder(for: modelID), modelID: modelID)
+        poseWindowSize = model.poseWindow
+        frameWidth = model.width
+        frameHeight = model.height
         inputsPath = inputs.path
         var files: [UInt32: String] = [:]
         files.reserveCapacity(spec.poses.count)
@@ -71,23 +71,16 @@ final class JobContext {
         prep.poseWindow = UInt32(poseWindowSize)
         self.prep = prep
 
-        let s = spec.settings
-        var seed: UInt64?
-        var noiseSHA: String?
-        switch s.noise {
-        case .noiseNpy(let data)?: noiseSHA = FileDigest.sha256(data)
-        case .seed(let value)?: seed = value
-        case nil: seed = 0
+        let outputSettings: OutputJobSettings
+        do {
+            outputSettings = OutputJobSettings(try RenderRequest(spec: spec).resolved(defaults: model))
+        } catch {
+            throw CoordinatorError("job \(record.id): \(error)")
         }
-        let outputSettings = OutputJobSettings(
-            seed: seed, noiseSHA256: noiseSHA, sampler: s.sampler.isEmpty ? defaults.sampler : s.sampler,
-            steps: s.steps == 0 ? defaults.steps : Int(s.steps),
-            imageGuidance: s.hasImageGuidance_p ? s.imageGuidance : defaults.imageGuidance,
-            poseGuidance: s.hasPoseGuidance_p ? s.poseGuidance : defaults.poseGuidance)
-        let model = modelID
+        let id = modelID
         let recorded = doneFrames.filter { $0.state == .done }.map { f in
             OutputFrameRecord(frame: UInt32(f.frame), file: OutputWriter.fileName(frame: UInt32(f.frame)),
-                              attempt: UInt64(f.doneAttemptID ?? 0), worker: f.worker ?? "", modelID: model,
+                              attempt: UInt64(f.doneAttemptID ?? 0), worker: f.worker ?? "", modelID: id,
                               seed: outputSettings.seed, sampler: outputSettings.sampler, steps: outputSettings.steps,
                               imageGuidance: outputSettings.imageGuidance, poseGuidance: outputSettings.poseGuidance,
                               renderSeconds: f.renderSeconds ?? 0, pngSHA256: f.outputSHA256 ?? "",
@@ -126,33 +119,15 @@ final class JobContext {
     }
 }
 
-/// The defaults of a model's dreampose.json (docs/model-format.md) that manifest.json reports.
-struct ModelDefaults {
-    var steps: Int
-    var sampler: String
-    var imageGuidance: Float
-    var poseGuidance: Float
-    var poseWindow: Int
-    /// The frame size (dreampose.json `width`, `height`): results are checked against it.
-    var width: Int
-    var height: Int
-
-    /// dreampose.json read through DPFileKit's `DreamPoseFile`, which checks every value against
-    /// `DreamPoseLimits` (the pipeline reads it the same way): a hostile file (`steps: 1e300`, a
-    /// pose_window past UInt32.max) is an error for that model, never a trap in the coordinator.
-    init(folder: URL, modelID: String) throws {
-        let file: DreamPoseFile
+extension JobContext {
+    /// The model's dreampose.json, read through DPFileKit's `DreamPoseFile`, which checks every value against
+    /// `DreamPoseLimits` (the pipeline reads it the same way): a hostile file (`steps: 1e300`, a pose_window
+    /// past UInt32.max) is an error for that model, never a trap in the coordinator.
+    static func readDreamPose(folder: URL, modelID: String) throws -> DreamPoseFile {
         do {
-            file = try DreamPoseFile.read(folder.appendingPathComponent("dreampose.json"))
+            return try DreamPoseFile.read(folder.appendingPathComponent("dreampose.json"))
         } catch {
             throw CoordinatorError("model \(modelID): \(error)")
         }
-        steps = file.steps
-        sampler = file.sampler
-        imageGuidance = file.imageGuidance
-        poseGuidance = file.poseGuidance
-        poseWindow = file.poseWindow
-        width = file.width
-        height = file.height
     }
 }

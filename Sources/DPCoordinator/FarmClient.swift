@@ -170,11 +170,8 @@ public final class FarmClient {
             throw FarmClientError.invalid("cannot read model folder \(job.modelDirectory.path): \(error)")
         }
         guard !job.poses.isEmpty else { throw FarmClientError.invalid("job '\(job.name)' has no poses") }
-        for frame in job.frames where job.poses[frame] == nil {
+        for frame in job.request.frames where job.poses[frame] == nil {
             throw FarmClientError.invalid("job '\(job.name)': frame \(frame) has no pose")
-        }
-        guard job.order == "frame" || job.order == "preview" else {
-            throw FarmClientError.invalid("order '\(job.order)' is neither 'frame' nor 'preview'")
         }
         var inputs: [String: Data] = [:]
         func inputFile(_ path: String, _ data: Data) -> FarmInputFile {
@@ -188,21 +185,10 @@ public final class FarmClient {
         var spec = FarmJobSpec()
         spec.name = job.name
         spec.modelID = manifest.modelID
-        var settings = FarmRenderSettings()
-        settings.steps = UInt32(max(0, job.steps ?? 0))
-        settings.sampler = job.sampler ?? ""
-        if let g = job.imageGuidance {
-            settings.hasImageGuidance_p = true
-            settings.imageGuidance = g
-        }
-        if let g = job.poseGuidance {
-            settings.hasPoseGuidance_p = true
-            settings.poseGuidance = g
-        }
-        if let noise = job.noiseNPY { settings.noiseNpy = noise } else { settings.seed = job.seed }
-        spec.settings = settings
+        var render = job.request
+        render.frames.sort()
+        spec.set(render)
         spec.priority = Int32(clamping: job.priority)
-        spec.order = job.order == "preview" ? .preview : .frame
         spec.subject = inputFile("subject.png", job.subjectPNG)
         spec.poses = job.poses.keys.sorted().map { n in
             var p = FarmPoseInput()
@@ -210,7 +196,6 @@ public final class FarmClient {
             p.file = inputFile("poses/" + FrameFileName.name(frame: n, extension: "npy"), job.poses[n]!)
             return p
         }
-        spec.frames = job.frames.sorted().map { UInt32($0) }
         spec.outputDir = job.outputDirectory
         var video = FarmVideoOptions()
         video.path = job.videoPath ?? ""

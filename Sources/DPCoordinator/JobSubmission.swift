@@ -1,3 +1,4 @@
+import DPFileKit
 import DPProtocol
 import Foundation
 
@@ -9,40 +10,23 @@ public struct JobSubmission: Sendable {
     public var subjectPNG: Data
     /// Every pose frame of the sequence: frame number -> .npy bytes (window neighbours come from here).
     public var poses: [Int: Data]
-    /// Frames to render (a subset of `poses`' keys); empty = every pose.
-    public var frames: [Int]
-    public var steps: Int?
-    public var sampler: String?
-    public var imageGuidance: Float?
-    public var poseGuidance: Float?
-    public var seed: UInt64
-    /// The job's noise as a float32 .npy (overrides `seed`).
-    public var noiseNPY: Data?
+    /// Sampling settings, noise, frames (a subset of `poses`' keys; empty = every pose) and their order.
+    public var request: RenderRequest
     public var priority: Int
-    /// "frame" | "preview".
-    public var order: String
     /// Absolute path on the coordinator's machine (relative = under its state folder).
     public var outputDirectory: String
     public var videoPath: String?
     public var fps: Int
 
-    public init(name: String, modelDirectory: URL, subjectPNG: Data, poses: [Int: Data], frames: [Int],
-                steps: Int? = nil, sampler: String? = nil, imageGuidance: Float? = nil, poseGuidance: Float? = nil,
-                seed: UInt64 = 0, noiseNPY: Data? = nil, priority: Int = 0, order: String = "frame",
-                outputDirectory: String, videoPath: String? = nil, fps: Int = 30) {
+    public init(name: String, modelDirectory: URL, subjectPNG: Data, poses: [Int: Data],
+                request: RenderRequest = RenderRequest(), priority: Int = 0, outputDirectory: String,
+                videoPath: String? = nil, fps: Int = 30) {
         self.name = name
         self.modelDirectory = modelDirectory
         self.subjectPNG = subjectPNG
         self.poses = poses
-        self.frames = frames
-        self.steps = steps
-        self.sampler = sampler
-        self.imageGuidance = imageGuidance
-        self.poseGuidance = poseGuidance
-        self.seed = seed
-        self.noiseNPY = noiseNPY
+        self.request = request
         self.priority = priority
-        self.order = order
         self.outputDirectory = outputDirectory
         self.videoPath = videoPath
         self.fps = fps

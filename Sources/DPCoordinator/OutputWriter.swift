@@ -41,6 +41,12 @@ public struct OutputJobSettings: Codable, Equatable, Sendable {
         self.poseGuidance = poseGuidance
     }
 
+    /// What a resolved render request records: its seed, or the SHA-256 of its noise .npy.
+    public init(_ r: ResolvedRenderRequest) {
+        self.init(seed: r.noise.seed, noiseSHA256: r.noise.sha256, sampler: r.sampler.rawValue, steps: r.steps,
+                  imageGuidance: r.imageGuidance, poseGuidance: r.poseGuidance)
+    }
+
     enum CodingKeys: String, CodingKey {
         case seed, noiseSHA256 = "noise_sha256", sampler, steps
         case imageGuidance = "image_guidance", poseGuidance = "pose_guidance"

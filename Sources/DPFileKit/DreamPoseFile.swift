@@ -43,7 +43,7 @@ public struct DreamPoseFile: Equatable, Sendable {
     public var vaeScalingFactor: Float
     public var poseWindow: Int
     public var steps: Int
-    public var sampler: String
+    public var sampler: SamplerKind
     public var imageGuidance: Float
     public var poseGuidance: Float
 
@@ -102,9 +102,9 @@ public struct DreamPoseFile: Equatable, Sendable {
         }
         let d = raw.defaults
         let steps = try integer("defaults.steps", d?.steps, default: 100, in: 1 ... DreamPoseLimits.maxSteps)
-        let sampler = d?.sampler ?? "pndm"
-        guard !sampler.isEmpty, sampler.utf8.count <= 64 else {
-            throw fail("defaults.sampler must be a sampler name (1 to 64 bytes)")
+        let samplerName = d?.sampler ?? SamplerKind.pndm.rawValue
+        guard let sampler = SamplerKind(rawValue: samplerName) else {
+            throw fail("defaults.sampler: " + SamplerKind.unknownSampler(samplerName))
         }
         var guidance: [Float] = []
         for (key, v) in [("image_guidance", d?.image_guidance ?? 8), ("pose_guidance", d?.pose_guidance ?? 3)] {

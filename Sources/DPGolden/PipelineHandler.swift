@@ -3,6 +3,7 @@
 // tensor the manifest lists (subject conditioning, x_T, per-frame windows, step-0 batch, trajectories, decoded
 // frames) within the tolerance, and every final PNG frame under the acceptance rule of §7.5.
 
+import DPFileKit
 import DPPipeline
 import DPSampling
 import DPTensor
@@ -61,10 +62,10 @@ public struct PipelineJobFile: Decodable {
     }
 
     /// The job's render settings (noise read from its raw float32 file).
-    public func settings(in dir: URL, latentShape: [Int]) throws -> RenderSettings {
+    public func settings(in dir: URL, latentShape: [Int]) throws -> RenderRequest {
         guard let kind = SamplerKind(rawValue: sampler) else { throw ParitySkip("sampler \"\(sampler)\" is not one of ours") }
-        let noise = try NoiseSource.file(dir.appendingPathComponent(self.noise.file), shape: latentShape)
-        return RenderSettings(steps: steps, sampler: kind, imageGuidance: sImage, poseGuidance: sPose, noise: noise)
+        let noise = try NoiseRequest.rawFile(dir.appendingPathComponent(self.noise.file), latentShape: latentShape)
+        return RenderRequest(steps: steps, sampler: kind, imageGuidance: sImage, poseGuidance: sPose, noise: noise)
     }
 }
 

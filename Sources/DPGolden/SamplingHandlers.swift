@@ -1,6 +1,7 @@
 // Handlers for the sampling case kinds of shared/golden/README.md §2.3: scheduler_trajectory (the fake model
 // eps = 0.1 x + 1e-5 t driven through PNDM/DDIM) and e2e_dual_cfg (UNet + PNDM + dual guidance + VAE decode).
 
+import DPFileKit
 import DPModels
 import DPSampling
 import DPTensor

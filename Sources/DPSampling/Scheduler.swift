@@ -1,3 +1,4 @@
+import DPFileKit
 import DPTensor
 import Foundation
 
@@ -23,16 +24,6 @@ public protocol Scheduler {
     mutating func step(output: Tensor, timestep: Int, sample: Tensor) -> Tensor
     /// Forward diffusion q(x_t | x_0): the noisy sample at `timestep`.
     func addNoise(original: Tensor, noise: Tensor, timestep: Int) -> Tensor
-}
-
-/// The samplers a job can ask for.
-public enum SamplerKind: String, CaseIterable, Codable, Sendable {
-    /// diffusers `PNDMScheduler` (PLMS, skip_prk_steps), DreamPose's reference sampler.
-    case pndm
-    /// diffusers `DDIMScheduler`, eta 0.
-    case ddim
-    /// diffusers `DPMSolverMultistepScheduler` (DPM-Solver++(2M) by default).
-    case dpm
 }
 
 /// A scheduler config that this engine cannot honour (names the key, what was expected and found).

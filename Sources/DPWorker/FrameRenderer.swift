@@ -14,29 +14,15 @@ public struct JobRenderSpec: Sendable, Equatable {
     public var modelID: String
     /// The subject image, PNG bytes as submitted.
     public var subjectPNG: Data
-    /// nil = the model's default (dreampose.json "defaults").
-    public var steps: Int?
-    /// "pndm", "ddim", "dpm"; nil = the model's default.
-    public var sampler: String?
-    public var imageGuidance: Float?
-    public var poseGuidance: Float?
-    /// Noise seed; used when `noise` is nil.
-    public var seed: UInt64
-    /// The job's noise eps [1, 4, H/8, W/8]: raw little-endian float32 values in C order, or the
-    /// bytes of a float32 `.npy` file (recognised by its magic; what JobPrep's `noise_npy` carries).
-    public var noise: Data?
+    /// The job's sampling settings and noise (checked when the JobPrep was read; nil settings = the model's
+    /// defaults, resolved by the pipeline).
+    public var request: RenderRequest
 
-    public init(jobID: String, modelID: String, subjectPNG: Data, steps: Int? = nil, sampler: String? = nil,
-                imageGuidance: Float? = nil, poseGuidance: Float? = nil, seed: UInt64 = 0, noise: Data? = nil) {
+    public init(jobID: String, modelID: String, subjectPNG: Data, request: RenderRequest = RenderRequest()) {
         self.jobID = jobID
         self.modelID = modelID
         self.subjectPNG = subjectPNG
-        self.steps = steps
-        self.sampler = sampler
-        self.imageGuidance = imageGuidance
-        self.poseGuidance = poseGuidance
-        self.seed = seed
-        self.noise = noise
+        self.request = request
     }
 }
 
@@ -94,38 +80,8 @@ public final class PipelineFrameRenderer: FrameRenderer {
             try DreamPoseModel(directory: modelDirectory, id: job.modelID)
         }
         let subject = try PNGCodec.decode(job.subjectPNG, name: "job \(job.jobID) subject image")
-        var sampler: SamplerKind?
-        if let name = job.sampler {
-            guard let kind = SamplerKind(rawValue: name) else {
-                throw FrameRenderError("job \(job.jobID): unknown sampler \"\(name)\" (expected one of: "
-                    + SamplerKind.allCases.map(\.rawValue).joined(separator: ", ") + ")")
-            }
-            sampler = kind
-        }
-        let noise: NoiseSource
-        if let bytes = job.noise {
-            let shape = [1, model.latentChannels, model.latentHeight, model.latentWidth]
-            noise = .values(try Self.decodeNoise(bytes, shape: shape, job: job.jobID))
-        } else {
-            noise = .seed(job.seed)
-        }
-        let settings = RenderSettings(steps: job.steps, sampler: sampler, imageGuidance: job.imageGuidance,
-                                      poseGuidance: job.poseGuidance, noise: noise)
-        let prepared = try PreparedJob(model: model, subject: subject, settings: settings)
+        let prepared = try PreparedJob(model: model, subject: subject, settings: job.request)
         return PipelinePreparedFrames(job: job, prepared: prepared)
-    }
-
-    /// Raw float32 bytes, or a float32 .npy file whose shape is the latent shape (with or without
-    /// the leading 1).
-    static func decodeNoise(_ bytes: Data, shape: [Int], job: String) throws -> [Float] {
-        if bytes.starts(with: [0x93, 0x4E, 0x55, 0x4D, 0x50, 0x59]) {  // "\x93NUMPY"
-            let (found, values) = try NPY.decode(bytes, name: "job \(job) noise .npy")
-            guard found == shape || [1] + found == shape else {
-                throw FrameRenderError("job \(job): noise .npy has shape \(found), the model's latent is \(shape)")
-            }
-            return values
-        }
-        return try NoiseSource.decodeRaw(bytes, shape: shape, what: "job \(job) noise")
     }
 }
 
@@ -211,15 +167,21 @@ public final class SyntheticFrameRenderer: FrameRenderer {
     }
 
     public func prepare(job: JobRenderSpec, modelDirectory: URL) throws -> any PreparedFrameRenderer {
-        let steps = job.steps ?? self.steps
+        let r = job.request
+        let steps = r.steps ?? self.steps
         guard steps >= 1 else { throw FrameRenderError("job \(job.jobID): steps must be at least 1, got \(steps)") }
+        let noise: Data
+        switch r.noise {
+        case .seed(let seed): noise = le64(seed)
+        case .npy(let bytes): noise = bytes
+        }
         // The job's part of the seed: every input that changes a real render (seed64 length-prefixes each).
         let jobSeed = FileDigest.seed64([
             Data("dp-farm synthetic renderer v1".utf8), Data(job.modelID.utf8), job.subjectPNG, le64(UInt64(steps)),
-            Data((job.sampler ?? "").utf8),
-            le64(job.imageGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max),
-            le64(job.poseGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max),
-            job.noise ?? le64(job.seed),
+            Data((r.sampler?.rawValue ?? "").utf8),
+            le64(r.imageGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max),
+            le64(r.poseGuidance.map { UInt64($0.bitPattern) } ?? UInt64.max),
+            noise,
         ])
         return SyntheticPreparedFrames(jobSeed: jobSeed, steps: steps, renderer: self)
     }

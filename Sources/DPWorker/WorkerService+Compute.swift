@@ -202,23 +202,15 @@ extension WorkerService {
         }
     }
 
-    /// The renderer's view of a JobPrep (noise .npy bytes are passed on as they are: the renderer
-    /// checks their shape against the model's latent).
+    /// The renderer's view of a JobPrep: its render request, checked as the coordinator checked it at submit
+    /// (the noise .npy is checked against the model's latent shape when the job is prepared).
     static func renderSpec(_ prep: FarmJobPrep) throws -> JobRenderSpec {
-        let s = prep.settings
-        var seed: UInt64 = 0
-        var noise: Data?
-        switch s.noise {
-        case .seed(let value)?: seed = value
-        case .noiseNpy(let bytes)?: noise = bytes
-        case nil: break
+        let request: RenderRequest
+        do { request = try RenderRequest(wire: prep.settings) } catch {
+            throw FrameRenderError("job \(prep.jobID): \(error)")
         }
         return JobRenderSpec(jobID: String(prep.jobID), modelID: prep.modelID, subjectPNG: prep.subjectPng,
-                             steps: s.steps == 0 ? nil : Int(s.steps),
-                             sampler: s.sampler.isEmpty ? nil : s.sampler,
-                             imageGuidance: s.hasImageGuidance_p ? s.imageGuidance : nil,
-                             poseGuidance: s.hasPoseGuidance_p ? s.poseGuidance : nil,
-                             seed: seed, noise: noise)
+                             request: request)
     }
 
     // MARK: models

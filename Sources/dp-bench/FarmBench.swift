@@ -1,3 +1,4 @@
+import DPFileKit
 import ArgumentParser
 import CDPSys
 import DPCoordinator
@@ -249,7 +250,7 @@ enum FarmBench {
         let warmUp = min(frames, warmUpFrames ?? 8 * workers * slots)
         if warmUp > 0 {
             let job = JobSubmission(name: "bench warm-up", modelDirectory: model, subjectPNG: subject, poses: poses,
-                                    frames: Array(0..<warmUp), outputDirectory: "out-warm-up")
+                                    request: RenderRequest(frames: Array(0..<warmUp)), outputDirectory: "out-warm-up")
             let start = Date()
             let id = try client.submit(job)
             var state: String?
@@ -266,7 +267,7 @@ enum FarmBench {
             for s in services { s.resetSlotStatistics() }
         }
         let job = JobSubmission(name: "bench", modelDirectory: model, subjectPNG: subject, poses: poses,
-                                frames: Array(0..<frames), outputDirectory: "out")
+                                request: RenderRequest(frames: Array(0..<frames)), outputDirectory: "out")
         let start = Date()
         let cpuStart = processCPUSeconds()
         let threadsStart = ThreadCPU.byThread()

@@ -1,3 +1,4 @@
+import DPFileKit
 import DPModels
 import DPPipeline
 import DPSampling
@@ -37,7 +38,7 @@ func benchFrame(preset: String, steps: Int, sampler: SamplerKind, height: Int, w
                               vaeFeatures: (height / 16) * (width / 16), hidden: hidden),
         weights: random(4))
     let schedulerConfig = SchedulerConfig.stableDiffusion            // SD-1.5 PNDM settings
-    let config = DreamPoseConfig(name: "bench-\(preset)", height: height, width: width)
+    let config = try DreamPoseConfig(name: "bench-\(preset)", height: height, width: width)
     let model = try DreamPoseModel(config: config, unet: unet, vae: vae, imageEncoder: clip, adapter: adapter,
                                    schedulerConfig: schedulerConfig, id: "bench-\(preset)-random")
     print(String(format: "frame %@: %dx%d, %@ %d steps, threads %d; built random model in %.1f s",
@@ -47,7 +48,7 @@ func benchFrame(preset: String, steps: Int, sampler: SamplerKind, height: Int, w
     let poses = (0..<5).map { DemoAssets.poseMap(frame: $0, of: 5, height: height / 2, width: width / 2) }
     let prepStart = Date()
     let job = try PreparedJob(model: model, subject: subject,
-                              settings: RenderSettings(steps: steps, sampler: sampler, noise: .seed(1)))
+                              settings: RenderRequest(steps: steps, sampler: sampler, noise: .seed(1)))
     let prepSeconds = Date().timeIntervalSince(prepStart)
     print(String(format: "  job preparation (CLIP + 3 VAE encodes + adapter): %.2f s", prepSeconds))
 

@@ -1,3 +1,4 @@
+import DPFileKit
 import ArgumentParser
 import DPPipeline
 import DPSampling
@@ -46,8 +47,8 @@ struct QualityCommand: ParsableCommand {
                 throw PipelineError("frame \(missing): \(`case`) has no pose and truth for it (frames with both: \(qc.frames.first!)...\(qc.frames.last!))")
             }
         }
-        let settings = RenderSettings(steps: steps, sampler: samplerKind, imageGuidance: imageGuidance,
-                                      poseGuidance: poseGuidance, noise: .seed(seed))
+        let settings = RenderRequest(steps: steps, sampler: samplerKind, imageGuidance: imageGuidance,
+                                     poseGuidance: poseGuidance, noise: .seed(seed))
         let prepStart = Date()
         let job = try PreparedJob(model: dpModel, subject: qc.subject, settings: settings, poses: qc.poses)
         let prepSeconds = Date().timeIntervalSince(prepStart)

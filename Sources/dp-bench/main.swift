@@ -1,3 +1,4 @@
+import DPFileKit
 import ArgumentParser
 import DPSampling
 import DPTensor

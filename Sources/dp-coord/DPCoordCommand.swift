@@ -196,7 +196,7 @@ extension DPCoordCommand {
         @OptionGroup var render: RenderOptions
         @Option(help: "Output folder for frame_<n>.png and manifest.json: a local path, or with --coordinator a name inside its --output-root.") var out: String
         @Option(help: "Job priority (higher goes first).") var priority = 0
-        @Option(help: "Dispatch order: frame (ascending) or preview (first, last, middle, then halves).") var order = "frame"
+        @Option(help: "Dispatch order: frame (ascending) or preview (first, last, middle, then halves).") var order = FrameOrder.frame
         @Option(help: "Write an H.264 video of the finished sequence to this file (with --coordinator: a name inside its --output-root).") var video: String?
         @Option(help: "Frames per second of --video.") var fps = 30
         @Option(help: "Job name shown by status (default: model:subject).") var name: String?

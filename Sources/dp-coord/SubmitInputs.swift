@@ -1,5 +1,6 @@
 import DPCLISupport
 import DPCoordinator
+import DPFileKit
 import DPModels
 import DPPipeline
 import DPProtocol
@@ -18,7 +19,7 @@ struct SubmitInputs {
         var render: RenderOptions
         var out: String
         var priority: Int
-        var order: String
+        var order: FrameOrder
         var video: String?
         var fps: Int
         var name: String?
@@ -77,20 +78,11 @@ struct SubmitInputs {
                 + "\(missing.count > 10 ? ", ..." : "") that have no pose in \(posesURL.path)")
         }
 
-        guard ["frame", "preview"].contains(o.order) else {
-            throw CLIError("--order \"\(o.order)\": expected frame or preview")
-        }
         guard o.fps >= 1 else { throw CLIError("--fps must be at least 1 (got \(o.fps))") }
 
-        // Noise: a raw float32 file becomes a float32 .npy of the latent shape for the wire.
-        var noiseNPY: Data?
-        if let noise = r.noise {
-            let url = absoluteURL(noise)
-            guard case .values(let values) = try NoiseSource.file(url, shape: latentShape) else {
-                throw CLIError("noise file \(url.path): not read as values")
-            }
-            noiseNPY = NPY.encode(shape: latentShape, values: values)
-        }
+        // The render request; a --noise file is read here, against the model's latent shape.
+        let request = try r.request(latentShape: latentShape, frames: frames, order: o.order, url: absoluteURL)
+        let resolved = try request.resolved(for: config)
 
         let out: URL
         let video: String?
@@ -118,22 +110,11 @@ struct SubmitInputs {
         }
 
         let name = o.name ?? "\(modelURL.lastPathComponent):\(subjectURL.deletingPathExtension().lastPathComponent)"
-        var job = JobSubmission(name: name, modelDirectory: modelURL, subjectPNG: subjectPNG, poses: poses,
-                                frames: frames, outputDirectory: o.remote ? o.out : out.path)
-        job.steps = r.steps
-        job.sampler = r.sampler
-        job.imageGuidance = r.imageGuidance
-        job.poseGuidance = r.poseGuidance
-        job.seed = r.seed ?? 0
-        job.noiseNPY = noiseNPY
-        job.priority = o.priority
-        job.order = o.order
-        job.videoPath = video
-        job.fps = o.fps
-        let d = config.defaults
+        let job = JobSubmission(name: name, modelDirectory: modelURL, subjectPNG: subjectPNG, poses: poses,
+                                request: request, priority: o.priority, outputDirectory: o.remote ? o.out : out.path,
+                                videoPath: video, fps: o.fps)
         let summary = "\(frames.count) frame(s) of \(poses.count) pose(s), model \(config.name) \(config.height)x\(config.width), "
-            + "\(r.sampler ?? d.sampler) \(r.steps ?? d.steps) steps, s_I \(r.imageGuidance ?? d.imageGuidance), "
-            + "s_P \(r.poseGuidance ?? d.poseGuidance), \(noiseNPY == nil ? "seed \(r.seed ?? 0)" : "noise file") -> \(o.remote ? o.out + " (in the coordinator's output root)" : out.path)"
+            + "\(resolved.summary) -> \(o.remote ? o.out + " (in the coordinator's output root)" : out.path)"
         return SubmitInputs(submission: job, summary: summary)
     }
 

@@ -31,6 +31,8 @@ struct RenderCommand: ParsableCommand {
             throw CLIError(e.description)
         } catch let e as RenderRecordError {
             throw CLIError(e.description)
+        } catch let e as RenderRequestError {
+            throw CLIError(e.description)
         }
     }
 
@@ -49,34 +51,24 @@ struct RenderCommand: ParsableCommand {
         log.line("loading model \(o.model)")
         let loaded = try DreamPoseModel(directory: URL(fileURLWithPath: o.model))
         let latentShape = [1, loaded.latentChannels, loaded.latentHeight, loaded.latentWidth]
-        let noiseSource: NoiseSource = try o.noise.map { try NoiseSource.file(URL(fileURLWithPath: $0), shape: latentShape) }
-            ?? .seed(o.seed ?? 0)
-        let settings = RenderSettings(steps: o.steps, sampler: o.samplerKind,
-                                      imageGuidance: o.imageGuidance, poseGuidance: o.poseGuidance, noise: noiseSource)
+        let request = try o.request(latentShape: latentShape, frames: wanted)
         // Read every window's poses up front, so a bad pose file fails before any frame is rendered.
         for n in wanted { _ = try poseSource.window(center: n, size: loaded.config.poseWindow) }
         let outDir = URL(fileURLWithPath: out)
         try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
 
         let prepStart = Date()
-        let job = try PreparedJob(model: loaded, subject: subjectImage, settings: settings, poses: poseSource)
+        let job = try PreparedJob(model: loaded, subject: subjectImage, settings: request, poses: poseSource)
         let r = job.settings
         // The job's record in OUT/.dp-render (what `dp-coord finalize` checks the frames against): every
         // task of an array job writes the same one, and refuses a folder holding another job's.
-        var seed: UInt64?
-        var noiseSHA: String?
-        switch r.noise {
-        case .seed(let value): seed = value
-        case .values(let values): noiseSHA = FileDigest.sha256(NPY.encode(shape: latentShape, values: values))
-        }
-        let outputSettings = OutputJobSettings(seed: seed, noiseSHA256: noiseSHA, sampler: r.sampler.rawValue, steps: r.steps,
-                                               imageGuidance: r.imageGuidance, poseGuidance: r.poseGuidance)
+        let outputSettings = OutputJobSettings(r)
         try RenderRecords.recordJob(RenderJobRecord(modelID: loaded.id, settings: outputSettings,
                                                     poseFrames: poseSource.frameNumbers.map { UInt32($0) }), out: outDir)
         let renderer = RenderCommand.rendererName()
         let attempt = UInt64(ProcessInfo.processInfo.environment["SLURM_RESTART_COUNT"].flatMap { UInt64($0) } ?? 0) + 1
-        log.line("model \(loaded.id.prefix(12)) \(loaded.height)x\(loaded.width), \(r.sampler.rawValue) \(r.steps) steps "
-            + "(\(job.totalSteps) UNet calls/frame), s_I \(r.imageGuidance), s_P \(r.poseGuidance); "
+        log.line("model \(loaded.id.prefix(12)) \(loaded.height)x\(loaded.width), \(r.summary) "
+            + "(\(job.totalSteps) UNet calls/frame); "
             + "job prepared in \(String(format: "%.2f", Date().timeIntervalSince(prepStart))) s")
 
         var stepSeconds: [Double] = []
@@ -93,7 +85,7 @@ struct RenderCommand: ParsableCommand {
             try DurableFile.write(frame.png, to: url)
             try RenderRecords.recordFrame(OutputFrameRecord(
                 frame: UInt32(n), file: url.lastPathComponent, attempt: attempt, worker: renderer, modelID: loaded.id,
-                seed: seed, sampler: outputSettings.sampler, steps: outputSettings.steps,
+                seed: outputSettings.seed, sampler: outputSettings.sampler, steps: outputSettings.steps,
                 imageGuidance: outputSettings.imageGuidance, poseGuidance: outputSettings.poseGuidance,
                 renderSeconds: frame.renderSeconds, pngSHA256: FileDigest.sha256(frame.png), pngSize: frame.png.count), out: outDir)
             log.line("frames \(i + 1)/\(wanted.count)  wrote \(url.path) (\(String(format: "%.1f", frame.renderSeconds)) s)")

@@ -1,3 +1,4 @@
+import DPFileKit
 import DPPipeline
 import Foundation
 import XCTest

@@ -285,12 +285,13 @@ enum FarmFixtures {
         return c ^ 0xFFFF_FFFF
     }
 
-    static func submission(model: URL, frames: [Int], out: URL, poses: [Int]? = nil, order: String = "frame",
+    static func submission(model: URL, frames: [Int], out: URL, poses: [Int]? = nil, order: FrameOrder = .frame,
                            video: String? = nil) -> JobSubmission {
         let all = poses ?? frames
         return JobSubmission(name: "test", modelDirectory: model, subjectPNG: Data("\u{89}PNG subject".utf8),
-                             poses: Dictionary(uniqueKeysWithValues: all.map { ($0, pose($0)) }), frames: frames,
-                             seed: 42, order: order, outputDirectory: out.path, videoPath: video)
+                             poses: Dictionary(uniqueKeysWithValues: all.map { ($0, pose($0)) }),
+                             request: RenderRequest(noise: .seed(42), frames: frames, order: order),
+                             outputDirectory: out.path, videoPath: video)
     }
 
     static func manifest(_ out: URL) throws -> [String: Any] {

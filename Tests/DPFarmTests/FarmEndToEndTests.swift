@@ -100,11 +100,13 @@ final class FarmEndToEndTests: XCTestCase {
         let subject = try Data(contentsOf: root.appendingPathComponent(job["subject"] as! String))
         let model = root.appendingPathComponent(job["model"] as! String, isDirectory: true)
         return GoldenJob(root: root, frames: frames) { out in
-            JobSubmission(name: "golden", modelDirectory: model, subjectPNG: subject, poses: poses, frames: frames,
-                          steps: job["steps"] as? Int, sampler: job["sampler"] as? String,
-                          imageGuidance: (job["s_image"] as? Double).map(Float.init),
-                          poseGuidance: (job["s_pose"] as? Double).map(Float.init),
-                          noiseNPY: noiseNPY, outputDirectory: out)
+            JobSubmission(name: "golden", modelDirectory: model, subjectPNG: subject, poses: poses,
+                          request: RenderRequest(steps: job["steps"] as? Int,
+                                                 sampler: (job["sampler"] as? String).flatMap(SamplerKind.init(rawValue:)),
+                                                 imageGuidance: (job["s_image"] as? Double).map(Float.init),
+                                                 poseGuidance: (job["s_pose"] as? Double).map(Float.init),
+                                                 noise: .npy(noiseNPY), frames: frames),
+                          outputDirectory: out)
         }
     }
 
@@ -176,7 +178,7 @@ final class FarmEndToEndTests: XCTestCase {
         npy += Data([UInt8(header.utf8.count & 0xff), UInt8(header.utf8.count >> 8)]) + Data(header.utf8)
         npy += Data(count: 64)
         submission.poses[victim] = npy
-        submission.frames = [victim]
+        submission.request.frames = [victim]
         let client = try FarmClient(endpoint: coordinator.endpoint)
         defer { client.close() }
         let job = try client.submit(submission)
@@ -210,7 +212,7 @@ final class FarmEndToEndTests: XCTestCase {
         let client = try FarmClient(endpoint: coordinator.endpoint)
         defer { client.close() }
         let job = try client.submit(JobSubmission(name: "cancel", modelDirectory: model, subjectPNG: Data("png".utf8),
-                                                   poses: poses, frames: Array(0..<6), seed: 1,
+                                                   poses: poses, request: RenderRequest(noise: .seed(1), frames: Array(0..<6)),
                                                    outputDirectory: temp.appendingPathComponent("out").path))
         // Wait until both workers are rendering.
         var busy: Set<String> = []

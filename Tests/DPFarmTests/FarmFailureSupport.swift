@@ -194,11 +194,13 @@ struct GoldenFarmJob {
 
     /// The case's job, rendering `frames` (default: the case's frames) into `out`.
     func submission(out: URL, frames: [Int]? = nil, name: String = "golden") -> JobSubmission {
-        JobSubmission(name: name, modelDirectory: model, subjectPNG: subject, poses: poses, frames: frames ?? self.frames,
-                      steps: job["steps"] as? Int, sampler: job["sampler"] as? String,
-                      imageGuidance: (job["s_image"] as? Double).map(Float.init),
-                      poseGuidance: (job["s_pose"] as? Double).map(Float.init),
-                      noiseNPY: noiseNPY, outputDirectory: out.path)
+        JobSubmission(name: name, modelDirectory: model, subjectPNG: subject, poses: poses,
+                      request: RenderRequest(steps: job["steps"] as? Int,
+                                             sampler: (job["sampler"] as? String).flatMap(SamplerKind.init(rawValue:)),
+                                             imageGuidance: (job["s_image"] as? Double).map(Float.init),
+                                             poseGuidance: (job["s_pose"] as? Double).map(Float.init),
+                                             noise: .npy(noiseNPY), frames: frames ?? self.frames),
+                      outputDirectory: out.path)
     }
 
     /// nil when `png` meets the golden acceptance rule (golden/README.md 7.5: every channel within 3

@@ -1,5 +1,6 @@
 // The coordinator's output folder: frame PNGs, manifest.json, refusal of a second write, restart
 // behaviour, and the video made by the real ffmpeg (checked with ffprobe and by decoding it back).
+import DPFileKit
 import Crypto
 @testable import DPCoordinator
 import DPPipeline

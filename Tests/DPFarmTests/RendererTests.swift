@@ -2,6 +2,7 @@
 // an injected sleeper), and the real pipeline renderer on every pipeline golden case under
 // ../shared/golden (driven by each case's job.json; frames checked against expected/frame_<n>.png
 // with golden/README.md §7.5's acceptance rule, produced by diffusers/transformers/Pillow).
+import DPFileKit
 import DPPipeline
 import DPProtocol
 @testable import DPWorker
@@ -11,8 +12,9 @@ import XCTest
 
 final class RendererTests: XCTestCase {
     private func spec(job: String = "1", seed: UInt64 = 9, steps: Int? = nil, noise: Data? = nil) -> JobRenderSpec {
-        JobRenderSpec(jobID: job, modelID: String(repeating: "c", count: 64), subjectPNG: Data([1, 2, 3]), steps: steps,
-                      sampler: "ddim", imageGuidance: 2, poseGuidance: 1, seed: seed, noise: noise)
+        JobRenderSpec(jobID: job, modelID: String(repeating: "c", count: 64), subjectPNG: Data([1, 2, 3]),
+                      request: RenderRequest(steps: steps, sampler: .ddim, imageGuidance: 2, poseGuidance: 1,
+                                             noise: noise.map { .npy($0) } ?? .seed(seed)))
     }
 
     private let poses = (0 ..< 5).map { Data("pose \($0)".utf8) }
@@ -145,11 +147,13 @@ final class RendererTests: XCTestCase {
         for dir in cases {
             let job = try JSONDecoder().decode(GoldenJob.self, from: Data(contentsOf: dir.appendingPathComponent("job.json")))
             let modelDir = dir.appendingPathComponent(job.model)
-            let noise = try Data(contentsOf: dir.appendingPathComponent(job.noise.file))  // raw f32 LE
+            // The raw f32 LE noise file, read as `--noise` reads it (into the .npy form the wire carries).
+            let noise = try NoiseRequest.rawFile(dir.appendingPathComponent(job.noise.file), latentShape: job.noise.shape)
             let spec = JobRenderSpec(jobID: dir.lastPathComponent, modelID: String(repeating: "0", count: 64),
                                      subjectPNG: try Data(contentsOf: dir.appendingPathComponent(job.subject)),
-                                     steps: job.steps, sampler: job.sampler, imageGuidance: job.s_image,
-                                     poseGuidance: job.s_pose, seed: 0, noise: noise)
+                                     request: RenderRequest(steps: job.steps, sampler: try SamplerKind.named(job.sampler),
+                                                            imageGuidance: job.s_image, poseGuidance: job.s_pose,
+                                                            noise: noise))
             let renderer = PipelineFrameRenderer()
             let prepared = try renderer.prepare(job: spec, modelDirectory: modelDir)
             // UNet evaluations per frame: PNDM takes one more than `steps` (diffusers' PLMS warm-up).
@@ -178,18 +182,22 @@ final class RendererTests: XCTestCase {
                                    "\(dir.lastPathComponent) frame \(frame)")
             }
 
-            // The same job with the noise as a .npy file (what JobPrep.noise_npy carries), rendered by
-            // a second renderer instance: byte-identical frame.
-            let values = try NoiseSource.decodeRaw(noise, shape: job.noise.shape, what: "noise")
-            var npySpec = spec
-            npySpec.noise = NPY.encode(shape: job.noise.shape, values: values)
+            // The same job through the wire (JobPrep's settings, as the worker reads them), rendered by a second
+            // renderer instance: byte-identical frame.
+            var prep = FarmJobPrep()
+            prep.jobID = 7
+            prep.modelID = spec.modelID
+            prep.subjectPng = spec.subjectPNG
+            prep.settings = FarmRenderSettings(spec.request)
+            let wireSpec = try WorkerService.renderSpec(prep)
+            XCTAssertEqual(wireSpec.request, spec.request, "the request survives the wire")
             let first = job.frames[0]
             let window = PoseWindow.frames(for: UInt32(first), available: Set(poseBytes.keys), size: windowSize)
                 .map { poseBytes[$0]! }
-            let again = try PipelineFrameRenderer().prepare(job: npySpec, modelDirectory: modelDir)
+            let again = try PipelineFrameRenderer().prepare(job: wireSpec, modelDirectory: modelDir)
             let a = try prepared.render(frame: first, poseWindow: window, progress: { _ in }, isCancelled: { false }).png
             let b = try again.render(frame: first, poseWindow: window, progress: { _ in }, isCancelled: { false }).png
-            XCTAssertEqual(a, b, "\(dir.lastPathComponent): frame bytes differ between raw and .npy noise")
+            XCTAssertEqual(a, b, "\(dir.lastPathComponent): frame bytes differ after the wire")
 
             // Cancel is seen between steps.
             var seen: [Int] = []
@@ -202,15 +210,15 @@ final class RendererTests: XCTestCase {
                                                      isCancelled: { false })) {
                 XCTAssertTrue("\($0)".contains("pose window entry 0"), "\($0)")
             }
-            var badSampler = spec
-            badSampler.sampler = "euler"
-            XCTAssertThrowsError(try renderer.prepare(job: badSampler, modelDirectory: modelDir)) {
+            var badSampler = prep
+            badSampler.settings.sampler = "euler"
+            XCTAssertThrowsError(try WorkerService.renderSpec(badSampler)) {
                 XCTAssertTrue("\($0)".contains("unknown sampler \"euler\""), "\($0)")
             }
             var badNoise = spec
-            badNoise.noise = noise.dropLast(4)
+            badNoise.request.noise = .npy(NPY.encode(shape: [1, 4, 2, 2], values: Array(repeating: 0, count: 16)))
             XCTAssertThrowsError(try renderer.prepare(job: badNoise, modelDirectory: modelDir)) {
-                XCTAssertTrue("\($0)".contains("expected \(noise.count)"), "\($0)")
+                XCTAssertTrue("\($0)".contains("noise .npy has shape [1, 4, 2, 2], the model's latent is \(job.noise.shape)"), "\($0)")
             }
         }
     }

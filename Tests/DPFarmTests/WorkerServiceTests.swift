@@ -75,7 +75,7 @@ final class GatedRenderer: FrameRenderer, @unchecked Sendable {
                 progress(step)
                 sawCancel = isCancelled()
             }
-            var bytes = Data("PNG:job=\(job.jobID) seed=\(job.seed) frame=\(frame)".utf8)
+            var bytes = Data("PNG:job=\(job.jobID) seed=\(job.request.noise.seed ?? 0) frame=\(frame)".utf8)
             for pose in poseWindow { bytes.append(contentsOf: FileDigest.sha256(pose).utf8.prefix(8)) }
             return (bytes, 0.01)
         }

@@ -6,6 +6,7 @@
 // The floors are the figures measured when the model was committed, less a margin (see PERF.md, "Image
 // quality of the demo model"); a frame from random weights or a broken pose/guidance path scores ~12 dB.
 
+import DPFileKit
 import DPPipeline
 import Foundation
 import XCTest
@@ -27,7 +28,7 @@ final class DemoModelQualityTests: XCTestCase {
         let model = try DreamPoseModel(directory: Self.model)
         let qc = try QualityCase(directory: Self.caseDir)
         let job = try PreparedJob(model: model, subject: qc.subject,
-                                  settings: RenderSettings(steps: 10, sampler: .dpm, noise: .seed(0)), poses: qc.poses)
+                                  settings: RenderRequest(steps: 10, sampler: .dpm, noise: .seed(0)), poses: qc.poses)
         for (n, measured) in Self.measured {
             let frame = try job.render(frame: n)
             let truth = try qc.truth(n)

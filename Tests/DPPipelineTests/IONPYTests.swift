@@ -1,4 +1,5 @@
 // NPY: hand-built files of each format version and dtype, every error, and the golden pose files.
+import DPFileKit
 import DPPipeline
 import DPTensor
 import Foundation

@@ -1,3 +1,4 @@
+import DPFileKit
 import DPGolden
 import DPPipeline
 import Foundation

@@ -1,3 +1,4 @@
+import DPFileKit
 import DPTensor
 import Foundation
 import XCTest
@@ -195,15 +196,5 @@ final class SchedulerConfigTests: XCTestCase {
             XCTAssertEqual(s.initNoiseSigma, 1)
             XCTAssertEqual(s.scaleModelInput(x0, timestep: t), x0)
         }
-    }
-}
-
-import DPFileKit
-
-/// DPFileKit's `SamplingRequest` (the check the CLI, the coordinator and the workers share) cannot import the
-/// engine; its sampler names must be the engine's.
-final class SamplerNamesTests: XCTestCase {
-    func testSamplingRequestNamesAreTheEnginesSamplers() {
-        XCTAssertEqual(SamplingRequest.samplerNames, SamplerKind.allCases.map(\.rawValue))
     }
 }

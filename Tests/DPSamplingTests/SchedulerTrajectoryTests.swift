@@ -1,3 +1,4 @@
+import DPFileKit
 import DPTensor
 import Foundation
 import XCTest

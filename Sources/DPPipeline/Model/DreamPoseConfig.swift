@@ -8,70 +8,30 @@ public struct PipelineError: Error, CustomStringConvertible, Equatable {
     public var description: String { message }
 }
 
-/// `dreampose.json` at the root of a `dreampose-model/1` folder (../shared/docs/model-format.md).
-public struct DreamPoseConfig: Codable, Equatable, Sendable {
-    public static let formatName = "dreampose-model/1"
+/// `dreampose.json` at the root of a `dreampose-model/1` folder (../shared/docs/model-format.md), as the
+/// pipeline uses it: DPFileKit's `DreamPoseFile` (the one reader, which the coordinator uses too) plus the
+/// pipeline's own requirement that the frame sides are multiples of 64.
+public struct DreamPoseConfig: Equatable, Sendable {
+    public static let formatName = DreamPoseFile.formatName
 
-    /// Rendering defaults stored with the model.
-    public struct Defaults: Codable, Equatable, Sendable {
-        public var steps: Int
-        public var sampler: String
-        public var imageGuidance: Float
-        public var poseGuidance: Float
+    /// The checked file; its `steps`, `sampler`, `imageGuidance` and `poseGuidance` are the model's rendering
+    /// defaults (`RenderRequest.resolved(defaults:)`).
+    public let file: DreamPoseFile
 
-        enum CodingKeys: String, CodingKey {
-            case steps, sampler
-            case imageGuidance = "image_guidance"
-            case poseGuidance = "pose_guidance"
-        }
-
-        public init(steps: Int = 100, sampler: String = "pndm", imageGuidance: Float = 8, poseGuidance: Float = 3) {
-            self.steps = steps; self.sampler = sampler
-            self.imageGuidance = imageGuidance; self.poseGuidance = poseGuidance
-        }
-
-        public init(from decoder: Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            let d = Defaults()
-            steps = try c.decodeIfPresent(Int.self, forKey: .steps) ?? d.steps
-            sampler = try c.decodeIfPresent(String.self, forKey: .sampler) ?? d.sampler
-            imageGuidance = try c.decodeIfPresent(Float.self, forKey: .imageGuidance) ?? d.imageGuidance
-            poseGuidance = try c.decodeIfPresent(Float.self, forKey: .poseGuidance) ?? d.poseGuidance
-        }
-    }
-
-    public var format: String
-    public var name: String
+    public var name: String { file.name }
     /// Output frame height in pixels (DreamPose: 640).
-    public var height: Int
+    public var height: Int { file.height }
     /// Output frame width in pixels (DreamPose: 512).
-    public var width: Int
-    public var vaeScalingFactor: Float
+    public var width: Int { file.width }
+    public var vaeScalingFactor: Float { file.vaeScalingFactor }
     /// Number of poses in a window (DreamPose: 5 -> 10 pose channels).
-    public var poseWindow: Int
-    public var defaults: Defaults
+    public var poseWindow: Int { file.poseWindow }
 
-    enum CodingKeys: String, CodingKey {
-        case format, name, height, width, defaults
-        case vaeScalingFactor = "vae_scaling_factor"
-        case poseWindow = "pose_window"
-    }
-
-    public init(name: String, height: Int, width: Int, vaeScalingFactor: Float = 0.18215,
-                poseWindow: Int = 5, defaults: Defaults = Defaults()) {
-        self.format = Self.formatName; self.name = name; self.height = height; self.width = width
-        self.vaeScalingFactor = vaeScalingFactor; self.poseWindow = poseWindow; self.defaults = defaults
-    }
-
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        format = try c.decode(String.self, forKey: .format)
-        name = try c.decodeIfPresent(String.self, forKey: .name) ?? ""
-        height = try c.decode(Int.self, forKey: .height)
-        width = try c.decode(Int.self, forKey: .width)
-        vaeScalingFactor = try c.decodeIfPresent(Float.self, forKey: .vaeScalingFactor) ?? 0.18215
-        poseWindow = try c.decodeIfPresent(Int.self, forKey: .poseWindow) ?? 5
-        defaults = try c.decodeIfPresent(Defaults.self, forKey: .defaults) ?? Defaults()
+    /// A config made in code (benchmarks): the format's defaults for everything not given.
+    public init(name: String, height: Int, width: Int, vaeScalingFactor: Float = 0.18215, poseWindow: Int = 5) throws {
+        let json: [String: Any] = ["format": Self.formatName, "name": name, "height": height, "width": width,
+                                   "vae_scaling_factor": Double(vaeScalingFactor), "pose_window": poseWindow]
+        self = try Self.parse(try JSONSerialization.data(withJSONObject: json), file: "dreampose.json of \(name)")
     }
 
     /// Reads and validates `dreampose.json`: DPFileKit's `DreamPoseFile` checks every value against
@@ -98,9 +58,6 @@ public struct DreamPoseConfig: Codable, Equatable, Sendable {
         guard f.height % 64 == 0, f.width % 64 == 0 else {
             throw PipelineError("\(file): height \(f.height) and width \(f.width) must be positive multiples of 64")
         }
-        self.init(name: f.name, height: f.height, width: f.width, vaeScalingFactor: f.vaeScalingFactor,
-                  poseWindow: f.poseWindow,
-                  defaults: Defaults(steps: f.steps, sampler: f.sampler, imageGuidance: f.imageGuidance,
-                                     poseGuidance: f.poseGuidance))
+        self.file = f
     }
 }

@@ -1,3 +1,4 @@
+import DPFileKit
 import DPModels
 import DPSampling
 import DPTensor
@@ -35,7 +36,7 @@ public struct RenderedFrame: Sendable {
 /// The sampling loop follows ../shared/docs/dreampose-inference.md, "Sampling one frame".
 public final class PreparedJob: Sendable {
     public let model: DreamPoseModel
-    public let settings: ResolvedRenderSettings
+    public let settings: ResolvedRenderRequest
     public let conditioning: SubjectConditioning
     /// The job's noise [1, 4, h, w], shared by every frame.
     public let noise: Tensor
@@ -46,14 +47,14 @@ public final class PreparedJob: Sendable {
     public let poses: PoseSource?
 
     /// Prepares a job: runs CLIP, VAE encoder and adapter on the subject; draws or reads the noise.
-    public init(model: DreamPoseModel, subject: RGBImage, settings: RenderSettings, poses: PoseSource? = nil,
+    public init(model: DreamPoseModel, subject: RGBImage, settings: RenderRequest, poses: PoseSource? = nil,
                 intermediates: ((String, Tensor) -> Void)? = nil) throws {
         self.model = model
         self.settings = try settings.resolved(for: model.config)
         self.poses = poses
         let latentShape = [1, model.latentChannels, model.latentHeight, model.latentWidth]
         conditioning = try SubjectConditioning(model: model, subject: subject, intermediates: intermediates)
-        noise = try self.settings.noise.tensor(shape: latentShape)
+        noise = try self.settings.noise.tensor(shape: latentShape, what: "job")
         let scheduler = try makeScheduler(self.settings.sampler, config: model.schedulerConfig, steps: self.settings.steps)
         timesteps = scheduler.timesteps
         guard let first = timesteps.first else { throw PipelineError("scheduler produced no timesteps") }

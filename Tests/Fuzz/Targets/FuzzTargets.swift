@@ -99,7 +99,7 @@ public enum FuzzTargets {
                 let pipeline = Result { try DreamPoseConfig.parse(text, file: "dreampose.json") }
                 let file = try DreamPoseFile.parse(text, file: "dreampose.json")
                 if case .success(let c) = pipeline {
-                    precondition(c.defaults.steps == file.steps && c.poseWindow == file.poseWindow)
+                    precondition(c.file == file)
                 }
                 _ = try pipeline.get()
             }

@@ -5,7 +5,7 @@
 // order, big-endian, other dtypes, structured dtypes, truncated data, bad magic) is an error naming the
 // file and what was expected. Writes float32 arrays as version 1.0.
 import Foundation
-import DPFileKit
+
 
 /// A malformed or unsupported .npy file; `description` names the file.
 public struct NPYError: Error, CustomStringConvertible {
