@@ -3,6 +3,7 @@ import DPFileKit
 import DPJournal
 import DPProtocol
 import DPTransport
+import DPWorker
 import Foundation
 import XCTest
 
@@ -195,6 +196,63 @@ final class QueuedBytesCapTests: XCTestCase {
         try render(worker, frames: 1)
         try eventually("the job to complete") { jobState(coord, job) == .completed }
         XCTAssertLessThanOrEqual(try hog.drain().bytes, Self.cap)
+    }
+
+    // MARK: peers that read
+
+    func testWorkersAndFollowersThatReadNeverReachTheCap() throws {
+        // Small caps (1 MiB, 16 messages), real WorkerServices and a FarmClient following with PNGs: the
+        // listening side acks every 4 messages, so nobody is cut off and no stream is dropped.
+        let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: SystemClock()) {
+            $0.heartbeatIntervalMs = 50
+            $0.maxMessageBytes = Self.cap
+            $0.limits.maxQueuedBytesPerPeer = Self.cap
+            $0.limits.maxQueuedMessagesPerPeer = 16
+        }
+        defer { coord.stop() }
+        var stops: [() -> Void] = []
+        defer { for stop in stops.reversed() { stop() } }
+        for i in 0 ..< 2 {
+            var settings = WorkerSettings(connect: coord.endpoint, name: "reader-\(i)",
+                                          cacheDirectory: root.appendingPathComponent("cache-\(i)"))
+            settings.heartbeatIntervalMs = 50
+            let worker = try WorkerService(settings: settings,
+                                           renderer: SyntheticFrameRenderer(steps: 4, stepDelaySeconds: 0.002, width: 48, height: 64),
+                                           log: { _ in })
+            let done = DispatchSemaphore(value: 0)
+            Thread { try? worker.run(); done.signal() }.start()
+            stops.append { worker.shutdown(handBack: true); _ = done.wait(timeout: .now() + 5) }
+        }
+        let model = try FarmFixtures.model(in: root)
+        let client = try client(coord)
+        defer { client.close() }
+        let frames = Array(0 ..< 40)
+        let job = try client.submit(FarmFixtures.submission(model: model, frames: frames, out: root.appendingPathComponent("out")))
+        var done: Set<Int> = []
+        var events = 0
+        var state = ""
+        try client.follow(job: job, includePNG: true) { event in
+            events += 1
+            switch event {
+            case let .frameDone(frame, _, _, _, png):
+                XCTAssertNotNil(png)
+                done.insert(frame)
+            case let .finished(s, _):
+                state = s
+                return false
+            default: break
+            }
+            return true
+        }
+        XCTAssertEqual(state, "completed")
+        XCTAssertEqual(done, Set(frames))
+        XCTAssertGreaterThan(events, 16, "more events than the message cap")
+        let counters = coord.coordinator.deliveryCounters
+        XCTAssertEqual(counters.peersCutOff, 0)
+        XCTAssertEqual(counters.followStreamsDropped, 0)
+        XCTAssertEqual(counters.messagesWithheld, 0)
+        XCTAssertEqual(counters.acksRefused, 0)
+        XCTAssertGreaterThan(counters.acksAccepted, 40)
     }
 
     // MARK: acks
