@@ -86,7 +86,7 @@ extension DPCoordCommand {
                 help: "Folder that holds every job's output folder and video (default <state>/outputs); jobs name them relative to it.")
         var outputRoot: String?
         @Option(name: .customLong("max-queued-bytes-per-peer"),
-                help: "Bytes sent to one connection and not yet acknowledged as read, at most (default 67108864 = 64 MiB; at least the largest model chunk + 64 KiB). A peer that does not read is cut off there.")
+                help: "Bytes sent to one connection and not yet acknowledged as read, at most (default 67108864 = 64 MiB; at least 16842752, a model chunk + 64 KiB). A peer that does not read is cut off there.")
         var maxQueuedBytesPerPeer: Int?
         @Option(help: "The coordinator's secret key file (NAME.key from `dp-coord keygen NAME`); workers and clients pin its NAME.pub.")
         var key: String?
@@ -110,7 +110,10 @@ extension DPCoordCommand {
             if let g = grace, !(g >= 0) { throw ValidationError("--grace must be zero or positive") }
             if let t = turnIntervalUs, t < 0 { throw ValidationError("--turn-interval-us must be 0 or more") }
             if let n = loopNice, !(-20...19).contains(n) { throw ValidationError("--loop-nice must be between -20 and 19") }
-            if let q = maxQueuedBytesPerPeer, q < 1 << 20 { throw ValidationError("--max-queued-bytes-per-peer must be at least 1048576 (1 MiB)") }
+            // The largest message serve sends: a 16 MiB model chunk and its envelope (DESIGN.md, "Bytes queued per peer").
+            if let q = maxQueuedBytesPerPeer, q < (16 << 20) + (64 << 10) {
+                throw ValidationError("--max-queued-bytes-per-peer must be at least 16842752 (a 16 MiB model chunk + 64 KiB)")
+            }
             if insecureNoAuth, key != nil || authorizedWorkers != nil || authorizedClients != nil || adminClients != nil {
                 throw ValidationError("--insecure-no-auth cannot be combined with --key or the authorized key folders")
             }
