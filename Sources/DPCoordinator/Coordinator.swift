@@ -46,6 +46,8 @@ public final class Coordinator: @unchecked Sendable {
     /// Bytes and messages queued per peer, by delivery receipts (DeliveryLedger.swift), and its lines.
     var ledger: DeliveryLedger
     var queueLog = LogLimiter()
+    /// Refused acks have their own lines, so a peer forging them cannot crowd out the cut-off lines.
+    var ackLog = LogLimiter()
     var lastLedgerSweepMs: Int64 = 0
     /// What `ledger` counted, for `deliveryCounters` (read from any thread).
     let deliveryStats = Mutex(DeliveryCounters())
@@ -585,8 +587,8 @@ public final class Coordinator: @unchecked Sendable {
             return
         case .refused:
             deliveryStats.withLock { $0.acksRefused += 1 }
-            if let line = queueLog.line("ignored an ack from \(peerName(peer)): its token, sequence or byte count "
-                                        + "matches nothing sent on this connection", nowMilliseconds: now) {
+            if let line = ackLog.line("ignored an ack from \(peerName(peer)): its token, sequence or byte count "
+                                      + "matches nothing sent on this connection", nowMilliseconds: now) {
                 log(line)
             }
         case .accepted(let recovered):
