@@ -739,7 +739,7 @@ extension Coordinator {
 
     /// Sends a follower's events in order: one JobEvent alone, several as JobEvents batches.
     func sendEvents(_ events: [DPProtocol.FarmJobEvent], to stream: FollowerStream) {
-        let limit = max(64 << 10, FarmProtocol.defaultMaxMessageBytes / 4)
+        let limit = max(64 << 10, min(FarmProtocol.defaultMaxMessageBytes, settings.limits.maxQueuedBytesPerPeer) / 4)
         for batch in Self.eventBatches(events, limitBytes: limit) {
             if batch.count == 1 {
                 sendNow(stream.peer, .jobEvent(batch[0]), requestID: stream.requestID)

@@ -43,6 +43,14 @@ public final class Coordinator: @unchecked Sendable {
     var sender = PeerIdentity.nobody
     /// Malformed-message lines: a peer sending garbage in a loop gets a bounded number of them.
     var rejectLog = LogLimiter()
+    /// Bytes and messages queued per peer, by delivery receipts (DeliveryLedger.swift), and its lines.
+    var ledger: DeliveryLedger
+    var queueLog = LogLimiter()
+    /// Refused acks have their own lines, so a peer forging them cannot crowd out the cut-off lines.
+    var ackLog = LogLimiter()
+    var lastLedgerSweepMs: Int64 = 0
+    /// What `ledger` counted, for `deliveryCounters` (read from any thread).
+    let deliveryStats = Mutex(DeliveryCounters())
     var jobContexts: [Int64: JobContext] = [:]
     var uploads: [Int64: JobUpload] = [:]
     var modelUploads: [String: ModelUpload] = [:]
@@ -90,6 +98,15 @@ public final class Coordinator: @unchecked Sendable {
         let chunkLimit = max(64 << 10, min(16 << 20, settings.maxMessageBytes - (64 << 10)))
         models = try ModelStore(directory: state.appendingPathComponent("models", isDirectory: true),
                                 maxChunkBytes: chunkLimit)
+        // The queued-bytes cap must let the largest message the coordinator sends through (a model
+        // chunk and its envelope), or a worker fetching a model would be cut off by its first chunk.
+        let limits = settings.limits
+        guard limits.maxQueuedBytesPerPeer >= chunkLimit + (64 << 10), limits.maxQueuedMessagesPerPeer >= 16 else {
+            throw CoordinatorError("max queued bytes per peer (\(limits.maxQueuedBytesPerPeer)) must be at least the "
+                + "largest model chunk plus 64 KiB (\(chunkLimit + (64 << 10)) bytes with a \(settings.maxMessageBytes)-byte "
+                + "message limit), and max queued messages per peer (\(limits.maxQueuedMessagesPerPeer)) at least 16")
+        }
+        ledger = DeliveryLedger(capBytes: limits.maxQueuedBytesPerPeer, capMessages: limits.maxQueuedMessagesPerPeer)
         context = try ZMQContext()
         switch settings.auth {
         case .insecureNoAuth:
@@ -139,6 +156,11 @@ public final class Coordinator: @unchecked Sendable {
         let counts = try authorizedKeys.reload()
         log("authorized keys reloaded: \(counts)")
         return counts
+    }
+
+    /// What the queued-bytes cap did since start-up (thread-safe).
+    public var deliveryCounters: DeliveryCounters {
+        deliveryStats.withLock { $0 }
     }
 
     /// Makes the loop run a turn now (thread-safe).
@@ -414,6 +436,7 @@ public final class Coordinator: @unchecked Sendable {
             return
         }
         if let session = sessions[routingID] { session.lastHeardMs = now }
+        noteAck(routingID, envelope.hasAck ? envelope.ack : nil)
         do {
             try route(routingID, envelope)
         } catch {
@@ -449,6 +472,8 @@ public final class Coordinator: @unchecked Sendable {
             try onWorkerMessage(session, body, requestID: rid)
         case .error(let error):
             log("error from \(peerName(peer)): \(error.code) \(peer: error.message, limit: 400)")
+        case .acknowledge:
+            break  // its ack was read by `handle`
         case .submitJob(let submit):
             try onSubmit(peer, rid, submit)
         case .uploadChunk(let chunk):
@@ -481,11 +506,22 @@ public final class Coordinator: @unchecked Sendable {
         return sendNow(peer, body, requestID: requestID)
     }
 
+    /// Every message gets its delivery receipt here, and none goes out that would take the peer past
+    /// its queued-bytes cap (`withhold`). `probe`: sent even then (the ledger's idle probe).
     @discardableResult
-    func sendNow(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64) -> Bool {
-        let maxBytes = sessions[peer]?.maxMessageBytes ?? FarmProtocol.defaultMaxMessageBytes
+    func sendNow(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64, probe: Bool = false) -> Bool {
+        // Never more than the cap (it could not be sent), nor than the peer takes, with room for the receipt.
+        let maxBytes = min(sessions[peer]?.maxMessageBytes ?? FarmProtocol.defaultMaxMessageBytes,
+                           settings.limits.maxQueuedBytesPerPeer) - DeliveryLedger.receiptReserve
         do {
-            let data = try FarmEnvelope(body, requestID: requestID).encoded(maxBytes: maxBytes)
+            var data = try FarmEnvelope(body, requestID: requestID).encoded(maxBytes: maxBytes)
+            switch ledger.admit(peer, bytes: data.count, now: now, force: probe) {
+            case .send(let receipt):
+                data.append(try DeliveryLedger.encodedReceipt(receipt))
+            case let .overCap(alreadyCutOff, queued, unacked):
+                withhold(peer, body, requestID: requestID, alreadyCutOff: alreadyCutOff, queued: queued, unacked: unacked)
+                return false
+            }
             guard try router.send([peer, data], flags: .dontWait) else {
                 log("send queue to \(peerName(peer)) is full: dropped \(body.name)")
                 return false
@@ -493,12 +529,83 @@ public final class Coordinator: @unchecked Sendable {
             sessions[peer]?.lastSentMs = now
             return true
         } catch let error as ZMQError where error.isHostUnreachable {
+            ledger.forget(peer)
+            if probe { return false }  // a client that left: nothing else to drop
             log("\(peerName(peer)) is gone (sending \(body.name)): dropping it")
             dropPeer(peer, reason: "connection gone")
             return false
         } catch {
             log("cannot send \(body.name) to \(peerName(peer)): \(error)")
             return false
+        }
+    }
+
+    /// A message `sendNow` did not send: `peer` has the cap's worth of messages it has not acknowledged
+    /// reading. A follow event drops its follow stream (told QUEUE_FULL once the peer reads again);
+    /// anything else cuts the peer off: its session ends (its attempts count as lost, as for a dead
+    /// worker), its follow streams go, and it gets nothing until it acks. Logged once per cut-off.
+    func withhold(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64, alreadyCutOff: Bool,
+                  queued: UInt64, unacked: UInt64) {
+        deliveryStats.withLock { $0.messagesWithheld += 1 }
+        guard !alreadyCutOff else { return }
+        let limits = settings.limits
+        let state = "\(queued) bytes in \(unacked) message(s) sent and not acknowledged (the caps are "
+            + "\(limits.maxQueuedBytesPerPeer) bytes and \(limits.maxQueuedMessagesPerPeer) messages per peer)"
+        switch body {
+        case .jobEvent, .jobEvents:
+            var dropped = 0
+            for (job, list) in followers {
+                let kept = list.filter { !($0.peer == peer && $0.requestID == requestID) }
+                dropped += list.count - kept.count
+                followers[job] = kept.isEmpty ? nil : kept
+            }
+            guard dropped > 0 else { return }
+            ledger.droppedStream(peer, requestID: requestID, limit: limits.maxFollowsPerClient)
+            deliveryStats.withLock { $0.followStreamsDropped += 1 }
+            if let line = queueLog.line("follow stream \(requestID) of \(peerName(peer)) dropped: it does not read "
+                                        + "its socket; \(state)", nowMilliseconds: now) {
+                log(line)
+            }
+        default:
+            ledger.cutOff(peer)
+            deliveryStats.withLock { $0.peersCutOff += 1 }
+            if let line = queueLog.line("\(peerName(peer)) cut off: it does not read its socket (withheld "
+                                        + "\(body.name)); \(state); nothing more is sent to it until it acks",
+                                        nowMilliseconds: now) {
+                log(line)
+            }
+            dropPeer(peer, reason: "cut off at the queued-bytes cap (it does not read its socket)")
+        }
+    }
+
+    /// Reads the ack a peer's message carries (`DeliveryLedger.acknowledge`). A peer that was cut off
+    /// or lost follow streams and now reads again is told so: QUEUE_FULL on each dropped stream, and
+    /// once unsolicited for a cut-off (a worker's next message then gets NOT_REGISTERED: Hello again).
+    func noteAck(_ peer: Data, _ ack: FarmReceipt?) {
+        switch ledger.acknowledge(peer, ack, now: now) {
+        case .stale:
+            return
+        case .refused:
+            deliveryStats.withLock { $0.acksRefused += 1 }
+            if let line = ackLog.line("ignored an ack from \(peerName(peer)): its token, sequence or byte count "
+                                      + "matches nothing sent on this connection", nowMilliseconds: now) {
+                log(line)
+            }
+        case .accepted(let recovered):
+            deliveryStats.withLock {
+                $0.acksAccepted += 1
+                if recovered?.wasCutOff == true { $0.peersRecovered += 1 }
+            }
+            guard let recovered else { return }
+            for stream in recovered.droppedStreams {
+                send(peer, .error(FarmError(.queueFull, "this follow stream was dropped: the coordinator had the "
+                    + "most it queues for one connection waiting for you to read; follow the job again")),
+                     requestID: stream)
+            }
+            if recovered.wasCutOff {
+                send(peer, .error(FarmError(.queueFull, "this connection was cut off: \(recovered.withheld) message(s) "
+                    + "were not sent because it did not read the ones before; a worker must say Hello again")))
+            }
         }
     }
 
@@ -542,6 +649,18 @@ public final class Coordinator: @unchecked Sendable {
         }
         expireIdleUploads()
         drainFinishedOutputs()
+        // Receipt accounts of connections that went away: forgotten, or probed (DeliveryLedger.sweep).
+        if t - lastLedgerSweepMs >= 1000 {
+            lastLedgerSweepMs = t
+            let idle = max(60_000, 2 * deadline)
+            for peer in ledger.sweep(now: t, idleMs: idle) {
+                heartbeatSequence += 1
+                var hb = FarmHeartbeat()
+                hb.sequence = heartbeatSequence
+                hb.sentUnixMs = UInt64(max(0, t))
+                sendNow(peer, .heartbeat(hb), requestID: 0, probe: true)
+            }
+        }
     }
 }
 

@@ -38,6 +38,9 @@ public final class FarmClient {
     private var nextRequestID: UInt64 = 1
     /// Messages that arrived while waiting for another reply (e.g. JobEvents during a status probe).
     private var pending: [FarmEnvelope] = []
+    /// The newest delivery receipt read, echoed in every message sent (the coordinator's cap on bytes
+    /// queued per peer: a client that reads is never cut off; DESIGN.md, "Bytes queued per peer").
+    private var receipts = FarmReceiptTracker()
     /// Upload chunk size.
     public var chunkBytes = FarmProtocol.defaultChunkBytes
     /// The CURVE handshake's events (nil without keys).
@@ -104,9 +107,18 @@ public final class FarmClient {
     func send(_ body: FarmEnvelope.OneOf_Body) throws -> UInt64 {
         let id = nextRequestID
         nextRequestID += 1
-        let data = try FarmEnvelope(body, requestID: id).encoded()
+        var envelope = FarmEnvelope(body, requestID: id)
+        receipts.stamp(&envelope)
+        let data = try envelope.encoded()
         guard try socket.send(data) else { throw FarmClientError.timeout("cannot queue \(body.name) to \(endpoint)") }
         return id
+    }
+
+    /// Tells the coordinator what this client has read (an Acknowledge: while it only listens).
+    private func acknowledge() throws {
+        var envelope = FarmEnvelope(.acknowledge(FarmAcknowledge()))
+        receipts.stamp(&envelope)
+        _ = try socket.send(try envelope.encoded())
     }
 
     /// Next envelope (pending first), or nil after `timeoutMs` without one.
@@ -130,11 +142,16 @@ public final class FarmClient {
             guard frames.count == 1 else {
                 throw FarmClientError.protocolError("expected 1 frame from \(endpoint), got \(frames.count)")
             }
+            let envelope: FarmEnvelope
             do {
-                return try FarmEnvelope.decode(frames[0])
+                envelope = try FarmEnvelope.decode(frames[0])
             } catch {
                 throw FarmClientError.protocolError("from \(endpoint): \(error)")
             }
+            if receipts.read(envelope, wireBytes: frames[0].count) { try acknowledge() }
+            // The coordinator's probe of an idle connection: nothing to answer.
+            if case .heartbeat? = envelope.body { continue }
+            return envelope
         }
     }
 
@@ -286,7 +303,7 @@ public final class FarmClient {
         var follow = FarmFollowJob()
         follow.jobID = UInt64(job)
         follow.includePng = includePNG
-        let id = try send(.followJob(follow))
+        var id = try send(.followJob(follow))
         while true {
             guard let envelope = try receive(timeoutMs: timeoutMs) else {
                 _ = try status(job: job)  // throws when the coordinator is gone
@@ -295,6 +312,10 @@ public final class FarmClient {
             guard envelope.requestID == id else { continue }
             let events: [DPProtocol.FarmJobEvent]
             switch envelope.body {
+            case .error(let e)? where e.code == .queueFull:
+                // The stream was dropped while this client was not reading: follow again (a snapshot first).
+                id = try send(.followJob(follow))
+                continue
             case .error(let e)?:
                 throw FarmClientError.remote(code: e.code, message: e.message)
             case .jobEvent(let event)?:

@@ -118,6 +118,7 @@ extension FarmEnvelope.OneOf_Body {
         case .modelChunk: return "model_chunk"
         case .heartbeat: return "heartbeat"
         case .error: return "error"
+        case .acknowledge: return "acknowledge"
         case .submitJob: return "submit_job"
         case .uploadChunk: return "upload_chunk"
         case .followJob: return "follow_job"

@@ -79,6 +79,13 @@ public struct FarmLimits: Sendable, Equatable {
     /// Followers of one job (each gets every event of it), and follow streams of one connection.
     public var maxFollowersPerJob = 64
     public var maxFollowsPerClient = 64
+    /// Bytes the coordinator may have sent one connection beyond what the peer acknowledged reading
+    /// (Envelope.ack; DESIGN.md, "Bytes queued per peer"). A follow event over it drops that follow
+    /// stream; any other message cuts the peer off (a worker's session ends) until it acks. At least
+    /// the largest message the coordinator sends (a model chunk plus 64 KiB; checked at start-up).
+    public var maxQueuedBytesPerPeer = 64 << 20
+    /// Messages the coordinator may have sent one connection beyond its acknowledged read, likewise.
+    public var maxQueuedMessagesPerPeer = 4096
 
     public init() {}
 }

@@ -86,6 +86,9 @@ public final class WorkerService: @unchecked Sendable {
     private var coordinatorID = ""
     private var stopStartedAt: Date?
     private var handedBack: Set<UInt64> = []
+    /// The newest delivery receipt read on this socket, echoed in every message (the coordinator's cap
+    /// on bytes queued per peer; DESIGN.md, "Bytes queued per peer"). New socket, new receipts.
+    private var receipts = FarmReceiptTracker()
 
     /// - context: the ZeroMQ context for the worker's sockets. Several workers in one process (the
     ///   embedded farm) can share one, as zguide advises (one context per process): one I/O thread
@@ -266,6 +269,7 @@ public final class WorkerService: @unchecked Sendable {
         monitor = try ZMQMonitor(s)
         try s.connect(settings.connect)
         socket = s
+        receipts.reset()
         welcomed = false
         let now = Date()
         lastHeard = now
@@ -288,6 +292,8 @@ public final class WorkerService: @unchecked Sendable {
 
     private func send(_ envelope: FarmEnvelope) throws {
         guard let socket else { return }
+        var envelope = envelope
+        receipts.stamp(&envelope)
         let bytes = try envelope.encoded(maxBytes: settings.maxMessageBytes)
         _ = try socket.send(bytes, flags: .dontWait)
         lastSent = Date()
@@ -558,6 +564,8 @@ public final class WorkerService: @unchecked Sendable {
             return
         }
         lastHeard = Date()
+        // Read a quarter of the coordinator's cap since the last message sent: say so now.
+        if receipts.read(envelope, wireBytes: frames[0].count) { try send(FarmEnvelope(.acknowledge(FarmAcknowledge()))) }
         switch envelope.body {
         case .welcome(let w):
             try handleWelcome(w)

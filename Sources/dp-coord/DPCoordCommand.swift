@@ -85,6 +85,9 @@ extension DPCoordCommand {
         @Option(name: .customLong("output-root"),
                 help: "Folder that holds every job's output folder and video (default <state>/outputs); jobs name them relative to it.")
         var outputRoot: String?
+        @Option(name: .customLong("max-queued-bytes-per-peer"),
+                help: "Bytes sent to one connection and not yet acknowledged as read, at most (default 67108864 = 64 MiB; at least 16842752, a model chunk + 64 KiB). A peer that does not read is cut off there.")
+        var maxQueuedBytesPerPeer: Int?
         @Option(help: "The coordinator's secret key file (NAME.key from `dp-coord keygen NAME`); workers and clients pin its NAME.pub.")
         var key: String?
         @Option(name: .customLong("authorized-workers"),
@@ -107,6 +110,10 @@ extension DPCoordCommand {
             if let g = grace, !(g >= 0) { throw ValidationError("--grace must be zero or positive") }
             if let t = turnIntervalUs, t < 0 { throw ValidationError("--turn-interval-us must be 0 or more") }
             if let n = loopNice, !(-20...19).contains(n) { throw ValidationError("--loop-nice must be between -20 and 19") }
+            // The largest message serve sends: a 16 MiB model chunk and its envelope (DESIGN.md, "Bytes queued per peer").
+            if let q = maxQueuedBytesPerPeer, q < (16 << 20) + (64 << 10) {
+                throw ValidationError("--max-queued-bytes-per-peer must be at least 16842752 (a 16 MiB model chunk + 64 KiB)")
+            }
             if insecureNoAuth, key != nil || authorizedWorkers != nil || authorizedClients != nil || adminClients != nil {
                 throw ValidationError("--insecure-no-auth cannot be combined with --key or the authorized key folders")
             }
@@ -148,6 +155,7 @@ extension DPCoordCommand {
             if let heartbeatMs { settings.heartbeatIntervalMs = heartbeatMs }
             if let liveness { settings.heartbeatLiveness = liveness }
             if let stallTimeout { settings.stallTimeoutSeconds = stallTimeout }
+            if let maxQueuedBytesPerPeer { settings.limits.maxQueuedBytesPerPeer = maxQueuedBytesPerPeer }
             if let grace { settings.restartGraceSeconds = grace }
             if let ffmpeg { settings.ffmpegPath = ffmpeg }
             if let turnIntervalUs { settings.minTurnIntervalMicroseconds = turnIntervalUs }

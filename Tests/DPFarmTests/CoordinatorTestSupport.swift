@@ -83,6 +83,9 @@ final class RawPeer: Sendable {
     let context: ZMQContext
     let socket: ZMQSocket
     let name: String
+    /// The newest delivery receipt read, echoed in every message sent (like a real worker or client,
+    /// so a long scripted run is never cut off at the queued-bytes cap).
+    let receipts = Mutex(FarmReceiptTracker())
 
     /// - curve: connect as this CURVE client (AuthTests); nil = no CURVE (an insecure coordinator).
     init(_ endpoint: String, name: String, curve: CurveClientKeys? = nil) throws {
@@ -102,7 +105,9 @@ final class RawPeer: Sendable {
     }
 
     func send(_ body: FarmEnvelope.OneOf_Body, requestID: UInt64 = 0) throws {
-        XCTAssertTrue(try socket.send(try FarmEnvelope(body, requestID: requestID).encoded()))
+        var envelope = FarmEnvelope(body, requestID: requestID)
+        receipts.withLock { $0.stamp(&envelope) }
+        XCTAssertTrue(try socket.send(try envelope.encoded()))
     }
 
     func sendRaw(_ frames: [Data]) throws {
@@ -119,6 +124,9 @@ final class RawPeer: Sendable {
             guard ready[0].contains(.readable), let frames = try socket.receive(flags: .dontWait) else { continue }
             XCTAssertEqual(frames.count, 1)
             let envelope = try FarmEnvelope.decode(frames[0])
+            if receipts.withLock({ $0.read(envelope, wireBytes: frames[0].count) }) {
+                try send(.acknowledge(FarmAcknowledge()))
+            }
             if case .heartbeat? = envelope.body { continue }
             return envelope
         }

@@ -160,6 +160,15 @@ put("envelope", "bad-version-2.bin", env(10, hello, version=2))
 put("envelope", "bad-no-body.bin", field(1, 0, varint(1)))
 put("envelope", "bad-truncated.bin", env(10, hello)[:-3])
 put("envelope", "bad-length-huge.bin", field(1, 0, varint(1)) + field(10, 2, varint(1 << 62)))
+# Delivery receipts (Envelope.receipt = 3, Envelope.ack = 4: Receipt{sequence 1, bytes 2, token 3 fixed64,
+# cap_bytes 4, cap_messages 5}) and the Acknowledge body (32): hostile values included.
+def receipt(seq, nbytes, token, cap_bytes=0, cap_messages=0):
+    return field(1, 0, varint(seq)) + field(2, 0, varint(nbytes)) + field(3, 1, struct.pack("<Q", token)) \
+        + (field(4, 0, varint(cap_bytes)) if cap_bytes else b"") + (field(5, 0, varint(cap_messages)) if cap_messages else b"")
+put("envelope", "valid-acknowledge-hostile-ack.bin",
+    field(1, 0, varint(1)) + ld(4, receipt((1 << 64) - 1, (1 << 64) - 1, (1 << 64) - 1)) + ld(32, b""))
+put("envelope", "valid-heartbeat-receipt.bin",
+    env(30, field(1, 0, varint(3))) + ld(3, receipt(7, 1234, 0x0123456789abcdef, 64 << 20, 4096)))
 
 # --- coordinator / worker targets: up to 8 envelopes joined by "\n--\n"
 SEP = b"\n--\n"
@@ -173,6 +182,10 @@ put("coordinator", "hello-heartbeat-manifest-goodbye.bin", SEP.join([
 put("coordinator", "hello-credit-huge-running-ids.bin", SEP.join([
     env(10, ld(1, b"w2") + field(2, 0, varint(1)) + b"".join(field(6, 0, varint(i)) for i in range(1, 200))),
     env(11, field(1, 0, varint(0xFFFFFFFF)))]))
+put("coordinator", "acks-hostile.bin", SEP.join([
+    field(1, 0, varint(1)) + ld(4, receipt(0, 0, 0)) + ld(32, b""),
+    field(1, 0, varint(1)) + ld(4, receipt((1 << 64) - 1, 1, 1)) + ld(43, b""),
+    field(1, 0, varint(1)) + ld(4, receipt(1, (1 << 64) - 1, 7)) + ld(32, b"")]))
 welcome = ld(1, b"c-fuzz") + field(2, 0, varint(100)) + field(3, 0, varint(5)) + field(4, 0, varint(64 << 20)) \
     + field(5, 0, varint(1 << 20))
 put("worker", "welcome.bin", env(20, welcome))

@@ -84,6 +84,9 @@ public nonisolated enum FarmErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
   /// sender is stopping; the attempt is handed back
   case shuttingDown // = 15
   case `internal` // = 16
+
+  /// the sender did not read: a stream or session was dropped at the queued-bytes cap
+  case queueFull // = 17
   case UNRECOGNIZED(Int)
 
   public init() {
@@ -109,6 +112,7 @@ public nonisolated enum FarmErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case 14: self = .cancelled
     case 15: self = .shuttingDown
     case 16: self = .internal
+    case 17: self = .queueFull
     default: self = .UNRECOGNIZED(rawValue)
     }
   }
@@ -132,6 +136,7 @@ public nonisolated enum FarmErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     case .cancelled: return 14
     case .shuttingDown: return 15
     case .internal: return 16
+    case .queueFull: return 17
     case .UNRECOGNIZED(let i): return i
     }
   }
@@ -155,6 +160,7 @@ public nonisolated enum FarmErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
     .cancelled,
     .shuttingDown,
     .internal,
+    .queueFull,
   ]
 
 }
@@ -310,6 +316,28 @@ public nonisolated struct FarmEnvelope: @unchecked Sendable {
     set {_uniqueStorage()._requestID = newValue}
   }
 
+  /// Delivery receipts (DESIGN.md, "Bytes queued per peer"). Coordinator -> peer: every message carries
+  /// its receipt. Peer -> coordinator: every message carries the receipt of the newest message the peer
+  /// has read (unset until it has read one), copied as received; the coordinator counts the bytes it
+  /// covers as read. A peer that does not read cannot forge one (the token is a keyed hash).
+  public var receipt: FarmReceipt {
+    get {_storage._receipt ?? FarmReceipt()}
+    set {_uniqueStorage()._receipt = newValue}
+  }
+  /// Returns true if `receipt` has been explicitly set.
+  public var hasReceipt: Bool {_storage._receipt != nil}
+  /// Clears the value of `receipt`. Subsequent reads from it will return its default value.
+  public mutating func clearReceipt() {_uniqueStorage()._receipt = nil}
+
+  public var ack: FarmReceipt {
+    get {_storage._ack ?? FarmReceipt()}
+    set {_uniqueStorage()._ack = newValue}
+  }
+  /// Returns true if `ack` has been explicitly set.
+  public var hasAck: Bool {_storage._ack != nil}
+  /// Clears the value of `ack`. Subsequent reads from it will return its default value.
+  public mutating func clearAck() {_uniqueStorage()._ack = nil}
+
   public var body: OneOf_Body? {
     get {return _storage._body}
     set {_uniqueStorage()._body = newValue}
@@ -436,6 +464,15 @@ public nonisolated struct FarmEnvelope: @unchecked Sendable {
       return FarmError()
     }
     set {_uniqueStorage()._body = .error(newValue)}
+  }
+
+  /// any peer -> coordinator: only Envelope.ack (a peer that reads but has nothing else to send)
+  public var acknowledge: FarmAcknowledge {
+    get {
+      if case .acknowledge(let v)? = _storage._body {return v}
+      return FarmAcknowledge()
+    }
+    set {_uniqueStorage()._body = .acknowledge(newValue)}
   }
 
   /// client (dp-coord submit/status/cancel/workers) -> coordinator
@@ -565,6 +602,8 @@ public nonisolated struct FarmEnvelope: @unchecked Sendable {
     /// both ways (worker <-> coordinator)
     case heartbeat(FarmHeartbeat)
     case error(FarmError)
+    /// any peer -> coordinator: only Envelope.ack (a peer that reads but has nothing else to send)
+    case acknowledge(FarmAcknowledge)
     /// client (dp-coord submit/status/cancel/workers) -> coordinator
     case submitJob(FarmSubmitJob)
     case uploadChunk(FarmUploadChunk)
@@ -597,6 +636,47 @@ public nonisolated struct FarmVersionProbe: Sendable {
   // methods supported on all messages.
 
   public var protocolVersion: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// The coordinator numbers the messages it sends on each connection and counts their bytes; a peer
+/// proves what it has read by echoing the newest receipt it received (Envelope.ack). The coordinator
+/// sends a peer nothing that would put more than cap_bytes (or cap_messages) beyond its latest valid
+/// ack: a follow stream is dropped, any other peer is cut off (a worker's session ends) until it acks.
+public nonisolated struct FarmReceipt: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// per connection, 1 for the first message, +1 per message
+  public var sequence: UInt64 = 0
+
+  /// bytes the coordinator counts as sent on this connection, this message included
+  public var bytes: UInt64 = 0
+
+  /// keyed hash of (connection, sequence, bytes): unpredictable to the peer
+  public var token: UInt64 = 0
+
+  /// Coordinator -> peer only: the caps, so a peer that only listens knows when to send an
+  /// Acknowledge (at a quarter of either). 0 = not told.
+  public var capBytes: UInt64 = 0
+
+  public var capMessages: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// Any peer -> coordinator: carries only Envelope.ack. Sent by a peer that has read a quarter of a
+/// cap since its last message (a follower that only listens), so the coordinator keeps sending.
+public nonisolated struct FarmAcknowledge: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1823,7 +1903,7 @@ public nonisolated struct FarmWorkersReply: Sendable {
 fileprivate nonisolated let _protobuf_package = "dpfarm.v1"
 
 nonisolated extension FarmErrorCode: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}ERROR_CODE_UNSUPPORTED_VERSION\0\u{1}ERROR_CODE_MALFORMED\0\u{1}ERROR_CODE_TOO_LARGE\0\u{1}ERROR_CODE_NOT_REGISTERED\0\u{1}ERROR_CODE_UNKNOWN_JOB\0\u{1}ERROR_CODE_UNKNOWN_ATTEMPT\0\u{1}ERROR_CODE_UNKNOWN_MODEL\0\u{1}ERROR_CODE_UNKNOWN_FILE\0\u{1}ERROR_CODE_BAD_REQUEST\0\u{1}ERROR_CODE_CHECKSUM_MISMATCH\0\u{1}ERROR_CODE_JOB_PREP_MISSING\0\u{1}ERROR_CODE_MODEL_UNAVAILABLE\0\u{1}ERROR_CODE_RENDER_FAILED\0\u{1}ERROR_CODE_CANCELLED\0\u{1}ERROR_CODE_SHUTTING_DOWN\0\u{1}ERROR_CODE_INTERNAL\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}ERROR_CODE_UNSUPPORTED_VERSION\0\u{1}ERROR_CODE_MALFORMED\0\u{1}ERROR_CODE_TOO_LARGE\0\u{1}ERROR_CODE_NOT_REGISTERED\0\u{1}ERROR_CODE_UNKNOWN_JOB\0\u{1}ERROR_CODE_UNKNOWN_ATTEMPT\0\u{1}ERROR_CODE_UNKNOWN_MODEL\0\u{1}ERROR_CODE_UNKNOWN_FILE\0\u{1}ERROR_CODE_BAD_REQUEST\0\u{1}ERROR_CODE_CHECKSUM_MISMATCH\0\u{1}ERROR_CODE_JOB_PREP_MISSING\0\u{1}ERROR_CODE_MODEL_UNAVAILABLE\0\u{1}ERROR_CODE_RENDER_FAILED\0\u{1}ERROR_CODE_CANCELLED\0\u{1}ERROR_CODE_SHUTTING_DOWN\0\u{1}ERROR_CODE_INTERNAL\0\u{1}ERROR_CODE_QUEUE_FULL\0")
 }
 
 nonisolated extension FarmOrderMode: SwiftProtobuf._ProtoNameProviding {
@@ -1840,11 +1920,13 @@ nonisolated extension FarmJobState: SwiftProtobuf._ProtoNameProviding {
 
 nonisolated extension FarmEnvelope: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Envelope"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{2}\u{8}hello\0\u{1}credit\0\u{1}progress\0\u{3}frame_result\0\u{3}model_manifest_request\0\u{3}model_chunk_request\0\u{1}goodbye\0\u{2}\u{4}welcome\0\u{3}job_prep\0\u{3}frame_task\0\u{1}cancel\0\u{3}model_manifest\0\u{3}model_chunk\0\u{2}\u{5}heartbeat\0\u{1}error\0\u{4}\u{9}submit_job\0\u{3}upload_chunk\0\u{3}follow_job\0\u{3}status_request\0\u{3}cancel_job\0\u{3}workers_request\0\u{4}\u{5}submit_reply\0\u{3}upload_ack\0\u{3}job_event\0\u{3}status_reply\0\u{3}cancel_reply\0\u{3}workers_reply\0\u{3}job_events\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}protocol_version\0\u{3}request_id\0\u{1}receipt\0\u{1}ack\0\u{2}\u{6}hello\0\u{1}credit\0\u{1}progress\0\u{3}frame_result\0\u{3}model_manifest_request\0\u{3}model_chunk_request\0\u{1}goodbye\0\u{2}\u{4}welcome\0\u{3}job_prep\0\u{3}frame_task\0\u{1}cancel\0\u{3}model_manifest\0\u{3}model_chunk\0\u{2}\u{5}heartbeat\0\u{1}error\0\u{1}acknowledge\0\u{4}\u{8}submit_job\0\u{3}upload_chunk\0\u{3}follow_job\0\u{3}status_request\0\u{3}cancel_job\0\u{3}workers_request\0\u{4}\u{5}submit_reply\0\u{3}upload_ack\0\u{3}job_event\0\u{3}status_reply\0\u{3}cancel_reply\0\u{3}workers_reply\0\u{3}job_events\0")
 
   fileprivate class _StorageClass {
     var _protocolVersion: UInt32 = 0
     var _requestID: UInt64 = 0
+    var _receipt: FarmReceipt? = nil
+    var _ack: FarmReceipt? = nil
     var _body: FarmEnvelope.OneOf_Body?
 
       // This property is used as the initial default value for new instances of the type.
@@ -1858,6 +1940,8 @@ nonisolated extension FarmEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
     init(copying source: _StorageClass) {
       _protocolVersion = source._protocolVersion
       _requestID = source._requestID
+      _receipt = source._receipt
+      _ack = source._ack
       _body = source._body
     }
   }
@@ -1879,6 +1963,8 @@ nonisolated extension FarmEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
         switch fieldNumber {
         case 1: try { try decoder.decodeSingularUInt32Field(value: &_storage._protocolVersion) }()
         case 2: try { try decoder.decodeSingularUInt64Field(value: &_storage._requestID) }()
+        case 3: try { try decoder.decodeSingularMessageField(value: &_storage._receipt) }()
+        case 4: try { try decoder.decodeSingularMessageField(value: &_storage._ack) }()
         case 10: try {
           var v: FarmHello?
           var hadOneofValue = false
@@ -2074,6 +2160,19 @@ nonisolated extension FarmEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
             _storage._body = .error(v)
           }
         }()
+        case 32: try {
+          var v: FarmAcknowledge?
+          var hadOneofValue = false
+          if let current = _storage._body {
+            hadOneofValue = true
+            if case .acknowledge(let m) = current {v = m}
+          }
+          try decoder.decodeSingularMessageField(value: &v)
+          if let v = v {
+            if hadOneofValue {try decoder.handleConflictingOneOf()}
+            _storage._body = .acknowledge(v)
+          }
+        }()
         case 40: try {
           var v: FarmSubmitJob?
           var hadOneofValue = false
@@ -2261,6 +2360,12 @@ nonisolated extension FarmEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
       if _storage._requestID != 0 {
         try visitor.visitSingularUInt64Field(value: _storage._requestID, fieldNumber: 2)
       }
+      try { if let v = _storage._receipt {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
+      } }()
+      try { if let v = _storage._ack {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+      } }()
       switch _storage._body {
       case .hello?: try {
         guard case .hello(let v)? = _storage._body else { preconditionFailure() }
@@ -2321,6 +2426,10 @@ nonisolated extension FarmEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
       case .error?: try {
         guard case .error(let v)? = _storage._body else { preconditionFailure() }
         try visitor.visitSingularMessageField(value: v, fieldNumber: 31)
+      }()
+      case .acknowledge?: try {
+        guard case .acknowledge(let v)? = _storage._body else { preconditionFailure() }
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 32)
       }()
       case .submitJob?: try {
         guard case .submitJob(let v)? = _storage._body else { preconditionFailure() }
@@ -2387,6 +2496,8 @@ nonisolated extension FarmEnvelope: SwiftProtobuf.Message, SwiftProtobuf._Messag
         let rhs_storage = _args.1
         if _storage._protocolVersion != rhs_storage._protocolVersion {return false}
         if _storage._requestID != rhs_storage._requestID {return false}
+        if _storage._receipt != rhs_storage._receipt {return false}
+        if _storage._ack != rhs_storage._ack {return false}
         if _storage._body != rhs_storage._body {return false}
         return true
       }
@@ -2422,6 +2533,75 @@ nonisolated extension FarmVersionProbe: SwiftProtobuf.Message, SwiftProtobuf._Me
 
   public static func ==(lhs: FarmVersionProbe, rhs: FarmVersionProbe) -> Bool {
     if lhs.protocolVersion != rhs.protocolVersion {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension FarmReceipt: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Receipt"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{1}bytes\0\u{1}token\0\u{3}cap_bytes\0\u{3}cap_messages\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.sequence) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.bytes) }()
+      case 3: try { try decoder.decodeSingularFixed64Field(value: &self.token) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.capBytes) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.capMessages) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.sequence != 0 {
+      try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
+    }
+    if self.bytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytes, fieldNumber: 2)
+    }
+    if self.token != 0 {
+      try visitor.visitSingularFixed64Field(value: self.token, fieldNumber: 3)
+    }
+    if self.capBytes != 0 {
+      try visitor.visitSingularUInt64Field(value: self.capBytes, fieldNumber: 4)
+    }
+    if self.capMessages != 0 {
+      try visitor.visitSingularUInt32Field(value: self.capMessages, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: FarmReceipt, rhs: FarmReceipt) -> Bool {
+    if lhs.sequence != rhs.sequence {return false}
+    if lhs.bytes != rhs.bytes {return false}
+    if lhs.token != rhs.token {return false}
+    if lhs.capBytes != rhs.capBytes {return false}
+    if lhs.capMessages != rhs.capMessages {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension FarmAcknowledge: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Acknowledge"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap()
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    // Load everything into unknown fields
+    while try decoder.nextFieldNumber() != nil {}
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: FarmAcknowledge, rhs: FarmAcknowledge) -> Bool {
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
