@@ -1,5 +1,6 @@
 // Per-message identity and role checks (Auth.swift has the keys and the ZAP handler).
 import DPJournal
+import DPLog
 import DPProtocol
 import Foundation
 

@@ -1,6 +1,7 @@
 // Client requests: submit + uploads, follow, status, cancel, workers.
 import DPFileKit
 import DPJournal
+import DPLog
 import DPProtocol
 import Foundation
 

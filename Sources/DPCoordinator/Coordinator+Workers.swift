@@ -1,6 +1,7 @@
 // Worker sessions, dispatch by credits, results with fencing, and job completion.
 import DPFileKit
 import DPJournal
+import DPLog
 import DPProtocol
 import Foundation
 import Synchronization

@@ -7,6 +7,7 @@
 import CDPSys
 import DPFileKit
 import DPJournal
+import DPLog
 import DPProtocol
 import DPTransport
 import Foundation
@@ -22,7 +23,8 @@ public final class Coordinator: @unchecked Sendable {
     public let endpoint: String
 
     let clock: JournalClock
-    let log: @Sendable (String) -> Void
+    /// The coordinator's log (label dp.coord) and its typed events (`FarmLog.onEvent`).
+    let log: FarmLog
     let context: ZMQContext
     let router: ZMQSocket
     let coordinatorID: String
@@ -70,8 +72,16 @@ public final class Coordinator: @unchecked Sendable {
     let manifestQueue = DispatchQueue(label: "dp-coord.manifest")
     let manifestRewritePending = LockedFlag()
 
-    public init(settings: CoordinatorSettings, clock: JournalClock = SystemClock(),
-                log: @escaping @Sendable (String) -> Void) throws {
+    /// A coordinator whose log lines (text format) go to `log`; its events go nowhere.
+    public convenience init(settings: CoordinatorSettings, clock: JournalClock = SystemClock(),
+                            log: @escaping @Sendable (String) -> Void) throws {
+        try self.init(settings: settings, clock: clock, logger: FarmLog(label: Coordinator.logLabel, sink: log))
+    }
+
+    /// The swift-log label of the coordinator's records.
+    public static let logLabel = "dp.coord"
+
+    public init(settings: CoordinatorSettings, clock: JournalClock = SystemClock(), logger log: FarmLog) throws {
         self.settings = settings
         self.clock = clock
         self.log = log

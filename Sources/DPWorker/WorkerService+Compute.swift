@@ -2,6 +2,7 @@
 // chunked fetch from the coordinator through the I/O thread), prepares the job once, renders with
 // per-step progress and a cancel check between steps, and hands the FrameResult to the I/O thread.
 import DPFileKit
+import DPLog
 import DPPipeline
 import DPProtocol
 import Foundation
@@ -254,7 +255,7 @@ extension WorkerService {
         }
         let chunkBytes = shared.withLock { $0.modelChunkBytes }
         let fetcher = ModelFetcher(chunkBytes: chunkBytes, maxAttemptsPerFile: 3, log: { [log, settings] line in
-            log("worker \(settings.name): \(line)")
+            log.warning("worker \(settings.name): \(line)")
         })
         let lease = try fetcher.fetch(manifest, into: cache) { path, offset, length in
             if cancelled() { throw WorkerServiceError.modelUnavailable("fetch of model \(modelID) stopped: attempt cancelled") }

@@ -20,6 +20,7 @@
 // Hello lists the attempts still held, and results finished meanwhile are sent once welcomed.
 import CDPSys
 import DPFileKit
+import DPLog
 import DPProtocol
 import DPTransport
 import Foundation
@@ -30,7 +31,8 @@ import Synchronization
 public final class WorkerService: @unchecked Sendable {
     public let settings: WorkerSettings
     public let renderer: FrameRenderer
-    let log: @Sendable (String) -> Void
+    /// The worker's log (label dp.worker, `worker` metadata) and its typed events (`FarmLog.onEvent`).
+    let log: FarmLog
     let context: ZMQContext
     let cache: ModelCache
 
@@ -91,12 +93,22 @@ public final class WorkerService: @unchecked Sendable {
     ///   embedded farm) can share one, as zguide advises (one context per process): one I/O thread
     ///   for all of them instead of one each (at thousands of frames a second that one thread is the
     ///   limit, see PERF.md). nil = a context of its own.
+    public convenience init(settings: WorkerSettings, renderer: FrameRenderer, context: ZMQContext? = nil,
+                            log: @escaping @Sendable (String) -> Void) throws {
+        try self.init(settings: settings, renderer: renderer, context: context,
+                      logger: FarmLog(label: WorkerService.logLabel, sink: log))
+    }
+
+    /// The swift-log label of the worker's records.
+    public static let logLabel = "dp.worker"
+
+    /// - logger: every record gets the worker's name as `worker` metadata.
     public init(settings: WorkerSettings, renderer: FrameRenderer, context: ZMQContext? = nil,
-                log: @escaping @Sendable (String) -> Void) throws {
+                logger: FarmLog) throws {
         try settings.validate()
         self.settings = settings
         self.renderer = renderer
-        self.log = log
+        self.log = logger.with("worker", settings.name)
         self.cache = try ModelCache(directory: settings.cacheDirectory, maxBytes: UInt64(settings.cacheBytes))
         self.context = try context ?? ZMQContext()
         do {
