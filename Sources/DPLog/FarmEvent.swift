@@ -17,6 +17,16 @@ public enum WorkerDropCause: String, Sendable, Equatable, CaseIterable {
     case gone
 }
 
+/// What dp-worker does on a stop signal.
+public enum StopSignalAction: String, Sendable, Equatable, CaseIterable {
+    /// The first SIGTERM/SIGINT: hand the work back after the current step, then exit.
+    case handBack
+    /// A repeated SIGTERM while handing back: carry on.
+    case carryOn
+    /// A second SIGINT: exit at once, nothing handed back.
+    case exitNow
+}
+
 /// How a job ended.
 public enum JobEnd: String, Sendable, Equatable, CaseIterable {
     case completed, failed, cancelled
@@ -55,12 +65,18 @@ public enum FarmEvent: Sendable, Equatable {
                      error: String)
     /// Every connected worker is banned from `job`: its queued frames wait.
     case noWorkerMayTake(job: Int64)
-    /// A job was accepted; `uploads`: files the client still sends; `held`: it waits for them.
-    case jobSubmitted(job: Int64, frames: Int, uploads: Int, held: Bool)
+    /// A frame the journal had as done has no valid PNG in the output folder (missing, or not the bytes
+    /// recorded: `reason`); `requeued`: it is rendered again (an unfinished job).
+    case frameOutputLost(job: Int64, frame: Int, requeued: Bool, reason: String)
+    /// A job was accepted; `uploads`: files the client still sends (the job waits for them); `modelHeld`:
+    /// the coordinator already holds its model.
+    case jobSubmitted(job: Int64, frames: Int, uploads: Int, modelHeld: Bool)
     /// Every upload of a held job arrived: it is queued.
     case jobQueued(job: Int64)
     /// A job failed as a whole (not a frame's fate).
     case jobFailed(job: Int64, error: String)
+    /// A completed job's video could not be written (`error`: what its followers are told in JobFinished).
+    case videoFailed(job: Int64, error: String)
     /// A job ended and its final outputs were written.
     case jobFinished(job: Int64, state: JobEnd)
     /// A client asked to cancel a job.
@@ -82,7 +98,7 @@ public enum FarmEvent: Sendable, Equatable {
     /// A peer sent an Error message.
     case peerError(peer: String, code: String)
     /// A worker's model manifest or chunk request was refused (`request`: "manifest" or "chunk").
-    case modelRequestRefused(peer: String, request: String)
+    case modelRequestRefused(worker: String, request: String)
 
     // MARK: worker (label dp.worker)
 
@@ -101,6 +117,10 @@ public enum FarmEvent: Sendable, Equatable {
     /// A model is not in the worker's cache: fetching it / fetched and verified.
     case modelFetching(worker: String, model: String)
     case modelFetched(worker: String, model: String, bytes: UInt64, files: Int)
+    /// A fetched model file did not have the manifest's SHA-256: fetched again, or (`givingUp`) the fetch fails.
+    case modelFileCorrupted(worker: String, model: String, path: String, givingUp: Bool)
+    /// dp-worker got SIGTERM or SIGINT (`signal`: "SIGTERM", "SIGINT").
+    case stopSignal(signal: String, action: StopSignalAction)
     /// The worker service returned (dp-worker serve).
     case workerStopped(worker: String)
 }
@@ -123,9 +143,11 @@ extension FarmEvent {
         case .frameDone: "frameDone"
         case .frameFailed: "frameFailed"
         case .noWorkerMayTake: "noWorkerMayTake"
+        case .frameOutputLost: "frameOutputLost"
         case .jobSubmitted: "jobSubmitted"
         case .jobQueued: "jobQueued"
         case .jobFailed: "jobFailed"
+        case .videoFailed: "videoFailed"
         case .jobFinished: "jobFinished"
         case .jobCancelRequested: "jobCancelRequested"
         case .jobOutputsResumed: "jobOutputsResumed"
@@ -146,6 +168,8 @@ extension FarmEvent {
         case .handedBack: "handedBack"
         case .modelFetching: "modelFetching"
         case .modelFetched: "modelFetched"
+        case .modelFileCorrupted: "modelFileCorrupted"
+        case .stopSignal: "stopSignal"
         case .workerStopped: "workerStopped"
         }
     }
@@ -170,9 +194,11 @@ extension FarmEvent {
              "final": String(final), "workerBanned": String(banned), "error": error]
         case .noWorkerMayTake(let job), .jobQueued(let job), .jobCancelRequested(let job), .jobOutputsResumed(let job):
             ["job": String(job)]
+        case .frameOutputLost(let job, let frame, let requeued, let reason):
+            ["job": String(job), "frame": String(frame), "requeued": String(requeued), "reason": reason]
         case .jobSubmitted(let job, let frames, let uploads, let held):
-            ["job": String(job), "frames": String(frames), "uploads": String(uploads), "held": String(held)]
-        case .jobFailed(let job, let error): ["job": String(job), "error": error]
+            ["job": String(job), "frames": String(frames), "uploads": String(uploads), "modelHeld": String(held)]
+        case .jobFailed(let job, let error), .videoFailed(let job, let error): ["job": String(job), "error": error]
         case .jobFinished(let job, let state): ["job": String(job), "state": state.rawValue]
         case .modelInstalled(let model, let job), .modelUploadFailed(let model, let job),
              .modelUploadReleased(let model, let job):
@@ -182,7 +208,7 @@ extension FarmEvent {
         case .messageRejected(let peer, let reason): ["peer": peer, "reason": reason]
         case .unregisteredMessage(let peer, let message): ["peer": peer, "message": message]
         case .peerError(let peer, let code): ["peer": peer, "code": code]
-        case .modelRequestRefused(let peer, let request): ["peer": peer, "request": request]
+        case .modelRequestRefused(let worker, let request): ["worker": worker, "request": request]
         case .workerStarting(let worker, let slots): ["worker": worker, "slots": String(slots)]
         case .welcomed(let worker, let coordinator): ["worker": worker, "coordinator": coordinator]
         case .reconnecting(let worker), .refusedByCoordinator(let worker), .workerStopped(let worker): ["worker": worker]
@@ -190,6 +216,9 @@ extension FarmEvent {
         case .handedBack(let worker, let attempts):
             ["worker": worker, "attempts": attempts.map(String.init).joined(separator: ",")]
         case .modelFetching(let worker, let model): ["worker": worker, "model": model]
+        case .modelFileCorrupted(let worker, let model, let path, let givingUp):
+            ["worker": worker, "model": model, "path": path, "givingUp": String(givingUp)]
+        case .stopSignal(let signal, let action): ["signal": signal, "action": action.rawValue]
         case .modelFetched(let worker, let model, let bytes, let files):
             ["worker": worker, "model": model, "bytes": String(bytes), "files": String(files)]
         }
@@ -238,13 +267,19 @@ extension FarmEvent {
                   let fin = b("final"), let ban = b("workerBanned"), let e = s("error") else { return nil }
             event = .frameFailed(job: j, frame: fr, attempt: a, worker: w, final: fin, workerBanned: ban, error: e)
         case "noWorkerMayTake": event = i64("job").map { .noWorkerMayTake(job: $0) }
+        case "frameOutputLost":
+            guard let j = i64("job"), let fr = i("frame"), let r = b("requeued"), let why = s("reason") else { return nil }
+            event = .frameOutputLost(job: j, frame: fr, requeued: r, reason: why)
         case "jobSubmitted":
-            guard let j = i64("job"), let n = i("frames"), let u = i("uploads"), let h = b("held") else { return nil }
-            event = .jobSubmitted(job: j, frames: n, uploads: u, held: h)
+            guard let j = i64("job"), let n = i("frames"), let u = i("uploads"), let h = b("modelHeld") else { return nil }
+            event = .jobSubmitted(job: j, frames: n, uploads: u, modelHeld: h)
         case "jobQueued": event = i64("job").map { .jobQueued(job: $0) }
         case "jobFailed":
             guard let j = i64("job"), let e = s("error") else { return nil }
             event = .jobFailed(job: j, error: e)
+        case "videoFailed":
+            guard let j = i64("job"), let e = s("error") else { return nil }
+            event = .videoFailed(job: j, error: e)
         case "jobFinished":
             guard let j = i64("job"), let st = s("state").flatMap(JobEnd.init(rawValue:)) else { return nil }
             event = .jobFinished(job: j, state: st)
@@ -266,8 +301,8 @@ extension FarmEvent {
             guard let p = s("peer"), let c = s("code") else { return nil }
             event = .peerError(peer: p, code: c)
         case "modelRequestRefused":
-            guard let p = s("peer"), let r = s("request") else { return nil }
-            event = .modelRequestRefused(peer: p, request: r)
+            guard let w = s("worker"), let r = s("request") else { return nil }
+            event = .modelRequestRefused(worker: w, request: r)
         case "workerStarting":
             guard let w = s("worker"), let n = i("slots") else { return nil }
             event = .workerStarting(worker: w, slots: n)
@@ -288,6 +323,12 @@ extension FarmEvent {
         case "modelFetched":
             guard let w = s("worker"), let m = s("model"), let by = u64("bytes"), let n = i("files") else { return nil }
             event = .modelFetched(worker: w, model: m, bytes: by, files: n)
+        case "modelFileCorrupted":
+            guard let w = s("worker"), let m = s("model"), let path = s("path"), let g = b("givingUp") else { return nil }
+            event = .modelFileCorrupted(worker: w, model: m, path: path, givingUp: g)
+        case "stopSignal":
+            guard let sig = s("signal"), let a = s("action").flatMap(StopSignalAction.init(rawValue:)) else { return nil }
+            event = .stopSignal(signal: sig, action: a)
         case "workerStopped": event = s("worker").map { .workerStopped(worker: $0) }
         default: event = nil
         }

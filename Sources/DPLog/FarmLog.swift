@@ -78,13 +78,19 @@ public struct FarmLog: Sendable {
         log(.error, message(), event, job: job, frame: frame, attempt: attempt, worker: worker)
     }
 
+    /// Reports `event` to `onEvent` without a log record (when a rate limit holds the line back).
+    public func report(_ event: FarmEvent) {
+        onEvent?(event)
+    }
+
     /// Fields that may hold peer-supplied text (worker and model names, error messages): escaped and cut in
     /// the record. `peer` is not: the coordinator's peer names escape the worker name in them already.
-    static let peerTextKeys: Set<String> = ["worker", "error", "reason", "message", "coordinator", "model", "code"]
+    static let peerTextKeys: Set<String> = ["worker", "error", "reason", "message", "coordinator", "model", "code", "path"]
 
     public func log(_ level: Logger.Level, _ message: @autoclosure () -> String, _ event: FarmEvent?,
                     job: Int64?, frame: Int?, attempt: Int64?, worker: String?) {
-        if let event { onEvent?(event) }
+        // After the record is written: whoever waits on the event finds the line there too.
+        defer { if let event { onEvent?(event) } }
         guard level >= logger.logLevel else { return }
         var metadata = Logger.Metadata()
         if let job { metadata["job"] = .string(String(job)) }
