@@ -113,6 +113,7 @@ let package = Package(
         .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden", "DPFileKit"]),
         .testTarget(name: "DPFuzzTests", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Replay"),
         .testTarget(name: "DPFarmTests",
-                    dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal", "DPFileKit", "DPLog"]),
+                    dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal", "DPFileKit", "DPLog",
+                                   "DPCLISupport", .product(name: "Logging", package: "swift-log")]),
     ]
 )
