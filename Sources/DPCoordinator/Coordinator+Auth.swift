@@ -69,7 +69,8 @@ extension Coordinator {
             return nil
         }
         guard senderMayAccess(record) else {
-            log.warning("refused \(what) of job \(jobID) from \(peerName(peer)), \(sender.label): the job belongs to another client", job: Int64(exactly: jobID))
+            log.warning("refused \(what) of job \(jobID) from \(peerName(peer)), \(sender.label): the job belongs to another client",
+                job: Int64(exactly: jobID))
             send(peer, .error(FarmError(.unknownJob, "no job \(jobID)", jobID: jobID)), requestID: requestID)
             return nil
         }

@@ -160,7 +160,8 @@ extension Coordinator {
         send(peer, .submitReply(reply), requestID: requestID)
         log.info("job \(record.id) '\(peer: spec.name)' submitted by \(peerName(peer)): \(frames.count) frame(s), model "
             + "\(manifest.modelID.prefix(12)) (\(models.contains(manifest.modelID) ? "held" : "to upload")), "
-            + "\(missing.count) file(s) to upload, output \(peer: spec.outputDir)", .jobSubmitted(job: record.id, frames: frames.count, uploads: missing.count, modelHeld: models.contains(manifest.modelID)))
+            + "\(missing.count) file(s) to upload, output \(peer: spec.outputDir)",
+                .jobSubmitted(job: record.id, frames: frames.count, uploads: missing.count, modelHeld: models.contains(manifest.modelID)))
         dispatchNeeded = true
     }
 
@@ -306,7 +307,8 @@ extension Coordinator {
                         try models.finishUpload(model.staging)
                         log.info("model \(upload.modelID) uploaded by job \(jobID) and installed", .modelInstalled(model: upload.modelID, job: jobID))
                     } catch {
-                        log.error("model \(upload.modelID) upload by job \(jobID) failed verification: \(error)", .modelUploadFailed(model: upload.modelID, job: jobID))
+                        log.error("model \(upload.modelID) upload by job \(jobID) failed verification: \(error)",
+                            .modelUploadFailed(model: upload.modelID, job: jobID))
                         for waiting in uploads.values where waiting.modelID == upload.modelID {
                             uploads[waiting.jobID] = nil
                             failJob(waiting.jobID, error: "model upload failed: \(error)")

@@ -122,7 +122,8 @@ extension Coordinator {
             if !session.warnedCredit {
                 session.warnedCredit = true
                 log.warning("worker '\(peer: session.name)' asked for credit beyond its cap (\(session.slots) slot(s) x "
-                    + "\(1 + settings.limits.maxPrefetchPerSlot) = \(cap) frames held or asked for): excess ignored", .creditBeyondCap(worker: session.name))
+                    + "\(1 + settings.limits.maxPrefetchPerSlot) = \(cap) frames held or asked for): excess ignored",
+                        .creditBeyondCap(worker: session.name))
             }
             session.credit = max(session.credit, cap - session.attempts.count)
         } else {
@@ -165,7 +166,8 @@ extension Coordinator {
         do {
             let outcome = try journal.loseAttempt(id, reason: reason)
             if outcome.applied {
-                log.info("attempt \(id) (job \(outcome.jobID) frame \(outcome.frame)) lost: \(peer: reason, limit: 400); frame requeued", .attemptRequeued(job: outcome.jobID, frame: outcome.frame, attempt: id))
+                log.info("attempt \(id) (job \(outcome.jobID) frame \(outcome.frame)) lost: \(peer: reason, limit: 400); frame requeued",
+                    .attemptRequeued(job: outcome.jobID, frame: outcome.frame, attempt: id))
                 dispatchNeeded = true
             }
         } catch {
@@ -211,7 +213,8 @@ extension Coordinator {
                 let manifest = try models.manifest(for: request.modelID)
                 send(session.routingID, .modelManifest(FarmModelManifest(manifest)), requestID: requestID)
             } catch let error as ModelStoreError {
-                log.warning("refused model manifest request from \(peerName(session.routingID)): \(peer: error.message, limit: 400)", .modelRequestRefused(worker: session.name, request: "manifest"))
+                log.warning("refused model manifest request from \(peerName(session.routingID)): \(peer: error.message, limit: 400)",
+                    .modelRequestRefused(worker: session.name, request: "manifest"))
                 send(session.routingID, .error(FarmError(error.code, error.message)), requestID: requestID)
             }
         case .modelChunkRequest(let request):
@@ -226,7 +229,8 @@ extension Coordinator {
                 reply.fileSize = chunk.fileSize
                 send(session.routingID, .modelChunk(reply), requestID: requestID)
             } catch let error as ModelStoreError {
-                log.warning("refused model chunk request from \(peerName(session.routingID)): \(peer: error.message, limit: 400)", .modelRequestRefused(worker: session.name, request: "chunk"))
+                log.warning("refused model chunk request from \(peerName(session.routingID)): \(peer: error.message, limit: 400)",
+                    .modelRequestRefused(worker: session.name, request: "chunk"))
                 send(session.routingID, .error(FarmError(error.code, error.message)), requestID: requestID)
             }
         default:
@@ -289,7 +293,8 @@ extension Coordinator {
             let outcome = try journal.completeAttempt(id, output: FrameOutput(sha256: result.pngSha256, size: result.png.count,
                                                                                 renderSeconds: result.renderSeconds))
             log.notice("stale result: attempt \(id) (job \(record.jobID) frame \(record.frame)) from worker '\(peer: session.name)' "
-                + "is not current (\(outcome.staleReason ?? "frame moved on")); recorded, PNG dropped", .staleResult(job: record.jobID, frame: record.frame, attempt: id, worker: session.name))
+                + "is not current (\(outcome.staleReason ?? "frame moved on")); recorded, PNG dropped",
+                    .staleResult(job: record.jobID, frame: record.frame, attempt: id, worker: session.name))
             return
         }
         let context: JobContext
@@ -325,7 +330,8 @@ extension Coordinator {
                     return
                 }
                 // Written before a crash that came before the journal update: same job, same bytes.
-                log.notice("job \(record.jobID) frame \(record.frame): already in the output folder (\(error)); marking done", job: record.jobID, frame: record.frame)
+                log.notice("job \(record.jobID) frame \(record.frame): already in the output folder (\(error)); marking done",
+                    job: record.jobID, frame: record.frame)
             } else {
                 log.error("job \(record.jobID) frame \(record.frame): cannot write the output: \(error)", job: record.jobID, frame: record.frame)
                 loseAttempt(id, reason: "coordinator could not write the frame: \(error)")
@@ -378,7 +384,8 @@ extension Coordinator {
                                               maxFailedWorkersPerFrame: settings.maxFailedWorkersPerFrame,
                                               maxFailedFramesPerWorker: settings.maxFailedFramesPerWorkerJob)
         guard outcome.applied else {
-            log.notice("stale failure: attempt \(record.id) (job \(record.jobID) frame \(record.frame)): \(peer: reason, limit: 400); recorded", job: record.jobID, frame: record.frame, attempt: record.id)
+            log.notice("stale failure: attempt \(record.id) (job \(record.jobID) frame \(record.frame)): \(peer: reason, limit: 400); recorded",
+                job: record.jobID, frame: record.frame, attempt: record.id)
             return
         }
         reportFailure(outcome, worker: session.name, error: error)
@@ -389,7 +396,9 @@ extension Coordinator {
         let final = outcome.frameState == .failed
         log.warning("job \(outcome.jobID) frame \(outcome.frame) failed on attempt \(outcome.attemptID): \(peer: error.message, limit: 400)"
             + (final ? "; frame given up" : "; requeued")
-            + (outcome.workerBannedFromJob ? "; worker '\(peer: worker)' gets no more frames of this job" : ""), .frameFailed(job: outcome.jobID, frame: outcome.frame, attempt: outcome.attemptID, worker: worker, final: final, workerBanned: outcome.workerBannedFromJob, error: error.message))
+            + (outcome.workerBannedFromJob ? "; worker '\(peer: worker)' gets no more frames of this job" : ""),
+                .frameFailed(job: outcome.jobID, frame: outcome.frame, attempt: outcome.attemptID, worker: worker, final: final,
+                             workerBanned: outcome.workerBannedFromJob, error: error.message))
         dispatchNeeded = true
         var failed = FarmFrameFailed()
         failed.frame = UInt32(outcome.frame)
@@ -504,7 +513,8 @@ extension Coordinator {
         do {
             window = try context.poseWindow(for: UInt32(candidate.frame))
         } catch {
-            log.error("job \(candidate.jobID) frame \(candidate.frame): cannot read its poses: \(error)", job: candidate.jobID, frame: candidate.frame)
+            log.error("job \(candidate.jobID) frame \(candidate.frame): cannot read its poses: \(error)",
+                job: candidate.jobID, frame: candidate.frame)
             failJob(candidate.jobID, error: "\(error)")
             return false
         }
@@ -514,7 +524,8 @@ extension Coordinator {
                 ? try journal.startAttempt(checked: candidate, worker: session.name)
                 : try journal.startAttempt(job: candidate.jobID, frame: candidate.frame, worker: session.name)
         } catch {
-            log.error("dispatch of job \(candidate.jobID) frame \(candidate.frame) to '\(peer: session.name)' refused: \(error)", job: candidate.jobID, frame: candidate.frame)
+            log.error("dispatch of job \(candidate.jobID) frame \(candidate.frame) to '\(peer: session.name)' refused: \(error)",
+                job: candidate.jobID, frame: candidate.frame)
             return true
         }
         session.credit -= 1
@@ -552,13 +563,16 @@ extension Coordinator {
             if record.state == .queued || record.state == .running {
                 do {
                     try journal.requeueDoneFrame(job: id, frame: Int(frame), reason: "output lost: \(reason)")
-                    log.warning("job \(id) frame \(frame): was done but \(reason); requeued", .frameOutputLost(job: id, frame: Int(frame), requeued: true, reason: reason))
+                    log.warning("job \(id) frame \(frame): was done but \(reason); requeued",
+                        .frameOutputLost(job: id, frame: Int(frame), requeued: true, reason: reason))
                     dispatchNeeded = true
                 } catch {
-                    log.error("job \(id) frame \(frame): was done but \(reason); cannot requeue it: \(error)", .frameOutputLost(job: id, frame: Int(frame), requeued: false, reason: reason))
+                    log.error("job \(id) frame \(frame): was done but \(reason); cannot requeue it: \(error)",
+                        .frameOutputLost(job: id, frame: Int(frame), requeued: false, reason: reason))
                 }
             } else {
-                log.warning("job \(id) frame \(frame): was done but \(reason) (job \(record.state.rawValue); not requeued)", .frameOutputLost(job: id, frame: Int(frame), requeued: false, reason: reason))
+                log.warning("job \(id) frame \(frame): was done but \(reason) (job \(record.state.rawValue); not requeued)",
+                    .frameOutputLost(job: id, frame: Int(frame), requeued: false, reason: reason))
             }
         }
         return context

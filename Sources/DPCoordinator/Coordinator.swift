@@ -188,7 +188,8 @@ public final class Coordinator: @unchecked Sendable {
         case .insecureNoAuth:
             for i in 0 ..< 3 {
                 log.warning("WARNING: --insecure-no-auth: NO AUTHENTICATION. Anyone who can reach \(endpoint) can submit, "
-                    + "cancel and read every job and register as a worker. Use CURVE keys (dp-coord keygen).", i == 0 ? .insecureNoAuth(endpoint: endpoint) : nil)
+                    + "cancel and read every job and register as a worker. Use CURVE keys (dp-coord keygen).",
+                        i == 0 ? .insecureNoAuth(endpoint: endpoint) : nil)
             }
         case .curve(let auth):
             log.notice("CURVE authentication on: server public key \(auth.serverKeys.publicKey); "
@@ -454,14 +455,16 @@ public final class Coordinator: @unchecked Sendable {
             try onHello(peer, hello)
         case .credit, .progress, .frameResult, .goodbye, .heartbeat, .modelManifestRequest, .modelChunkRequest:
             guard let session = sessions[peer] else {
-                log.warning("\(body.name) from unregistered \(peerName(peer)): answered NOT_REGISTERED", .unregisteredMessage(peer: peerName(peer), message: body.name))
+                log.warning("\(body.name) from unregistered \(peerName(peer)): answered NOT_REGISTERED",
+                    .unregisteredMessage(peer: peerName(peer), message: body.name))
                 send(peer, .error(FarmError(.notRegistered, "send Hello first: no session for this connection")),
                      requestID: rid)
                 return
             }
             try onWorkerMessage(session, body, requestID: rid)
         case .error(let error):
-            log.warning("error from \(peerName(peer)): \(error.code) \(peer: error.message, limit: 400)", .peerError(peer: peerName(peer), code: "\(error.code)"))
+            log.warning("error from \(peerName(peer)): \(error.code) \(peer: error.message, limit: 400)",
+                .peerError(peer: peerName(peer), code: "\(error.code)"))
         case .submitJob(let submit):
             try onSubmit(peer, rid, submit)
         case .uploadChunk(let chunk):

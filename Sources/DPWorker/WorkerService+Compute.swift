@@ -233,7 +233,8 @@ extension WorkerService {
     /// `acquireModel`'s fetch, holding `fetchLock`.
     private func fetchModel(_ modelID: String, cancelled: () -> Bool) throws -> ModelLease {
         if let lease = try cache.lease(modelID) { return lease }  // fetched while we waited
-        log.notice("worker \(settings.name): model \(modelID) not cached; fetching it from the coordinator", .modelFetching(worker: settings.name, model: modelID))
+        log.notice("worker \(settings.name): model \(modelID) not cached; fetching it from the coordinator",
+            .modelFetching(worker: settings.name, model: modelID))
         let started = Date()
         var manifestRequest = FarmModelManifestRequest()
         manifestRequest.modelID = modelID
@@ -272,7 +273,8 @@ extension WorkerService {
             return chunk.data
         }
         log.notice(String(format: "worker %@: model %@ fetched and verified (%llu bytes, %d files) in %.2f s",
-                   settings.name, modelID, manifest.totalBytes, manifest.files.count, Date().timeIntervalSince(started)), .modelFetched(worker: settings.name, model: modelID, bytes: manifest.totalBytes, files: manifest.files.count))
+                   settings.name, modelID, manifest.totalBytes, manifest.files.count, Date().timeIntervalSince(started)),
+                       .modelFetched(worker: settings.name, model: modelID, bytes: manifest.totalBytes, files: manifest.files.count))
         return lease
     }
 

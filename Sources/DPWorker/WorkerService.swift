@@ -408,7 +408,8 @@ public final class WorkerService: @unchecked Sendable {
                 return ids
             }
             try send(FarmEnvelope(.goodbye(bye)))
-            log.notice("worker \(settings.name): Goodbye sent, handed back attempts \(bye.handedBackAttemptIds)", .handedBack(worker: settings.name, attempts: bye.handedBackAttemptIds.map { Int64(truncatingIfNeeded: $0) }))
+            log.notice("worker \(settings.name): Goodbye sent, handed back attempts \(bye.handedBackAttemptIds)",
+                .handedBack(worker: settings.name, attempts: bye.handedBackAttemptIds.map { Int64(truncatingIfNeeded: $0) }))
             socket?.close()
             socket = nil
             return .stopped
@@ -608,7 +609,8 @@ public final class WorkerService: @unchecked Sendable {
             return (dropped, shared.stopMode)
         }
         if coordinatorID != w.coordinatorID {
-            log.notice("worker \(settings.name): welcomed by coordinator \(w.coordinatorID) (heartbeat \(heartbeatIntervalMs) ms x \(heartbeatLiveness))", .welcomed(worker: settings.name, coordinator: w.coordinatorID))
+            log.notice("worker \(settings.name): welcomed by coordinator \(w.coordinatorID) (heartbeat \(heartbeatIntervalMs) ms x \(heartbeatLiveness))",
+                .welcomed(worker: settings.name, coordinator: w.coordinatorID))
             coordinatorID = w.coordinatorID
         }
         if !dropped.isEmpty { log.warning("worker \(settings.name): attempts \(dropped.sorted()) not adopted; cancelling them") }
@@ -678,7 +680,8 @@ public final class WorkerService: @unchecked Sendable {
             return (shared.stopMode != nil, shared.tasks[frameTask.attemptID] != nil, shared.jobs[frameTask.jobID])
         }
         if duplicate {
-            log.warning("worker \(settings.name): ignored a second FrameTask for attempt \(frameTask.attemptID)", attempt: Int64(truncatingIfNeeded: frameTask.attemptID))
+            log.warning("worker \(settings.name): ignored a second FrameTask for attempt \(frameTask.attemptID)",
+                attempt: Int64(truncatingIfNeeded: frameTask.attemptID))
             return
         }
         if stopping {
@@ -686,7 +689,9 @@ public final class WorkerService: @unchecked Sendable {
             return
         }
         guard let job else {
-            log.warning("worker \(settings.name): FrameTask attempt \(frameTask.attemptID) (job \(frameTask.jobID) frame \(frameTask.frame)) without a JobPrep", job: Int64(truncatingIfNeeded: frameTask.jobID), frame: Int(frameTask.frame), attempt: Int64(truncatingIfNeeded: frameTask.attemptID))
+            log.warning("worker \(settings.name): FrameTask attempt \(frameTask.attemptID) (job \(frameTask.jobID) frame \(frameTask.frame)) without a JobPrep",
+                job: Int64(truncatingIfNeeded: frameTask.jobID), frame: Int(frameTask.frame),
+                attempt: Int64(truncatingIfNeeded: frameTask.attemptID))
             try answer(.jobPrepMissing, "worker \(settings.name) holds no JobPrep for job \(frameTask.jobID) "
                        + "(frame \(frameTask.frame), attempt \(frameTask.attemptID))")
             return

@@ -127,8 +127,10 @@ enum WorkerSignals {
                     return (value.stopping, value.terms)
                 }
                 if wasStopping {
-                    if sig == SIGINT { log.warning("second SIGINT: exiting now, nothing handed back", .stopSignal(signal: name, action: .exitNow)); Foundation.exit(130) }
-                    log.notice("\(name) again (\(terms) repeat(s)): already handing back work, carrying on", .stopSignal(signal: name, action: .carryOn))
+                    if sig == SIGINT { log.warning("second SIGINT: exiting now, nothing handed back",
+                        .stopSignal(signal: name, action: .exitNow)); Foundation.exit(130) }
+                    log.notice("\(name) again (\(terms) repeat(s)): already handing back work, carrying on",
+                        .stopSignal(signal: name, action: .carryOn))
                     return
                 }
                 log.notice("\(name): handing back work after the current denoising step and disconnecting",
