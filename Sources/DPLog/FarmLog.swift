@@ -15,9 +15,13 @@ public struct FarmLog: Sendable {
     public var logger: Logger
     /// Every event, as a value (tests, `dp-coord submit --json`); called on the logging thread.
     public var onEvent: (@Sendable (FarmEvent) -> Void)?
+    /// Whether records carry metadata (ids, event fields). Off for a text-format handler, which prints only the
+    /// message: a busy coordinator (thousands of frames a second) then builds no metadata it would drop.
+    public var recordsMetadata: Bool
 
-    public init(logger: Logger, onEvent: (@Sendable (FarmEvent) -> Void)? = nil) {
+    public init(logger: Logger, recordsMetadata: Bool = true, onEvent: (@Sendable (FarmEvent) -> Void)? = nil) {
         self.logger = logger
+        self.recordsMetadata = recordsMetadata
         self.onEvent = onEvent
     }
 
@@ -25,7 +29,7 @@ public struct FarmLog: Sendable {
     public init(label: String, level: Logger.Level = .info, format: FarmLogFormat = .text, textPrefix: String = "",
                 sink: @escaping @Sendable (String) -> Void, onEvent: (@Sendable (FarmEvent) -> Void)? = nil) {
         let handler = FarmLogHandler(label: label, format: format, level: level, textPrefix: textPrefix, sink: sink)
-        self.init(logger: Logger(label: label, factory: { _ in handler }), onEvent: onEvent)
+        self.init(logger: Logger(label: label, factory: { _ in handler }), recordsMetadata: format == .json, onEvent: onEvent)
     }
 
     /// Logs nothing, reports no event.
@@ -92,6 +96,10 @@ public struct FarmLog: Sendable {
         // After the record is written: whoever waits on the event finds the line there too.
         defer { if let event { onEvent?(event) } }
         guard level >= logger.logLevel else { return }
+        guard recordsMetadata else {
+            logger.log(level: level, "\(message())")
+            return
+        }
         var metadata = Logger.Metadata()
         if let job { metadata["job"] = .string(String(job)) }
         if let frame { metadata["frame"] = .string(String(frame)) }
