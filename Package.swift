@@ -3,6 +3,7 @@
 // Module graph (dependencies point down):
 //   DPTensor <- DPModels <- DPSampling / DPPipeline <- DPWorker (DPSampling and DPPipeline also use DPFileKit)
 //   DPFileKit <- DPProtocol <- DPTransport <- DPCoordinator and DPWorker
+//   DPProtocol <- DPLog (swift-log handler, FarmEvent) <- DPCoordinator, DPWorker, DPCLISupport
 //   executables on top. The engine never imports ZeroMQ or SQLite; DPCoordinator never imports the models.
 import PackageDescription
 
@@ -60,29 +61,33 @@ let package = Package(
         .target(name: "DPProtocol",
                 dependencies: ["DPFileKit", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .target(name: "DPTransport", dependencies: ["CZeroMQ"]),
+        // Logging (swift-log) with the farm's handler (text or JSON lines) and its typed events (FarmEvent):
+        // the coordinator, the worker and both executables log through it.
+        .target(name: "DPLog", dependencies: ["DPProtocol", .product(name: "Logging", package: "swift-log")]),
         .target(name: "DPJournal", dependencies: ["CSQLite3"]),
         .target(name: "DPCoordinator",
-                dependencies: ["DPProtocol", "DPTransport", "DPJournal", "DPFileKit", "CDPSys",
+                dependencies: ["DPProtocol", "DPTransport", "DPJournal", "DPFileKit", "CDPSys", "DPLog",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "Logging", package: "swift-log")],
                 exclude: ["DESIGN.md"]),
         .target(name: "DPWorker",
-                dependencies: ["DPPipeline", "DPProtocol", "DPTransport", "DPFileKit", "CDPSys",
+                dependencies: ["DPPipeline", "DPProtocol", "DPTransport", "DPFileKit", "CDPSys", "DPLog",
                                .product(name: "Crypto", package: "swift-crypto"),
                                .product(name: "Logging", package: "swift-log")]),
 
         // Executables.
         // The rendering options (--model ... --noise) that dp-coord submit and dp-worker render both take:
-        // one ParsableArguments declaration with the checks that need no files. DPSampling only for the sampler
-        // names; both executables already link it (dp-coord through DPWorker, for its embedded farm).
+        // one ParsableArguments declaration with the checks that need no files (DPFileKit's RenderRequest), and the
+        // --log-level / --log-format options (DPLog).
         .target(name: "DPCLISupport",
-                dependencies: ["DPFileKit", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+                dependencies: ["DPFileKit", "DPLog", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                               .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "dp-coord",
-                          dependencies: ["DPCoordinator", "DPWorker", "DPTransport", "DPCLISupport",
+                          dependencies: ["DPCoordinator", "DPWorker", "DPTransport", "DPCLISupport", "DPLog",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "dp-worker",
-                          dependencies: ["DPWorker", "DPPipeline", "DPFileKit", "DPCLISupport", "DPTransport",
+                          dependencies: ["DPWorker", "DPPipeline", "DPFileKit", "DPCLISupport", "DPTransport", "DPLog",
                                          // render's frame records (RenderRecords) and `health` (FarmClient)
                                          "DPCoordinator",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -108,6 +113,7 @@ let package = Package(
         .testTarget(name: "DPPipelineTests", dependencies: ["DPPipeline", "DPGolden", "DPFileKit"]),
         .testTarget(name: "DPFuzzTests", dependencies: ["DPFuzzTargets"], path: "Tests/Fuzz/Replay"),
         .testTarget(name: "DPFarmTests",
-                    dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal", "DPFileKit"]),
+                    dependencies: ["DPCoordinator", "DPWorker", "DPProtocol", "DPTransport", "DPJournal", "DPFileKit", "DPLog",
+                                   "DPCLISupport", .product(name: "Logging", package: "swift-log")]),
     ]
 )

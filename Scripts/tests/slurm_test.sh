@@ -79,6 +79,23 @@ wait_state() {
   echo "timeout (last state ${s:-unknown})"; return 1
 }
 reaches() { wait_state "$@" >/dev/null; }  # for check: true once job $1 is in one of the states $2
+# The farm binaries run with --log-format json (DP_LOG_FORMAT=json for the sbatch workers): the checks read their
+# typed events, never the wording of their log lines. events FILE NAME: the metadata (JSON) of every record of
+# event NAME in FILE, one per line.
+events() {
+  python3 - "$1" "$2" <<'PYEOF'
+import json, sys
+for line in open(sys.argv[1], errors="replace"):
+    if not line.startswith("{"):
+        continue
+    try:
+        record = json.loads(line)
+    except ValueError:
+        continue
+    if record.get("event") == sys.argv[2]:
+        print(json.dumps(record.get("metadata", {})))
+PYEOF
+}
 same_frames() {  # same_frames DIR_A DIR_B N: frame_00000.png .. frame_<N-1> byte-identical
   local a="$1" b="$2" n="$3" i f
   for ((i = 0; i < n; i++)); do
@@ -200,18 +217,18 @@ export DP_CLIENT_KEY="$W/keys/client.key" DP_SERVER_KEY="$W/keys/coordinator.pub
 # Outputs go inside the coordinator's --output-root; a served job names its folder relative to it.
 "$BIN/dp-coord" serve --bind "tcp://127.0.0.1:*" --state "$W/coord-state" --key "$W/keys/coordinator.key" \
   --authorized-workers "$W/workers.d" --authorized-clients "$W/clients.d" --output-root "$W/outputs" \
-  2> "$W/coord.log" &
+  --log-format json 2> "$W/coord.log" &
 coord_pid=$!
 ep=""
 t0=$SECONDS
 while (( SECONDS - t0 < 120 )) && [[ -z "$ep" ]]; do
-  ep="$(grep -o 'serving on tcp://[0-9.:]*' "$W/coord.log" | head -n 1 | cut -d' ' -f3)"
+  ep="$(events "$W/coord.log" serving | head -n 1 | python3 -c 'import json, sys; print(json.loads(sys.stdin.read() or "{}").get("endpoint", ""))')"
   sleep 0.2
 done
 [[ -n "$ep" ]] || { bad "coordinator did not start"; cat "$W/coord.log"; exit 1; }
 echo "  coordinator $ep (pid $coord_pid)"
 jw=$(sbatch --parsable "${small[@]}" --array=0-1 --output="$W/worker-%A_%a.log" \
-     --export="ALL,DP_COORDINATOR=$ep,DP_WORKER=$BIN/dp-worker,DP_NAME_PREFIX=slurm,DP_WORKER_KEY=$W/keys/worker.key,DP_SERVER_KEY=$W/keys/coordinator.pub" \
+     --export="ALL,DP_LOG_FORMAT=json,DP_COORDINATOR=$ep,DP_WORKER=$BIN/dp-worker,DP_NAME_PREFIX=slurm,DP_WORKER_KEY=$W/keys/worker.key,DP_SERVER_KEY=$W/keys/coordinator.pub" \
      Deploy/slurm/workers.sbatch) \
   || { bad "sbatch workers.sbatch"; exit 1; }
 echo "  worker array job $jw (2 tasks)"
@@ -235,9 +252,10 @@ scancel "${jw}_$vtask"
 echo "  cancelled ${jw}_$vtask ($victim_name) while it rendered a frame"
 check "the cancelled worker task ends CANCELLED" reaches "${jw}_$vtask" "CANCELLED"
 vlog="$W/worker-${jw}_$vtask.log"
-check "the cancelled worker got SIGTERM and handed back its frame (Goodbye with an attempt)" \
-  grep -q 'Goodbye sent, handed back attempts \[[0-9]' "$vlog"
-check "the cancelled worker exited by itself (not SIGKILLed)" grep -q 'stopped$' "$vlog"
+# The attempts its Goodbye handed back (event handedBack, attempts "12" or "12,13").
+handed="$(events "$vlog" handedBack | python3 -c 'import json, sys; print(",".join(json.loads(l)["attempts"] for l in sys.stdin if json.loads(l)["attempts"]))')"
+check "the cancelled worker got SIGTERM and handed back its frame (Goodbye with an attempt)" test -n "$handed"
+check "the cancelled worker exited by itself (not SIGKILLed)" test -n "$(events "$vlog" workerStopped)"
 sed -n '/SIGTERM/,$p' "$vlog" | sed 's/^/    | /'
 t0=$SECONDS
 while (( SECONDS - t0 < WAIT_S )) && kill -0 "$submit_pid" 2>/dev/null; do sleep 0.5; done
@@ -245,7 +263,13 @@ wait "$submit_pid"
 rc=$?
 check "the job completes on the remaining worker (dp-coord submit exit 0)" test "$rc" -eq 0
 (( rc == 0 )) || { tail -n 5 "$W/submit.err" "$W/submit.jsonl"; }
-check "the coordinator requeued the handed-back frame" grep -q 'handed back' "$W/coord.log"
+requeued_handed() {  # an attemptRequeued event of the coordinator names one of the attempts in $handed
+  events "$W/coord.log" attemptRequeued | python3 -c '
+import json, sys
+handed = set(sys.argv[1].split(","))
+sys.exit(0 if any(json.loads(l)["attempt"] in handed for l in sys.stdin) else 1)' "$handed"
+}
+check "the coordinator requeued the handed-back frame" requeued_handed
 check "farm frames byte-identical to the single-process render" same_frames "$W/outputs/farm-out" "$W/ref" "$FRAMES"
 check "farm manifest.json complete" python3 -c "import json,sys; m=json.load(open('$W/outputs/farm-out/manifest.json')); sys.exit(0 if m['complete'] and len(m['frames'])==$FRAMES else 1)"
 scancel "$jw"

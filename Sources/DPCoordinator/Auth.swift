@@ -7,6 +7,7 @@
 // connection (the "User-Id" message property, `ZMQSocket.receiveMessage`), never anything the
 // peer wrote in a message; its roles are looked up again in the current key lists for every
 // message, so a key removed from a folder (and SIGHUP) loses its rights at once.
+import DPLog
 import DPProtocol
 import DPTransport
 import Foundation
@@ -182,13 +183,13 @@ final class ZAPHandler {
 
     let socket: ZMQSocket
     let keys: AuthorizedKeys
-    private let logLine: @Sendable (String) -> Void
+    private let logLine: FarmLog
     private let now: @Sendable () -> Int64
     /// Refused handshakes are an unauthenticated peer's doing: their lines are capped (LogLimiter).
     private var refusals = LogLimiter()
 
     init(context: ZMQContext, keys: AuthorizedKeys, now: @escaping @Sendable () -> Int64,
-         log: @escaping @Sendable (String) -> Void) throws {
+         log: FarmLog) throws {
         socket = try context.socket(.rep)
         self.keys = keys
         self.now = now
@@ -202,7 +203,7 @@ final class ZAPHandler {
     }
 
     private func log(_ text: @autoclosure () -> String) {
-        if let line = refusals.line(text(), nowMilliseconds: now()) { logLine(line) }
+        if let line = refusals.line(text(), nowMilliseconds: now()) { logLine.warning(line) }
     }
 
     /// Answers every waiting request (never blocks).

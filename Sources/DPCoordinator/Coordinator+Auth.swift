@@ -1,5 +1,6 @@
 // Per-message identity and role checks (Auth.swift has the keys and the ZAP handler).
 import DPJournal
+import DPLog
 import DPProtocol
 import Foundation
 
@@ -11,13 +12,13 @@ extension Coordinator {
         guard let authorizedKeys else { return .insecure }
         guard let userID, let colon = userID.firstIndex(of: ":") else {
             // Cannot happen with the ZAP handler bound: every CURVE connection got a user id.
-            log("dropped a message from \(peerName(peer)): its connection has no authenticated key")
+            log.warning("dropped a message from \(peerName(peer)): its connection has no authenticated key")
             return nil
         }
         let key = String(userID[userID.index(after: colon)...])
         let roles = authorizedKeys.roles(of: key)
         guard !roles.isEmpty else {
-            log("refused a message from \(peerName(peer)), key \(key): the key is no longer authorized")
+            log.warning("refused a message from \(peerName(peer)), key \(key): the key is no longer authorized")
             if !peer.isEmpty {
                 send(peer, .error(FarmError(.badRequest, "this key (\(key)) is not authorized on this coordinator")))
             }
@@ -46,7 +47,7 @@ extension Coordinator {
     func senderMaySend(_ body: FarmEnvelope.OneOf_Body, peer: Data, requestID: UInt64) -> Bool {
         guard let role = Self.requiredRole(body), sender.roles.isDisjoint(with: role) else { return true }
         let what = role == .worker ? "a worker message" : "a client request"
-        log("refused \(body.name) from \(peerName(peer)), \(sender.label): \(what), and this key is not authorized "
+        log.warning("refused \(body.name) from \(peerName(peer)), \(sender.label): \(what), and this key is not authorized "
             + "as a \(role == .worker ? "worker" : "client")")
         send(peer, .error(FarmError(.badRequest, "\(body.name) is \(what); this key (\(sender.key ?? "")) is not "
             + "authorized as a \(role == .worker ? "worker" : "client") on this coordinator")), requestID: requestID)
@@ -68,7 +69,8 @@ extension Coordinator {
             return nil
         }
         guard senderMayAccess(record) else {
-            log("refused \(what) of job \(jobID) from \(peerName(peer)), \(sender.label): the job belongs to another client")
+            log.warning("refused \(what) of job \(jobID) from \(peerName(peer)), \(sender.label): the job belongs to another client",
+                job: Int64(exactly: jobID))
             send(peer, .error(FarmError(.unknownJob, "no job \(jobID)", jobID: jobID)), requestID: requestID)
             return nil
         }

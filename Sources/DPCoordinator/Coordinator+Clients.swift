@@ -1,6 +1,7 @@
 // Client requests: submit + uploads, follow, status, cancel, workers.
 import DPFileKit
 import DPJournal
+import DPLog
 import DPProtocol
 import Foundation
 
@@ -48,7 +49,7 @@ extension Coordinator {
 
     func badRequest(_ peer: Data, _ requestID: UInt64, _ code: FarmErrorCode, _ message: String,
                     job: UInt64 = 0) {
-        log("refused request from \(peerName(peer)): \(peer: message, limit: 600)")
+        log.warning("refused request from \(peerName(peer)): \(peer: message, limit: 600)")
         send(peer, .error(FarmError(code, message, jobID: job)), requestID: requestID)
     }
 
@@ -150,16 +151,17 @@ extension Coordinator {
                 jobContexts[record.id] = try JobContext(record: record, spec: spec, doneFrames: [], models: models,
                                                         inputs: inputsDirectory, placement: outputPlacement)
             } catch {
-                log("job \(record.id): cannot open its context yet (\(error)); the first dispatch tries again")
+                log.warning("job \(record.id): cannot open its context yet (\(error)); the first dispatch tries again", job: record.id)
             }
         }
         var reply = FarmSubmitReply()
         reply.jobID = UInt64(record.id)
         reply.missing = missing
         send(peer, .submitReply(reply), requestID: requestID)
-        log("job \(record.id) '\(peer: spec.name)' submitted by \(peerName(peer)): \(frames.count) frame(s), model "
+        log.info("job \(record.id) '\(peer: spec.name)' submitted by \(peerName(peer)): \(frames.count) frame(s), model "
             + "\(manifest.modelID.prefix(12)) (\(models.contains(manifest.modelID) ? "held" : "to upload")), "
-            + "\(missing.count) file(s) to upload, output \(peer: spec.outputDir)")
+            + "\(missing.count) file(s) to upload, output \(peer: spec.outputDir)",
+                .jobSubmitted(job: record.id, frames: frames.count, uploads: missing.count, modelHeld: models.contains(manifest.modelID)))
         dispatchNeeded = true
     }
 
@@ -296,9 +298,10 @@ extension Coordinator {
                     modelUploads[upload.modelID] = nil
                     do {
                         try models.finishUpload(model.staging)
-                        log("model \(upload.modelID) uploaded by job \(jobID) and installed")
+                        log.info("model \(upload.modelID) uploaded by job \(jobID) and installed", .modelInstalled(model: upload.modelID, job: jobID))
                     } catch {
-                        log("model \(upload.modelID) upload by job \(jobID) failed verification: \(error)")
+                        log.error("model \(upload.modelID) upload by job \(jobID) failed verification: \(error)",
+                            .modelUploadFailed(model: upload.modelID, job: jobID))
                         for waiting in uploads.values where waiting.modelID == upload.modelID {
                             uploads[waiting.jobID] = nil
                             failJob(waiting.jobID, error: "model upload failed: \(error)")
@@ -377,7 +380,7 @@ extension Coordinator {
         guard let model = modelUploads[upload.modelID], model.ownerJob == jobID else { return }
         modelUploads[upload.modelID] = nil
         model.staging.discard()
-        log("model \(upload.modelID) upload by job \(jobID) released: \(reason)")
+        log.notice("model \(upload.modelID) upload by job \(jobID) released: \(reason)", .modelUploadReleased(model: upload.modelID, job: jobID))
         for waiting in Array(uploads.values) where waiting.modelID == upload.modelID {
             dropUpload(waiting.jobID, reason: reason)
             failJob(waiting.jobID, error: "its model \(upload.modelID) was being uploaded by job \(jobID), whose upload "
@@ -409,10 +412,10 @@ extension Coordinator {
         do {
             try journal.markJobQueued(upload.jobID)
         } catch {
-            log("job \(upload.jobID): cannot queue it: \(error)")
+            log.error("job \(upload.jobID): cannot queue it: \(error)", job: upload.jobID)
             return false
         }
-        log("job \(upload.jobID): every upload arrived; queued")
+        log.info("job \(upload.jobID): every upload arrived; queued", .jobQueued(job: upload.jobID))
         dispatchNeeded = true
         return true
     }
@@ -507,8 +510,8 @@ extension Coordinator {
         reply.jobID = request.jobID
         reply.state = FarmJobState(state)
         send(peer, .cancelReply(reply), requestID: requestID)
-        log("job \(id) cancel requested by \(peerName(peer)): now \(state.rawValue)"
-            + (running.isEmpty ? "" : ", stopping attempts \(running.map(\.id))"))
+        log.notice("job \(id) cancel requested by \(peerName(peer)): now \(state.rawValue)"
+            + (running.isEmpty ? "" : ", stopping attempts \(running.map(\.id))"), .jobCancelRequested(job: id))
         if state == .cancelled, followers[id] != nil || jobContexts[id] != nil {
             announceFinished(id, state: state, video: nil, message: "cancelled")
         }

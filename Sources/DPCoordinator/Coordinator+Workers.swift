@@ -1,6 +1,7 @@
 // Worker sessions, dispatch by credits, results with fencing, and job completion.
 import DPFileKit
 import DPJournal
+import DPLog
 import DPProtocol
 import Foundation
 import Synchronization
@@ -10,13 +11,13 @@ extension Coordinator {
 
     func onHello(_ peer: Data, _ hello: FarmHello) throws {
         if let problem = helloProblem(hello) {
-            log("rejected hello from \(peerName(peer)): \(problem)")
+            log.warning("rejected hello from \(peerName(peer)): \(problem)", .helloRejected(peer: peerName(peer)))
             send(peer, .error(FarmError(.badRequest, "hello refused: \(problem)")))
             return
         }
         // A name belongs to its key: another key's Hello gets no session and none of its attempts.
         if let problem = try workerNameProblem(hello.workerName) {
-            log("rejected hello from \(peerName(peer)), \(sender.label): \(problem)")
+            log.warning("rejected hello from \(peerName(peer)), \(sender.label): \(problem)", .helloRejected(peer: peerName(peer)))
             send(peer, .error(FarmError(.badRequest, problem)))
             return
         }
@@ -66,10 +67,10 @@ extension Coordinator {
             cancel.reason = "attempt \(id) is no longer current"
             send(peer, .cancel(cancel))
         }
-        log("worker '\(peer: session.name)' registered from \(peerName(peer)): \(session.slots) slot(s), host "
+        log.info("worker '\(peer: session.name)' registered from \(peerName(peer)): \(session.slots) slot(s), host "
             + "'\(peer: hello.host.hostname)', \(hello.cachedModelIds.count) cached model(s)"
             + (adopted.isEmpty ? "" : ", re-adopted attempts \(adopted)")
-            + (refused.isEmpty ? "" : ", cancelled stale attempts \(refused)"))
+            + (refused.isEmpty ? "" : ", cancelled stale attempts \(refused)"), .workerRegistered(worker: session.name, slots: session.slots))
         dispatchNeeded = true
     }
 
@@ -120,8 +121,9 @@ extension Coordinator {
         if total > cap {
             if !session.warnedCredit {
                 session.warnedCredit = true
-                log("worker '\(peer: session.name)' asked for credit beyond its cap (\(session.slots) slot(s) x "
-                    + "\(1 + settings.limits.maxPrefetchPerSlot) = \(cap) frames held or asked for): excess ignored")
+                log.warning("worker '\(peer: session.name)' asked for credit beyond its cap (\(session.slots) slot(s) x "
+                    + "\(1 + settings.limits.maxPrefetchPerSlot) = \(cap) frames held or asked for): excess ignored",
+                        .creditBeyondCap(worker: session.name))
             }
             session.credit = max(session.credit, cap - session.attempts.count)
         } else {
@@ -132,15 +134,15 @@ extension Coordinator {
     /// Ends a session. Attempts it still holds (it died, went silent or its connection went away
     /// mid-attempt; a Goodbye hands its attempts back before this) count as failed attempts of their
     /// frames (`workerLostAttempt`): a frame that takes down 3 different workers fails.
-    func endSession(_ session: WorkerSession, reason: String) {
+    func endSession(_ session: WorkerSession, cause: WorkerDropCause = .gone, reason: String) {
         guard sessions[session.routingID] === session else { return }
         sessions[session.routingID] = nil
         if sessionByName[session.name] == session.routingID { sessionByName[session.name] = nil }
         let ids = session.attempts.keys.sorted()
         session.attempts.removeAll()
         for id in ids { workerLostAttempt(id, worker: session.name, reason: "worker '\(session.name)' \(reason)") }
-        log("worker '\(peer: session.name)' (\(peerName(session.routingID))) dropped: \(peer: reason, limit: 400)"
-            + (ids.isEmpty ? "" : "; attempts \(ids) count as failed on it"))
+        log.notice("worker '\(peer: session.name)' (\(peerName(session.routingID))) dropped: \(peer: reason, limit: 400)"
+            + (ids.isEmpty ? "" : "; attempts \(ids) count as failed on it"), .workerDropped(worker: session.name, cause: cause))
         dispatchNeeded = true
     }
 
@@ -156,7 +158,7 @@ extension Coordinator {
             guard outcome.applied else { return }
             reportFailure(outcome, worker: worker, error: FarmError(.renderFailed, reason))
         } catch {
-            log("cannot record the loss of attempt \(id): \(error)")
+            log.error("cannot record the loss of attempt \(id): \(error)", attempt: id)
         }
     }
 
@@ -164,11 +166,12 @@ extension Coordinator {
         do {
             let outcome = try journal.loseAttempt(id, reason: reason)
             if outcome.applied {
-                log("attempt \(id) (job \(outcome.jobID) frame \(outcome.frame)) lost: \(peer: reason, limit: 400); frame requeued")
+                log.info("attempt \(id) (job \(outcome.jobID) frame \(outcome.frame)) lost: \(peer: reason, limit: 400); frame requeued",
+                    .attemptRequeued(job: outcome.jobID, frame: outcome.frame, attempt: id))
                 dispatchNeeded = true
             }
         } catch {
-            log("cannot requeue attempt \(id): \(error)")
+            log.error("cannot requeue attempt \(id): \(error)", attempt: id)
         }
     }
 
@@ -204,13 +207,14 @@ extension Coordinator {
                 loseAttempt(id, reason: handed.contains(id) ? "handed back by worker '\(session.name)'"
                     : "worker '\(session.name)' left without returning it")
             }
-            endSession(session, reason: "said goodbye (\(goodbye.reason))")
+            endSession(session, cause: .goodbye, reason: "said goodbye (\(goodbye.reason))")
         case .modelManifestRequest(let request):
             do {
                 let manifest = try models.manifest(for: request.modelID)
                 send(session.routingID, .modelManifest(FarmModelManifest(manifest)), requestID: requestID)
             } catch let error as ModelStoreError {
-                log("refused model manifest request from \(peerName(session.routingID)): \(peer: error.message, limit: 400)")
+                log.warning("refused model manifest request from \(peerName(session.routingID)): \(peer: error.message, limit: 400)",
+                    .modelRequestRefused(worker: session.name, request: "manifest"))
                 send(session.routingID, .error(FarmError(error.code, error.message)), requestID: requestID)
             }
         case .modelChunkRequest(let request):
@@ -225,7 +229,8 @@ extension Coordinator {
                 reply.fileSize = chunk.fileSize
                 send(session.routingID, .modelChunk(reply), requestID: requestID)
             } catch let error as ModelStoreError {
-                log("refused model chunk request from \(peerName(session.routingID)): \(peer: error.message, limit: 400)")
+                log.warning("refused model chunk request from \(peerName(session.routingID)): \(peer: error.message, limit: 400)",
+                    .modelRequestRefused(worker: session.name, request: "chunk"))
                 send(session.routingID, .error(FarmError(error.code, error.message)), requestID: requestID)
             }
         default:
@@ -238,7 +243,7 @@ extension Coordinator {
         guard var live = session.attempts[id] else {
             // Not an attempt this session holds: if it is not current, tell the worker to stop.
             if (try? journal.isCurrent(id)) != true {
-                log("progress for attempt \(id) from \(peerName(session.routingID)) is not current: sent Cancel")
+                log.info("progress for attempt \(id) from \(peerName(session.routingID)) is not current: sent Cancel", attempt: id)
                 var cancel = FarmCancel()
                 cancel.attemptID = progress.attemptID
                 cancel.reason = "attempt \(id) is no longer current"
@@ -268,12 +273,12 @@ extension Coordinator {
         session.attempts[id] = nil
         dispatchNeeded = true
         guard let (record, current) = try journal.resultTarget(id) else {
-            log("result for unknown attempt \(id) from \(peerName(session.routingID)): refused")
+            log.warning("result for unknown attempt \(id) from \(peerName(session.routingID)): refused", attempt: id)
             send(session.routingID, .error(FarmError(.unknownAttempt, "no attempt \(id)", attemptID: result.attemptID)))
             return
         }
         guard record.worker == session.name else {
-            log("result for attempt \(id) of worker '\(peer: record.worker)' from \(peerName(session.routingID)): refused")
+            log.warning("result for attempt \(id) of worker '\(peer: record.worker)' from \(peerName(session.routingID)): refused", attempt: id)
             send(session.routingID, .error(FarmError(.unknownAttempt,
                                                      "attempt \(id) was given to worker '\(record.worker)', not '\(session.name)'",
                                                      attemptID: result.attemptID)))
@@ -287,15 +292,16 @@ extension Coordinator {
             // Recorded as stale; the PNG (and so its checksum) does not matter.
             let outcome = try journal.completeAttempt(id, output: FrameOutput(sha256: result.pngSha256, size: result.png.count,
                                                                                 renderSeconds: result.renderSeconds))
-            log("stale result: attempt \(id) (job \(record.jobID) frame \(record.frame)) from worker '\(peer: session.name)' "
-                + "is not current (\(outcome.staleReason ?? "frame moved on")); recorded, PNG dropped")
+            log.notice("stale result: attempt \(id) (job \(record.jobID) frame \(record.frame)) from worker '\(peer: session.name)' "
+                + "is not current (\(outcome.staleReason ?? "frame moved on")); recorded, PNG dropped",
+                    .staleResult(job: record.jobID, frame: record.frame, attempt: id, worker: session.name))
             return
         }
         let context: JobContext
         do {
             context = try jobContext(record.jobID)
         } catch {
-            log("job \(record.jobID): cannot open its output for frame \(record.frame): \(error)")
+            log.error("job \(record.jobID): cannot open its output for frame \(record.frame): \(error)", job: record.jobID, frame: record.frame)
             failJob(record.jobID, error: "\(error)")
             return
         }
@@ -324,9 +330,10 @@ extension Coordinator {
                     return
                 }
                 // Written before a crash that came before the journal update: same job, same bytes.
-                log("job \(record.jobID) frame \(record.frame): already in the output folder (\(error)); marking done")
+                log.notice("job \(record.jobID) frame \(record.frame): already in the output folder (\(error)); marking done",
+                    job: record.jobID, frame: record.frame)
             } else {
-                log("job \(record.jobID) frame \(record.frame): cannot write the output: \(error)")
+                log.error("job \(record.jobID) frame \(record.frame): cannot write the output: \(error)", job: record.jobID, frame: record.frame)
                 loseAttempt(id, reason: "coordinator could not write the frame: \(error)")
                 return
             }
@@ -336,8 +343,8 @@ extension Coordinator {
                                                   output: FrameOutput(sha256: digest, size: result.png.count,
                                                                       renderSeconds: result.renderSeconds))
         session.models.insert(context.modelID)
-        log("job \(record.jobID) frame \(record.frame) done by worker '\(peer: session.name)' (attempt \(id), "
-            + Self.seconds(result.renderSeconds) + ")")
+        log.info("job \(record.jobID) frame \(record.frame) done by worker '\(peer: session.name)' (attempt \(id), "
+            + Self.seconds(result.renderSeconds) + ")", .frameDone(job: record.jobID, frame: record.frame, attempt: id, worker: session.name))
         if let list = followers[record.jobID] {
             var done = FarmFrameDone()
             done.frame = UInt32(record.frame)
@@ -377,7 +384,8 @@ extension Coordinator {
                                               maxFailedWorkersPerFrame: settings.maxFailedWorkersPerFrame,
                                               maxFailedFramesPerWorker: settings.maxFailedFramesPerWorkerJob)
         guard outcome.applied else {
-            log("stale failure: attempt \(record.id) (job \(record.jobID) frame \(record.frame)): \(peer: reason, limit: 400); recorded")
+            log.notice("stale failure: attempt \(record.id) (job \(record.jobID) frame \(record.frame)): \(peer: reason, limit: 400); recorded",
+                job: record.jobID, frame: record.frame, attempt: record.id)
             return
         }
         reportFailure(outcome, worker: session.name, error: error)
@@ -386,9 +394,11 @@ extension Coordinator {
     /// A failed attempt that the journal applied: log line, FrameFailed to followers, the job's end.
     func reportFailure(_ outcome: AttemptOutcome, worker: String, error: FarmError) {
         let final = outcome.frameState == .failed
-        log("job \(outcome.jobID) frame \(outcome.frame) failed on attempt \(outcome.attemptID): \(peer: error.message, limit: 400)"
+        log.warning("job \(outcome.jobID) frame \(outcome.frame) failed on attempt \(outcome.attemptID): \(peer: error.message, limit: 400)"
             + (final ? "; frame given up" : "; requeued")
-            + (outcome.workerBannedFromJob ? "; worker '\(peer: worker)' gets no more frames of this job" : ""))
+            + (outcome.workerBannedFromJob ? "; worker '\(peer: worker)' gets no more frames of this job" : ""),
+                .frameFailed(job: outcome.jobID, frame: outcome.frame, attempt: outcome.attemptID, worker: worker, final: final,
+                             workerBanned: outcome.workerBannedFromJob, error: error.message))
         dispatchNeeded = true
         var failed = FarmFrameFailed()
         failed.frame = UInt32(outcome.frame)
@@ -412,7 +422,7 @@ extension Coordinator {
         let message = "no connected worker may take job \(job) any more (\(names.joined(separator: ", ")): each failed "
             + "\(settings.maxFailedFramesPerWorkerJob) of its frames); its remaining frames wait for another worker "
             + "(start one, or dp-coord cancel \(job))"
-        log("job \(job): \(message)")
+        log.warning("job \(job): \(message)", .noWorkerMayTake(job: job))
         var notice = FarmJobNotice()
         notice.message = message
         emit(job: job, .jobNotice(notice))
@@ -439,7 +449,7 @@ extension Coordinator {
             guard !candidates.isEmpty else { return }
             banned = try journal.bannedJobs()
         } catch {
-            log("dispatch: cannot read the queue: \(error)")
+            log.error("dispatch: cannot read the queue: \(error)")
             return
         }
         let topModel = candidates[0].modelID
@@ -475,7 +485,7 @@ extension Coordinator {
                 do {
                     more = try journal.nextFrames(limit: session.credit, worker: session.name)
                 } catch {
-                    log("dispatch: cannot read the queue for worker '\(peer: session.name)': \(error)")
+                    log.error("dispatch: cannot read the queue for worker '\(peer: session.name)': \(error)", worker: session.name)
                     return
                 }
                 if more.isEmpty { break }
@@ -495,7 +505,7 @@ extension Coordinator {
         do {
             context = try jobContext(candidate.jobID)
         } catch {
-            log("job \(candidate.jobID): cannot prepare it for dispatch: \(error)")
+            log.error("job \(candidate.jobID): cannot prepare it for dispatch: \(error)", job: candidate.jobID)
             failJob(candidate.jobID, error: "\(error)")
             return false
         }
@@ -503,7 +513,8 @@ extension Coordinator {
         do {
             window = try context.poseWindow(for: UInt32(candidate.frame))
         } catch {
-            log("job \(candidate.jobID) frame \(candidate.frame): cannot read its poses: \(error)")
+            log.error("job \(candidate.jobID) frame \(candidate.frame): cannot read its poses: \(error)",
+                job: candidate.jobID, frame: candidate.frame)
             failJob(candidate.jobID, error: "\(error)")
             return false
         }
@@ -513,7 +524,8 @@ extension Coordinator {
                 ? try journal.startAttempt(checked: candidate, worker: session.name)
                 : try journal.startAttempt(job: candidate.jobID, frame: candidate.frame, worker: session.name)
         } catch {
-            log("dispatch of job \(candidate.jobID) frame \(candidate.frame) to '\(peer: session.name)' refused: \(error)")
+            log.error("dispatch of job \(candidate.jobID) frame \(candidate.frame) to '\(peer: session.name)' refused: \(error)",
+                job: candidate.jobID, frame: candidate.frame)
             return true
         }
         session.credit -= 1
@@ -551,13 +563,16 @@ extension Coordinator {
             if record.state == .queued || record.state == .running {
                 do {
                     try journal.requeueDoneFrame(job: id, frame: Int(frame), reason: "output lost: \(reason)")
-                    log("job \(id) frame \(frame): was done but \(reason); requeued")
+                    log.warning("job \(id) frame \(frame): was done but \(reason); requeued",
+                        .frameOutputLost(job: id, frame: Int(frame), requeued: true, reason: reason))
                     dispatchNeeded = true
                 } catch {
-                    log("job \(id) frame \(frame): was done but \(reason); cannot requeue it: \(error)")
+                    log.error("job \(id) frame \(frame): was done but \(reason); cannot requeue it: \(error)",
+                        .frameOutputLost(job: id, frame: Int(frame), requeued: false, reason: reason))
                 }
             } else {
-                log("job \(id) frame \(frame): was done but \(reason) (job \(record.state.rawValue); not requeued)")
+                log.warning("job \(id) frame \(frame): was done but \(reason) (job \(record.state.rawValue); not requeued)",
+                    .frameOutputLost(job: id, frame: Int(frame), requeued: false, reason: reason))
             }
         }
         return context
@@ -568,10 +583,10 @@ extension Coordinator {
             let running = try journal.failJob(id, error: error)
             dispatchNeeded = true  // credit that was meant for this job goes to the next one
             cancelOnWorkers(job: id, attempts: running, reason: error)
-            log("job \(id) failed: \(error)")
+            log.warning("job \(id) failed: \(error)", .jobFailed(job: id, error: error))
             finishJob(id)
         } catch {
-            log("cannot fail job \(id): \(error)")
+            log.error("cannot fail job \(id): \(error)", job: id)
         }
     }
 
@@ -586,7 +601,7 @@ extension Coordinator {
             cancel.jobID = UInt64(job)
             cancel.reason = reason
             send(session.routingID, .cancel(cancel))
-            log("sent Cancel{job \(job)} to worker '\(peer: session.name)'")
+            log.info("sent Cancel{job \(job)} to worker '\(peer: session.name)'", job: job, worker: session.name)
         }
     }
 
@@ -611,7 +626,7 @@ extension Coordinator {
                 context = try jobContext(id)
                 jobContexts[id] = nil
             } catch {
-                log("job \(id): cannot open its output to finish it: \(error)")
+                log.error("job \(id): cannot open its output to finish it: \(error)", job: id)
                 context = nil
             }
         }
@@ -633,7 +648,7 @@ extension Coordinator {
             do {
                 try output?.flush()
             } catch {
-                log("job \(id): cannot write its final manifest.json: \(error)")
+                log.error("job \(id): cannot write its final manifest.json: \(error)", job: id)
             }
             guard wantsVideo, let output else {
                 report(record.videoWritten ? record.videoPath : nil, message, true)
@@ -683,10 +698,10 @@ extension Coordinator {
                 do {
                     try journal.markOutputsFinal(job: f.job)
                 } catch {
-                    log("job \(f.job): cannot mark its outputs final: \(error)")
+                    log.error("job \(f.job): cannot mark its outputs final: \(error)", job: f.job)
                 }
             }
-            if f.message.hasPrefix("video failed") { log("job \(f.job): \(f.message)") }
+            if f.message.hasPrefix("video failed") { log.error("job \(f.job): \(f.message)", .videoFailed(job: f.job, error: f.message)) }
             announceFinished(f.job, state: f.state, video: f.video, message: f.message)
         }
     }
@@ -696,8 +711,8 @@ extension Coordinator {
         finished.state = FarmJobState(state)
         finished.videoPath = video ?? ""
         finished.message = message
-        log("job \(id) finished: \(state.rawValue)" + (video.map { ", video \($0)" } ?? "")
-            + (message.isEmpty ? "" : " (\(message))"))
+        log.notice("job \(id) finished: \(state.rawValue)" + (video.map { ", video \($0)" } ?? "")
+            + (message.isEmpty ? "" : " (\(message))"), JobEnd(rawValue: state.rawValue).map { .jobFinished(job: id, state: $0) })
         emit(job: id, .jobFinished(finished))
         followers[id] = nil
     }

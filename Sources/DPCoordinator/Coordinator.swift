@@ -7,6 +7,7 @@
 import CDPSys
 import DPFileKit
 import DPJournal
+import DPLog
 import DPProtocol
 import DPTransport
 import Foundation
@@ -22,7 +23,8 @@ public final class Coordinator: @unchecked Sendable {
     public let endpoint: String
 
     let clock: JournalClock
-    let log: @Sendable (String) -> Void
+    /// The coordinator's log (label dp.coord) and its typed events (`FarmLog.onEvent`).
+    let log: FarmLog
     let context: ZMQContext
     let router: ZMQSocket
     let coordinatorID: String
@@ -78,8 +80,16 @@ public final class Coordinator: @unchecked Sendable {
     let manifestQueue = DispatchQueue(label: "dp-coord.manifest")
     let manifestRewritePending = LockedFlag()
 
-    public init(settings: CoordinatorSettings, clock: JournalClock = SystemClock(),
-                log: @escaping @Sendable (String) -> Void) throws {
+    /// A coordinator whose log lines (text format) go to `log`; its events go nowhere.
+    public convenience init(settings: CoordinatorSettings, clock: JournalClock = SystemClock(),
+                            log: @escaping @Sendable (String) -> Void) throws {
+        try self.init(settings: settings, clock: clock, logger: FarmLog(label: Coordinator.logLabel, sink: log))
+    }
+
+    /// The swift-log label of the coordinator's records.
+    public static let logLabel = "dp.coord"
+
+    public init(settings: CoordinatorSettings, clock: JournalClock = SystemClock(), logger log: FarmLog) throws {
         self.settings = settings
         self.clock = clock
         self.log = log
@@ -154,7 +164,7 @@ public final class Coordinator: @unchecked Sendable {
     public func reloadAuthorizedKeys() throws -> AuthorizedKeys.Counts? {
         guard let authorizedKeys else { return nil }
         let counts = try authorizedKeys.reload()
-        log("authorized keys reloaded: \(counts)")
+        log.notice("authorized keys reloaded: \(counts)", .keysReloaded)
         return counts
     }
 
@@ -183,10 +193,10 @@ public final class Coordinator: @unchecked Sendable {
         startedMs = clock.nowMilliseconds()
         if let nice = settings.loopThreadNice {
             if dp_set_thread_nice(Int32(clamping: nice)) == 0 {
-                log("coordinator loop thread at nice \(nice)")
+                log.info("coordinator loop thread at nice \(nice)", .loopThreadNice(nice: nice, applied: true))
             } else {
-                log("coordinator loop thread: cannot set nice \(nice) (\(String(cString: strerror(errno)))); running at the "
-                    + "inherited priority (a lower nice value needs CAP_SYS_NICE)")
+                log.warning("coordinator loop thread: cannot set nice \(nice) (\(String(cString: strerror(errno)))); running at the "
+                    + "inherited priority (a lower nice value needs CAP_SYS_NICE)", .loopThreadNice(nice: nice, applied: false))
             }
         }
         try startUp()
@@ -195,15 +205,16 @@ public final class Coordinator: @unchecked Sendable {
         poller.add(fileDescriptor: wakePipe.readDescriptor)
         if let zap { try poller.add(zap.socket) }
         let pollMs = max(5, min(100, settings.heartbeatIntervalMs / 4))
-        log("coordinator \(coordinatorID) serving on \(endpoint) (state \(settings.stateDirectory.path))")
+        log.notice("coordinator \(coordinatorID) serving on \(endpoint) (state \(settings.stateDirectory.path))", .serving(endpoint: endpoint))
         switch settings.auth {
         case .insecureNoAuth:
-            for _ in 0 ..< 3 {
-                log("WARNING: --insecure-no-auth: NO AUTHENTICATION. Anyone who can reach \(endpoint) can submit, "
-                    + "cancel and read every job and register as a worker. Use CURVE keys (dp-coord keygen).")
+            for i in 0 ..< 3 {
+                log.warning("WARNING: --insecure-no-auth: NO AUTHENTICATION. Anyone who can reach \(endpoint) can submit, "
+                    + "cancel and read every job and register as a worker. Use CURVE keys (dp-coord keygen).",
+                        i == 0 ? .insecureNoAuth(endpoint: endpoint) : nil)
             }
         case .curve(let auth):
-            log("CURVE authentication on: server public key \(auth.serverKeys.publicKey); "
+            log.notice("CURVE authentication on: server public key \(auth.serverKeys.publicKey); "
                 + "\(authorizedKeys?.counts.description ?? "")")
         }
         defer { flushOutputs(force: true) }
@@ -225,7 +236,7 @@ public final class Coordinator: @unchecked Sendable {
                     throw error
                 } catch {
                     // Fails closed: a handshake without an answer never completes.
-                    log("ZAP handler: \(error)")
+                    log.error("ZAP handler: \(error)")
                 }
             }
             lastTurnNs = DispatchTime.now().uptimeNanoseconds
@@ -248,7 +259,7 @@ public final class Coordinator: @unchecked Sendable {
         // the state goes away; the next start-up marks their jobs' outputs final.
         manifestQueue.sync {}
         videoQueue.sync {}
-        log("coordinator \(coordinatorID) stopped")
+        log.notice("coordinator \(coordinatorID) stopped", .coordinatorStopped)
     }
 
     /// Sleeps `nanoseconds` (the group-commit pause between busy loop turns).
@@ -315,7 +326,7 @@ public final class Coordinator: @unchecked Sendable {
                 do {
                     try output.flush(durable: force)
                 } catch {
-                    log("job \(id): cannot rewrite manifest.json: \(error)")
+                    log.error("job \(id): cannot rewrite manifest.json: \(error)", job: id)
                 }
             }
         }
@@ -353,17 +364,17 @@ public final class Coordinator: @unchecked Sendable {
             try? FileManager.default.removeItem(at: inputsDirectory.appendingPathComponent(name))
         }
         for (id, why) in models.refusedAtStart.sorted(by: { $0.key < $1.key }) {
-            log("model \(id) is not served: \(why)")
+            log.warning("model \(id) is not served: \(why)")
         }
         for job in try journal.jobs(states: [.uploading], includingSpec: false) {
             _ = try journal.failJob(job.id, error: "upload interrupted by a coordinator restart; submit the job again")
-            log("job \(job.id) '\(peer: job.name)': was uploading when the coordinator stopped; marked failed")
+            log.warning("job \(job.id) '\(peer: job.name)': was uploading when the coordinator stopped; marked failed", job: job.id)
         }
         // A crash (or a stop) between a job's end and its last manifest rewrite or video: finish them now.
         for job in try journal.jobs(states: [.completed, .failed, .cancelled], includingSpec: false) where !job.outputsFinal {
             let video = job.state == .completed && (job.videoPath ?? "") != "" && !job.videoWritten
-            log("job \(job.id) '\(peer: job.name)': \(job.state.rawValue) before its final manifest.json"
-                + (video ? " and video" : "") + " were written; writing them now")
+            log.notice("job \(job.id) '\(peer: job.name)': \(job.state.rawValue) before its final manifest.json"
+                + (video ? " and video" : "") + " were written; writing them now", .jobOutputsResumed(job: job.id))
             finishJob(job.id)
         }
         // Open every unfinished job's output now: its done frames' PNGs are checked against the
@@ -374,14 +385,14 @@ public final class Coordinator: @unchecked Sendable {
             } catch {
                 // A job that cannot be loaded (its model's dreampose.json refused, its output folder in
                 // the way, ...) fails with the reason; the coordinator comes up (no crash loop).
-                log("job \(job.id) '\(peer: job.name)': cannot load it at start-up: \(error); marking it failed")
+                log.error("job \(job.id) '\(peer: job.name)': cannot load it at start-up: \(error); marking it failed", job: job.id)
                 failJob(job.id, error: "cannot load the job at coordinator start-up: \(error)")
             }
         }
         let inFlight = try journal.runningAttempts()
         if !inFlight.isEmpty {
-            log("\(inFlight.count) attempt(s) in flight from before the restart: requeued after "
-                + "\(settings.restartGraceSeconds) s unless their workers re-adopt them")
+            log.notice("\(inFlight.count) attempt(s) in flight from before the restart: requeued after "
+                + "\(settings.restartGraceSeconds) s unless their workers re-adopt them", .restartAttemptsInFlight(attempts: inFlight.count))
         }
         if settings.restartGraceSeconds <= 0 { endGrace() }
     }
@@ -393,13 +404,13 @@ public final class Coordinator: @unchecked Sendable {
             let requeued = try journal.requeueInFlightAttempts(
                 keeping: keep, reason: "not re-adopted within the \(settings.restartGraceSeconds) s restart grace period")
             if !requeued.isEmpty {
-                log("restart grace over: requeued \(requeued.count) attempt(s) "
+                log.notice("restart grace over: requeued \(requeued.count) attempt(s) "
                     + requeued.map { "\($0.id) (job \($0.jobID) frame \($0.frame), worker \(peer: $0.worker))" }
-                    .joined(separator: ", "))
+                    .joined(separator: ", "), .restartGraceOver(requeued: requeued.count))
                 dispatchNeeded = true
             }
         } catch {
-            log("restart grace over: cannot requeue in-flight attempts: \(error)")
+            log.error("restart grace over: cannot requeue in-flight attempts: \(error)")
         }
     }
 
@@ -440,16 +451,19 @@ public final class Coordinator: @unchecked Sendable {
         do {
             try route(routingID, envelope)
         } catch {
-            log("error handling \(envelope.bodyName) from \(peerName(routingID)): \(peer: "\(error)", limit: 400)")
+            log.error("error handling \(envelope.bodyName) from \(peerName(routingID)): \(peer: "\(error)", limit: 400)")
             send(routingID, .error(FarmError(.internal, "coordinator error handling \(envelope.bodyName): \(error)")),
                  requestID: envelope.requestID)
         }
     }
 
     func reject(_ routingID: Data, _ error: FarmProtocolError) {
+        let event = FarmEvent.messageRejected(peer: peerName(routingID), reason: error.description)
         if let line = rejectLog.line("rejected message from \(peerName(routingID)): \(peer: error.description, limit: 400)",
                                      nowMilliseconds: now) {
-            log(line)
+            log.warning(line, event)
+        } else {
+            log.report(event)  // the line is held back (LogLimiter), the event is not
         }
         guard !routingID.isEmpty else { return }
         send(routingID, .error(FarmError(error)))
@@ -464,14 +478,16 @@ public final class Coordinator: @unchecked Sendable {
             try onHello(peer, hello)
         case .credit, .progress, .frameResult, .goodbye, .heartbeat, .modelManifestRequest, .modelChunkRequest:
             guard let session = sessions[peer] else {
-                log("\(body.name) from unregistered \(peerName(peer)): answered NOT_REGISTERED")
+                log.warning("\(body.name) from unregistered \(peerName(peer)): answered NOT_REGISTERED",
+                    .unregisteredMessage(peer: peerName(peer), message: body.name))
                 send(peer, .error(FarmError(.notRegistered, "send Hello first: no session for this connection")),
                      requestID: rid)
                 return
             }
             try onWorkerMessage(session, body, requestID: rid)
         case .error(let error):
-            log("error from \(peerName(peer)): \(error.code) \(peer: error.message, limit: 400)")
+            log.warning("error from \(peerName(peer)): \(error.code) \(peer: error.message, limit: 400)",
+                .peerError(peer: peerName(peer), code: "\(error.code)"))
         case .acknowledge:
             break  // its ack was read by `handle`
         case .submitJob(let submit):
@@ -487,7 +503,7 @@ public final class Coordinator: @unchecked Sendable {
         case .workersRequest:
             try onWorkers(peer, rid)
         default:
-            log("rejected \(body.name) from \(peerName(peer)): not a message a coordinator receives")
+            log.warning("rejected \(body.name) from \(peerName(peer)): not a message a coordinator receives")
             send(peer, .error(FarmError(.badRequest, "\(body.name) is not a message a coordinator receives")),
                  requestID: rid)
         }
@@ -523,7 +539,7 @@ public final class Coordinator: @unchecked Sendable {
                 return false
             }
             guard try router.send([peer, data], flags: .dontWait) else {
-                log("send queue to \(peerName(peer)) is full: dropped \(body.name)")
+                log.warning("send queue to \(peerName(peer)) is full: dropped \(body.name)")
                 return false
             }
             sessions[peer]?.lastSentMs = now
@@ -531,11 +547,11 @@ public final class Coordinator: @unchecked Sendable {
         } catch let error as ZMQError where error.isHostUnreachable {
             ledger.forget(peer)
             if probe { return false }  // a client that left: nothing else to drop
-            log("\(peerName(peer)) is gone (sending \(body.name)): dropping it")
+            log.warning("\(peerName(peer)) is gone (sending \(body.name)): dropping it")
             dropPeer(peer, reason: "connection gone")
             return false
         } catch {
-            log("cannot send \(body.name) to \(peerName(peer)): \(error)")
+            log.error("cannot send \(body.name) to \(peerName(peer)): \(error)")
             return false
         }
     }
@@ -624,7 +640,7 @@ public final class Coordinator: @unchecked Sendable {
         if !graceDone, Double(t - startedMs) >= settings.restartGraceSeconds * 1000 { endGrace() }
         let deadline = Int64(settings.heartbeatIntervalMs * settings.heartbeatLiveness)
         for session in Array(sessions.values) where t - session.lastHeardMs > deadline {
-            endSession(session, reason: "silent for \(t - session.lastHeardMs) ms "
+            endSession(session, cause: .silent, reason: "silent for \(t - session.lastHeardMs) ms "
                 + "(\(settings.heartbeatLiveness) x \(settings.heartbeatIntervalMs) ms heartbeats)")
         }
         let stallMs = Int64(settings.stallTimeoutSeconds * 1000)

@@ -32,14 +32,33 @@ public struct ModelFetcher {
     /// Fetches of one file before giving up on it (the first included).
     public var maxAttemptsPerFile: Int
 
-    /// One line per re-fetch (which file, which hashes), for the worker's log.
-    public var log: (String) -> Void
+    /// A fetched file whose SHA-256 is not the manifest's (then fetched again, or given up).
+    public struct Corrupted: Sendable, Equatable, CustomStringConvertible {
+        public var modelID: String
+        public var path: String
+        /// 1 for the first fetch.
+        public var attempt: Int
+        public var found: String
+        public var expected: String
+        /// No fetch left: the model fetch fails.
+        public var givingUp: Bool
 
-    public init(chunkBytes: Int = 4 << 20, maxAttemptsPerFile: Int = 3, log: @escaping (String) -> Void = { _ in }) {
+        /// The worker's log line.
+        public var description: String {
+            "model \(modelID): '\(path)' fetch \(attempt) corrupted (sha256 \(found), manifest says \(expected))"
+                + (givingUp ? "; giving up" : "; fetching it again")
+        }
+    }
+
+    /// Called for each corrupted fetch (which file, which hashes), for the worker's log and events.
+    public var onCorrupted: (Corrupted) -> Void
+
+    public init(chunkBytes: Int = 4 << 20, maxAttemptsPerFile: Int = 3,
+                onCorrupted: @escaping (Corrupted) -> Void = { _ in }) {
         precondition(chunkBytes > 0 && maxAttemptsPerFile > 0)
         self.chunkBytes = chunkBytes
         self.maxAttemptsPerFile = maxAttemptsPerFile
-        self.log = log
+        self.onCorrupted = onCorrupted
     }
 
     /// Fetches every file of `manifest` into `cache` and returns a lease on the installed model.
@@ -80,9 +99,8 @@ public struct ModelFetcher {
                 }
                 let found = FileDigest.hex(hasher.finalize())
                 if found == file.sha256 { break }
-                log("model \(manifest.modelID): '\(file.path)' fetch \(attempt) corrupted "
-                    + "(sha256 \(found), manifest says \(file.sha256))"
-                    + (attempt < maxAttemptsPerFile ? "; fetching it again" : "; giving up"))
+                onCorrupted(Corrupted(modelID: manifest.modelID, path: file.path, attempt: attempt, found: found,
+                                      expected: file.sha256, givingUp: attempt >= maxAttemptsPerFile))
                 guard attempt < maxAttemptsPerFile else {
                     throw ModelFetchError.corrupted(modelID: manifest.modelID, path: file.path,
                                                     attempts: attempt, expected: file.sha256, found: found)

@@ -2,6 +2,7 @@
 // chunked fetch from the coordinator through the I/O thread), prepares the job once, renders with
 // per-step progress and a cancel check between steps, and hands the FrameResult to the I/O thread.
 import DPFileKit
+import DPLog
 import DPPipeline
 import DPProtocol
 import Foundation
@@ -175,7 +176,7 @@ extension WorkerService {
         }
         if result.renderSeconds == 0 { result.renderSeconds = Date().timeIntervalSince(started) }
         if result.hasError {
-            log("worker \(settings.name): \(label) ended: \(result.error.code) \(result.error.message)")
+            log.warning("worker \(settings.name): \(label) ended: \(result.error.code) \(result.error.message)")
         }
         task.result = result
         post(.finished(attemptID: task.attemptID))
@@ -224,7 +225,8 @@ extension WorkerService {
     /// `acquireModel`'s fetch, holding `fetchLock`.
     private func fetchModel(_ modelID: String, cancelled: () -> Bool) throws -> ModelLease {
         if let lease = try cache.lease(modelID) { return lease }  // fetched while we waited
-        log("worker \(settings.name): model \(modelID) not cached; fetching it from the coordinator")
+        log.notice("worker \(settings.name): model \(modelID) not cached; fetching it from the coordinator",
+            .modelFetching(worker: settings.name, model: modelID))
         let started = Date()
         var manifestRequest = FarmModelManifestRequest()
         manifestRequest.modelID = modelID
@@ -245,8 +247,9 @@ extension WorkerService {
             throw WorkerServiceError.modelUnavailable("model \(modelID): bad manifest from the coordinator: \(error)")
         }
         let chunkBytes = shared.withLock { $0.modelChunkBytes }
-        let fetcher = ModelFetcher(chunkBytes: chunkBytes, maxAttemptsPerFile: 3, log: { [log, settings] line in
-            log("worker \(settings.name): \(line)")
+        let fetcher = ModelFetcher(chunkBytes: chunkBytes, maxAttemptsPerFile: 3, onCorrupted: { [log, settings] bad in
+            log.warning("worker \(settings.name): \(bad)", .modelFileCorrupted(worker: settings.name, model: bad.modelID,
+                                                                              path: bad.path, givingUp: bad.givingUp))
         })
         let lease = try fetcher.fetch(manifest, into: cache) { path, offset, length in
             if cancelled() { throw WorkerServiceError.modelUnavailable("fetch of model \(modelID) stopped: attempt cancelled") }
@@ -261,8 +264,9 @@ extension WorkerService {
             }
             return chunk.data
         }
-        log(String(format: "worker %@: model %@ fetched and verified (%llu bytes, %d files) in %.2f s",
-                   settings.name, modelID, manifest.totalBytes, manifest.files.count, Date().timeIntervalSince(started)))
+        log.notice(String(format: "worker %@: model %@ fetched and verified (%llu bytes, %d files) in %.2f s",
+                   settings.name, modelID, manifest.totalBytes, manifest.files.count, Date().timeIntervalSince(started)),
+                       .modelFetched(worker: settings.name, model: modelID, bytes: manifest.totalBytes, files: manifest.files.count))
         return lease
     }
 

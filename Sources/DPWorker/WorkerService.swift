@@ -20,6 +20,7 @@
 // Hello lists the attempts still held, and results finished meanwhile are sent once welcomed.
 import CDPSys
 import DPFileKit
+import DPLog
 import DPProtocol
 import DPTransport
 import Foundation
@@ -30,7 +31,8 @@ import Synchronization
 public final class WorkerService: @unchecked Sendable {
     public let settings: WorkerSettings
     public let renderer: FrameRenderer
-    let log: @Sendable (String) -> Void
+    /// The worker's log (label dp.worker, `worker` metadata) and its typed events (`FarmLog.onEvent`).
+    let log: FarmLog
     let context: ZMQContext
     let cache: ModelCache
 
@@ -94,12 +96,22 @@ public final class WorkerService: @unchecked Sendable {
     ///   embedded farm) can share one, as zguide advises (one context per process): one I/O thread
     ///   for all of them instead of one each (at thousands of frames a second that one thread is the
     ///   limit, see PERF.md). nil = a context of its own.
+    public convenience init(settings: WorkerSettings, renderer: FrameRenderer, context: ZMQContext? = nil,
+                            log: @escaping @Sendable (String) -> Void) throws {
+        try self.init(settings: settings, renderer: renderer, context: context,
+                      logger: FarmLog(label: WorkerService.logLabel, sink: log))
+    }
+
+    /// The swift-log label of the worker's records.
+    public static let logLabel = "dp.worker"
+
+    /// - logger: every record gets the worker's name as `worker` metadata.
     public init(settings: WorkerSettings, renderer: FrameRenderer, context: ZMQContext? = nil,
-                log: @escaping @Sendable (String) -> Void) throws {
+                logger: FarmLog) throws {
         try settings.validate()
         self.settings = settings
         self.renderer = renderer
-        self.log = log
+        self.log = logger.with("worker", settings.name)
         self.cache = try ModelCache(directory: settings.cacheDirectory, maxBytes: UInt64(settings.cacheBytes))
         self.context = try context ?? ZMQContext()
         do {
@@ -144,8 +156,8 @@ public final class WorkerService: @unchecked Sendable {
             shared.withLock { $0.running = false; $0.computeOpen = false }
             for _ in 0 ..< settings.slots { workSignal.signal() }
         }
-        log("worker \(settings.name): \(settings.slots) slot(s), cache \(settings.cacheDirectory.path), "
-            + "coordinator \(settings.connect)")
+        log.info("worker \(settings.name): \(settings.slots) slot(s), cache \(settings.cacheDirectory.path), "
+            + "coordinator \(settings.connect)", .workerStarting(worker: settings.name, slots: settings.slots))
         while true {
             try openSession()
             let outcome = try serveSession()
@@ -156,7 +168,7 @@ public final class WorkerService: @unchecked Sendable {
                 socket?.close()
                 socket = nil
                 welcomed = false
-                log("worker \(settings.name): \(why); reconnecting in \(backoffMs) ms")
+                log.warning("worker \(settings.name): \(why); reconnecting in \(backoffMs) ms", .reconnecting(worker: settings.name))
                 if waitForStop(milliseconds: backoffMs) { finishWhileDisconnected(); return }
                 backoffMs = min(backoffMs * 2, settings.reconnectMaxMs)
             }
@@ -371,7 +383,7 @@ public final class WorkerService: @unchecked Sendable {
         guard let mode = shared.withLock({ $0.stopMode }) else { return nil }
         if stopStartedAt == nil {
             stopStartedAt = Date()
-            log("worker \(settings.name): stopping (\(mode))")
+            log.notice("worker \(settings.name): stopping (\(mode))", .workerStopping(worker: settings.name, handBack: mode == .handBack))
         }
         switch mode {
         case .abandon:
@@ -402,7 +414,8 @@ public final class WorkerService: @unchecked Sendable {
                 return ids
             }
             try send(FarmEnvelope(.goodbye(bye)))
-            log("worker \(settings.name): Goodbye sent, handed back attempts \(bye.handedBackAttemptIds)")
+            log.notice("worker \(settings.name): Goodbye sent, handed back attempts \(bye.handedBackAttemptIds)",
+                .handedBack(worker: settings.name, attempts: bye.handedBackAttemptIds.map { Int64(truncatingIfNeeded: $0) }))
             socket?.close()
             socket = nil
             return .stopped
@@ -427,7 +440,7 @@ public final class WorkerService: @unchecked Sendable {
         shared.withLock { shared in
             for task in shared.tasks.values where task.result == nil { task.cancelReason = .shuttingDown }
         }
-        log("worker \(settings.name): stopped while disconnected; the coordinator requeues its attempts")
+        log.notice("worker \(settings.name): stopped while disconnected; the coordinator requeues its attempts")
     }
 
     // MARK: inbox
@@ -541,7 +554,7 @@ public final class WorkerService: @unchecked Sendable {
             match = pendingModelRequests.values.sorted { $0.requestID < $1.requestID }.first { $0.matches(envelope) }
         }
         guard let match else {
-            log("worker \(settings.name): dropped an unrequested \(envelope.bodyName) (request \(envelope.requestID))")
+            log.warning("worker \(settings.name): dropped an unrequested \(envelope.bodyName) (request \(envelope.requestID))")
             return
         }
         pendingModelRequests[match.requestID] = nil
@@ -552,14 +565,14 @@ public final class WorkerService: @unchecked Sendable {
 
     private func handle(_ frames: [Data]) throws {
         guard frames.count == 1 else {
-            log("worker \(settings.name): dropped a \(frames.count)-frame message from the coordinator (expected 1 frame)")
+            log.warning("worker \(settings.name): dropped a \(frames.count)-frame message from the coordinator (expected 1 frame)")
             return
         }
         let envelope: FarmEnvelope
         do {
             envelope = try FarmEnvelope.decode(frames[0], maxBytes: settings.maxMessageBytes)
         } catch let error as FarmProtocolError {
-            log("worker \(settings.name): refused a message from coordinator \(settings.connect): \(error)")
+            log.warning("worker \(settings.name): refused a message from coordinator \(settings.connect): \(error)")
             try send(FarmEnvelope(.error(FarmError(error))))
             return
         }
@@ -582,7 +595,7 @@ public final class WorkerService: @unchecked Sendable {
         case .error(let error):
             try handleError(error, requestID: envelope.requestID)
         default:
-            log("worker \(settings.name): ignored unexpected \(envelope.bodyName) from the coordinator")
+            log.warning("worker \(settings.name): ignored unexpected \(envelope.bodyName) from the coordinator")
         }
     }
 
@@ -604,10 +617,11 @@ public final class WorkerService: @unchecked Sendable {
             return (dropped, shared.stopMode)
         }
         if coordinatorID != w.coordinatorID {
-            log("worker \(settings.name): welcomed by coordinator \(w.coordinatorID) (heartbeat \(heartbeatIntervalMs) ms x \(heartbeatLiveness))")
+            log.notice("worker \(settings.name): welcomed by coordinator \(w.coordinatorID) (heartbeat \(heartbeatIntervalMs) ms x \(heartbeatLiveness))",
+                .welcomed(worker: settings.name, coordinator: w.coordinatorID))
             coordinatorID = w.coordinatorID
         }
-        if !dropped.isEmpty { log("worker \(settings.name): attempts \(dropped.sorted()) not adopted; cancelling them") }
+        if !dropped.isEmpty { log.warning("worker \(settings.name): attempts \(dropped.sorted()) not adopted; cancelling them") }
         // A new session: the coordinator's credit for this worker starts at 0.
         shared.withLock { $0.creditsOutstanding = 0 }
         if mode == nil { try sendCredit(grantCredits()) }
@@ -621,14 +635,14 @@ public final class WorkerService: @unchecked Sendable {
     private func handleError(_ error: FarmError, requestID: UInt64) throws {
         switch error.code {
         case .notRegistered:
-            log("worker \(settings.name): coordinator says not registered; sending Hello again")
+            log.warning("worker \(settings.name): coordinator says not registered; sending Hello again")
             welcomed = false
             try sendHello()
         case .badRequest where !welcomed && requestID == 0:
             // The coordinator refused our Hello (e.g. this key is not a worker key, or the name
             // belongs to another key): no session; retried after the backoff.
             setProblem(.refused(error.message))
-            log("worker \(settings.name): coordinator refused this worker: \(error.message)")
+            log.error("worker \(settings.name): coordinator refused this worker: \(error.message)", .refusedByCoordinator(worker: settings.name))
         case .unknownModel, .unknownFile, .badRequest, .checksumMismatch, .tooLarge:
             // An answer to a model request fails it; other errors are only logged.
             var failed: [ModelRequest] = []
@@ -641,9 +655,9 @@ public final class WorkerService: @unchecked Sendable {
                 r.complete(.failure(WorkerServiceError.modelUnavailable(
                     "coordinator refused \(r.what): \(error.code) \(error.message)")))
             }
-            log("worker \(settings.name): coordinator error \(error.code): \(error.message)")
+            log.warning("worker \(settings.name): coordinator error \(error.code): \(error.message)")
         default:
-            log("worker \(settings.name): coordinator error \(error.code): \(error.message)")
+            log.warning("worker \(settings.name): coordinator error \(error.code): \(error.message)")
         }
     }
 
@@ -674,7 +688,8 @@ public final class WorkerService: @unchecked Sendable {
             return (shared.stopMode != nil, shared.tasks[frameTask.attemptID] != nil, shared.jobs[frameTask.jobID])
         }
         if duplicate {
-            log("worker \(settings.name): ignored a second FrameTask for attempt \(frameTask.attemptID)")
+            log.warning("worker \(settings.name): ignored a second FrameTask for attempt \(frameTask.attemptID)",
+                attempt: Int64(truncatingIfNeeded: frameTask.attemptID))
             return
         }
         if stopping {
@@ -682,7 +697,9 @@ public final class WorkerService: @unchecked Sendable {
             return
         }
         guard let job else {
-            log("worker \(settings.name): FrameTask attempt \(frameTask.attemptID) (job \(frameTask.jobID) frame \(frameTask.frame)) without a JobPrep")
+            log.warning("worker \(settings.name): FrameTask attempt \(frameTask.attemptID) (job \(frameTask.jobID) frame \(frameTask.frame)) without a JobPrep",
+                job: Int64(truncatingIfNeeded: frameTask.jobID), frame: Int(frameTask.frame),
+                attempt: Int64(truncatingIfNeeded: frameTask.attemptID))
             try answer(.jobPrepMissing, "worker \(settings.name) holds no JobPrep for job \(frameTask.jobID) "
                        + "(frame \(frameTask.frame), attempt \(frameTask.attemptID))")
             return
@@ -762,7 +779,7 @@ public final class WorkerService: @unchecked Sendable {
             }
             return hit
         }
-        log("worker \(settings.name): Cancel \(String(describing: cancel.target)) (\(cancel.reason)): stopping attempts \(hit.sorted())")
+        log.info("worker \(settings.name): Cancel \(String(describing: cancel.target)) (\(cancel.reason)): stopping attempts \(hit.sorted())")
     }
 
     /// Drops job preps that hold no attempt, least recently used first, beyond `maxIdleJobPreps`.

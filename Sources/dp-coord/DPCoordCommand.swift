@@ -2,6 +2,7 @@ import ArgumentParser
 import DPCLISupport
 import DPCoordinator
 import DPFileKit
+import DPLog
 import DPPipeline
 import DPTransport
 import Foundation
@@ -102,6 +103,7 @@ extension DPCoordCommand {
         @Flag(name: .customLong("insecure-no-auth"),
               help: "Run WITHOUT authentication: anyone who can reach --bind may submit, cancel, read every job and register as a worker.")
         var insecureNoAuth = false
+        @OptionGroup var logging: LogOptions
 
         func validate() throws {
             if let h = heartbeatMs, h < 1 { throw ValidationError("--heartbeat-ms must be at least 1") }
@@ -161,9 +163,10 @@ extension DPCoordCommand {
             if let turnIntervalUs { settings.minTurnIntervalMicroseconds = turnIntervalUs }
             if let loopNice { settings.loopThreadNice = loopNice }
             if let outputRoot { settings.outputRoot = SubmitInputs.absoluteURL(outputRoot) }
-            let coordinator = try Coordinator(settings: settings, log: { DPCoordCommand.stderrLine($0) })
+            let log = try logging.makeLog(label: Coordinator.logLabel)
+            let coordinator = try Coordinator(settings: settings, logger: log)
             let trap = SignalTrap { sig in
-                DPCoordCommand.stderrLine("dp-coord: \(sig == SIGINT ? "SIGINT" : "SIGTERM"), shutting down")
+                log.notice("dp-coord: \(sig == SIGINT ? "SIGINT" : "SIGTERM"), shutting down")
                 coordinator.shutdown()
             }
             defer { trap.cancel() }
@@ -171,23 +174,24 @@ extension DPCoordCommand {
             let hup = SignalTrap([SIGHUP], repeats: true) { _ in
                 do {
                     if let counts = try coordinator.reloadAuthorizedKeys() {
-                        DPCoordCommand.stderrLine("dp-coord: SIGHUP: authorized keys reloaded (\(counts))")
+                        log.notice("dp-coord: SIGHUP: authorized keys reloaded (\(counts))")
                     } else {
-                        DPCoordCommand.stderrLine("dp-coord: SIGHUP: nothing to reload (--insecure-no-auth)")
+                        log.notice("dp-coord: SIGHUP: nothing to reload (--insecure-no-auth)")
                     }
                 } catch {
-                    DPCoordCommand.stderrLine("dp-coord: SIGHUP: keys NOT reloaded, the previous ones stay in use: \(error)")
+                    log.error("dp-coord: SIGHUP: keys NOT reloaded, the previous ones stay in use: \(error)")
                 }
             }
             defer { hup.cancel() }
-            // Announced once the signals are handled: a SIGTERM right after this line stops it cleanly.
-            DPCoordCommand.stderrLine("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
+            // Announced once the signals are handled: a SIGTERM right after this line stops it cleanly. (The
+            // coordinator's own "serving" event follows, once its loop runs.)
+            log.notice("dp-coord: serving on \(coordinator.endpoint), state \(stateURL.path)")
             if auth.isInsecure {
-                DPCoordCommand.stderrLine("dp-coord: WARNING: --insecure-no-auth: NO AUTHENTICATION on \(coordinator.endpoint); "
+                log.warning("dp-coord: WARNING: --insecure-no-auth: NO AUTHENTICATION on \(coordinator.endpoint); "
                     + "anyone who can reach it controls the farm")
             }
             try coordinator.run()
-            DPCoordCommand.stderrLine("dp-coord: stopped")
+            log.notice("dp-coord: stopped")
         }
     }
 }
@@ -214,8 +218,9 @@ extension DPCoordCommand {
         @Option(help: "Embedded mode: local workers (default 1).") var workers = 1
         @Option(help: "Embedded mode: engine threads in all, split between the workers (default: all cores).") var threads: Int?
         @Option(help: "Seconds to wait for the coordinator's replies.") var timeout: Double = 30
-        @Flag(help: "Embedded mode: show the embedded coordinator's and workers' log lines.") var verbose = false
+        @Flag(help: "Embedded mode: show the embedded coordinator's and workers' log lines (--log-level, --log-format).") var verbose = false
         @OptionGroup var keys: ClientKeyOptions
+        @OptionGroup var logging: LogOptions
 
         func validate() throws {
             if workers < 1 { throw ValidationError("--workers must be at least 1") }
@@ -234,9 +239,13 @@ extension DPCoordCommand {
             } else {
                 if detach { throw CLIError("--detach needs --coordinator (the embedded farm lives only as long as this command)") }
                 let quiet = json || !verbose
-                let log: @Sendable (String) -> Void = { line in if !quiet { display.line(line) } }
+                let sink: @Sendable (String) -> Void = { line in if !quiet { display.line(line) } }
+                let (level, format) = try logging.resolved()
                 let farm = try EmbeddedFarm(outputDirectory: URL(fileURLWithPath: inputs.submission.outputDirectory),
-                                            workers: workers, threads: threads, timeout: timeout, log: log)
+                                            workers: workers, threads: threads, timeout: timeout,
+                                            log: { label, prefix in
+                                                FarmLog(label: label, level: level, format: format, textPrefix: prefix, sink: sink)
+                                            })
                 let trap = SignalTrap { _ in
                     display.line("dp-coord submit: interrupted, stopping the embedded farm (the job stays in \(farm.stateDirectory.path))")
                     farm.shutdown()

@@ -1,4 +1,5 @@
 import DPCoordinator
+import DPLog
 import DPTransport
 import DPWorker
 import Foundation
@@ -20,8 +21,9 @@ final class EmbeddedFarm: Sendable {
     /// The submitting client's keys (ephemeral, like every key of the embedded farm).
     private let clientKeys: CurveClientKeys
 
+    /// - log: the log for a swift-log label and a text-line prefix ("coordinator: ", "local-1: ").
     init(outputDirectory: URL, workers: Int, threads: Int?, timeout: Double,
-         log: @escaping @Sendable (String) -> Void) throws {
+         log: (_ label: String, _ textPrefix: String) -> FarmLog) throws {
         self.timeout = timeout
         stateDirectory = outputDirectory.appendingPathComponent(".dp-state")
         try FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
@@ -41,7 +43,7 @@ final class EmbeddedFarm: Sendable {
         settings.maxFailedFramesPerWorkerJob = Int(Int32.max)
         settings.auth = .curve(CurveAuthSettings(serverKeys: server, workers: .keys([workerKeys.publicKey]),
                                                  clients: .keys([client.publicKey])))
-        coordinator = try Coordinator(settings: settings, log: { log("coordinator: \($0)") })
+        coordinator = try Coordinator(settings: settings, logger: log(Coordinator.logLabel, "coordinator: "))
         let coordinator = self.coordinator
         coordinatorThread = BackgroundThread(name: "dp-coord") { try coordinator.run() }
 
@@ -57,7 +59,7 @@ final class EmbeddedFarm: Sendable {
             ws.threads = perWorker[i]
             ws.curve = CurveClientKeys(keys: workerKeys, serverPublicKey: server.publicKey)
             let service = try WorkerService(settings: ws, renderer: PipelineFrameRenderer(), context: workerContext,
-                                            log: { log("\(name): \($0)") })
+                                            logger: log(WorkerService.logLabel, "\(name): "))
             services.append(service)
             workerThreads.append(BackgroundThread(name: "dp-worker-\(name)") { try service.run() })
         }

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Dispatch
+import DPCLISupport
 import DPCoordinator
+import DPLog
 import DPPipeline
 import DPTransport
 import DPWorker
@@ -39,6 +41,7 @@ struct DPWorkerCommand: ParsableCommand {
     var serverKey: String?
     @Flag(name: .customLong("insecure-no-auth"), help: "Connect without CURVE keys (only a coordinator run with --insecure-no-auth accepts that).")
     var insecureNoAuth = false
+    @OptionGroup var logging: LogOptions
 
     func validate() throws {
         if slots < 1 { throw ValidationError("--slots must be at least 1") }
@@ -85,12 +88,10 @@ struct DPWorkerCommand: ParsableCommand {
         }
         do { try settings.validate() } catch { throw CLIError("\(error)") }
 
-        let workerName = settings.name
-        let log: @Sendable (String) -> Void = { line in
-            FileHandle.standardError.write(Data(("dp-worker \(workerName): " + line + "\n").utf8))
-        }
-        let service = try WorkerService(settings: settings, renderer: PipelineFrameRenderer(), log: log)
-        log("connecting to \(endpoint), \(settings.slots) slot(s) x \(settings.threads ?? 0) thread(s), cache \(settings.cacheDirectory.path)")
+        let log = try logging.makeLog(label: WorkerService.logLabel, textPrefix: "dp-worker \(settings.name): ")
+            .with("worker", settings.name)
+        let service = try WorkerService(settings: settings, renderer: PipelineFrameRenderer(), logger: log)
+        log.info("connecting to \(endpoint), \(settings.slots) slot(s) x \(settings.threads ?? 0) thread(s), cache \(settings.cacheDirectory.path)")
 
         // SIGTERM/SIGINT: stop after the current denoising step and hand the frame back (Goodbye).
         // Schedulers may send SIGTERM more than once for one stop (Slurm signals every process of a step
@@ -102,15 +103,15 @@ struct DPWorkerCommand: ParsableCommand {
         try service.run()
         // The frames in progress stop within a denoising step; exit only once they have.
         if !service.waitForComputeThreads(timeoutSeconds: 300) {
-            log("a frame did not stop within 300 s of the shutdown; exiting anyway")
+            log.warning("a frame did not stop within 300 s of the shutdown; exiting anyway")
         }
-        log("stopped")
+        log.info("stopped", .workerStopped(worker: settings.name))
     }
 }
 
 /// The worker's SIGTERM/SIGINT handling (see `DPWorkerCommand.run`).
 enum WorkerSignals {
-    static func install(log: @escaping @Sendable (String) -> Void, stop: @escaping @Sendable () -> Void) -> [DispatchSourceSignal] {
+    static func install(log: FarmLog, stop: @escaping @Sendable () -> Void) -> [DispatchSourceSignal] {
         final class State: Sendable { let value = Mutex((stopping: false, terms: 0)) }
         let state = State()
         let queue = DispatchQueue(label: "dp-worker.signals")
@@ -126,11 +127,14 @@ enum WorkerSignals {
                     return (value.stopping, value.terms)
                 }
                 if wasStopping {
-                    if sig == SIGINT { log("second SIGINT: exiting now, nothing handed back"); Foundation.exit(130) }
-                    log("\(name) again (\(terms) repeat(s)): already handing back work, carrying on")
+                    if sig == SIGINT { log.warning("second SIGINT: exiting now, nothing handed back",
+                        .stopSignal(signal: name, action: .exitNow)); Foundation.exit(130) }
+                    log.notice("\(name) again (\(terms) repeat(s)): already handing back work, carrying on",
+                        .stopSignal(signal: name, action: .carryOn))
                     return
                 }
-                log("\(name): handing back work after the current denoising step and disconnecting")
+                log.notice("\(name): handing back work after the current denoising step and disconnecting",
+                           .stopSignal(signal: name, action: .handBack))
                 DispatchQueue.global().async { stop() }
             }
             source.resume()

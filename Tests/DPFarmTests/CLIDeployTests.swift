@@ -1,3 +1,4 @@
+import DPLog
 import DPPipeline
 import Foundation
 import XCTest
@@ -146,7 +147,7 @@ final class CLIDeployTests: CLIProcessTestCase {
         let (coord, endpoint) = try startCoordinator(state: work.appendingPathComponent("state"), keys: keys)
         let worker = try CLITestSupport.Started(try CLITestSupport.binary("dp-worker"), [
             "--connect", endpoint, "--cache", work.appendingPathComponent("cache").path, "--name", "term-w",
-            "--threads", "1", "--heartbeat-ms", "100",
+            "--threads", "1", "--heartbeat-ms", "100", "--log-format", "json",
         ] + keys.worker, work: work)
         started.append(worker)
         // A long frame (many steps) that the worker is rendering when the signals come.
@@ -157,7 +158,7 @@ final class CLIDeployTests: CLIProcessTestCase {
         let submit = try CLITestSupport.run("dp-coord", args + ["--coordinator", endpoint, "--detach"] + keys.client, work: work)
         XCTAssertEqual(submit.status, 0, submit.stderr)
         // Rendering: the coordinator has seen step progress from the worker.
-        XCTAssertTrue(worker.waitForStderr(timeout: 120) { $0.contains("welcomed") },
+        XCTAssertNotNil(worker.waitForEvent(timeout: 120) { if case .welcomed("term-w", _) = $0 { true } else { false } },
                       "exit \(worker.process.isRunning ? "-" : String(worker.process.terminationStatus)): \(worker.stderr)")
         var busy = false
         let deadline = Date().addingTimeInterval(120)
@@ -179,13 +180,22 @@ final class CLIDeployTests: CLIProcessTestCase {
         kill(worker.process.processIdentifier, SIGTERM)
         let ended = worker.wait(timeout: 120)
         XCTAssertEqual(ended.status, 0, ended.stderr)
-        XCTAssertFalse(ended.stderr.contains("exiting now"), ended.stderr)
-        if !ended.stderr.contains("SIGTERM again") {
+        let signals = worker.events.compactMap { event -> StopSignalAction? in
+            if case .stopSignal("SIGTERM", let action) = event { action } else { nil }
+        }
+        XCTAssertEqual(signals.first, .handBack, ended.stderr)
+        XCTAssertFalse(signals.contains(.exitNow), ended.stderr)
+        if !signals.contains(.carryOn) {
             print("note: the second SIGTERM arrived after the worker had already exited (its step ended within 5 ms); "
                 + "this run did not exercise a repeated SIGTERM")
         }
-        XCTAssertNotNil(ended.stderr.range(of: #"Goodbye sent, handed back attempts \[[0-9]"#, options: .regularExpression),
-                        ended.stderr)
-        XCTAssertTrue(coord.waitForStderr(timeout: 30) { $0.contains("handed back") }, coord.stderr)
+        let handedBack = worker.events.compactMap { event -> [Int64]? in
+            if case .handedBack("term-w", let attempts) = event { attempts } else { nil }
+        }
+        XCTAssertEqual(handedBack.count, 1, ended.stderr)
+        let attempt = try XCTUnwrap(handedBack.first?.first, "Goodbye handed nothing back: \(ended.stderr)")
+        // The coordinator put the handed-back attempt back in the queue (no failure counted).
+        XCTAssertNotNil(coord.waitForEvent(timeout: 30) { if case .attemptRequeued = $0 { $0.attempt == attempt } else { false } },
+                        coord.stderr)
     }
 }

@@ -1,3 +1,4 @@
+import DPLog
 import DPPipeline
 import Foundation
 import XCTest
@@ -74,7 +75,7 @@ final class CLIFarmTests: CLIProcessTestCase {
         XCTAssertEqual(worker.wait(timeout: 60).status, 0, worker.stderr)
         kill(coord.process.processIdentifier, SIGTERM)
         XCTAssertEqual(coord.wait(timeout: 60).status, 0, coord.stderr)
-        XCTAssertTrue(coord.stderr.contains("stopped"), coord.stderr)
+        XCTAssertTrue(coord.events.contains(.coordinatorStopped), coord.stderr)
     }
 
     /// `dp-worker demo-assets` writes a model folder, subject and poses that `dp-coord submit` renders.
@@ -135,10 +136,16 @@ final class CLIFarmTests: CLIProcessTestCase {
 
         let insecure = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
             "serve", "--bind", "tcp://127.0.0.1:*", "--state", work.appendingPathComponent("s1").path, "--insecure-no-auth",
+            "--log-format", "json",
         ], work: work)
         started.append(insecure)
         // The loop's own warning (run() has started, after the signal handlers): logged at every start.
-        XCTAssertTrue(insecure.waitForStderr { $0.contains("NO AUTHENTICATION. Anyone who can reach") }, insecure.stderr)
+        let warned = insecure.waitForEvent { if case .insecureNoAuth = $0 { true } else { false } }
+        XCTAssertNotNil(warned, insecure.stderr)
+        // What an operator reads: the warning says it loudly (the log line itself is the product here).
+        let warning = FarmLogLines.records(in: insecure.stderr).first { $0.event == "insecureNoAuth" }
+        XCTAssertEqual(warning?.level, "warning", insecure.stderr)
+        XCTAssertTrue(warning?.message.contains("NO AUTHENTICATION") == true, insecure.stderr)
         kill(insecure.process.processIdentifier, SIGTERM)
         XCTAssertEqual(insecure.wait(timeout: 60).status, 0, insecure.stderr)
 

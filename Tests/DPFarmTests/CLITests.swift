@@ -1,4 +1,5 @@
 import DPFileKit
+import DPLog
 import DPPipeline
 import Foundation
 import XCTest
@@ -192,22 +193,18 @@ class CLIProcessTestCase: XCTestCase {
     }
 
     /// Starts `dp-coord serve` with `keys` on a free loopback port, outputs confined to `work` (`extra`: more
-    /// serve arguments); returns it and the endpoint from its "serving on" line.
+    /// serve arguments), logging JSON lines; returns it and the endpoint from its `serving` event.
     func startCoordinator(state: URL, keys: FarmKeys, extra: [String] = []) throws -> (CLITestSupport.Started, String) {
         let coord = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), [
             "serve", "--bind", "tcp://127.0.0.1:*", "--state", state.path, "--heartbeat-ms", "100",
-            "--output-root", work.path,
+            "--output-root", work.path, "--log-format", "json",
         ] + extra + keys.serve, work: work)
         started.append(coord)
-        var endpoint: String?
-        XCTAssertTrue(coord.waitForStderr { text in
-            guard let r = text.range(of: "serving on ") else { return false }
-            let rest = text[r.upperBound...]
-            guard let end = rest.firstIndex(where: { $0 == "," || $0 == " " || $0 == "\n" }) else { return false }
-            endpoint = String(rest[..<end])
-            return true
-        }, "dp-coord serve did not report its endpoint: \(coord.stderr)")
-        return (coord, try XCTUnwrap(endpoint, coord.stderr))
+        guard case .serving(let endpoint)? = coord.waitForEvent({ if case .serving = $0 { true } else { false } }) else {
+            XCTFail("dp-coord serve did not report its endpoint: \(coord.stderr)")
+            throw CLITestError("dp-coord serve did not start")
+        }
+        return (coord, endpoint)
     }
 
     /// CURVE keys for a farm of binaries, made with `dp-coord keygen` / `dp-worker keygen` in `work/keys`:
@@ -320,15 +317,19 @@ enum CLITestSupport {
             return Run(status: process.terminationStatus, stdout: stdout, stderr: stderr)
         }
 
-        /// Polls stderr until `predicate` holds on it (or `timeout` seconds pass); returns the match state.
-        func waitForStderr(timeout: Double = 60, _ predicate: (String) -> Bool) -> Bool {
+        /// The typed events in stderr (the process runs with `--log-format json`).
+        var events: [FarmEvent] { FarmLogLines.events(in: stderr) }
+
+        /// Polls stderr until an event matching `predicate` was logged (or `timeout` seconds pass, or the process
+        /// ended without it); returns the first match.
+        func waitForEvent(timeout: Double = 60, _ predicate: (FarmEvent) -> Bool) -> FarmEvent? {
             let deadline = Date().addingTimeInterval(timeout)
-            while Date() < deadline {
-                if predicate(stderr) { return true }
-                if !process.isRunning { return predicate(stderr) }
+            while true {
+                let running = process.isRunning
+                if let event = events.first(where: predicate) { return event }
+                if !running || Date() >= deadline { return nil }
                 usleep(20_000)
             }
-            return false
         }
     }
 

@@ -1,6 +1,7 @@
 import DPCoordinator
 import DPFileKit
 import DPJournal
+import DPLog
 import DPProtocol
 import Foundation
 import XCTest
@@ -25,14 +26,14 @@ final class ClientTests: XCTestCase {
         defer { client.close() }
         let first = try client.submit(FarmFixtures.submission(model: model, frames: [0, 1], out: root.appendingPathComponent("a")))
         // 3 model files + subject + 2 poses.
-        XCTAssertNotNil(coord.logs.wait(for: "job \(first) 'test' submitted", "6 file(s) to upload"))
-        XCTAssertNotNil(coord.logs.wait(for: "job \(first): every upload arrived; queued"))
+        XCTAssertNotNil(coord.events.wait(for: .jobSubmitted(job: first, frames: 2, uploads: 6, modelHeld: false)))
+        XCTAssertNotNil(coord.events.wait(for: .jobQueued(job: first)))
         let manifest = try ModelManifest.compute(directory: model)
         XCTAssertEqual(coord.coordinator.models.modelIDs, [manifest.modelID])
         // Same model and inputs, one new pose: only that pose is uploaded.
         let second = try client.submit(FarmFixtures.submission(model: model, frames: [2], out: root.appendingPathComponent("b"),
                                                                poses: [0, 1, 2]))
-        XCTAssertNotNil(coord.logs.wait(for: "job \(second) 'test' submitted", "(held)", "1 file(s) to upload"))
+        XCTAssertNotNil(coord.events.wait(for: .jobSubmitted(job: second, frames: 1, uploads: 1, modelHeld: true)))
         let status = try client.status(job: nil)
         XCTAssertEqual(status.map(\.id), [first, second])
         XCTAssertEqual(status.map(\.state), ["queued", "queued"])
@@ -156,7 +157,7 @@ final class ClientTests: XCTestCase {
         XCTAssertEqual(failures, 3)
         let text = try XCTUnwrap(notice, "no notice: the job would wait silently")
         XCTAssertTrue(text.contains("no connected worker may take job \(job)") && text.contains("solo"), text)
-        XCTAssertEqual(coord.logs.count("no connected worker may take job \(job)"), 1)
+        XCTAssertEqual(coord.events.count { $0 == .noWorkerMayTake(job: job) }, 1)
         XCTAssertEqual(try client.status(job: job).first?.state, "running", "the job waits for another worker")
     }
 }

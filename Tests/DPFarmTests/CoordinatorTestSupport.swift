@@ -1,13 +1,75 @@
 import DPCoordinator
 import DPFileKit
 import DPJournal
+import DPLog
 import DPProtocol
 import DPTransport
 import Foundation
 import Synchronization
 import XCTest
 
-/// Collects the coordinator's log lines; tests wait for a line instead of sleeping.
+/// Collects a coordinator's or worker's typed events (FarmEvent); tests wait for an event instead of sleeping,
+/// never for log text.
+final class EventSink: Sendable {
+    private let events = Mutex<[FarmEvent]>([])
+
+    var closure: @Sendable (FarmEvent) -> Void { { [self] event in append(event) } }
+
+    func append(_ event: FarmEvent) {
+        events.withLock { $0.append(event) }
+    }
+
+    var all: [FarmEvent] {
+        events.withLock { $0 }
+    }
+
+    func count(where predicate: (FarmEvent) -> Bool) -> Int { all.filter(predicate).count }
+
+    /// Waits (polling every 5 ms, up to `timeout`) for an event equal to `event`.
+    @discardableResult
+    func wait(for event: FarmEvent, timeout: Double = 10) -> FarmEvent? {
+        wait(timeout: timeout) { $0 == event }
+    }
+
+    /// Waits (polling every 5 ms, up to `timeout`) for an event matching `predicate`; returns the first.
+    @discardableResult
+    func wait(timeout: Double = 10, _ predicate: (FarmEvent) -> Bool) -> FarmEvent? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if let event = all.first(where: predicate) { return event }
+            if Date() >= deadline { return nil }
+            usleep(5000)
+        }
+    }
+
+    /// Waits for the `n`-th (1-based) event matching `predicate`.
+    @discardableResult
+    func wait(count n: Int, timeout: Double = 10, _ predicate: (FarmEvent) -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if count(where: predicate) >= n { return true }
+            if Date() >= deadline { return false }
+            usleep(5000)
+        }
+    }
+}
+
+extension FarmEvent {
+    /// The ids an event carries (nil when it has none of that kind), for test predicates.
+    var job: Int64? { fields["job"].flatMap { Int64($0) } }
+    var frame: Int? { fields["frame"].flatMap { Int($0) } }
+    var attempt: Int64? { fields["attempt"].flatMap { Int64($0) } }
+    var worker: String? { fields["worker"] }
+}
+
+extension FarmLog {
+    /// A test log: text lines to `logs`, events to `events`.
+    static func capture(_ label: String, logs: LogSink, events: EventSink) -> FarmLog {
+        FarmLog(label: label, level: .trace, sink: logs.closure, onEvent: events.closure)
+    }
+}
+
+/// Collects log lines: for failure messages, and for the tests of the log lines themselves (escaping).
 final class LogSink: Sendable {
     private let lines = Mutex<[String]>([])
 
@@ -21,28 +83,17 @@ final class LogSink: Sendable {
         lines.withLock { $0 }
     }
 
-    func count(_ substring: String) -> Int { all.filter { $0.contains(substring) }.count }
-
-    /// Waits (polling every 5 ms, up to `timeout`) for a line containing every one of `parts`.
-    @discardableResult
-    func wait(for parts: String..., timeout: Double = 10) -> String? {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if let line = all.first(where: { line in parts.allSatisfy { line.contains($0) } }) { return line }
-            usleep(5000)
-        }
-        return nil
-    }
 }
 
 /// A coordinator running on its own thread over a temp state folder.
 final class RunningCoordinator: Sendable {
     let coordinator: Coordinator
     let logs: LogSink
+    let events: EventSink
     private let done = DispatchSemaphore(value: 0)
     private let stopped = Mutex(false)
 
-    init(state: URL, clock: JournalClock, logs: LogSink = LogSink(),
+    init(state: URL, clock: JournalClock, logs: LogSink = LogSink(), events: EventSink = EventSink(),
          configure: (inout CoordinatorSettings) -> Void = { _ in }) throws {
         var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: state)
         settings.heartbeatIntervalMs = 100
@@ -52,7 +103,9 @@ final class RunningCoordinator: Sendable {
         settings.allowLocalOutputPaths = true
         configure(&settings)
         self.logs = logs
-        coordinator = try Coordinator(settings: settings, clock: clock, log: logs.closure)
+        self.events = events
+        coordinator = try Coordinator(settings: settings, clock: clock,
+                                      logger: .capture(Coordinator.logLabel, logs: logs, events: events))
         let coordinator = self.coordinator
         let done = self.done
         let sink = logs
@@ -60,7 +113,7 @@ final class RunningCoordinator: Sendable {
             do { try coordinator.run() } catch { sink.append("run() threw: \(error)") }
             done.signal()
         }
-        XCTAssertNotNil(logs.wait(for: "serving on"), "coordinator did not start")
+        XCTAssertNotNil(events.wait { if case .serving = $0 { true } else { false } }, "coordinator did not start: \(logs.all)")
     }
 
     var endpoint: String { coordinator.endpoint }

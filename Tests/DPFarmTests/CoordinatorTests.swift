@@ -1,6 +1,7 @@
 import DPCoordinator
 import DPFileKit
 import DPJournal
+import DPLog
 import DPProtocol
 import DPTransport
 import Foundation
@@ -97,7 +98,7 @@ final class CoordinatorTests: XCTestCase {
         let (_, stale) = try slow.expectPrepAndTask()
         // "slow" goes silent for longer than liveness x interval: dead, its attempt requeued.
         clock.advance(milliseconds: 100 * 5 + 1)
-        XCTAssertNotNil(coord.logs.wait(for: "worker 'slow'", "dropped: silent"))
+        XCTAssertNotNil(coord.events.wait(for: .workerDropped(worker: "slow", cause: .silent)))
 
         let fast = try RawPeer(coord.endpoint, name: "fast")
         _ = try fast.hello()
@@ -109,11 +110,11 @@ final class CoordinatorTests: XCTestCase {
         // The slow worker comes back and delivers its old result: recorded as stale, PNG dropped.
         _ = try slow.hello()
         try slow.result(stale, png: FarmFixtures.png(frame: 0, by: "slow"))
-        XCTAssertNotNil(coord.logs.wait(for: "stale result: attempt \(stale.attemptID)"))
+        XCTAssertNotNil(coord.events.wait { if case .staleResult = $0 { $0.attempt == Int64(stale.attemptID) } else { false } })
         XCTAssertFalse(FileManager.default.fileExists(atPath: out.appendingPathComponent("frame_00000.png").path))
 
         try fast.result(current, png: FarmFixtures.png(frame: 0, by: "fast"))
-        XCTAssertNotNil(coord.logs.wait(for: "job \(job) finished: completed"))
+        XCTAssertNotNil(coord.events.wait(for: .jobFinished(job: job, state: .completed)))
         XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent("frame_00000.png")),
                        FarmFixtures.png(frame: 0, by: "fast"))
         let attempts = try coord.coordinator.journal.attempts(job: job, frame: 0)
@@ -138,12 +139,16 @@ final class CoordinatorTests: XCTestCase {
 
         func expectRejected(_ frames: [Data], _ code: FarmErrorCode, _ logPart: String,
                             line: UInt = #line) throws {
-            let before = coord.logs.count("rejected message from peer")
+            func rejection(_ event: FarmEvent) -> Bool { if case .messageRejected = event { true } else { false } }
+            let before = coord.events.count(where: rejection)
             try bad.sendRaw(frames)
             let error = try bad.expect("error", line: line) { if case .error(let e) = $0 { return e } else { return nil } }
             XCTAssertEqual(error.code, code, error.message, line: line)
-            XCTAssertNotNil(coord.logs.wait(for: "rejected message from peer", logPart), line: line)
-            XCTAssertEqual(coord.logs.count("rejected message from peer"), before + 1, line: line)
+            // The reason logged is the error the peer was told.
+            XCTAssertTrue(coord.events.wait(count: before + 1, rejection), line: line)
+            XCTAssertEqual(coord.events.count(where: rejection), before + 1, line: line)
+            guard case .messageRejected(_, let reason)? = coord.events.all.last(where: rejection) else { return XCTFail(line: line) }
+            XCTAssertTrue(reason.contains(logPart), reason, line: line)
             // Another peer keeps being served.
             var status = FarmStatusRequest()
             status.jobID = 0
@@ -171,7 +176,7 @@ final class CoordinatorTests: XCTestCase {
         try bad.credit(1)
         let error = try bad.expect("error") { if case .error(let e) = $0 { return e } else { return nil } }
         XCTAssertEqual(error.code, .notRegistered)
-        XCTAssertNotNil(coord.logs.wait(for: "credit from unregistered peer"))
+        XCTAssertNotNil(coord.events.wait { if case .unregisteredMessage(_, "credit") = $0 { true } else { false } })
     }
 
     func testRestartResumesJobWithoutRedoingDoneFrames() throws {
@@ -193,20 +198,19 @@ final class CoordinatorTests: XCTestCase {
             let (_, a) = try worker.expectPrepAndTask()
             let b = try worker.expectTask()
             try worker.result(a, png: FarmFixtures.png(frame: a.frame, by: "w-before"))
-            XCTAssertNotNil(coord.logs.wait(for: "frame \(a.frame) done"))
+            XCTAssertNotNil(coord.events.wait { if case .frameDone = $0 { $0.frame == Int(a.frame) } else { false } })
             doneAttempt = a.attemptID
             inFlightFrame = b.frame
             coord.stop()  // b is still in flight
         }
         XCTAssertEqual(try Journal(path: state.appendingPathComponent("journal.sqlite").path).runningAttempts().count, 1)
 
-        let logs = LogSink()
-        let coord = try RunningCoordinator(state: state, clock: clock, logs: logs) {
+        let coord = try RunningCoordinator(state: state, clock: clock) {
             $0.restartGraceSeconds = 2
             $0.heartbeatLiveness = 100  // the clock jump below must not kill the worker
         }
         defer { coord.stop() }
-        XCTAssertNotNil(logs.wait(for: "1 attempt(s) in flight from before the restart"))
+        XCTAssertNotNil(coord.events.wait(for: .restartAttemptsInFlight(attempts: 1)))
         let worker = try RawPeer(coord.endpoint, name: "w-after")
         _ = try worker.hello(slots: 3)
         try worker.credit(3)
@@ -214,12 +218,12 @@ final class CoordinatorTests: XCTestCase {
         XCTAssertEqual(first.frame, 2, "only the queued frame goes out during the grace period")
         XCTAssertNil(try worker.next(timeout: 0.3), "the in-flight frame waits for the grace period")
         clock.advance(milliseconds: 2001)
-        XCTAssertNotNil(logs.wait(for: "restart grace over: requeued 1 attempt"))
+        XCTAssertNotNil(coord.events.wait(for: .restartGraceOver(requeued: 1)))
         let second = try worker.expectTask()
         XCTAssertEqual(second.frame, inFlightFrame)
         try worker.result(first, png: FarmFixtures.png(frame: first.frame, by: "w-after"))
         try worker.result(second, png: FarmFixtures.png(frame: second.frame, by: "w-after"))
-        XCTAssertNotNil(logs.wait(for: "job \(job) finished: completed"))
+        XCTAssertNotNil(coord.events.wait(for: .jobFinished(job: job, state: .completed)))
         XCTAssertNil(try worker.next(timeout: 0.2), "frame 0 was done before the restart: never sent again")
 
         let frames = try XCTUnwrap(FarmFixtures.manifest(out)["frames"] as? [[String: Any]])
@@ -267,11 +271,10 @@ final class CoordinatorTests: XCTestCase {
         stale["frames"] = [[String: Any]]()
         try JSONSerialization.data(withJSONObject: stale).write(to: out.appendingPathComponent("manifest.json"))
 
-        let logs = LogSink()
-        let coord = try RunningCoordinator(state: state, clock: clock, logs: logs)
+        let coord = try RunningCoordinator(state: state, clock: clock)
         defer { coord.stop() }
-        XCTAssertNotNil(logs.wait(for: "job \(job)", "completed before its final manifest.json were written; writing them now"))
-        XCTAssertNotNil(logs.wait(for: "job \(job) finished: completed"))
+        XCTAssertNotNil(coord.events.wait(for: .jobOutputsResumed(job: job)))
+        XCTAssertNotNil(coord.events.wait(for: .jobFinished(job: job, state: .completed)))
         let manifest = try FarmFixtures.manifest(out)
         XCTAssertEqual(manifest["complete"] as? Bool, true)
         XCTAssertEqual((manifest["frames"] as? [[String: Any]])?.map { $0["frame"] as? Int }, [0, 1])
@@ -307,7 +310,7 @@ final class CoordinatorTests: XCTestCase {
         let (_, a0) = try worker.expectPrepAndTask()
         XCTAssertEqual(a0.jobID, UInt64(jobA), "the higher-priority job first")
         try worker.failure(a0, .renderFailed, "boom")
-        XCTAssertNotNil(coord.logs.wait(for: "worker 'w1' gets no more frames of this job"))
+        XCTAssertNotNil(coord.events.wait { if case .frameFailed(_, _, _, "w1", _, true, _) = $0 { true } else { false } })
         try worker.credit(1)
         let (prep, b) = try worker.expectPrepAndTask()
         XCTAssertEqual(prep.jobID, UInt64(jobB))
@@ -322,7 +325,7 @@ final class CoordinatorTests: XCTestCase {
             $0.loopThreadNice = 7
         }
         defer { coord.stop() }
-        XCTAssertNotNil(coord.logs.wait(for: "coordinator loop thread at nice 7"))
+        XCTAssertNotNil(coord.events.wait(for: .loopThreadNice(nice: 7, applied: true)))
     }
 
     func testWorkerFetchesModelManifestAndChunksAndBadPathsAreRefused() throws {
@@ -367,8 +370,8 @@ final class CoordinatorTests: XCTestCase {
             XCTAssertEqual(bytes, try Data(contentsOf: model.appendingPathComponent(file.path)), file.path)
         }
 
-        for (path, code) in [("../journal.sqlite", FarmErrorCode.unknownFile), ("/etc/passwd", .unknownFile),
-                             ("unet/../dreampose.json", .unknownFile), ("not/in/manifest.bin", .unknownFile)] {
+        for (index, (path, code)) in [("../journal.sqlite", FarmErrorCode.unknownFile), ("/etc/passwd", .unknownFile),
+                             ("unet/../dreampose.json", .unknownFile), ("not/in/manifest.bin", .unknownFile)].enumerated() {
             var chunk = FarmModelChunkRequest()
             chunk.modelID = manifest.modelID
             chunk.path = path
@@ -376,7 +379,7 @@ final class CoordinatorTests: XCTestCase {
             try worker.send(.modelChunkRequest(chunk))
             let error = try worker.expect("error for \(path)") { if case .error(let e) = $0 { return e } else { return nil } }
             XCTAssertEqual(error.code, code, path)
-            XCTAssertNotNil(coord.logs.wait(for: "refused model chunk request from peer", "(worker 'fetcher')"))
+            XCTAssertTrue(coord.events.wait(count: index + 1) { $0 == .modelRequestRefused(worker: "fetcher", request: "chunk") })
         }
         var unknown = FarmModelManifestRequest()
         unknown.modelID = String(repeating: "0", count: 64)

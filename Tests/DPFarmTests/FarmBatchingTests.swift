@@ -4,6 +4,7 @@
 @testable import DPCoordinator
 import DPFileKit
 import DPJournal
+import DPLog
 import DPProtocol
 import Foundation
 import XCTest
@@ -274,7 +275,7 @@ final class FarmBatchingTests: XCTestCase {
                 XCTAssertEqual(task.frame, UInt32(n))
                 firstAttempts[n] = task.attemptID
                 try worker.result(task, png: FarmFixtures.png(frame: task.frame, by: "w1"))
-                XCTAssertNotNil(coord.logs.wait(for: "job \(job) frame \(n) done"))
+                XCTAssertNotNil(coord.events.wait { if case .frameDone = $0 { $0.job == job && $0.frame == n } else { false } })
                 if n < 2 {
                     try worker.credit(1)
                     task = try worker.expectTask()
@@ -289,8 +290,11 @@ final class FarmBatchingTests: XCTestCase {
 
         let coord = try RunningCoordinator(state: state, clock: ManualClock())
         defer { coord.stop() }
-        XCTAssertNotNil(coord.logs.wait(for: "job \(job) frame 0: was done but", "missing", "requeued"))
-        XCTAssertNotNil(coord.logs.wait(for: "job \(job) frame 1: was done but", "sha256", "requeued"))
+        // The reasons are the ones the journal keeps for the requeue.
+        let lost0 = coord.events.wait { if case .frameOutputLost(job, 0, true, _) = $0 { true } else { false } }
+        let lost1 = coord.events.wait { if case .frameOutputLost(job, 1, true, _) = $0 { true } else { false } }
+        XCTAssertTrue(lost0?.fields["reason"]?.contains("missing") == true, "\(String(describing: lost0))")
+        XCTAssertTrue(lost1?.fields["reason"]?.contains("sha256") == true, "\(String(describing: lost1))")
         let worker = try RawPeer(coord.endpoint, name: "w2")
         _ = try worker.hello()
         try worker.credit(1)
@@ -304,7 +308,7 @@ final class FarmBatchingTests: XCTestCase {
             task = try worker.expectTask()
         }
         XCTAssertEqual(rendered, [0, 1, 3], "the lost and corrupt frames again, then the one never rendered")
-        XCTAssertNotNil(coord.logs.wait(for: "job \(job) finished: completed"))
+        XCTAssertNotNil(coord.events.wait(for: .jobFinished(job: job, state: .completed)))
 
         let journal = coord.coordinator.journal
         for n in frames {

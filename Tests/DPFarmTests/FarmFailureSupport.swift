@@ -3,11 +3,24 @@
 // JobSubmission (everything read from the case's job.json).
 import DPCoordinator
 import DPFileKit
+import DPLog
 import DPPipeline
 import DPWorker
 import Foundation
 import Synchronization
 import XCTest
+
+/// Reading `--log-format json` output back: every line that is a log record, its event decoded with
+/// JSONDecoder (FarmLogRecord) into a FarmEvent. Other lines (a CLI's own output, a crash message) are skipped.
+enum FarmLogLines {
+    static func records(in text: String) -> [FarmLogRecord] {
+        text.split(separator: "\n").compactMap { FarmLogRecord.decode($0) }
+    }
+
+    static func events(in text: String) -> [FarmEvent] {
+        records(in: text).compactMap(\.farmEvent)
+    }
+}
 
 /// A child process of one of the package's binaries; stdout and stderr go to files (a pipe nobody
 /// drains could block the child). Killed with SIGKILL by `stop()` (tests call it in tearDown).
@@ -51,16 +64,19 @@ final class FarmChild {
     /// Everything the child wrote so far.
     var output: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
 
-    /// Waits (polling every 10 ms) until the child's output contains `text`.
+    /// The typed events in the child's output (it runs with `--log-format json`): each JSON line decoded.
+    var events: [FarmEvent] { FarmLogLines.events(in: output) }
+
+    /// Waits (polling every 10 ms) until the child has logged an event matching `predicate`; returns it.
     @discardableResult
-    func waitForOutput(_ text: String, timeout: Double = 20) -> Bool {
+    func waitForEvent(timeout: Double = 20, _ predicate: (FarmEvent) -> Bool) -> FarmEvent? {
         let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if output.contains(text) { return true }
-            if !process.isRunning { return output.contains(text) }
+        while true {
+            let running = process.isRunning
+            if let event = events.first(where: predicate) { return event }
+            if !running || Date() >= deadline { return nil }
             usleep(10_000)
         }
-        return false
     }
 
     /// SIGKILL now, and reap it.

@@ -9,6 +9,7 @@
 import DPCoordinator
 import DPFileKit
 import DPJournal
+import DPLog
 import DPPipeline
 import DPWorker
 import Foundation
@@ -37,7 +38,7 @@ final class FarmFailureTests: XCTestCase {
 
     /// An in-process coordinator on tcp://127.0.0.1:* with short heartbeats (100 ms, dead after 3 missed).
     func startCoordinator(_ label: String, configure: (inout CoordinatorSettings) -> Void = { _ in })
-        throws -> (Coordinator, LogSink) {
+        throws -> (Coordinator, LogSink, EventSink) {
         var settings = CoordinatorSettings(bind: "tcp://127.0.0.1:*", stateDirectory: temp.appendingPathComponent("state-\(label)"))
         settings.heartbeatIntervalMs = 100
         settings.heartbeatLiveness = 3
@@ -45,25 +46,29 @@ final class FarmFailureTests: XCTestCase {
         settings.allowLocalOutputPaths = true  // absolute output folders in the test's temp folder
         configure(&settings)
         let logs = LogSink()
-        let coordinator = try Coordinator(settings: settings, log: logs.closure)
+        let events = EventSink()
+        let coordinator = try Coordinator(settings: settings, logger: .capture(Coordinator.logLabel, logs: logs, events: events))
         let done = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
             do { try coordinator.run() } catch { logs.append("run() threw: \(error)") }
             done.signal()
         }
         stops.append { coordinator.shutdown(); _ = done.wait(timeout: .now() + 10) }
-        XCTAssertNotNil(logs.wait(for: "serving on"), "coordinator \(label) did not start: \(logs.all)")
-        return (coordinator, logs)
+        XCTAssertNotNil(events.wait { if case .serving = $0 { true } else { false } },
+                        "coordinator \(label) did not start: \(logs.all)")
+        return (coordinator, logs, events)
     }
 
     /// An in-process WorkerService with short heartbeats and fast reconnects.
     @discardableResult
-    func startWorker(_ endpoint: String, name: String, renderer: FrameRenderer, logs: LogSink = LogSink()) throws -> WorkerService {
+    func startWorker(_ endpoint: String, name: String, renderer: FrameRenderer, logs: LogSink = LogSink(),
+                     events: EventSink = EventSink()) throws -> WorkerService {
         var settings = WorkerSettings(connect: endpoint, name: name, cacheDirectory: temp.appendingPathComponent("cache-\(name)"))
         settings.heartbeatIntervalMs = 100
         settings.reconnectInitialMs = 20
         settings.reconnectMaxMs = 200
-        let worker = try WorkerService(settings: settings, renderer: renderer, log: logs.closure)
+        let worker = try WorkerService(settings: settings, renderer: renderer,
+                                       logger: .capture(WorkerService.logLabel, logs: logs, events: events))
         let done = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
             do { try worker.run() } catch { logs.append("run() threw: \(error)") }
@@ -80,6 +85,7 @@ final class FarmFailureTests: XCTestCase {
             "--threads", "1", "--heartbeat-ms", "100",
             // Failure handling, not authentication (AuthTests): the coordinators here run without keys.
             "--insecure-no-auth",
+            "--log-format", "json",
         ], logDirectory: temp, name: name)
         children.append(child)
         return child
@@ -152,7 +158,7 @@ final class FarmFailureTests: XCTestCase {
 
     /// Renders the golden job on `workers` `dp-worker` child processes; returns the PNGs by frame.
     func renderWithWorkerProcesses(_ golden: GoldenFarmJob, workers: Int, label: String) throws -> [Int: Data] {
-        let (coordinator, _) = try startCoordinator(label)
+        let (coordinator, _, _) = try startCoordinator(label)
         let names = (0 ..< workers).map { "\(label)-w\($0)" }
         for name in names { _ = try startWorkerProcess(coordinator.endpoint, name: name) }
         let client = try FarmClient(endpoint: coordinator.endpoint)
@@ -172,7 +178,7 @@ final class FarmFailureTests: XCTestCase {
     /// attempt; a second child started after the kill renders everything, the victim's frame included.
     /// Checks the requeue and exactly-once output; returns the PNGs.
     func renderWithKilledWorker(_ golden: GoldenFarmJob, label: String) throws -> [Int: Data] {
-        let (coordinator, logs) = try startCoordinator(label)
+        let (coordinator, logs, events) = try startCoordinator(label)
         let victimName = "\(label)-victim", survivorName = "\(label)-survivor"
         let victim = try startWorkerProcess(coordinator.endpoint, name: victimName)
         let client = try FarmClient(endpoint: coordinator.endpoint)
@@ -233,7 +239,8 @@ final class FarmFailureTests: XCTestCase {
             XCTAssertTrue(others.allSatisfy { $0.worker == survivorName }, "frame \(n) attempts: \(others)")
         }
         // The coordinator saw the death (no result, only silence).
-        XCTAssertNotNil(logs.wait(for: victimName, timeout: 2), "coordinator log never names the victim")
+        XCTAssertNotNil(events.wait(timeout: 2) { if case .workerDropped(victimName, _) = $0 { true } else { false } },
+                        "the coordinator never dropped the victim: \(logs.all)")
         return try framePNGs(out)
     }
 
@@ -256,10 +263,12 @@ final class FarmFailureTests: XCTestCase {
         let state = temp.appendingPathComponent("coord-state")
         let serveArgs = ["serve", "--bind", endpoint, "--state", state.path, "--heartbeat-ms", "100", "--grace", "0.3",
                          "--output-root", temp.path,
-                         "--insecure-no-auth"]  // failure handling, not authentication (AuthTests)
+                         "--insecure-no-auth",  // failure handling, not authentication (AuthTests)
+                         "--log-format", "json"]  // the test waits on its events
         let first = try FarmChild("dp-coord", serveArgs, logDirectory: temp, name: "coord-1")
         children.append(first)
-        XCTAssertTrue(first.waitForOutput("serving on"), "dp-coord serve did not start: \(first.output)")
+        XCTAssertNotNil(first.waitForEvent { if case .serving = $0 { true } else { false } },
+                        "dp-coord serve did not start: \(first.output)")
 
         // Two in-process workers with the synthetic renderer (only the farm matters here), counting renders.
         let renderer = CountingRenderer(SyntheticFrameRenderer(steps: 8, stepDelaySeconds: 0.02, width: 48, height: 64))  // the fixture model's frame size
@@ -315,7 +324,8 @@ final class FarmFailureTests: XCTestCase {
         // Restart on the same --state and port; the workers reconnect by themselves.
         let second = try FarmChild("dp-coord", serveArgs, logDirectory: temp, name: "coord-2")
         children.append(second)
-        XCTAssertTrue(second.waitForOutput("serving on"), "restarted dp-coord serve did not start: \(second.output)")
+        XCTAssertNotNil(second.waitForEvent { if case .serving = $0 { true } else { false } },
+                        "restarted dp-coord serve did not start: \(second.output)")
         let followed: Followed
         do {
             let client = try FarmClient(endpoint: endpoint)
@@ -353,7 +363,7 @@ final class FarmFailureTests: XCTestCase {
         // Small chunks so the largest file comes in several; its second chunk (or its only one) is corrupted once.
         let chunkBytes = 64 << 10
         let corruptOffset: UInt64 = target.size > UInt64(chunkBytes) ? UInt64(chunkBytes) : 0
-        let (coordinator, coordLogs) = try startCoordinator("fetch") { $0.modelChunkBytes = chunkBytes }
+        let (coordinator, coordLogs, _) = try startCoordinator("fetch") { $0.modelChunkBytes = chunkBytes }
 
         final class Served: Sendable {
             let state = Mutex((counts: [String: Int](), corrupted: 0))
@@ -371,8 +381,10 @@ final class FarmFailureTests: XCTestCase {
         }
 
         let workerLogs = LogSink()
+        let workerEvents = EventSink()
         let renderer = CountingRenderer(PipelineFrameRenderer())
-        let worker = try startWorker(coordinator.endpoint, name: "fetcher", renderer: renderer, logs: workerLogs)
+        let worker = try startWorker(coordinator.endpoint, name: "fetcher", renderer: renderer, logs: workerLogs,
+                                     events: workerEvents)
         _ = worker
         let cacheDir = temp.appendingPathComponent("cache-fetcher")
         XCTAssertFalse(FileManager.default.fileExists(atPath: cacheDir.appendingPathComponent(source.modelID).path),
@@ -395,8 +407,9 @@ final class FarmFailureTests: XCTestCase {
         }
         XCTAssertGreaterThanOrEqual(counts["\(target.path)@\(corruptOffset)", default: 0], 2,
                                     "corrupted chunk of '\(target.path)' at \(corruptOffset) not fetched again: \(counts)")
-        XCTAssertNotNil(workerLogs.wait(for: "corrupted", target.path, timeout: 2),
-                        "the worker did not log the corrupted file: \(workerLogs.all)")
+        XCTAssertNotNil(workerEvents.wait(timeout: 2) { event in
+            if case .modelFileCorrupted("fetcher", source.modelID, target.path, false) = event { true } else { false }
+        }, "the worker did not report the corrupted file: \(workerLogs.all)")
         // The cached copy is the model, byte for byte.
         let cached = try ModelManifest.compute(directory: cacheDir.appendingPathComponent(source.modelID))
         XCTAssertEqual(cached.modelID, source.modelID, "cached model id")

@@ -212,8 +212,8 @@ final class ModelCacheTests: XCTestCase {
         let victim = "unet/diffusion_pytorch_model.safetensors"
         var victimStarts = 0
         var corrupted = false
-        var logs: [String] = []
-        let fetcher = ModelFetcher(chunkBytes: 4096, maxAttemptsPerFile: 3) { logs.append($0) }
+        var reports: [ModelFetcher.Corrupted] = []
+        let fetcher = ModelFetcher(chunkBytes: 4096, maxAttemptsPerFile: 3) { reports.append($0) }
         let lease = try fetcher.fetch(manifest, into: cache) { path, offset, length in
             var data = try store.readChunk(modelID: manifest.modelID, path: path, offset: offset, length: length).data
             if path == victim, offset == 0 { victimStarts += 1 }
@@ -225,8 +225,11 @@ final class ModelCacheTests: XCTestCase {
         }
         XCTAssertEqual(victimStarts, 2, "the corrupted file is fetched again from the start")
         XCTAssertEqual(try ModelManifest.compute(directory: lease.directory).modelID, manifest.modelID)
-        XCTAssertEqual(logs.count, 1)
-        XCTAssertTrue(logs[0].contains(victim) && logs[0].contains(manifest.entry(for: victim)!.sha256), logs[0])
+        XCTAssertEqual(reports.count, 1)
+        XCTAssertEqual(reports.first?.path, victim)
+        XCTAssertEqual(reports.first?.expected, manifest.entry(for: victim)!.sha256)
+        XCTAssertEqual(reports.first?.attempt, 1)
+        XCTAssertEqual(reports.first?.givingUp, false)
     }
 
     func testPersistentCorruptionFailsAfterBoundedRetriesAndLeavesNothing() throws {

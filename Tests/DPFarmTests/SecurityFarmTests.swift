@@ -1,6 +1,7 @@
 import DPCoordinator
 import DPFileKit
 import DPJournal
+import DPLog
 import DPPipeline
 import DPProtocol
 import DPTransport
@@ -74,7 +75,9 @@ final class SecurityFarmTests: XCTestCase {
         var report = FarmError(.renderFailed, "boom\nworker 'x' registered" + String(repeating: "!", count: 5000))
         report.jobID = 0
         try peer.send(.error(report))
-        XCTAssertNotNil(coord.logs.wait(for: "error from peer", "boom\\nworker"))
+        XCTAssertNotNil(coord.events.wait { if case .peerError = $0 { true } else { false } })
+        // What is tested here is the log line itself: escaped, on one line, cut.
+        XCTAssertTrue(coord.logs.all.contains { $0.contains("error from peer") && $0.contains("boom\\nworker") }, "\(coord.logs.all)")
         for line in coord.logs.all {
             XCTAssertFalse(line.contains("\n"), "a log line holds a raw newline: \(line)")
             XCTAssertLessThan(line.count, 2000, "a log line was not truncated: \(line.prefix(300))")
@@ -166,7 +169,7 @@ final class SecurityFarmTests: XCTestCase {
         let second = try worker.expectTask()
         for task in [first, second] { try worker.result(task, png: FarmFixtures.png(frame: task.frame, by: "w1")) }
         let out = root.appendingPathComponent("outputs/shots/one")
-        XCTAssertNotNil(coord.logs.wait(for: "job \(job) finished: completed"))
+        XCTAssertNotNil(coord.events.wait(for: .jobFinished(job: job, state: .completed)))
         XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent("frame_00001.png")), FarmFixtures.png(frame: 1, by: "w1"))
         let manifest = try FarmFixtures.manifest(out)
         XCTAssertEqual(manifest["complete"] as? Bool, true)
@@ -195,11 +198,13 @@ final class SecurityFarmTests: XCTestCase {
             try worker.credit(1)
             let (_, task) = try worker.expectPrepAndTask()
             try worker.result(task, png: png)
-            XCTAssertNotNil(coord.logs.wait(for: "result of attempt \(task.attemptID)", why), "\(name): \(why)")
+            let failed = coord.events.wait { if case .frameFailed = $0 { $0.attempt == Int64(task.attemptID) } else { false } }
+            // The reason is the attempt's error in the journal (what `dp-coord status` shows).
+            XCTAssertTrue(failed?.fields["error"]?.contains(why) == true, "\(name): \(why): \(String(describing: failed))")
             let attempt = try XCTUnwrap(coord.coordinator.journal.attempt(Int64(task.attemptID)))
             XCTAssertEqual(attempt.result, .failed, name)
             if index == 2 {
-                XCTAssertNotNil(coord.logs.wait(for: "job \(job) finished: failed"))
+                XCTAssertNotNil(coord.events.wait(for: .jobFinished(job: job, state: .failed)))
             }
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: root.appendingPathComponent("outputs/checked/frame_00000.png").path))
@@ -214,7 +219,8 @@ final class SecurityFarmTests: XCTestCase {
         let (_, task) = try worker.expectPrepAndTask()
         XCTAssertEqual(Int64(task.jobID), second)
         try worker.result(task, png: corruptCRC)
-        XCTAssertNotNil(coord.logs.wait(for: "result of attempt \(task.attemptID)", "IHDR CRC"))
+        let failed = coord.events.wait { if case .frameFailed = $0 { $0.attempt == Int64(task.attemptID) } else { false } }
+        XCTAssertTrue(failed?.fields["error"]?.contains("IHDR CRC") == true, "\(String(describing: failed))")
     }
 
     // MARK: item 6: poison frames
@@ -237,7 +243,7 @@ final class SecurityFarmTests: XCTestCase {
         goodbye.handedBackAttemptIds = [handed.attemptID]
         goodbye.reason = "SIGTERM"
         try polite.send(.goodbye(goodbye))
-        XCTAssertNotNil(coord.logs.wait(for: "worker 'polite'", "dropped: said goodbye"))
+        XCTAssertNotNil(coord.events.wait(for: .workerDropped(worker: "polite", cause: .goodbye)))
         XCTAssertEqual(try coord.coordinator.journal.attempt(Int64(handed.attemptID))?.result, .lost)
 
         // Three workers, each takes the frame and its connection goes silent mid-attempt (killed).
@@ -249,10 +255,10 @@ final class SecurityFarmTests: XCTestCase {
             XCTAssertEqual(Int64(task.jobID), job)
             worker = nil  // socket closed: the worker is gone
             clock.advance(milliseconds: 100 * 5 + 1)
-            XCTAssertNotNil(coord.logs.wait(for: "worker '\(name)'", "dropped: silent"), name)
+            XCTAssertNotNil(coord.events.wait(for: .workerDropped(worker: name, cause: .silent)), name)
             XCTAssertEqual(try coord.coordinator.journal.attempt(Int64(task.attemptID))?.result, .failed, name)
         }
-        XCTAssertNotNil(coord.logs.wait(for: "job \(job) finished: failed"))
+        XCTAssertNotNil(coord.events.wait(for: .jobFinished(job: job, state: .failed)))
         let record = try XCTUnwrap(coord.coordinator.journal.job(job))
         XCTAssertEqual(record.state, .failed)
         for name in ["k1", "k2", "k3"] { XCTAssertTrue((record.error ?? "").contains("'\(name)'"), record.error ?? "") }
@@ -343,7 +349,7 @@ final class SecurityFarmTests: XCTestCase {
         }
         let cap = 1 * (1 + FarmProtocol.defaultLimits.maxPrefetchPerSlot)
         XCTAssertEqual(tasks, cap, "a 1-slot worker holds at most \(cap) frames")
-        XCTAssertNotNil(coord.logs.wait(for: "worker 'greedy' asked for credit beyond its cap"))
+        XCTAssertNotNil(coord.events.wait(for: .creditBeyondCap(worker: "greedy")))
         // The rest go to another worker.
         let other = try RawPeer(coord.endpoint, name: "other")
         _ = try other.hello(slots: 1)
@@ -379,7 +385,9 @@ final class SecurityFarmTests: XCTestCase {
         }
         let cancel = try worker.expect("cancel") { if case .cancel(let c) = $0 { return c } else { return nil } }
         XCTAssertEqual(cancel.attemptID, task.attemptID)
-        XCTAssertNotNil(coord.logs.wait(for: "stalled: no step progress on worker 'stuck'"))
+        let stalled = coord.events.wait { if case .frameFailed = $0 { $0.attempt == Int64(task.attemptID) } else { false } }
+        XCTAssertTrue(stalled?.fields["error"]?.hasPrefix("stalled: no step progress on worker 'stuck'") == true,
+                      "\(String(describing: stalled))")
         XCTAssertEqual(try coord.coordinator.journal.attempt(Int64(task.attemptID))?.result, .failed)
     }
 
@@ -484,11 +492,12 @@ final class SecurityFarmTests: XCTestCase {
 
         // Idle past the deadline: every upload is dropped, its job failed, the model upload released.
         clock.advance(milliseconds: 5001)
-        XCTAssertNotNil(coord.logs.wait(for: "job \(first.jobID) failed: upload dropped: no upload chunk"))
+        let dropped = coord.events.wait { if case .jobFailed = $0 { $0.job == Int64(first.jobID) } else { false } }
+        XCTAssertTrue(dropped?.fields["error"]?.hasPrefix("upload dropped: no upload chunk") == true, "\(String(describing: dropped))")
         for id in 1...3 {
             XCTAssertEqual(try coord.coordinator.journal.job(Int64(id))?.state, .failed, "job \(id)")
         }
-        XCTAssertNotNil(coord.logs.wait(for: "model", "upload by job \(first.jobID) released"))
+        XCTAssertNotNil(coord.events.wait { if case .modelUploadReleased = $0 { $0.job == Int64(first.jobID) } else { false } })
         let again = try XCTUnwrap(submitted(try rawSubmit(c, model: model, out: "c1", subject: "c1", requestID: 8)))
         XCTAssertTrue(again.missing.contains { $0.kind == .model }, "the model upload is free again")
     }
@@ -558,7 +567,7 @@ final class SecurityFarmTests: XCTestCase {
         _ = try worker.hello(slots: 4)
         let job = try client.submit(submission(model, out: "clip", frames: [0, 1, 2], video: "videos/clip.mp4"))
         try render(job, frames: 3, worker: worker)
-        XCTAssertNotNil(coord.logs.wait(for: "job \(job) finished: completed", timeout: 60))
+        XCTAssertNotNil(coord.events.wait(for: .jobFinished(job: job, state: .completed), timeout: 60))
         let video = root.appendingPathComponent("outputs/videos/clip.mp4")
         XCTAssertGreaterThan(try Data(contentsOf: video).count, 0)
         let manifest = try FarmFixtures.manifest(root.appendingPathComponent("outputs/clip"))
@@ -571,8 +580,11 @@ final class SecurityFarmTests: XCTestCase {
         let late = root.appendingPathComponent("outputs/videos/late.mp4")
         try Data("someone's film".utf8).write(to: late)
         try render(second, frames: 1, worker: worker)
-        let line = try XCTUnwrap(coord.logs.wait(for: "job \(second) finished: completed", timeout: 60))
-        XCTAssertTrue(line.contains("video failed") && line.contains("exists and was not written by this job"), line)
+        XCTAssertNotNil(coord.events.wait(for: .jobFinished(job: second, state: .completed), timeout: 60))
+        // The message its followers get in JobFinished.
+        guard case .videoFailed(_, let message)? = coord.events.all.first(where: { $0.job == second && $0.name == "videoFailed" })
+        else { return XCTFail("no videoFailed event for job \(second): \(coord.events.all)") }
+        XCTAssertTrue(message.contains("video failed") && message.contains("exists and was not written by this job"), message)
         XCTAssertEqual(try Data(contentsOf: late), Data("someone's film".utf8))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: late.deletingLastPathComponent().path).sorted(),
                        ["clip.mp4", "late.mp4"], "no temp file left beside the video")
@@ -644,7 +656,7 @@ final class SecurityFarmTests: XCTestCase {
         try worker.credit(1)
         let (_, task) = try worker.expectPrepAndTask()
         try worker.failure(task, .renderFailed, String(repeating: "x", count: 100_000))
-        XCTAssertNotNil(coord.logs.wait(for: "failed on attempt \(task.attemptID)"))
+        XCTAssertNotNil(coord.events.wait { if case .frameFailed = $0 { $0.attempt == Int64(task.attemptID) } else { false } })
         let error = try XCTUnwrap(coord.coordinator.journal.attempt(Int64(task.attemptID))?.error)
         XCTAssertTrue(error.hasSuffix(String(repeating: "x", count: 100) + "... (cut at 100 bytes)"), error)
         XCTAssertLessThan(error.count, 200)
@@ -683,7 +695,7 @@ final class SecurityFarmTests: XCTestCase {
             var bye = FarmGoodbye()
             bye.reason = "test"
             try w.send(.goodbye(bye))
-            XCTAssertNotNil(coord.logs.wait(for: "worker '\(name)'", "dropped"))
+            XCTAssertNotNil(coord.events.wait(for: .workerDropped(worker: name, cause: .goodbye)))
         }
         let live = try RawPeer(coord.endpoint, name: "live")
         _ = try live.hello()
