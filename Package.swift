@@ -50,8 +50,7 @@ let package = Package(
         // Golden-case reading and the parity runner (dp-bench parity and the tests share it).
         .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPFileKit"], swiftSettings: checked),
         .target(name: "DPPipeline",
-                dependencies: ["DPTensor", "DPModels", "DPSampling", "DPFileKit", "CPNG",
-                               .product(name: "Crypto", package: "swift-crypto")],
+                dependencies: ["DPTensor", "DPModels", "DPSampling", "DPFileKit", "CPNG"],
                 swiftSettings: checked),
 
         // The farm.

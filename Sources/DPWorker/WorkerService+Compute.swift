@@ -12,7 +12,7 @@ import Synchronization
 /// thread rendering it) is behind its own Mutex; the service's lock, when both are held, is taken first.
 final class AttemptTask: Sendable {
     let task: FarmFrameTask
-    let job: JobContext
+    let job: HeldJob
     var attemptID: UInt64 { task.attemptID }
     var jobID: UInt64 { task.jobID }
     var frame: UInt32 { task.frame }
@@ -54,14 +54,14 @@ final class AttemptTask: Sendable {
         set { state.withLock { $0.result = newValue } }
     }
 
-    init(task: FarmFrameTask, job: JobContext) {
+    init(task: FarmFrameTask, job: HeldJob) {
         self.task = task
         self.job = job
     }
 }
 
 /// A job prep held by the worker and, once a frame of it ran, its prepared renderer.
-final class JobContext: Sendable {
+final class HeldJob: Sendable {
     let prep: FarmJobPrep
     private let used = Mutex(Date())
     var lastUsed: Date {
@@ -190,7 +190,7 @@ extension WorkerService {
     }
 
     /// The job's prepared renderer, preparing it (and getting its model) on first use.
-    private func preparedRenderer(for job: JobContext, label: String,
+    private func preparedRenderer(for job: HeldJob, label: String,
                                   cancelReason: () -> FarmErrorCode?) throws -> PreparedFrameRenderer {
         try job.preparation.withLock { preparation in
             if let prepared = preparation.prepared { return prepared }

@@ -44,7 +44,7 @@ public final class WorkerService: @unchecked Sendable {
         /// Attempts held: received and not yet answered on a welcomed session.
         var tasks: [UInt64: AttemptTask] = [:]
         /// Job preps by job id.
-        var jobs: [UInt64: JobContext] = [:]
+        var jobs: [UInt64: HeldJob] = [:]
         /// Chunk size for model fetches (Welcome.model_chunk_bytes).
         var modelChunkBytes = FarmProtocol.defaultChunkBytes
         /// Frame tasks waiting for a compute thread, oldest first; `workSignal` is signalled once per
@@ -666,7 +666,7 @@ public final class WorkerService: @unchecked Sendable {
             if let existing = shared.jobs[prep.jobID], existing.prep == prep {
                 existing.lastUsed = Date()
             } else {
-                shared.jobs[prep.jobID] = JobContext(prep: prep)
+                shared.jobs[prep.jobID] = HeldJob(prep: prep)
             }
         }
         evictIdleJobs()

@@ -17,9 +17,15 @@ struct DPCoordCommand: ParsableCommand {
 
     /// The coordinator a client command talks to: `--coordinator`, else `$DP_COORDINATOR`, else local port 5555.
     static func coordinatorEndpoint(_ option: String?) -> String {
+        givenCoordinator(option) ?? "tcp://127.0.0.1:5555"
+    }
+
+    /// `--coordinator`, else `$DP_COORDINATOR`, else nil: the one rule every client command follows (`submit`
+    /// renders with an embedded farm when it is nil; the others talk to local port 5555).
+    static func givenCoordinator(_ option: String?) -> String? {
         if let option, !option.isEmpty { return option }
         if let env = ProcessInfo.processInfo.environment["DP_COORDINATOR"], !env.isEmpty { return env }
-        return "tcp://127.0.0.1:5555"
+        return nil
     }
 
     static func stderrLine(_ s: String) {
@@ -212,7 +218,8 @@ extension DPCoordCommand {
         @Option(help: "Write an H.264 video of the finished sequence to this file (with --coordinator: a name inside its --output-root).") var video: String?
         @Option(help: "Frames per second of --video.") var fps = 30
         @Option(help: "Job name shown by status (default: model:subject).") var name: String?
-        @Option(help: "Coordinator to submit to; without it the job runs here with an embedded coordinator.") var coordinator: String?
+        @Option(help: "Coordinator to submit to (default: $DP_COORDINATOR); without either the job runs here with an embedded coordinator.")
+        var coordinator: String?
         @Flag(help: "Return once the job is queued (print its id) instead of following it.") var detach = false
         @Flag(help: "Print one JSON object per event on stdout instead of progress on stderr.") var json = false
         @Option(help: "Embedded mode: local workers (default 1).") var workers = 1
@@ -228,16 +235,19 @@ extension DPCoordCommand {
         }
 
         func run() throws {
+            let endpoint = DPCoordCommand.givenCoordinator(coordinator)
             let inputs = try SubmitInputs.load(.init(
                 render: render, out: out, priority: priority, order: order, video: video, fps: fps, name: name,
-                remote: coordinator != nil))
+                remote: endpoint != nil))
             let display = FollowDisplay(json: json)
             if !json { display.line("dp-coord submit: \(inputs.summary)") }
 
-            if let coordinator {
-                try submitRemote(inputs, endpoint: coordinator, display: display)
+            if let endpoint {
+                try submitRemote(inputs, endpoint: endpoint, display: display)
             } else {
-                if detach { throw CLIError("--detach needs --coordinator (the embedded farm lives only as long as this command)") }
+                if detach {
+                    throw CLIError("--detach needs a coordinator (--coordinator or $DP_COORDINATOR): the embedded farm lives only as long as this command")
+                }
                 let quiet = json || !verbose
                 let sink: @Sendable (String) -> Void = { line in if !quiet { display.line(line) } }
                 let (level, format) = try logging.resolved()

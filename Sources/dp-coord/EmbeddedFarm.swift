@@ -1,3 +1,4 @@
+import DPCLISupport
 import DPCoordinator
 import DPLog
 import DPTransport

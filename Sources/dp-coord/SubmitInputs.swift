@@ -126,9 +126,3 @@ struct SubmitInputs {
 
     private static var fm: FileManager { .default }
 }
-
-/// A user-facing error: printed as `Error: <message>` with exit code 1.
-struct CLIError: Error, CustomStringConvertible {
-    let description: String
-    init(_ message: String) { description = message }
-}

@@ -107,12 +107,6 @@ extension RenderCommand {
     }
 }
 
-/// A user-facing error: printed as `Error: <message>` with exit code 1.
-struct CLIError: Error, CustomStringConvertible {
-    let description: String
-    init(_ message: String) { description = message }
-}
-
 /// Progress output on stderr: a rewritten line on a terminal, plain lines otherwise.
 final class ProgressLog {
     private let isTTY = isatty(STDERR_FILENO) != 0

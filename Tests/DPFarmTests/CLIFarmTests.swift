@@ -57,10 +57,12 @@ final class CLIFarmTests: CLIProcessTestCase {
         XCTAssertEqual(me["framesDone"] as? Int, frames.count, workersRun.stdout)
 
         // A detached job with many steps, cancelled at once: state cancelled, and its follower would exit non-zero.
+        // submit follows the same rule as the other client commands: the coordinator from $DP_COORDINATOR.
         let out2 = work.appendingPathComponent("out2")
         var args2 = try golden.submitArgs(out: out2).map { $0 == out2.path ? "out2" : $0 }
         if let i = args2.firstIndex(of: "--steps") { args2[i + 1] = "400" } else { args2 += ["--steps", "400"] }
-        let detached = try CLITestSupport.run("dp-coord", args2 + ["--coordinator", endpoint, "--detach"] + keys.client, work: work)
+        let detached = try CLITestSupport.Started(try CLITestSupport.binary("dp-coord"), args2 + ["--detach"] + keys.client,
+                                                  work: work, environment: ["DP_COORDINATOR": endpoint]).wait(timeout: 120)
         XCTAssertEqual(detached.status, 0, detached.stderr)
         let job2 = try XCTUnwrap(Int(detached.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), detached.stdout)
         XCTAssertNotEqual(job2, jobID)
