@@ -508,7 +508,7 @@ extension Coordinator {
         guard try accessibleJob(peer, requestID, request.jobID, for: "cancel") != nil else { return }
         let running = try journal.cancelJob(id, reason: "cancelled by \(peerName(peer))")
         if uploads[id] != nil { dropUpload(id, reason: "job \(id) was cancelled") }
-        cancelOnWorkers(job: id, attempts: running, reason: "job \(id) cancelled")
+        try apply(lifecycle.jobCancelled(id, running: running), from: nil)
         let state = try journal.job(id, includingSpec: false)?.state ?? .cancelled
         var reply = FarmCancelReply()
         reply.jobID = request.jobID
@@ -516,9 +516,8 @@ extension Coordinator {
         send(peer, .cancelReply(reply), requestID: requestID)
         log("job \(id) cancel requested by \(peerName(peer)): now \(state.rawValue)"
             + (running.isEmpty ? "" : ", stopping attempts \(running.map(\.id))"))
-        if state == .cancelled, followers[id] != nil || jobContexts[id] != nil {
-            announceFinished(id, state: state, video: nil, message: "cancelled")
-        }
+        try apply(lifecycle.cancelAnswered(id, state: state, observed: followers[id] != nil || jobContexts[id] != nil),
+                  from: nil)
     }
 
     func onWorkers(_ peer: Data, _ requestID: UInt64) throws {

@@ -29,25 +29,25 @@ extension Coordinator {
             if sessionByName[old.name] == old.routingID { sessionByName[old.name] = nil }
         }
         let session = WorkerSession(routingID: peer, hello: hello, key: sender.key, now: now)
-        // Attempts in the journal are re-adopted only by the key that owns the name.
+        // Attempts in the journal are re-adopted only by the key that owns the name (FrameLifecycle.hello).
         let ownsRecordedAttempts = try sender.key == nil || journal.workerKey(hello.workerName) == sender.key
-        var adopted: [UInt64] = []
-        var refused: [UInt64] = []
-        for id in hello.runningAttemptIds {
+        var targets: [Int64: AttemptTarget] = [:]
+        for id in hello.runningAttemptIds where ownsRecordedAttempts {
             let attemptID = Int64(truncatingIfNeeded: id)
-            if ownsRecordedAttempts, let record = try journal.attempt(attemptID), record.worker == hello.workerName,
-               try journal.isCurrent(attemptID) {
-                session.attempts[attemptID] = LiveAttempt(id: attemptID, jobID: record.jobID, frame: record.frame,
-                                                          step: 0, total: 0, lastProgressMs: now)
-                adopted.append(id)
-            } else {
-                refused.append(id)
+            if let (record, current) = try journal.resultTarget(attemptID) {
+                targets[attemptID] = AttemptTarget(record: record, current: current)
             }
         }
-        for old in previous where session.attempts[old.id] == nil {
-            // Its worker came back without it (restarted or lost it mid-attempt): a failure of the frame.
-            workerLostAttempt(old.id, worker: hello.workerName, reason: "worker '\(hello.workerName)' reconnected without it")
+        let decision = lifecycle.hello(worker: hello.workerName, listed: hello.runningAttemptIds, targets: targets,
+                                       ownsRecordedAttempts: ownsRecordedAttempts, previous: previous.map(\.id))
+        for record in decision.adopted {
+            session.attempts[record.id] = LiveAttempt(id: record.id, jobID: record.jobID, frame: record.frame,
+                                                      step: 0, total: 0, lastProgressMs: now)
         }
+        let adopted = decision.adopted.map { UInt64(bitPattern: $0.id) }
+        let refused = decision.refused
+        // Its worker came back without them (restarted or lost them mid-attempt): failures of their frames.
+        applyLogging(decision.lost, from: nil)
         sessions[peer] = session
         sessionByName[session.name] = peer
         try journal.recordWorker(name: session.name, host: hello.host.hostname, slots: session.slots,
@@ -60,12 +60,7 @@ extension Coordinator {
         welcome.modelChunkBytes = UInt32(min(settings.modelChunkBytes, models.maxChunkBytes))
         welcome.adoptedAttemptIds = adopted
         send(peer, .welcome(welcome))
-        for id in refused {
-            var cancel = FarmCancel()
-            cancel.attemptID = id
-            cancel.reason = "attempt \(id) is no longer current"
-            send(peer, .cancel(cancel))
-        }
+        applyLogging(decision.cancels, from: session)
         log("worker '\(peer: session.name)' registered from \(peerName(peer)): \(session.slots) slot(s), host "
             + "'\(peer: hello.host.hostname)', \(hello.cachedModelIds.count) cached model(s)"
             + (adopted.isEmpty ? "" : ", re-adopted attempts \(adopted)")
@@ -138,38 +133,10 @@ extension Coordinator {
         if sessionByName[session.name] == session.routingID { sessionByName[session.name] = nil }
         let ids = session.attempts.keys.sorted()
         session.attempts.removeAll()
-        for id in ids { workerLostAttempt(id, worker: session.name, reason: "worker '\(session.name)' \(reason)") }
+        applyLogging(lifecycle.attemptsLost(ids, worker: session.name, .sessionEnded(reason)), from: nil)
         log("worker '\(peer: session.name)' (\(peerName(session.routingID))) dropped: \(peer: reason, limit: 400)"
             + (ids.isEmpty ? "" : "; attempts \(ids) count as failed on it"))
         dispatchNeeded = true
-    }
-
-    /// An attempt whose worker died, disconnected or stalled during it: failed for the frame's budget
-    /// (`maxFailedWorkersPerFrame` different workers, then the frame fails with their errors), not
-    /// for the worker's ban from the job. Goodbye hand-backs and the restart requeue are not this
-    /// (`loseAttempt`).
-    func workerLostAttempt(_ id: Int64, worker: String, reason: String) {
-        do {
-            let outcome = try journal.failAttempt(id, error: reason, maxFailedWorkersPerFrame: settings.maxFailedWorkersPerFrame,
-                                                  maxFailedFramesPerWorker: settings.maxFailedFramesPerWorkerJob,
-                                                  countsTowardWorkerBan: false)
-            guard outcome.applied else { return }
-            reportFailure(outcome, worker: worker, error: FarmError(.renderFailed, reason))
-        } catch {
-            log("cannot record the loss of attempt \(id): \(error)")
-        }
-    }
-
-    func loseAttempt(_ id: Int64, reason: String) {
-        do {
-            let outcome = try journal.loseAttempt(id, reason: reason)
-            if outcome.applied {
-                log("attempt \(id) (job \(outcome.jobID) frame \(outcome.frame)) lost: \(peer: reason, limit: 400); frame requeued")
-                dispatchNeeded = true
-            }
-        } catch {
-            log("cannot requeue attempt \(id): \(error)")
-        }
     }
 
     func onWorkerMessage(_ session: WorkerSession, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64) throws {
@@ -198,12 +165,10 @@ extension Coordinator {
             defer { grantCredit(session, result.credits) }
             try onFrameResult(session, result)
         case .goodbye(let goodbye):
-            let handed = Set(goodbye.handedBackAttemptIds.prefix(creditCap(session)).map { Int64(truncatingIfNeeded: $0) })
-            for id in session.attempts.keys.sorted() {
-                session.attempts[id] = nil
-                loseAttempt(id, reason: handed.contains(id) ? "handed back by worker '\(session.name)'"
-                    : "worker '\(session.name)' left without returning it")
-            }
+            let held = session.attempts.keys.sorted()
+            session.attempts.removeAll()
+            applyLogging(lifecycle.goodbye(held: held, handedBack: goodbye.handedBackAttemptIds, cap: creditCap(session),
+                                           worker: session.name), from: session)
             endSession(session, reason: "said goodbye (\(goodbye.reason))")
         case .modelManifestRequest(let request):
             do {
@@ -237,13 +202,11 @@ extension Coordinator {
         let id = Int64(truncatingIfNeeded: progress.attemptID)
         guard var live = session.attempts[id] else {
             // Not an attempt this session holds: if it is not current, tell the worker to stop.
-            if (try? journal.isCurrent(id)) != true {
+            let effects = lifecycle.progressForUnheldAttempt(progress.attemptID, current: (try? journal.isCurrent(id)) == true)
+            if !effects.isEmpty {
                 log("progress for attempt \(id) from \(peerName(session.routingID)) is not current: sent Cancel")
-                var cancel = FarmCancel()
-                cancel.attemptID = progress.attemptID
-                cancel.reason = "attempt \(id) is no longer current"
-                send(session.routingID, .cancel(cancel))
             }
+            applyLogging(effects, from: session)
             return
         }
         guard Int(progress.step) > live.step else { return }  // only a step forward counts (and is shown)
@@ -263,159 +226,15 @@ extension Coordinator {
 
     // MARK: results (fencing)
 
+    /// A FrameResult: the lifecycle decides (fencing, failures, the output's checks), `apply` does it.
     func onFrameResult(_ session: WorkerSession, _ result: FarmFrameResult) throws {
         let id = Int64(truncatingIfNeeded: result.attemptID)
         session.attempts[id] = nil
         dispatchNeeded = true
-        guard let (record, current) = try journal.resultTarget(id) else {
-            log("result for unknown attempt \(id) from \(peerName(session.routingID)): refused")
-            send(session.routingID, .error(FarmError(.unknownAttempt, "no attempt \(id)", attemptID: result.attemptID)))
-            return
-        }
-        guard record.worker == session.name else {
-            log("result for attempt \(id) of worker '\(peer: record.worker)' from \(peerName(session.routingID)): refused")
-            send(session.routingID, .error(FarmError(.unknownAttempt,
-                                                     "attempt \(id) was given to worker '\(record.worker)', not '\(session.name)'",
-                                                     attemptID: result.attemptID)))
-            return
-        }
-        if result.hasError {
-            try onFailedResult(session, record, result.error)
-            return
-        }
-        guard current else {
-            // Recorded as stale; the PNG (and so its checksum) does not matter.
-            let outcome = try journal.completeAttempt(id, output: FrameOutput(sha256: result.pngSha256, size: result.png.count,
-                                                                                renderSeconds: result.renderSeconds))
-            log("stale result: attempt \(id) (job \(record.jobID) frame \(record.frame)) from worker '\(peer: session.name)' "
-                + "is not current (\(outcome.staleReason ?? "frame moved on")); recorded, PNG dropped")
-            return
-        }
-        let context: JobContext
-        do {
-            context = try jobContext(record.jobID)
-        } catch {
-            log("job \(record.jobID): cannot open its output for frame \(record.frame): \(error)")
-            failJob(record.jobID, error: "\(error)")
-            return
-        }
-        // The PNG's structure and frame size are checked before anything is written (ResultPNGCheck).
-        if let problem = ResultPNGCheck.problem(result.png, width: context.frameWidth, height: context.frameHeight) {
-            try onFailedResult(session, record, FarmError(.badRequest,
-                "job \(record.jobID) frame \(record.frame): result of attempt \(id) from worker '\(session.name)' refused: \(problem)"))
-            return
-        }
-        // The writer hashes the PNG once and refuses it if that is not the worker's claimed SHA-256.
-        let digest: String
-        do {
-            digest = try context.output.write(frame: UInt32(record.frame), png: result.png, attempt: UInt64(id),
-                                              worker: session.name, renderSeconds: result.renderSeconds,
-                                              claimedSHA256: result.pngSha256, flush: false).pngSHA256
-        } catch let error as OutputError {
-            if case let .checksumMismatch(_, _, claimed, found) = error {
-                try onFailedResult(session, record, FarmError(.checksumMismatch,
-                    "job \(record.jobID) frame \(record.frame): PNG has sha256 \(found), worker claimed \(claimed)"))
-                return
-            } else if case .alreadyWritten = error {
-                digest = FileDigest.sha256(result.png)
-                guard digest == result.pngSha256 else {
-                    try onFailedResult(session, record, FarmError(.checksumMismatch,
-                        "job \(record.jobID) frame \(record.frame): PNG has sha256 \(digest), worker claimed \(result.pngSha256)"))
-                    return
-                }
-                // Written before a crash that came before the journal update: same job, same bytes.
-                log("job \(record.jobID) frame \(record.frame): already in the output folder (\(error)); marking done")
-            } else {
-                log("job \(record.jobID) frame \(record.frame): cannot write the output: \(error)")
-                loseAttempt(id, reason: "coordinator could not write the frame: \(error)")
-                return
-            }
-        }
-        // Checked by resultTarget above, in this same turn's transaction.
-        let outcome = try journal.completeAttempt(checked: record, current: current,
-                                                  output: FrameOutput(sha256: digest, size: result.png.count,
-                                                                      renderSeconds: result.renderSeconds))
-        session.models.insert(context.modelID)
-        log("job \(record.jobID) frame \(record.frame) done by worker '\(peer: session.name)' (attempt \(id), "
-            + Self.seconds(result.renderSeconds) + ")")
-        if let list = followers[record.jobID] {
-            var done = FarmFrameDone()
-            done.frame = UInt32(record.frame)
-            done.attemptID = UInt64(id)
-            done.workerName = session.name
-            done.renderSeconds = result.renderSeconds
-            done.pngSha256 = digest
-            done.pngSize = UInt64(result.png.count)
-            for follower in list {
-                var event = done
-                if follower.includePNG { event.png = result.png }
-                sendEvent(follower, job: record.jobID, .frameDone(event))
-            }
-        }
-        if outcome.jobFinished { finishJob(record.jobID) }
-    }
-
-    func onFailedResult(_ session: WorkerSession, _ record: AttemptRecord, _ error: FarmError) throws {
-        var error = error
-        let cap = settings.limits.maxErrorMessageBytes
-        if error.message.utf8.count > cap {
-            error.message = String(decoding: error.message.utf8.prefix(cap), as: UTF8.self) + "... (cut at \(cap) bytes)"
-        }
-        let reason = "\(error.code) from worker '\(session.name)': \(error.message)"
-        switch error.code {
-        case .cancelled, .shuttingDown:
-            loseAttempt(record.id, reason: reason)
-            return
-        case .jobPrepMissing:
-            session.preps.remove(record.jobID)
-            loseAttempt(record.id, reason: reason)
-            return
-        default:
-            break
-        }
-        let outcome = try journal.failAttempt(record.id, error: reason,
-                                              maxFailedWorkersPerFrame: settings.maxFailedWorkersPerFrame,
-                                              maxFailedFramesPerWorker: settings.maxFailedFramesPerWorkerJob)
-        guard outcome.applied else {
-            log("stale failure: attempt \(record.id) (job \(record.jobID) frame \(record.frame)): \(peer: reason, limit: 400); recorded")
-            return
-        }
-        reportFailure(outcome, worker: session.name, error: error)
-    }
-
-    /// A failed attempt that the journal applied: log line, FrameFailed to followers, the job's end.
-    func reportFailure(_ outcome: AttemptOutcome, worker: String, error: FarmError) {
-        let final = outcome.frameState == .failed
-        log("job \(outcome.jobID) frame \(outcome.frame) failed on attempt \(outcome.attemptID): \(peer: error.message, limit: 400)"
-            + (final ? "; frame given up" : "; requeued")
-            + (outcome.workerBannedFromJob ? "; worker '\(peer: worker)' gets no more frames of this job" : ""))
-        dispatchNeeded = true
-        var failed = FarmFrameFailed()
-        failed.frame = UInt32(outcome.frame)
-        failed.attemptID = UInt64(outcome.attemptID)
-        failed.workerName = worker
-        failed.error = error
-        failed.final = final
-        emit(job: outcome.jobID, .frameFailed(failed))
-        if outcome.jobFinished {
-            finishJob(outcome.jobID)
-        } else if outcome.workerBannedFromJob {
-            noticeIfNoWorkerMayTake(job: outcome.jobID)
-        }
-    }
-
-    /// After a ban: when every connected worker is banned from `job`, its queued frames wait for a
-    /// worker that is not. Says so (log line, JobNotice to followers) instead of stalling silently.
-    func noticeIfNoWorkerMayTake(job: Int64) {
-        let names = sessions.values.map(\.name).sorted()
-        guard !names.isEmpty, (try? names.allSatisfy({ try journal.isBanned(worker: $0, job: job) })) == true else { return }
-        let message = "no connected worker may take job \(job) any more (\(names.joined(separator: ", ")): each failed "
-            + "\(settings.maxFailedFramesPerWorkerJob) of its frames); its remaining frames wait for another worker "
-            + "(start one, or dp-coord cancel \(job))"
-        log("job \(job): \(message)")
-        var notice = FarmJobNotice()
-        notice.message = message
-        emit(job: job, .jobNotice(notice))
+        let target = try journal.resultTarget(id).map { AttemptTarget(record: $0.attempt, current: $0.current) }
+        let report: ResultReport = result.hasError ? .failed(result.error)
+            : .rendered(claimedSHA256: result.pngSha256, size: result.png.count, renderSeconds: result.renderSeconds)
+        try apply(lifecycle.resultArrived(id, target: target, worker: session.name, report: report), from: session, result: result)
     }
 
     // MARK: dispatch
@@ -567,9 +386,10 @@ extension Coordinator {
         do {
             let running = try journal.failJob(id, error: error)
             dispatchNeeded = true  // credit that was meant for this job goes to the next one
-            cancelOnWorkers(job: id, attempts: running, reason: error)
+            let effects = lifecycle.jobFailed(id, running: running, error: error)
+            try apply(effects.filter { if case .finishJob = $0 { false } else { true } }, from: nil)
             log("job \(id) failed: \(error)")
-            finishJob(id)
+            try apply(effects.filter { if case .finishJob = $0 { true } else { false } }, from: nil)
         } catch {
             log("cannot fail job \(id): \(error)")
         }

@@ -367,18 +367,7 @@ public final class Coordinator: @unchecked Sendable {
     func endGrace() {
         graceDone = true
         let keep = Set(sessions.values.flatMap { $0.attempts.keys })
-        do {
-            let requeued = try journal.requeueInFlightAttempts(
-                keeping: keep, reason: "not re-adopted within the \(settings.restartGraceSeconds) s restart grace period")
-            if !requeued.isEmpty {
-                log("restart grace over: requeued \(requeued.count) attempt(s) "
-                    + requeued.map { "\($0.id) (job \($0.jobID) frame \($0.frame), worker \(peer: $0.worker))" }
-                    .joined(separator: ", "))
-                dispatchNeeded = true
-            }
-        } catch {
-            log("restart grace over: cannot requeue in-flight attempts: \(error)")
-        }
+        applyLogging(lifecycle.graceOver(keeping: keep, graceSeconds: settings.restartGraceSeconds), from: nil)
     }
 
     // MARK: receiving
@@ -524,12 +513,8 @@ public final class Coordinator: @unchecked Sendable {
         for session in Array(sessions.values) {
             for attempt in Array(session.attempts.values) where t - attempt.lastProgressMs > stallMs {
                 session.attempts[attempt.id] = nil
-                workerLostAttempt(attempt.id, worker: session.name, reason: "stalled: no step progress on worker "
-                    + "'\(session.name)' for \(t - attempt.lastProgressMs) ms")
-                var cancel = FarmCancel()
-                cancel.attemptID = UInt64(attempt.id)
-                cancel.reason = "stalled"
-                send(session.routingID, .cancel(cancel))
+                applyLogging(lifecycle.attemptsLost([attempt.id], worker: session.name,
+                                                    .stalled(milliseconds: t - attempt.lastProgressMs)), from: session)
             }
         }
         let interval = Int64(settings.heartbeatIntervalMs)
