@@ -24,76 +24,25 @@ extension Coordinator {
             badRequest(peer, requestID, problem)
             return
         }
-        // Output folder and video: names inside the output root (OutputConfinement.swift), refused
-        // before anything is journalled.
-        switch outputPlacement.place(outputDir: spec.outputDir,
-                                     video: spec.hasVideo && !spec.video.path.isEmpty ? spec.video.path : nil) {
-        case .failure(let why):
-            badRequest(peer, requestID, why.message)
+        if let problem = placeOutputs(&spec) {
+            badRequest(peer, requestID, problem)
             return
-        case .success(let placed):
-            spec.outputDir = placed.outputDir
-            if let video = placed.video { spec.video.path = video }
         }
         let frames = spec.frames.isEmpty ? spec.poses.map(\.frame).sorted() : spec.frames
         spec.frames = frames
 
-        var missing: [FarmFileRef] = []
-        var startModelUpload = false
-        if !models.contains(manifest.modelID) && modelUploads[manifest.modelID] == nil {
-            startModelUpload = true
-            for file in manifest.files {
-                var ref = FarmFileRef()
-                ref.kind = .model
-                ref.path = file.path
-                missing.append(ref)
-            }
-        }
-        var pendingInputs: [String: FarmInputFile] = [:]
-        // Each distinct file once (a job's poses often repeat): held already, or listed to upload.
-        var seenDigests: Set<String> = []
-        let inputsPath = inputsDirectory.path
-        for input in [spec.subject] + spec.poses.map(\.file) {
-            guard seenDigests.insert(input.sha256).inserted else { continue }
-            if access(inputsPath + "/" + input.sha256, F_OK) == 0 { continue }
-            pendingInputs[input.path] = input
-            var ref = FarmFileRef()
-            ref.kind = .input
-            ref.path = input.path
-            missing.append(ref)
-        }
+        let (missing, startModelUpload, pendingInputs) = filesToUpload(spec, manifest)
         let waitsForModel = !models.contains(manifest.modelID)
         // Upload limits (DESIGN.md, "Limits"): jobs uploading at once, in all and from this client,
         // and the bytes this client's uploads declare; checked before anything is journalled.
         var declared: UInt64 = startModelUpload ? manifest.files.reduce(UInt64(0)) { $0 &+ $1.size } : 0
         for input in pendingInputs.values { declared = declared &+ input.size }  // each bounded by validate()
-        if !pendingInputs.isEmpty || waitsForModel {
-            let limits = settings.limits
-            let mine = uploads.values.filter { $0.peer == peer }
-            let mineBytes = mine.reduce(UInt64(0)) { $0 &+ $1.declaredBytes }
-            if uploads.count >= limits.maxConcurrentUploads {
-                badRequest(peer, requestID, "\(uploads.count) jobs are uploading, the most the coordinator takes at once "
-                    + "(\(limits.maxConcurrentUploads)); submit again when one has finished")
-                return
-            }
-            if mine.count >= limits.maxConcurrentUploadsPerClient {
-                badRequest(peer, requestID, "this connection has \(mine.count) jobs uploading, the most one client may "
-                    + "(\(limits.maxConcurrentUploadsPerClient)); submit again when one has finished")
-                return
-            }
-            if mineBytes &+ declared > limits.maxUploadBytesPerClient {
-                badRequest(peer, requestID, "this connection's uploads would declare \(mineBytes &+ declared) bytes, more "
-                    + "than the \(limits.maxUploadBytesPerClient) one client may have in flight")
-                return
-            }
+        if !pendingInputs.isEmpty || waitsForModel, let problem = uploadLimitProblem(peer, declared: declared) {
+            badRequest(peer, requestID, problem)
+            return
         }
-        let specBytes: Data = try spec.serializedBytes()
-        let record = try journal.createJob(NewJob(
-            name: spec.name, spec: specBytes, modelID: manifest.modelID, priority: Int(spec.priority),
-            order: spec.order == .preview ? .preview : .frame, outputDir: spec.outputDir,
-            videoPath: spec.video.path.isEmpty ? nil : spec.video.path,
-            videoFPS: spec.video.fps == 0 ? 30 : Int(spec.video.fps), frames: frames.map { Int($0) },
-            initialState: pendingInputs.isEmpty && !waitsForModel ? .queued : .uploading, ownerKey: sender.key))
+        let record = try createJob(spec, modelID: manifest.modelID,
+                                   initialState: pendingInputs.isEmpty && !waitsForModel ? .queued : .uploading)
         if startModelUpload {
             do {
                 modelUploads[manifest.modelID] = ModelUpload(ownerJob: record.id, staging: try models.beginUpload(manifest))
@@ -126,8 +75,90 @@ extension Coordinator {
         dispatchNeeded = true
     }
 
+    /// Output folder and video: names inside the output root (OutputConfinement.swift), refused
+    /// before anything is journalled. Sets the spec's placed paths; returns why it is refused.
+    func placeOutputs(_ spec: inout FarmJobSpec) -> String? {
+        switch outputPlacement.place(outputDir: spec.outputDir,
+                                     video: spec.hasVideo && !spec.video.path.isEmpty ? spec.video.path : nil) {
+        case .failure(let why):
+            return why.message
+        case .success(let placed):
+            spec.outputDir = placed.outputDir
+            if let video = placed.video { spec.video.path = video }
+            return nil
+        }
+    }
+
+    /// Journals a submitted (checked, placed) job and its frames, owned by the sender's key.
+    func createJob(_ spec: FarmJobSpec, modelID: String, initialState: JobState) throws -> JobRecord {
+        let specBytes: Data = try spec.serializedBytes()
+        return try journal.createJob(NewJob(
+            name: spec.name, spec: specBytes, modelID: modelID, priority: Int(spec.priority),
+            order: spec.order == .preview ? .preview : .frame, outputDir: spec.outputDir,
+            videoPath: spec.video.path.isEmpty ? nil : spec.video.path,
+            videoFPS: spec.video.fps == 0 ? 30 : Int(spec.video.fps), frames: spec.frames.map { Int($0) },
+            initialState: initialState, ownerKey: sender.key))
+    }
+
+    /// The files a submitted job must upload: the model's (when the coordinator lacks it and no other job
+    /// is uploading it: then this job uploads it) and each distinct input it does not hold.
+    func filesToUpload(_ spec: FarmJobSpec, _ manifest: ModelManifest)
+        -> (missing: [FarmFileRef], startModelUpload: Bool, pendingInputs: [String: FarmInputFile]) {
+        var missing: [FarmFileRef] = []
+        var startModelUpload = false
+        if !models.contains(manifest.modelID) && modelUploads[manifest.modelID] == nil {
+            startModelUpload = true
+            for file in manifest.files {
+                var ref = FarmFileRef()
+                ref.kind = .model
+                ref.path = file.path
+                missing.append(ref)
+            }
+        }
+        var pendingInputs: [String: FarmInputFile] = [:]
+        // Each distinct file once (a job's poses often repeat): held already, or listed to upload.
+        var seenDigests: Set<String> = []
+        let inputsPath = inputsDirectory.path
+        for input in [spec.subject] + spec.poses.map(\.file) {
+            guard seenDigests.insert(input.sha256).inserted else { continue }
+            if access(inputsPath + "/" + input.sha256, F_OK) == 0 { continue }
+            pendingInputs[input.path] = input
+            var ref = FarmFileRef()
+            ref.kind = .input
+            ref.path = input.path
+            missing.append(ref)
+        }
+        return (missing, startModelUpload, pendingInputs)
+    }
+
+    /// Why one more uploading job declaring `declared` bytes from `peer` is refused (nil = it is not).
+    func uploadLimitProblem(_ peer: Data, declared: UInt64) -> String? {
+        let limits = settings.limits
+        let mine = uploads.values.filter { $0.peer == peer }
+        let mineBytes = mine.reduce(UInt64(0)) { $0 &+ $1.declaredBytes }
+        if uploads.count >= limits.maxConcurrentUploads {
+            return "\(uploads.count) jobs are uploading, the most the coordinator takes at once "
+                + "(\(limits.maxConcurrentUploads)); submit again when one has finished"
+        }
+        if mine.count >= limits.maxConcurrentUploadsPerClient {
+            return "this connection has \(mine.count) jobs uploading, the most one client may "
+                + "(\(limits.maxConcurrentUploadsPerClient)); submit again when one has finished"
+        }
+        if mineBytes &+ declared > limits.maxUploadBytesPerClient {
+            return "this connection's uploads would declare \(mineBytes &+ declared) bytes, more "
+                + "than the \(limits.maxUploadBytesPerClient) one client may have in flight"
+        }
+        return nil
+    }
+
     /// Why a submitted job is refused (nil = acceptable).
     func validate(spec: FarmJobSpec, manifest: ModelManifest) -> String? {
+        if let problem = limitProblem(spec: spec, manifest: manifest) { return problem }
+        return contentProblem(spec: spec, manifest: manifest)
+    }
+
+    /// The hard limits first (DESIGN.md, "Limits"): nothing after them runs over an unbounded list.
+    func limitProblem(spec: FarmJobSpec, manifest: ModelManifest) -> String? {
         // Hard limits first (DESIGN.md, "Limits"): nothing below runs over an unbounded list.
         let limits = settings.limits
         guard spec.name.utf8.count <= limits.maxNameBytes else {
@@ -161,6 +192,11 @@ extension Coordinator {
             }
             modelBytes = sum
         }
+        return nil
+    }
+
+    /// Why a job within the limits is refused: its settings, model manifest, inputs, poses and frames.
+    func contentProblem(spec: FarmJobSpec, manifest: ModelManifest) -> String? {
         // The sampling settings: the same check, in the same words, as `dp-coord submit` and the workers make
         // (SamplingRequest), before anything is journalled. 0 / "" / has_ false are "the model's default".
         let render = spec.settings
