@@ -71,28 +71,8 @@ final class JobContext {
         prep.poseWindow = UInt32(poseWindowSize)
         self.prep = prep
 
-        let s = spec.settings
-        var seed: UInt64?
-        var noiseSHA: String?
-        switch s.noise {
-        case .noiseNpy(let data)?: noiseSHA = FileDigest.sha256(data)
-        case .seed(let value)?: seed = value
-        case nil: seed = 0
-        }
-        let outputSettings = OutputJobSettings(
-            seed: seed, noiseSHA256: noiseSHA, sampler: s.sampler.isEmpty ? defaults.sampler : s.sampler,
-            steps: s.steps == 0 ? defaults.steps : Int(s.steps),
-            imageGuidance: s.hasImageGuidance_p ? s.imageGuidance : defaults.imageGuidance,
-            poseGuidance: s.hasPoseGuidance_p ? s.poseGuidance : defaults.poseGuidance)
-        let model = modelID
-        let recorded = doneFrames.filter { $0.state == .done }.map { f in
-            OutputFrameRecord(frame: UInt32(f.frame), file: OutputWriter.fileName(frame: UInt32(f.frame)),
-                              attempt: UInt64(f.doneAttemptID ?? 0), worker: f.worker ?? "", modelID: model,
-                              seed: outputSettings.seed, sampler: outputSettings.sampler, steps: outputSettings.steps,
-                              imageGuidance: outputSettings.imageGuidance, poseGuidance: outputSettings.poseGuidance,
-                              renderSeconds: f.renderSeconds ?? 0, pngSHA256: f.outputSHA256 ?? "",
-                              pngSize: f.outputSize ?? -1)
-        }
+        let outputSettings = JobContext.outputSettings(spec.settings, defaults: defaults)
+        let recorded = JobContext.recorded(doneFrames, modelID: modelID, settings: outputSettings)
         // Confined to the output root unless local paths are allowed (the embedded farm); a stored
         // path outside the root (the root changed) is refused here and fails the job.
         if placement.root != nil { _ = try placement.relative(record.outputDir, what: "output folder") }
@@ -102,6 +82,35 @@ final class JobContext {
                                   durability: .batched, recorded: recorded, confinedTo: placement.root)
         if let video = record.videoPath, !video.isEmpty, !record.videoWritten {
             try output.checkVideoTarget(URL(fileURLWithPath: video))
+        }
+    }
+
+    /// The settings manifest.json records: the spec's, the model's defaults where it left them (0 / "" / unset).
+    static func outputSettings(_ s: FarmRenderSettings, defaults: ModelDefaults) -> OutputJobSettings {
+        var seed: UInt64?
+        var noiseSHA: String?
+        switch s.noise {
+        case .noiseNpy(let data)?: noiseSHA = FileDigest.sha256(data)
+        case .seed(let value)?: seed = value
+        case nil: seed = 0
+        }
+        return OutputJobSettings(
+            seed: seed, noiseSHA256: noiseSHA, sampler: s.sampler.isEmpty ? defaults.sampler : s.sampler,
+            steps: s.steps == 0 ? defaults.steps : Int(s.steps),
+            imageGuidance: s.hasImageGuidance_p ? s.imageGuidance : defaults.imageGuidance,
+            poseGuidance: s.hasPoseGuidance_p ? s.poseGuidance : defaults.poseGuidance)
+    }
+
+    /// The journal's done frames as the output's records, which vouch for their PNGs.
+    static func recorded(_ doneFrames: [FrameRecord], modelID model: String,
+                         settings outputSettings: OutputJobSettings) -> [OutputFrameRecord] {
+        doneFrames.filter { $0.state == .done }.map { f in
+            OutputFrameRecord(frame: UInt32(f.frame), file: OutputWriter.fileName(frame: UInt32(f.frame)),
+                              attempt: UInt64(f.doneAttemptID ?? 0), worker: f.worker ?? "", modelID: model,
+                              seed: outputSettings.seed, sampler: outputSettings.sampler, steps: outputSettings.steps,
+                              imageGuidance: outputSettings.imageGuidance, poseGuidance: outputSettings.poseGuidance,
+                              renderSeconds: f.renderSeconds ?? 0, pngSHA256: f.outputSHA256 ?? "",
+                              pngSize: f.outputSize ?? -1)
         }
     }
 
