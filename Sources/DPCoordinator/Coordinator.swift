@@ -159,31 +159,14 @@ public final class Coordinator: @unchecked Sendable {
             context.terminate()
         }
         startedMs = clock.nowMilliseconds()
-        if let nice = settings.loopThreadNice {
-            if dp_set_thread_nice(Int32(clamping: nice)) == 0 {
-                log("coordinator loop thread at nice \(nice)")
-            } else {
-                log("coordinator loop thread: cannot set nice \(nice) (\(String(cString: strerror(errno)))); running at the "
-                    + "inherited priority (a lower nice value needs CAP_SYS_NICE)")
-            }
-        }
+        setLoopThreadNice()
         try startUp()
         let poller = ZMQPoller()
         try poller.add(router)
         poller.add(fileDescriptor: wakePipe.readDescriptor)
         if let zap { try poller.add(zap.socket) }
         let pollMs = max(5, min(100, settings.heartbeatIntervalMs / 4))
-        log("coordinator \(coordinatorID) serving on \(endpoint) (state \(settings.stateDirectory.path))")
-        switch settings.auth {
-        case .insecureNoAuth:
-            for _ in 0 ..< 3 {
-                log("WARNING: --insecure-no-auth: NO AUTHENTICATION. Anyone who can reach \(endpoint) can submit, "
-                    + "cancel and read every job and register as a worker. Use CURVE keys (dp-coord keygen).")
-            }
-        case .curve(let auth):
-            log("CURVE authentication on: server public key \(auth.serverKeys.publicKey); "
-                + "\(authorizedKeys?.counts.description ?? "")")
-        }
+        logServing()
         defer { flushOutputs(force: true) }
         var lastTurnNs: UInt64 = 0
         let minTurnNs = UInt64(max(0, settings.minTurnIntervalMicroseconds)) * 1000
@@ -196,16 +179,7 @@ public final class Coordinator: @unchecked Sendable {
             let ready = try poller.poll(timeoutMilliseconds: pollMs)
             if ready[1].contains(.readable) { wakePipe.drain() }
             // Handshakes first: they wait for no journal.
-            if let zap, ready.count > 2, ready[2].contains(.readable) {
-                do {
-                    try zap.serve()
-                } catch let error as ZMQError where error.isContextTerminated {
-                    throw error
-                } catch {
-                    // Fails closed: a handshake without an answer never completes.
-                    log("ZAP handler: \(error)")
-                }
-            }
+            if ready.count > 2, ready[2].contains(.readable) { try serveHandshake() }
             lastTurnNs = DispatchTime.now().uptimeNanoseconds
             // One loop turn = one journal transaction; its messages go out after the commit.
             try turn {
@@ -227,6 +201,19 @@ public final class Coordinator: @unchecked Sendable {
         manifestQueue.sync {}
         videoQueue.sync {}
         log("coordinator \(coordinatorID) stopped")
+    }
+
+    /// Answers a CURVE handshake's ZAP request. Fails closed: a handshake without an answer never completes.
+    func serveHandshake() throws {
+        guard let zap else { return }
+        do {
+            try zap.serve()
+        } catch let error as ZMQError where error.isContextTerminated {
+            throw error
+        } catch {
+            // Fails closed: a handshake without an answer never completes.
+            log("ZAP handler: \(error)")
+        }
     }
 
     /// Sleeps `nanoseconds` (the group-commit pause between busy loop turns).
@@ -276,40 +263,6 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
-    /// Rewrites the manifest.json of every job with frames written since its last rewrite, at most
-    /// once per `manifestIntervalSeconds` unless `force`d (the coordinator is stopping).
-    ///
-    /// The periodic rewrites run on `manifestQueue`, off the loop thread: for a job of 10,000 frames
-    /// one takes ~10 ms, which would hold up dispatching (OutputWriter snapshots under its lock and
-    /// writes outside it). At most one batch of them is pending; a forced flush waits for it first.
-    func flushOutputs(force: Bool) {
-        let t = now
-        guard force || Double(t - lastManifestFlushMs) >= manifestIntervalSeconds * 1000 else { return }
-        lastManifestFlushMs = t
-        let due = jobContexts.filter { $0.value.output.needsFlush }.map { ($0.key, $0.value.output) }
-        let log = self.log
-        let rewrite: @Sendable () -> Void = {
-            for (id, output) in due {
-                do {
-                    try output.flush(durable: force)
-                } catch {
-                    log("job \(id): cannot rewrite manifest.json: \(error)")
-                }
-            }
-        }
-        if force {
-            manifestQueue.sync {}
-            rewrite()
-            return
-        }
-        guard !due.isEmpty, !manifestRewritePending.exchange(true) else { return }
-        let pending = manifestRewritePending
-        manifestQueue.async {
-            rewrite()
-            _ = pending.exchange(false)
-        }
-    }
-
     /// Thread-safe; `run()` returns within one poll interval.
     public func shutdown() {
         runState.withLock { $0.stopRequested = true }
@@ -321,54 +274,6 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     var now: Int64 { clock.nowMilliseconds() }
-
-    // MARK: start-up
-
-    func startUp() throws {
-        // Temp files of uploads that a stop interrupted (their jobs are failed below).
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: inputsDirectory.path)) ?? []
-        where name.hasPrefix(".upload-") {
-            try? FileManager.default.removeItem(at: inputsDirectory.appendingPathComponent(name))
-        }
-        for (id, why) in models.refusedAtStart.sorted(by: { $0.key < $1.key }) {
-            log("model \(id) is not served: \(why)")
-        }
-        for job in try journal.jobs(states: [.uploading], includingSpec: false) {
-            _ = try journal.failJob(job.id, error: "upload interrupted by a coordinator restart; submit the job again")
-            log("job \(job.id) '\(peer: job.name)': was uploading when the coordinator stopped; marked failed")
-        }
-        // A crash (or a stop) between a job's end and its last manifest rewrite or video: finish them now.
-        for job in try journal.jobs(states: [.completed, .failed, .cancelled], includingSpec: false) where !job.outputsFinal {
-            let video = job.state == .completed && (job.videoPath ?? "") != "" && !job.videoWritten
-            log("job \(job.id) '\(peer: job.name)': \(job.state.rawValue) before its final manifest.json"
-                + (video ? " and video" : "") + " were written; writing them now")
-            finishJob(job.id)
-        }
-        // Open every unfinished job's output now: its done frames' PNGs are checked against the
-        // journal (a missing or corrupt one is requeued) before anything is dispatched.
-        for job in try journal.jobs(states: [.queued, .running], includingSpec: false) {
-            do {
-                _ = try jobContext(job.id)
-            } catch {
-                // A job that cannot be loaded (its model's dreampose.json refused, its output folder in
-                // the way, ...) fails with the reason; the coordinator comes up (no crash loop).
-                log("job \(job.id) '\(peer: job.name)': cannot load it at start-up: \(error); marking it failed")
-                failJob(job.id, error: "cannot load the job at coordinator start-up: \(error)")
-            }
-        }
-        let inFlight = try journal.runningAttempts()
-        if !inFlight.isEmpty {
-            log("\(inFlight.count) attempt(s) in flight from before the restart: requeued after "
-                + "\(settings.restartGraceSeconds) s unless their workers re-adopt them")
-        }
-        if settings.restartGraceSeconds <= 0 { endGrace() }
-    }
-
-    func endGrace() {
-        graceDone = true
-        let keep = Set(sessions.values.flatMap { $0.attempts.keys })
-        applyLogging(lifecycle.graceOver(keeping: keep, graceSeconds: settings.restartGraceSeconds), from: nil)
-    }
 
     // MARK: receiving
 
@@ -498,91 +403,6 @@ public final class Coordinator: @unchecked Sendable {
             followers[job] = kept.isEmpty ? nil : kept
         }
     }
-
-    // MARK: timer
-
-    func tick() {
-        let t = now
-        if !graceDone, Double(t - startedMs) >= settings.restartGraceSeconds * 1000 { endGrace() }
-        let deadline = Int64(settings.heartbeatIntervalMs * settings.heartbeatLiveness)
-        for session in Array(sessions.values) where t - session.lastHeardMs > deadline {
-            endSession(session, reason: "silent for \(t - session.lastHeardMs) ms "
-                + "(\(settings.heartbeatLiveness) x \(settings.heartbeatIntervalMs) ms heartbeats)")
-        }
-        let stallMs = Int64(settings.stallTimeoutSeconds * 1000)
-        for session in Array(sessions.values) {
-            for attempt in Array(session.attempts.values) where t - attempt.lastProgressMs > stallMs {
-                session.attempts[attempt.id] = nil
-                applyLogging(lifecycle.attemptsLost([attempt.id], worker: session.name,
-                                                    .stalled(milliseconds: t - attempt.lastProgressMs)), from: session)
-            }
-        }
-        let interval = Int64(settings.heartbeatIntervalMs)
-        for session in Array(sessions.values) where t - session.lastSentMs >= interval {
-            heartbeatSequence += 1
-            var hb = FarmHeartbeat()
-            hb.sequence = heartbeatSequence
-            hb.sentUnixMs = UInt64(max(0, t))
-            send(session.routingID, .heartbeat(hb))
-        }
-        expireIdleUploads()
-        drainFinishedOutputs()
-    }
-}
-
-/// A follower's event stream: its connection and the request id of its FollowJob.
-struct FollowerStream: Hashable {
-    let peer: Data
-    let requestID: UInt64
-}
-
-/// A coordinator failure at start-up or in `run()`.
-public struct CoordinatorError: Error, CustomStringConvertible {
-    public let description: String
-    init(_ description: String) { self.description = description }
-}
-
-/// One connected worker (one routing id, from its Hello until death, Goodbye or a newer Hello).
-final class WorkerSession {
-    let routingID: Data
-    let name: String
-    let slots: Int
-    let threads: Int
-    let host: FarmHostInfo
-    let maxMessageBytes: Int
-    /// The public key the session authenticated with (nil: insecure mode). Owns the session's attempts.
-    let key: String?
-    var credit = 0
-    var preps: Set<Int64> = []
-    var attempts: [Int64: LiveAttempt] = [:]
-    var models: Set<String>
-    var lastHeardMs: Int64
-    var lastSentMs: Int64
-    /// Credit beyond the cap was asked for (logged once per session).
-    var warnedCredit = false
-
-    init(routingID: Data, hello: FarmHello, key: String?, now: Int64) {
-        self.routingID = routingID
-        self.key = key
-        name = hello.workerName
-        slots = Int(hello.slots)
-        threads = Int(hello.threads)
-        host = hello.host
-        maxMessageBytes = hello.maxMessageBytes > 0 ? Int(min(hello.maxMessageBytes, UInt64(Int.max)))
-            : FarmProtocol.defaultMaxMessageBytes
-        models = Set(hello.cachedModelIds)
-        lastHeardMs = now
-        lastSentMs = now
-    }
-}
-
-struct LiveAttempt {
-    let id: Int64
-    let jobID: Int64
-    let frame: Int
-    var step: Int
-    var total: Int
-    var lastProgressMs: Int64
 }
 
 struct OutgoingMessage {
@@ -591,24 +411,4 @@ struct OutgoingMessage {
     let requestID: UInt64
     /// A JobEvent whose counts are filled in when it is sent (after the turn's commit).
     var countsOfJob: Int64? = nil
-}
-
-struct Follower {
-    let peer: Data
-    let requestID: UInt64
-    let includePNG: Bool
-}
-
-
-/// A Bool shared between threads.
-final class LockedFlag: Sendable {
-    private let value = Mutex(false)
-
-    /// Sets the flag to `newValue` and returns what it was.
-    func exchange(_ newValue: Bool) -> Bool {
-        value.withLock { value in
-            defer { value = newValue }
-            return value
-        }
-    }
 }
