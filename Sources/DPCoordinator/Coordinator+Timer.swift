@@ -43,14 +43,13 @@ extension Coordinator {
     func tick() {
         let t = now
         if !graceDone, Double(t - startedMs) >= settings.restartGraceSeconds * 1000 { endGrace() }
-        let deadline = Int64(settings.heartbeatIntervalMs * settings.heartbeatLiveness)
-        for session in Array(sessions.values) where t - session.lastHeardMs > deadline {
+        let lifecycle = self.lifecycle
+        for session in Array(sessions.values) where lifecycle.isSilent(lastHeardMs: session.lastHeardMs, now: t) {
             endSession(session, reason: "silent for \(t - session.lastHeardMs) ms "
                 + "(\(settings.heartbeatLiveness) x \(settings.heartbeatIntervalMs) ms heartbeats)")
         }
-        let stallMs = Int64(settings.stallTimeoutSeconds * 1000)
         for session in Array(sessions.values) {
-            for attempt in Array(session.attempts.values) where t - attempt.lastProgressMs > stallMs {
+            for attempt in lifecycle.stalled(Array(session.attempts.values), now: t) {
                 session.attempts[attempt.id] = nil
                 applyLogging(lifecycle.attemptsLost([attempt.id], worker: session.name,
                                                     .stalled(milliseconds: t - attempt.lastProgressMs)), from: session)

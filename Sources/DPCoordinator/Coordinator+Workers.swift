@@ -151,13 +151,10 @@ extension Coordinator {
             // A session holds at most creditCap attempts; entries beyond that are not looked at.
             for p in heartbeat.attempts.prefix(creditCap(session)) {
                 let id = Int64(truncatingIfNeeded: p.attemptID)
-                guard var live = session.attempts[id] else { continue }
+                guard let live = session.attempts[id] else { continue }
                 // Only a step forward refreshes the stall timer (`step 0 of 0` forever must stall).
-                if Int(p.step) > live.step {
-                    live.step = Int(p.step)
-                    live.total = Int(p.totalSteps)
-                    live.lastProgressMs = now
-                    session.attempts[id] = live
+                if let next = FrameLifecycle.progressed(live, step: Int(p.step), total: Int(p.totalSteps), now: now) {
+                    session.attempts[id] = next
                 }
             }
         case .frameResult(let result):
@@ -201,7 +198,7 @@ extension Coordinator {
 
     func onProgress(_ session: WorkerSession, _ progress: FarmProgress) {
         let id = Int64(truncatingIfNeeded: progress.attemptID)
-        guard var live = session.attempts[id] else {
+        guard let held = session.attempts[id] else {
             // Not an attempt this session holds: if it is not current, tell the worker to stop.
             let effects = lifecycle.progressForUnheldAttempt(progress.attemptID, current: (try? journal.isCurrent(id)) == true)
             if !effects.isEmpty {
@@ -210,10 +207,9 @@ extension Coordinator {
             applyLogging(effects, from: session)
             return
         }
-        guard Int(progress.step) > live.step else { return }  // only a step forward counts (and is shown)
-        live.lastProgressMs = now
-        live.step = Int(progress.step)
-        live.total = Int(progress.totalSteps)
+        // Only a step forward counts (and is shown).
+        guard let live = FrameLifecycle.progressed(held, step: Int(progress.step), total: Int(progress.totalSteps),
+                                                   now: now) else { return }
         session.attempts[id] = live
         guard followers[live.jobID] != nil else { return }
         var event = FarmFrameProgress()

@@ -104,17 +104,50 @@ struct FrameLifecycle: Sendable {
     var maxFailedFramesPerWorkerJob: Int
     /// A worker's error message is cut to this many bytes.
     var maxErrorMessageBytes: Int
+    /// A worker is dead after this long without any message (heartbeat interval x liveness).
+    var silentAfterMs: Int64
+    /// An attempt is stalled after this long without a step forward (the stall timeout).
+    var stallAfterMs: Int64
 
-    init(maxFailedWorkersPerFrame: Int, maxFailedFramesPerWorkerJob: Int, maxErrorMessageBytes: Int) {
+    init(maxFailedWorkersPerFrame: Int, maxFailedFramesPerWorkerJob: Int, maxErrorMessageBytes: Int,
+         silentAfterMs: Int64 = 5000, stallAfterMs: Int64 = 600_000) {
         self.maxFailedWorkersPerFrame = maxFailedWorkersPerFrame
         self.maxFailedFramesPerWorkerJob = maxFailedFramesPerWorkerJob
         self.maxErrorMessageBytes = maxErrorMessageBytes
+        self.silentAfterMs = silentAfterMs
+        self.stallAfterMs = stallAfterMs
     }
 
     init(_ settings: CoordinatorSettings) {
         self.init(maxFailedWorkersPerFrame: settings.maxFailedWorkersPerFrame,
                   maxFailedFramesPerWorkerJob: settings.maxFailedFramesPerWorkerJob,
-                  maxErrorMessageBytes: settings.limits.maxErrorMessageBytes)
+                  maxErrorMessageBytes: settings.limits.maxErrorMessageBytes,
+                  silentAfterMs: Int64(settings.heartbeatIntervalMs * settings.heartbeatLiveness),
+                  stallAfterMs: Int64(settings.stallTimeoutSeconds * 1000))
+    }
+
+    // MARK: deadlines and progress
+
+    /// A worker last heard from at `lastHeardMs` is dead at `now` (any message counts).
+    func isSilent(lastHeardMs: Int64, now: Int64) -> Bool {
+        now - lastHeardMs > silentAfterMs
+    }
+
+    /// The attempts among `attempts` stalled at `now`: no step forward for longer than the stall timeout.
+    func stalled(_ attempts: [LiveAttempt], now: Int64) -> [LiveAttempt] {
+        attempts.filter { now - $0.lastProgressMs > stallAfterMs }
+    }
+
+    /// Progress reported for an attempt (Progress, or a Heartbeat's entry): only a step forward counts,
+    /// and only it refreshes the stall timer (a worker reporting `step 0 of 0` forever must stall;
+    /// model loading counts against the timer too). nil: not a step forward, nothing changes.
+    static func progressed(_ live: LiveAttempt, step: Int, total: Int, now: Int64) -> LiveAttempt? {
+        guard step > live.step else { return nil }
+        var next = live
+        next.step = step
+        next.total = total
+        next.lastProgressMs = now
+        return next
     }
 
     // MARK: results (fencing)

@@ -263,6 +263,32 @@ final class LifecycleTests: XCTestCase {
                        [.cancelAttempt(12, reason: "attempt 12 is no longer current")])
     }
 
+    // MARK: deadlines and progress
+
+    func testSilentWorkerAndStalledAttemptDeadlines() {
+        let lifecycle = FrameLifecycle(maxFailedWorkersPerFrame: 3, maxFailedFramesPerWorkerJob: 3, maxErrorMessageBytes: 64,
+                                       silentAfterMs: 5000, stallAfterMs: 60_000)
+        XCTAssertFalse(lifecycle.isSilent(lastHeardMs: 1000, now: 6000))
+        XCTAssertTrue(lifecycle.isSilent(lastHeardMs: 1000, now: 6001))
+        let fresh = LiveAttempt(id: 1, jobID: 7, frame: 0, step: 3, total: 20, lastProgressMs: 50_000)
+        let old = LiveAttempt(id: 2, jobID: 7, frame: 1, step: 0, total: 0, lastProgressMs: 1000)
+        XCTAssertEqual(lifecycle.stalled([fresh, old], now: 61_000).map(\.id), [])
+        XCTAssertEqual(lifecycle.stalled([fresh, old], now: 61_001).map(\.id), [2])
+        XCTAssertEqual(lifecycle.stalled([fresh, old], now: 110_001).map(\.id), [1, 2])
+    }
+
+    func testOnlyAStepForwardRefreshesTheStallTimer() {
+        let live = LiveAttempt(id: 1, jobID: 7, frame: 0, step: 0, total: 0, lastProgressMs: 1000)
+        // `step 0 of 0` forever (a worker loading its model, or wedged): nothing changes, it will stall.
+        XCTAssertNil(FrameLifecycle.progressed(live, step: 0, total: 0, now: 9000))
+        guard let next = FrameLifecycle.progressed(live, step: 1, total: 20, now: 9000) else { return XCTFail("a step forward") }
+        XCTAssertEqual([next.step, next.total], [1, 20])
+        XCTAssertEqual(next.lastProgressMs, 9000)
+        // A repeated or a backward step (a stale report) does not hold the stall off either.
+        XCTAssertNil(FrameLifecycle.progressed(next, step: 1, total: 20, now: 12_000))
+        XCTAssertNil(FrameLifecycle.progressed(next, step: 0, total: 20, now: 12_000))
+    }
+
     // MARK: cancel, job failure
 
     func testCancelStopsWorkersThenAnnouncesOnlyAJobItCancelled() {
