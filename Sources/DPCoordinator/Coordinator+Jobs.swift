@@ -18,17 +18,7 @@ extension Coordinator {
                                      models: models, inputs: inputsDirectory, placement: outputPlacement)
         jobContexts[id] = context
         for (frame, reason) in context.output.invalidRecords {
-            if record.state == .queued || record.state == .running {
-                do {
-                    try journal.requeueDoneFrame(job: id, frame: Int(frame), reason: "output lost: \(reason)")
-                    log("job \(id) frame \(frame): was done but \(reason); requeued")
-                    dispatchNeeded = true
-                } catch {
-                    log("job \(id) frame \(frame): was done but \(reason); cannot requeue it: \(error)")
-                }
-            } else {
-                log("job \(id) frame \(frame): was done but \(reason) (job \(record.state.rawValue); not requeued)")
-            }
+            applyLogging(lifecycle.doneFrameLost(id, frame: Int(frame), reason: reason, jobState: record.state), from: nil)
         }
         return context
     }

@@ -41,15 +41,16 @@ extension Coordinator {
                 requeueInFlight(keeping: keep, reason: reason)
             case let .failJob(id, error):
                 failJob(id, error: error)
+            case let .requeueDoneFrame(id, frame, reason):
+                requeueDoneFrame(id, frame: frame, reason: reason)
+            case let .noteLostOutput(id, frame, reason, state):
+                log("job \(id) frame \(frame): was done but \(reason) (job \(state.rawValue); not requeued)")
             case let .refuseResult(id, owner):
                 guard let session else { continue }
                 refuseResult(id, owner: owner, session: session)
             case let .cancelAttempt(id, reason):
                 guard let session else { continue }
-                var cancel = FarmCancel()
-                cancel.attemptID = id
-                cancel.reason = reason
-                send(session.routingID, .cancel(cancel))
+                sendCancel(attempt: id, reason: reason, to: session)
             case .forgetPrep(let job):
                 session?.preps.remove(job)
             case let .cancelJobOnWorkers(job, attempts, reason):
@@ -136,6 +137,25 @@ extension Coordinator {
         } catch {
             log("restart grace over: cannot requeue in-flight attempts: \(error)")
         }
+    }
+
+    func requeueDoneFrame(_ id: Int64, frame: Int, reason: String) {
+        do {
+            try journal.requeueDoneFrame(job: id, frame: frame, reason: "output lost: \(reason)")
+            log("job \(id) frame \(frame): was done but \(reason); requeued")
+            dispatchNeeded = true
+        } catch {
+            log("job \(id) frame \(frame): was done but \(reason); cannot requeue it: \(error)")
+        }
+    }
+
+    // MARK: messages
+
+    func sendCancel(attempt id: UInt64, reason: String, to session: WorkerSession) {
+        var cancel = FarmCancel()
+        cancel.attemptID = id
+        cancel.reason = reason
+        send(session.routingID, .cancel(cancel))
     }
 
     // MARK: results

@@ -71,6 +71,10 @@ enum LifecycleEffect: Equatable, Sendable {
     case requeueInFlight(keeping: Set<Int64>, reason: String)
     /// The job fails as a whole (its output or poses cannot be read).
     case failJob(Int64, error: String)
+    /// `requeueDoneFrame`: a done frame whose PNG is missing or corrupt is rendered again.
+    case requeueDoneFrame(job: Int64, frame: Int, reason: String)
+    /// A finished job's done frame lost its PNG: logged, not requeued (`state`: the job's).
+    case noteLostOutput(job: Int64, frame: Int, reason: String, state: JobState)
 
     // Messages and follow-ups.
     /// Error{UNKNOWN_ATTEMPT} to the worker that sent a result; `owner` nil: no such attempt.
@@ -330,6 +334,14 @@ struct FrameLifecycle: Sendable {
     /// follows or whose output is open (`observed`) announces its end at once.
     func cancelAnswered(_ id: Int64, state: JobState, observed: Bool) -> [LifecycleEffect] {
         state == .cancelled && observed ? [.announceFinished(id, state: state, message: "cancelled")] : []
+    }
+
+    /// A done frame of job `id` whose PNG was missing or did not match the journal when its output was
+    /// opened (`reason`): an unfinished job renders it again; a finished one keeps its state (its video
+    /// then reports the frame missing).
+    func doneFrameLost(_ id: Int64, frame: Int, reason: String, jobState: JobState) -> [LifecycleEffect] {
+        jobState == .queued || jobState == .running ? [.requeueDoneFrame(job: id, frame: frame, reason: reason)]
+            : [.noteLostOutput(job: id, frame: frame, reason: reason, state: jobState)]
     }
 
     /// The journal failed job `id` as a whole: its workers stop, its end is written.

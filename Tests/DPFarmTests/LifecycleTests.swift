@@ -307,6 +307,17 @@ final class LifecycleTests: XCTestCase {
                        [.cancelJobOnWorkers(7, attempts: [attempt(3)], reason: "poses unreadable"), .finishJob(7)])
     }
 
+    func testLostOutputIsRenderedAgainOnlyForAnUnfinishedJob() {
+        for state in [JobState.queued, .running] {
+            XCTAssertEqual(lifecycle.doneFrameLost(7, frame: 4, reason: "missing", jobState: state),
+                           [.requeueDoneFrame(job: 7, frame: 4, reason: "missing")])
+        }
+        for state in [JobState.completed, .failed, .cancelled] {
+            XCTAssertEqual(lifecycle.doneFrameLost(7, frame: 4, reason: "missing", jobState: state),
+                           [.noteLostOutput(job: 7, frame: 4, reason: "missing", state: state)])
+        }
+    }
+
     func testNoticeOnlyWhenEveryConnectedWorkerIsBanned() {
         XCTAssertFalse(FrameLifecycle.noWorkerMayTake(connected: []) { _ in true })
         XCTAssertTrue(FrameLifecycle.noWorkerMayTake(connected: ["w1", "w2"]) { _ in true })
