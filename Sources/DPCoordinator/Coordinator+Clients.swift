@@ -1,46 +1,9 @@
-// Client requests: submit + uploads, follow, status, cancel, workers.
+// Client requests: submit, follow, status, cancel, workers (uploads: Coordinator+Uploads.swift).
 import DPFileKit
 import DPJournal
 import DPLog
 import DPProtocol
 import Foundation
-
-/// A job waiting for its uploads.
-final class JobUpload {
-    let jobID: Int64
-    let modelID: String
-    /// The client connection that submitted it (the per-client upload limits count by it).
-    let peer: Data
-    /// Bytes the job declared it will upload (its missing inputs, plus its model if it uploads it).
-    let declaredBytes: UInt64
-    /// When a chunk last arrived (or the submit): an upload idle for `uploadIdleSeconds` is dropped.
-    var lastActivityMs: Int64
-    /// Input files still missing, by upload path.
-    var pendingInputs: [String: FarmInputFile]
-    /// Bytes received so far of the input being uploaded, by path (temp file in <state>/inputs).
-    var received: [String: UInt64] = [:]
-    init(jobID: Int64, modelID: String, peer: Data, declaredBytes: UInt64, now: Int64,
-         pendingInputs: [String: FarmInputFile]) {
-        self.jobID = jobID
-        self.modelID = modelID
-        self.peer = peer
-        self.declaredBytes = declaredBytes
-        lastActivityMs = now
-        self.pendingInputs = pendingInputs
-    }
-}
-
-/// A model being uploaded by the job that first submitted it.
-final class ModelUpload {
-    let ownerJob: Int64
-    let staging: ModelStaging
-    var received: [String: UInt64] = [:]
-    var complete: Set<String> = []
-    init(ownerJob: Int64, staging: ModelStaging) {
-        self.ownerJob = ownerJob
-        self.staging = staging
-    }
-}
 
 extension Coordinator {
     func badRequest(_ peer: Data, _ requestID: UInt64, _ message: String, job: UInt64 = 0) {
@@ -62,76 +25,25 @@ extension Coordinator {
             badRequest(peer, requestID, problem)
             return
         }
-        // Output folder and video: names inside the output root (OutputConfinement.swift), refused
-        // before anything is journalled.
-        switch outputPlacement.place(outputDir: spec.outputDir,
-                                     video: spec.hasVideo && !spec.video.path.isEmpty ? spec.video.path : nil) {
-        case .failure(let why):
-            badRequest(peer, requestID, why.message)
+        if let problem = placeOutputs(&spec) {
+            badRequest(peer, requestID, problem)
             return
-        case .success(let placed):
-            spec.outputDir = placed.outputDir
-            if let video = placed.video { spec.video.path = video }
         }
         let frames = spec.frames.isEmpty ? spec.poses.map(\.frame).sorted() : spec.frames
         spec.frames = frames
 
-        var missing: [FarmFileRef] = []
-        var startModelUpload = false
-        if !models.contains(manifest.modelID) && modelUploads[manifest.modelID] == nil {
-            startModelUpload = true
-            for file in manifest.files {
-                var ref = FarmFileRef()
-                ref.kind = .model
-                ref.path = file.path
-                missing.append(ref)
-            }
-        }
-        var pendingInputs: [String: FarmInputFile] = [:]
-        // Each distinct file once (a job's poses often repeat): held already, or listed to upload.
-        var seenDigests: Set<String> = []
-        let inputsPath = inputsDirectory.path
-        for input in [spec.subject] + spec.poses.map(\.file) {
-            guard seenDigests.insert(input.sha256).inserted else { continue }
-            if access(inputsPath + "/" + input.sha256, F_OK) == 0 { continue }
-            pendingInputs[input.path] = input
-            var ref = FarmFileRef()
-            ref.kind = .input
-            ref.path = input.path
-            missing.append(ref)
-        }
+        let (missing, startModelUpload, pendingInputs) = filesToUpload(spec, manifest)
         let waitsForModel = !models.contains(manifest.modelID)
         // Upload limits (DESIGN.md, "Limits"): jobs uploading at once, in all and from this client,
         // and the bytes this client's uploads declare; checked before anything is journalled.
         var declared: UInt64 = startModelUpload ? manifest.files.reduce(UInt64(0)) { $0 &+ $1.size } : 0
         for input in pendingInputs.values { declared = declared &+ input.size }  // each bounded by validate()
-        if !pendingInputs.isEmpty || waitsForModel {
-            let limits = settings.limits
-            let mine = uploads.values.filter { $0.peer == peer }
-            let mineBytes = mine.reduce(UInt64(0)) { $0 &+ $1.declaredBytes }
-            if uploads.count >= limits.maxConcurrentUploads {
-                badRequest(peer, requestID, "\(uploads.count) jobs are uploading, the most the coordinator takes at once "
-                    + "(\(limits.maxConcurrentUploads)); submit again when one has finished")
-                return
-            }
-            if mine.count >= limits.maxConcurrentUploadsPerClient {
-                badRequest(peer, requestID, "this connection has \(mine.count) jobs uploading, the most one client may "
-                    + "(\(limits.maxConcurrentUploadsPerClient)); submit again when one has finished")
-                return
-            }
-            if mineBytes &+ declared > limits.maxUploadBytesPerClient {
-                badRequest(peer, requestID, "this connection's uploads would declare \(mineBytes &+ declared) bytes, more "
-                    + "than the \(limits.maxUploadBytesPerClient) one client may have in flight")
-                return
-            }
+        if !pendingInputs.isEmpty || waitsForModel, let problem = uploadLimitProblem(peer, declared: declared) {
+            badRequest(peer, requestID, problem)
+            return
         }
-        let specBytes: Data = try spec.serializedBytes()
-        let record = try journal.createJob(NewJob(
-            name: spec.name, spec: specBytes, modelID: manifest.modelID, priority: Int(spec.priority),
-            order: spec.order == .preview ? .preview : .frame, outputDir: spec.outputDir,
-            videoPath: spec.video.path.isEmpty ? nil : spec.video.path,
-            videoFPS: spec.video.fps == 0 ? 30 : Int(spec.video.fps), frames: frames.map { Int($0) },
-            initialState: pendingInputs.isEmpty && !waitsForModel ? .queued : .uploading, ownerKey: sender.key))
+        let record = try createJob(spec, modelID: manifest.modelID,
+                                   initialState: pendingInputs.isEmpty && !waitsForModel ? .queued : .uploading)
         if startModelUpload {
             do {
                 modelUploads[manifest.modelID] = ModelUpload(ownerJob: record.id, staging: try models.beginUpload(manifest))
@@ -165,8 +77,90 @@ extension Coordinator {
         dispatchNeeded = true
     }
 
+    /// Output folder and video: names inside the output root (OutputConfinement.swift), refused
+    /// before anything is journalled. Sets the spec's placed paths; returns why it is refused.
+    func placeOutputs(_ spec: inout FarmJobSpec) -> String? {
+        switch outputPlacement.place(outputDir: spec.outputDir,
+                                     video: spec.hasVideo && !spec.video.path.isEmpty ? spec.video.path : nil) {
+        case .failure(let why):
+            return why.message
+        case .success(let placed):
+            spec.outputDir = placed.outputDir
+            if let video = placed.video { spec.video.path = video }
+            return nil
+        }
+    }
+
+    /// Journals a submitted (checked, placed) job and its frames, owned by the sender's key.
+    func createJob(_ spec: FarmJobSpec, modelID: String, initialState: JobState) throws -> JobRecord {
+        let specBytes: Data = try spec.serializedBytes()
+        return try journal.createJob(NewJob(
+            name: spec.name, spec: specBytes, modelID: modelID, priority: Int(spec.priority),
+            order: spec.order == .preview ? .preview : .frame, outputDir: spec.outputDir,
+            videoPath: spec.video.path.isEmpty ? nil : spec.video.path,
+            videoFPS: spec.video.fps == 0 ? 30 : Int(spec.video.fps), frames: spec.frames.map { Int($0) },
+            initialState: initialState, ownerKey: sender.key))
+    }
+
+    /// The files a submitted job must upload: the model's (when the coordinator lacks it and no other job
+    /// is uploading it: then this job uploads it) and each distinct input it does not hold.
+    func filesToUpload(_ spec: FarmJobSpec, _ manifest: ModelManifest)
+        -> (missing: [FarmFileRef], startModelUpload: Bool, pendingInputs: [String: FarmInputFile]) {
+        var missing: [FarmFileRef] = []
+        var startModelUpload = false
+        if !models.contains(manifest.modelID) && modelUploads[manifest.modelID] == nil {
+            startModelUpload = true
+            for file in manifest.files {
+                var ref = FarmFileRef()
+                ref.kind = .model
+                ref.path = file.path
+                missing.append(ref)
+            }
+        }
+        var pendingInputs: [String: FarmInputFile] = [:]
+        // Each distinct file once (a job's poses often repeat): held already, or listed to upload.
+        var seenDigests: Set<String> = []
+        let inputsPath = inputsDirectory.path
+        for input in [spec.subject] + spec.poses.map(\.file) {
+            guard seenDigests.insert(input.sha256).inserted else { continue }
+            if access(inputsPath + "/" + input.sha256, F_OK) == 0 { continue }
+            pendingInputs[input.path] = input
+            var ref = FarmFileRef()
+            ref.kind = .input
+            ref.path = input.path
+            missing.append(ref)
+        }
+        return (missing, startModelUpload, pendingInputs)
+    }
+
+    /// Why one more uploading job declaring `declared` bytes from `peer` is refused (nil = it is not).
+    func uploadLimitProblem(_ peer: Data, declared: UInt64) -> String? {
+        let limits = settings.limits
+        let mine = uploads.values.filter { $0.peer == peer }
+        let mineBytes = mine.reduce(UInt64(0)) { $0 &+ $1.declaredBytes }
+        if uploads.count >= limits.maxConcurrentUploads {
+            return "\(uploads.count) jobs are uploading, the most the coordinator takes at once "
+                + "(\(limits.maxConcurrentUploads)); submit again when one has finished"
+        }
+        if mine.count >= limits.maxConcurrentUploadsPerClient {
+            return "this connection has \(mine.count) jobs uploading, the most one client may "
+                + "(\(limits.maxConcurrentUploadsPerClient)); submit again when one has finished"
+        }
+        if mineBytes &+ declared > limits.maxUploadBytesPerClient {
+            return "this connection's uploads would declare \(mineBytes &+ declared) bytes, more "
+                + "than the \(limits.maxUploadBytesPerClient) one client may have in flight"
+        }
+        return nil
+    }
+
     /// Why a submitted job is refused (nil = acceptable).
     func validate(spec: FarmJobSpec, manifest: ModelManifest) -> String? {
+        if let problem = limitProblem(spec: spec, manifest: manifest) { return problem }
+        return contentProblem(spec: spec, manifest: manifest)
+    }
+
+    /// The hard limits first (DESIGN.md, "Limits"): nothing after them runs over an unbounded list.
+    func limitProblem(spec: FarmJobSpec, manifest: ModelManifest) -> String? {
         // Hard limits first (DESIGN.md, "Limits"): nothing below runs over an unbounded list.
         let limits = settings.limits
         guard spec.name.utf8.count <= limits.maxNameBytes else {
@@ -200,6 +194,11 @@ extension Coordinator {
             }
             modelBytes = sum
         }
+        return nil
+    }
+
+    /// Why a job within the limits is refused: its settings, model manifest, inputs, poses and frames.
+    func contentProblem(spec: FarmJobSpec, manifest: ModelManifest) -> String? {
         // The render request: the same check, in the same words, as `dp-coord submit` and the workers make
         // (DPFileKit's RenderRequest), before anything is journalled.
         do { _ = try RenderRequest(spec: spec) } catch { return "\(error)" }
@@ -229,195 +228,6 @@ extension Coordinator {
         }
         guard !spec.outputDir.isEmpty else { return "job has no output folder" }
         return nil
-    }
-
-    // MARK: uploads
-
-    func onUpload(_ peer: Data, _ requestID: UInt64, _ chunk: FarmUploadChunk) throws {
-        let jobID = Int64(truncatingIfNeeded: chunk.jobID)
-        guard try accessibleJob(peer, requestID, chunk.jobID, for: "upload") != nil else { return }
-        guard let upload = uploads[jobID] else {
-            badRequest(peer, requestID, .unknownJob, "job \(chunk.jobID) is not waiting for uploads", job: chunk.jobID)
-            return
-        }
-        guard upload.peer == peer else {
-            badRequest(peer, requestID, .unknownJob, "job \(chunk.jobID) is being uploaded by another connection",
-                       job: chunk.jobID)
-            return
-        }
-        upload.lastActivityMs = now
-        var ack = FarmUploadAck()
-        ack.jobID = chunk.jobID
-        ack.file = chunk.file
-        let path = chunk.file.path
-        if let problem = RelativePath.problem(path) {
-            badRequest(peer, requestID, .unknownFile, "upload for job \(jobID) refused: \(problem)", job: chunk.jobID)
-            return
-        }
-        switch chunk.file.kind {
-        case .model:
-            guard let model = modelUploads[upload.modelID], model.ownerJob == jobID,
-                  let entry = model.staging.manifest.entry(for: path) else {
-                badRequest(peer, requestID, .unknownFile,
-                           "job \(jobID): model file '\(path)' is not expected from this job", job: chunk.jobID)
-                return
-            }
-            if chunk.offset == 0 && (model.received[path] ?? 0) != 0 {
-                try model.staging.reset(path: path)
-                model.received[path] = 0
-                model.complete.remove(path)
-            }
-            let have = model.received[path] ?? 0
-            guard chunk.offset == have else {
-                badRequest(peer, requestID, "job \(jobID): model file '\(path)': chunk at offset \(chunk.offset), "
-                    + "expected \(have)", job: chunk.jobID)
-                return
-            }
-            do {
-                try model.staging.write(path: path, offset: chunk.offset, data: chunk.data)
-            } catch {
-                badRequest(peer, requestID, "job \(jobID): model file '\(path)': \(error)", job: chunk.jobID)
-                return
-            }
-            model.received[path] = have + UInt64(chunk.data.count)
-            ack.nextOffset = have + UInt64(chunk.data.count)
-            if chunk.last {
-                let found = try? FileDigest.sha256(ofFile: model.staging.fileURL(path).path)
-                guard let found, found.size == entry.size, found.sha256 == entry.sha256 else {
-                    try model.staging.reset(path: path)
-                    model.received[path] = 0
-                    badRequest(peer, requestID, .checksumMismatch,
-                               "job \(jobID): model file '\(path)': expected \(entry.size) bytes with sha256 "
-                                   + "\(entry.sha256), received \(found?.size ?? 0) bytes with sha256 "
-                                   + "\(found?.sha256 ?? "?"); send it again from offset 0", job: chunk.jobID)
-                    return
-                }
-                model.complete.insert(path)
-                ack.fileComplete = true
-                if model.complete.count == model.staging.manifest.files.count {
-                    modelUploads[upload.modelID] = nil
-                    do {
-                        try models.finishUpload(model.staging)
-                        log.info("model \(upload.modelID) uploaded by job \(jobID) and installed", .modelInstalled(model: upload.modelID, job: jobID))
-                    } catch {
-                        log.error("model \(upload.modelID) upload by job \(jobID) failed verification: \(error)",
-                            .modelUploadFailed(model: upload.modelID, job: jobID))
-                        for waiting in uploads.values where waiting.modelID == upload.modelID {
-                            uploads[waiting.jobID] = nil
-                            failJob(waiting.jobID, error: "model upload failed: \(error)")
-                        }
-                        badRequest(peer, requestID, .checksumMismatch, "model \(upload.modelID): \(error)",
-                                   job: chunk.jobID)
-                        return
-                    }
-                    for waiting in Array(uploads.values) where waiting.modelID == upload.modelID && waiting.jobID != jobID {
-                        maybeQueue(waiting)
-                    }
-                }
-            }
-        case .input:
-            guard let input = upload.pendingInputs[path] else {
-                badRequest(peer, requestID, .unknownFile, "job \(jobID): input '\(path)' is not expected",
-                           job: chunk.jobID)
-                return
-            }
-            let temp = inputsDirectory.appendingPathComponent(".upload-\(jobID)-\(input.sha256)")
-            if chunk.offset == 0 {
-                guard FileManager.default.createFile(atPath: temp.path, contents: nil) else {
-                    throw CoordinatorError("cannot create \(temp.path)")
-                }
-                upload.received[path] = 0
-            }
-            let have = upload.received[path] ?? 0
-            guard chunk.offset == have, chunk.offset + UInt64(chunk.data.count) <= input.size else {
-                badRequest(peer, requestID, "job \(jobID): input '\(path)': chunk of \(chunk.data.count) bytes at offset "
-                    + "\(chunk.offset), expected offset \(have) within \(input.size) bytes", job: chunk.jobID)
-                return
-            }
-            let handle = try FileHandle(forWritingTo: temp)
-            try handle.seek(toOffset: chunk.offset)
-            try handle.write(contentsOf: chunk.data)
-            try handle.close()
-            upload.received[path] = have + UInt64(chunk.data.count)
-            ack.nextOffset = have + UInt64(chunk.data.count)
-            if chunk.last {
-                let found = try? FileDigest.sha256(ofFile: temp.path)
-                guard let found, found.size == input.size, found.sha256 == input.sha256 else {
-                    try? FileManager.default.removeItem(at: temp)
-                    upload.received[path] = nil
-                    badRequest(peer, requestID, .checksumMismatch,
-                               "job \(jobID): input '\(path)': expected \(input.size) bytes with sha256 \(input.sha256), "
-                                   + "received \(found?.size ?? 0) bytes with sha256 \(found?.sha256 ?? "?"); "
-                                   + "send it again from offset 0", job: chunk.jobID)
-                    return
-                }
-                let target = inputsDirectory.appendingPathComponent(input.sha256)
-                if rename(temp.path, target.path) != 0 {
-                    throw CoordinatorError("cannot rename \(temp.path) to \(target.path): \(String(cString: strerror(errno)))")
-                }
-                upload.pendingInputs[path] = nil
-                upload.received[path] = nil
-                ack.fileComplete = true
-            }
-        default:
-            badRequest(peer, requestID, "job \(jobID): upload of '\(path)' has no file kind", job: chunk.jobID)
-            return
-        }
-        ack.jobQueued = maybeQueue(upload)
-        send(peer, .uploadAck(ack), requestID: requestID)
-    }
-
-    /// Ends a job's upload: its temp input files are removed and, when it was uploading a model, that
-    /// model upload is released (its staging folder discarded) and every other job waiting for the
-    /// model fails (nobody is sending it any more). The job itself is left to the caller.
-    func dropUpload(_ jobID: Int64, reason: String) {
-        guard let upload = uploads.removeValue(forKey: jobID) else { return }
-        let prefix = ".upload-\(jobID)-"
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: inputsDirectory.path)) ?? []
-        where name.hasPrefix(prefix) {
-            try? FileManager.default.removeItem(at: inputsDirectory.appendingPathComponent(name))
-        }
-        guard let model = modelUploads[upload.modelID], model.ownerJob == jobID else { return }
-        modelUploads[upload.modelID] = nil
-        model.staging.discard()
-        log.notice("model \(upload.modelID) upload by job \(jobID) released: \(reason)", .modelUploadReleased(model: upload.modelID, job: jobID))
-        for waiting in Array(uploads.values) where waiting.modelID == upload.modelID {
-            dropUpload(waiting.jobID, reason: reason)
-            failJob(waiting.jobID, error: "its model \(upload.modelID) was being uploaded by job \(jobID), whose upload "
-                + "ended (\(reason)); submit again")
-        }
-    }
-
-    /// Uploads that received nothing for `uploadIdleSeconds` are dropped and their jobs failed
-    /// (called from the loop's timer tick).
-    func expireIdleUploads() {
-        let limit = Int64(settings.limits.uploadIdleSeconds * 1000)
-        let t = now
-        for upload in uploads.values.sorted(by: { $0.jobID < $1.jobID })
-        where uploads[upload.jobID] != nil && t - upload.lastActivityMs > limit {
-            let reason = "no upload chunk for \(t - upload.lastActivityMs) ms (the limit is "
-                + "\(settings.limits.uploadIdleSeconds) s)"
-            dropUpload(upload.jobID, reason: reason)
-            failJob(upload.jobID, error: "upload dropped: \(reason); submit again")
-        }
-    }
-
-    /// Queues a job once its inputs and model are all here.
-    @discardableResult
-    func maybeQueue(_ upload: JobUpload) -> Bool {
-        guard upload.pendingInputs.isEmpty, models.contains(upload.modelID), uploads[upload.jobID] != nil else {
-            return false
-        }
-        uploads[upload.jobID] = nil
-        do {
-            try journal.markJobQueued(upload.jobID)
-        } catch {
-            log.error("job \(upload.jobID): cannot queue it: \(error)", job: upload.jobID)
-            return false
-        }
-        log.info("job \(upload.jobID): every upload arrived; queued", .jobQueued(job: upload.jobID))
-        dispatchNeeded = true
-        return true
     }
 
     // MARK: follow, status, cancel, workers
@@ -504,7 +314,7 @@ extension Coordinator {
         guard try accessibleJob(peer, requestID, request.jobID, for: "cancel") != nil else { return }
         let running = try journal.cancelJob(id, reason: "cancelled by \(peerName(peer))")
         if uploads[id] != nil { dropUpload(id, reason: "job \(id) was cancelled") }
-        cancelOnWorkers(job: id, attempts: running, reason: "job \(id) cancelled")
+        try apply(lifecycle.jobCancelled(id, running: running), from: nil)
         let state = try journal.job(id, includingSpec: false)?.state ?? .cancelled
         var reply = FarmCancelReply()
         reply.jobID = request.jobID
@@ -512,9 +322,8 @@ extension Coordinator {
         send(peer, .cancelReply(reply), requestID: requestID)
         log.notice("job \(id) cancel requested by \(peerName(peer)): now \(state.rawValue)"
             + (running.isEmpty ? "" : ", stopping attempts \(running.map(\.id))"), .jobCancelRequested(job: id))
-        if state == .cancelled, followers[id] != nil || jobContexts[id] != nil {
-            announceFinished(id, state: state, video: nil, message: "cancelled")
-        }
+        try apply(lifecycle.cancelAnswered(id, state: state, observed: followers[id] != nil || jobContexts[id] != nil),
+                  from: nil)
     }
 
     func onWorkers(_ peer: Data, _ requestID: UInt64) throws {

@@ -1,4 +1,5 @@
-// Worker sessions, dispatch by credits, results with fencing, and job completion.
+// Worker sessions and their messages (results go to the lifecycle: Coordinator+Lifecycle.swift), and
+// follower events. Dispatch: Coordinator+Dispatch.swift; jobs' contexts and ends: Coordinator+Jobs.swift.
 import DPFileKit
 import DPJournal
 import DPLog
@@ -30,25 +31,25 @@ extension Coordinator {
             if sessionByName[old.name] == old.routingID { sessionByName[old.name] = nil }
         }
         let session = WorkerSession(routingID: peer, hello: hello, key: sender.key, now: now)
-        // Attempts in the journal are re-adopted only by the key that owns the name.
+        // Attempts in the journal are re-adopted only by the key that owns the name (FrameLifecycle.hello).
         let ownsRecordedAttempts = try sender.key == nil || journal.workerKey(hello.workerName) == sender.key
-        var adopted: [UInt64] = []
-        var refused: [UInt64] = []
-        for id in hello.runningAttemptIds {
+        var targets: [Int64: AttemptTarget] = [:]
+        for id in hello.runningAttemptIds where ownsRecordedAttempts {
             let attemptID = Int64(truncatingIfNeeded: id)
-            if ownsRecordedAttempts, let record = try journal.attempt(attemptID), record.worker == hello.workerName,
-               try journal.isCurrent(attemptID) {
-                session.attempts[attemptID] = LiveAttempt(id: attemptID, jobID: record.jobID, frame: record.frame,
-                                                          step: 0, total: 0, lastProgressMs: now)
-                adopted.append(id)
-            } else {
-                refused.append(id)
+            if let (record, current) = try journal.resultTarget(attemptID) {
+                targets[attemptID] = AttemptTarget(record: record, current: current)
             }
         }
-        for old in previous where session.attempts[old.id] == nil {
-            // Its worker came back without it (restarted or lost it mid-attempt): a failure of the frame.
-            workerLostAttempt(old.id, worker: hello.workerName, reason: "worker '\(hello.workerName)' reconnected without it")
+        let decision = lifecycle.hello(worker: hello.workerName, listed: hello.runningAttemptIds, targets: targets,
+                                       ownsRecordedAttempts: ownsRecordedAttempts, previous: previous.map(\.id))
+        for record in decision.adopted {
+            session.attempts[record.id] = LiveAttempt(id: record.id, jobID: record.jobID, frame: record.frame,
+                                                      step: 0, total: 0, lastProgressMs: now)
         }
+        let adopted = decision.adopted.map { UInt64(bitPattern: $0.id) }
+        let refused = decision.refused
+        // Its worker came back without them (restarted or lost them mid-attempt): failures of their frames.
+        applyLogging(decision.lost, from: nil)
         sessions[peer] = session
         sessionByName[session.name] = peer
         try journal.recordWorker(name: session.name, host: hello.host.hostname, slots: session.slots,
@@ -61,12 +62,7 @@ extension Coordinator {
         welcome.modelChunkBytes = UInt32(min(settings.modelChunkBytes, models.maxChunkBytes))
         welcome.adoptedAttemptIds = adopted
         send(peer, .welcome(welcome))
-        for id in refused {
-            var cancel = FarmCancel()
-            cancel.attemptID = id
-            cancel.reason = "attempt \(id) is no longer current"
-            send(peer, .cancel(cancel))
-        }
+        applyLogging(decision.cancels, from: session)
         log.info("worker '\(peer: session.name)' registered from \(peerName(peer)): \(session.slots) slot(s), host "
             + "'\(peer: hello.host.hostname)', \(hello.cachedModelIds.count) cached model(s)"
             + (adopted.isEmpty ? "" : ", re-adopted attempts \(adopted)")
@@ -140,39 +136,10 @@ extension Coordinator {
         if sessionByName[session.name] == session.routingID { sessionByName[session.name] = nil }
         let ids = session.attempts.keys.sorted()
         session.attempts.removeAll()
-        for id in ids { workerLostAttempt(id, worker: session.name, reason: "worker '\(session.name)' \(reason)") }
+        applyLogging(lifecycle.attemptsLost(ids, worker: session.name, .sessionEnded(reason)), from: nil)
         log.notice("worker '\(peer: session.name)' (\(peerName(session.routingID))) dropped: \(peer: reason, limit: 400)"
             + (ids.isEmpty ? "" : "; attempts \(ids) count as failed on it"), .workerDropped(worker: session.name, cause: cause))
         dispatchNeeded = true
-    }
-
-    /// An attempt whose worker died, disconnected or stalled during it: failed for the frame's budget
-    /// (`maxFailedWorkersPerFrame` different workers, then the frame fails with their errors), not
-    /// for the worker's ban from the job. Goodbye hand-backs and the restart requeue are not this
-    /// (`loseAttempt`).
-    func workerLostAttempt(_ id: Int64, worker: String, reason: String) {
-        do {
-            let outcome = try journal.failAttempt(id, error: reason, maxFailedWorkersPerFrame: settings.maxFailedWorkersPerFrame,
-                                                  maxFailedFramesPerWorker: settings.maxFailedFramesPerWorkerJob,
-                                                  countsTowardWorkerBan: false)
-            guard outcome.applied else { return }
-            reportFailure(outcome, worker: worker, error: FarmError(.renderFailed, reason))
-        } catch {
-            log.error("cannot record the loss of attempt \(id): \(error)", attempt: id)
-        }
-    }
-
-    func loseAttempt(_ id: Int64, reason: String) {
-        do {
-            let outcome = try journal.loseAttempt(id, reason: reason)
-            if outcome.applied {
-                log.info("attempt \(id) (job \(outcome.jobID) frame \(outcome.frame)) lost: \(peer: reason, limit: 400); frame requeued",
-                    .attemptRequeued(job: outcome.jobID, frame: outcome.frame, attempt: id))
-                dispatchNeeded = true
-            }
-        } catch {
-            log.error("cannot requeue attempt \(id): \(error)", attempt: id)
-        }
     }
 
     func onWorkerMessage(_ session: WorkerSession, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64) throws {
@@ -186,13 +153,10 @@ extension Coordinator {
             // A session holds at most creditCap attempts; entries beyond that are not looked at.
             for p in heartbeat.attempts.prefix(creditCap(session)) {
                 let id = Int64(truncatingIfNeeded: p.attemptID)
-                guard var live = session.attempts[id] else { continue }
+                guard let live = session.attempts[id] else { continue }
                 // Only a step forward refreshes the stall timer (`step 0 of 0` forever must stall).
-                if Int(p.step) > live.step {
-                    live.step = Int(p.step)
-                    live.total = Int(p.totalSteps)
-                    live.lastProgressMs = now
-                    session.attempts[id] = live
+                if let next = FrameLifecycle.progressed(live, step: Int(p.step), total: Int(p.totalSteps), now: now) {
+                    session.attempts[id] = next
                 }
             }
         case .frameResult(let result):
@@ -201,12 +165,10 @@ extension Coordinator {
             defer { grantCredit(session, result.credits) }
             try onFrameResult(session, result)
         case .goodbye(let goodbye):
-            let handed = Set(goodbye.handedBackAttemptIds.prefix(creditCap(session)).map { Int64(truncatingIfNeeded: $0) })
-            for id in session.attempts.keys.sorted() {
-                session.attempts[id] = nil
-                loseAttempt(id, reason: handed.contains(id) ? "handed back by worker '\(session.name)'"
-                    : "worker '\(session.name)' left without returning it")
-            }
+            let held = session.attempts.keys.sorted()
+            session.attempts.removeAll()
+            applyLogging(lifecycle.goodbye(held: held, handedBack: goodbye.handedBackAttemptIds, cap: creditCap(session),
+                                           worker: session.name), from: session)
             endSession(session, cause: .goodbye, reason: "said goodbye (\(goodbye.reason))")
         case .modelManifestRequest(let request):
             do {
@@ -240,21 +202,18 @@ extension Coordinator {
 
     func onProgress(_ session: WorkerSession, _ progress: FarmProgress) {
         let id = Int64(truncatingIfNeeded: progress.attemptID)
-        guard var live = session.attempts[id] else {
+        guard let held = session.attempts[id] else {
             // Not an attempt this session holds: if it is not current, tell the worker to stop.
-            if (try? journal.isCurrent(id)) != true {
+            let effects = lifecycle.progressForUnheldAttempt(progress.attemptID, current: (try? journal.isCurrent(id)) == true)
+            if !effects.isEmpty {
                 log.info("progress for attempt \(id) from \(peerName(session.routingID)) is not current: sent Cancel", attempt: id)
-                var cancel = FarmCancel()
-                cancel.attemptID = progress.attemptID
-                cancel.reason = "attempt \(id) is no longer current"
-                send(session.routingID, .cancel(cancel))
             }
+            applyLogging(effects, from: session)
             return
         }
-        guard Int(progress.step) > live.step else { return }  // only a step forward counts (and is shown)
-        live.lastProgressMs = now
-        live.step = Int(progress.step)
-        live.total = Int(progress.totalSteps)
+        // Only a step forward counts (and is shown).
+        guard let live = FrameLifecycle.progressed(held, step: Int(progress.step), total: Int(progress.totalSteps),
+                                                   now: now) else { return }
         session.attempts[id] = live
         guard followers[live.jobID] != nil else { return }
         var event = FarmFrameProgress()
@@ -268,453 +227,15 @@ extension Coordinator {
 
     // MARK: results (fencing)
 
+    /// A FrameResult: the lifecycle decides (fencing, failures, the output's checks), `apply` does it.
     func onFrameResult(_ session: WorkerSession, _ result: FarmFrameResult) throws {
         let id = Int64(truncatingIfNeeded: result.attemptID)
         session.attempts[id] = nil
         dispatchNeeded = true
-        guard let (record, current) = try journal.resultTarget(id) else {
-            log.warning("result for unknown attempt \(id) from \(peerName(session.routingID)): refused", attempt: id)
-            send(session.routingID, .error(FarmError(.unknownAttempt, "no attempt \(id)", attemptID: result.attemptID)))
-            return
-        }
-        guard record.worker == session.name else {
-            log.warning("result for attempt \(id) of worker '\(peer: record.worker)' from \(peerName(session.routingID)): refused", attempt: id)
-            send(session.routingID, .error(FarmError(.unknownAttempt,
-                                                     "attempt \(id) was given to worker '\(record.worker)', not '\(session.name)'",
-                                                     attemptID: result.attemptID)))
-            return
-        }
-        if result.hasError {
-            try onFailedResult(session, record, result.error)
-            return
-        }
-        guard current else {
-            // Recorded as stale; the PNG (and so its checksum) does not matter.
-            let outcome = try journal.completeAttempt(id, output: FrameOutput(sha256: result.pngSha256, size: result.png.count,
-                                                                                renderSeconds: result.renderSeconds))
-            log.notice("stale result: attempt \(id) (job \(record.jobID) frame \(record.frame)) from worker '\(peer: session.name)' "
-                + "is not current (\(outcome.staleReason ?? "frame moved on")); recorded, PNG dropped",
-                    .staleResult(job: record.jobID, frame: record.frame, attempt: id, worker: session.name))
-            return
-        }
-        let context: JobContext
-        do {
-            context = try jobContext(record.jobID)
-        } catch {
-            log.error("job \(record.jobID): cannot open its output for frame \(record.frame): \(error)", job: record.jobID, frame: record.frame)
-            failJob(record.jobID, error: "\(error)")
-            return
-        }
-        // The PNG's structure and frame size are checked before anything is written (ResultPNGCheck).
-        if let problem = ResultPNGCheck.problem(result.png, width: context.frameWidth, height: context.frameHeight) {
-            try onFailedResult(session, record, FarmError(.badRequest,
-                "job \(record.jobID) frame \(record.frame): result of attempt \(id) from worker '\(session.name)' refused: \(problem)"))
-            return
-        }
-        // The writer hashes the PNG once and refuses it if that is not the worker's claimed SHA-256.
-        let digest: String
-        do {
-            digest = try context.output.write(frame: UInt32(record.frame), png: result.png, attempt: UInt64(id),
-                                              worker: session.name, renderSeconds: result.renderSeconds,
-                                              claimedSHA256: result.pngSha256, flush: false).pngSHA256
-        } catch let error as OutputError {
-            if case let .checksumMismatch(_, _, claimed, found) = error {
-                try onFailedResult(session, record, FarmError(.checksumMismatch,
-                    "job \(record.jobID) frame \(record.frame): PNG has sha256 \(found), worker claimed \(claimed)"))
-                return
-            } else if case .alreadyWritten = error {
-                digest = FileDigest.sha256(result.png)
-                guard digest == result.pngSha256 else {
-                    try onFailedResult(session, record, FarmError(.checksumMismatch,
-                        "job \(record.jobID) frame \(record.frame): PNG has sha256 \(digest), worker claimed \(result.pngSha256)"))
-                    return
-                }
-                // Written before a crash that came before the journal update: same job, same bytes.
-                log.notice("job \(record.jobID) frame \(record.frame): already in the output folder (\(error)); marking done",
-                    job: record.jobID, frame: record.frame)
-            } else {
-                log.error("job \(record.jobID) frame \(record.frame): cannot write the output: \(error)", job: record.jobID, frame: record.frame)
-                loseAttempt(id, reason: "coordinator could not write the frame: \(error)")
-                return
-            }
-        }
-        // Checked by resultTarget above, in this same turn's transaction.
-        let outcome = try journal.completeAttempt(checked: record, current: current,
-                                                  output: FrameOutput(sha256: digest, size: result.png.count,
-                                                                      renderSeconds: result.renderSeconds))
-        session.models.insert(context.modelID)
-        log.info("job \(record.jobID) frame \(record.frame) done by worker '\(peer: session.name)' (attempt \(id), "
-            + Self.seconds(result.renderSeconds) + ")", .frameDone(job: record.jobID, frame: record.frame, attempt: id, worker: session.name))
-        if let list = followers[record.jobID] {
-            var done = FarmFrameDone()
-            done.frame = UInt32(record.frame)
-            done.attemptID = UInt64(id)
-            done.workerName = session.name
-            done.renderSeconds = result.renderSeconds
-            done.pngSha256 = digest
-            done.pngSize = UInt64(result.png.count)
-            for follower in list {
-                var event = done
-                if follower.includePNG { event.png = result.png }
-                sendEvent(follower, job: record.jobID, .frameDone(event))
-            }
-        }
-        if outcome.jobFinished { finishJob(record.jobID) }
-    }
-
-    func onFailedResult(_ session: WorkerSession, _ record: AttemptRecord, _ error: FarmError) throws {
-        var error = error
-        let cap = settings.limits.maxErrorMessageBytes
-        if error.message.utf8.count > cap {
-            error.message = String(decoding: error.message.utf8.prefix(cap), as: UTF8.self) + "... (cut at \(cap) bytes)"
-        }
-        let reason = "\(error.code) from worker '\(session.name)': \(error.message)"
-        switch error.code {
-        case .cancelled, .shuttingDown:
-            loseAttempt(record.id, reason: reason)
-            return
-        case .jobPrepMissing:
-            session.preps.remove(record.jobID)
-            loseAttempt(record.id, reason: reason)
-            return
-        default:
-            break
-        }
-        let outcome = try journal.failAttempt(record.id, error: reason,
-                                              maxFailedWorkersPerFrame: settings.maxFailedWorkersPerFrame,
-                                              maxFailedFramesPerWorker: settings.maxFailedFramesPerWorkerJob)
-        guard outcome.applied else {
-            log.notice("stale failure: attempt \(record.id) (job \(record.jobID) frame \(record.frame)): \(peer: reason, limit: 400); recorded",
-                job: record.jobID, frame: record.frame, attempt: record.id)
-            return
-        }
-        reportFailure(outcome, worker: session.name, error: error)
-    }
-
-    /// A failed attempt that the journal applied: log line, FrameFailed to followers, the job's end.
-    func reportFailure(_ outcome: AttemptOutcome, worker: String, error: FarmError) {
-        let final = outcome.frameState == .failed
-        log.warning("job \(outcome.jobID) frame \(outcome.frame) failed on attempt \(outcome.attemptID): \(peer: error.message, limit: 400)"
-            + (final ? "; frame given up" : "; requeued")
-            + (outcome.workerBannedFromJob ? "; worker '\(peer: worker)' gets no more frames of this job" : ""),
-                .frameFailed(job: outcome.jobID, frame: outcome.frame, attempt: outcome.attemptID, worker: worker, final: final,
-                             workerBanned: outcome.workerBannedFromJob, error: error.message))
-        dispatchNeeded = true
-        var failed = FarmFrameFailed()
-        failed.frame = UInt32(outcome.frame)
-        failed.attemptID = UInt64(outcome.attemptID)
-        failed.workerName = worker
-        failed.error = error
-        failed.final = final
-        emit(job: outcome.jobID, .frameFailed(failed))
-        if outcome.jobFinished {
-            finishJob(outcome.jobID)
-        } else if outcome.workerBannedFromJob {
-            noticeIfNoWorkerMayTake(job: outcome.jobID)
-        }
-    }
-
-    /// After a ban: when every connected worker is banned from `job`, its queued frames wait for a
-    /// worker that is not. Says so (log line, JobNotice to followers) instead of stalling silently.
-    func noticeIfNoWorkerMayTake(job: Int64) {
-        let names = sessions.values.map(\.name).sorted()
-        guard !names.isEmpty, (try? names.allSatisfy({ try journal.isBanned(worker: $0, job: job) })) == true else { return }
-        let message = "no connected worker may take job \(job) any more (\(names.joined(separator: ", ")): each failed "
-            + "\(settings.maxFailedFramesPerWorkerJob) of its frames); its remaining frames wait for another worker "
-            + "(start one, or dp-coord cancel \(job))"
-        log.warning("job \(job): \(message)", .noWorkerMayTake(job: job))
-        var notice = FarmJobNotice()
-        notice.message = message
-        emit(job: job, .jobNotice(notice))
-    }
-
-    // MARK: dispatch
-
-    /// Hands queued frames to workers with credit, best frames first (`Journal.nextFrames`: job
-    /// priority, age, dispatch rank). One queue read for the whole turn: the best frames for all
-    /// the credit at once, shared out to the workers holding the best frame's model first, then the
-    /// freest; each worker skips jobs it is banned from (read once per turn), and each frame is
-    /// dispatched with `startAttempt(checked:)` (no second lookup). A worker left with credit
-    /// because of its bans while more frames may be queued falls back to reading the queue for
-    /// itself (`nextFrames(worker:)`, which filters its bans).
-    func dispatch() {
-        dispatchNeeded = false
-        let ready = sessions.values.filter { $0.credit > 0 }
-        guard !ready.isEmpty else { return }
-        let wanted = ready.reduce(0) { $0 + $1.credit }
-        let candidates: [DispatchCandidate]
-        let banned: [String: Set<Int64>]
-        do {
-            candidates = try journal.nextFrames(limit: wanted)
-            guard !candidates.isEmpty else { return }
-            banned = try journal.bannedJobs()
-        } catch {
-            log.error("dispatch: cannot read the queue: \(error)")
-            return
-        }
-        let topModel = candidates[0].modelID
-        let ordered = ready.sorted {
-            let a = $0.models.contains(topModel), b = $1.models.contains(topModel)
-            if a != b { return a }
-            if $0.credit != $1.credit { return $0.credit > $1.credit }
-            return $0.name < $1.name
-        }
-        var taken = [Bool](repeating: false, count: candidates.count)
-        var stopped: Set<Int64> = []  // jobs failed during this pass: their other candidates are void
-        var leftOver: [WorkerSession] = []
-        for session in ordered {
-            let bans = banned[session.name] ?? []
-            var index = 0
-            while session.credit > 0, sessions[session.routingID] === session, index < candidates.count {
-                let candidate = candidates[index]
-                if !taken[index], !bans.contains(candidate.jobID), !stopped.contains(candidate.jobID) {
-                    taken[index] = true
-                    if !dispatchOne(session, candidate, checked: true) { stopped.insert(candidate.jobID) }
-                }
-                index += 1
-            }
-            if session.credit > 0, sessions[session.routingID] === session, !bans.isEmpty { leftOver.append(session) }
-        }
-        // Only bans can leave credit unused while frames beyond `wanted` are queued.
-        guard candidates.count == wanted else { return }
-        for session in leftOver {
-            var rounds = 0
-            while session.credit > 0, sessions[session.routingID] === session, rounds < 8 {
-                rounds += 1
-                let more: [DispatchCandidate]
-                do {
-                    more = try journal.nextFrames(limit: session.credit, worker: session.name)
-                } catch {
-                    log.error("dispatch: cannot read the queue for worker '\(peer: session.name)': \(error)", worker: session.name)
-                    return
-                }
-                if more.isEmpty { break }
-                for candidate in more where session.credit > 0 && sessions[session.routingID] === session {
-                    _ = dispatchOne(session, candidate, checked: false)
-                }
-            }
-        }
-    }
-
-    /// Dispatches one frame to `session`. `checked`: the candidate comes from this turn's queue
-    /// read and the worker is not banned from its job (see `dispatch`). Returns false when the job
-    /// failed here (its context or poses could not be read): its other candidates are void.
-    @discardableResult
-    func dispatchOne(_ session: WorkerSession, _ candidate: DispatchCandidate, checked: Bool) -> Bool {
-        let context: JobContext
-        do {
-            context = try jobContext(candidate.jobID)
-        } catch {
-            log.error("job \(candidate.jobID): cannot prepare it for dispatch: \(error)", job: candidate.jobID)
-            failJob(candidate.jobID, error: "\(error)")
-            return false
-        }
-        let window: [Data]
-        do {
-            window = try context.poseWindow(for: UInt32(candidate.frame))
-        } catch {
-            log.error("job \(candidate.jobID) frame \(candidate.frame): cannot read its poses: \(error)",
-                job: candidate.jobID, frame: candidate.frame)
-            failJob(candidate.jobID, error: "\(error)")
-            return false
-        }
-        let attempt: AttemptRecord
-        do {
-            attempt = checked
-                ? try journal.startAttempt(checked: candidate, worker: session.name)
-                : try journal.startAttempt(job: candidate.jobID, frame: candidate.frame, worker: session.name)
-        } catch {
-            log.error("dispatch of job \(candidate.jobID) frame \(candidate.frame) to '\(peer: session.name)' refused: \(error)",
-                job: candidate.jobID, frame: candidate.frame)
-            return true
-        }
-        session.credit -= 1
-        session.attempts[attempt.id] = LiveAttempt(id: attempt.id, jobID: candidate.jobID, frame: candidate.frame,
-                                                   step: 0, total: 0, lastProgressMs: now)
-        if !session.preps.contains(candidate.jobID) {
-            session.preps.insert(candidate.jobID)
-            guard send(session.routingID, .jobPrep(context.prep)) else {
-                session.preps.remove(candidate.jobID)
-                return true
-            }
-        }
-        var task = FarmFrameTask()
-        task.jobID = UInt64(candidate.jobID)
-        task.attemptID = UInt64(attempt.id)
-        task.frame = UInt32(candidate.frame)
-        task.modelID = context.modelID
-        task.poseWindowNpy = window
-        send(session.routingID, .frameTask(task))
-        return true
-    }
-
-    // MARK: jobs
-
-    /// The job's context, opened on first use. Opening checks every frame the journal says is done
-    /// against its PNG (SHA-256 and size); a missing or corrupt one is requeued (an unfinished job)
-    /// so it is rendered again.
-    func jobContext(_ id: Int64) throws -> JobContext {
-        if let context = jobContexts[id] { return context }
-        guard let record = try journal.job(id) else { throw JournalError.unknownJob(id) }
-        let context = try JobContext(record: record, doneFrames: try journal.frames(job: id, state: .done),
-                                     models: models, inputs: inputsDirectory, placement: outputPlacement)
-        jobContexts[id] = context
-        for (frame, reason) in context.output.invalidRecords {
-            if record.state == .queued || record.state == .running {
-                do {
-                    try journal.requeueDoneFrame(job: id, frame: Int(frame), reason: "output lost: \(reason)")
-                    log.warning("job \(id) frame \(frame): was done but \(reason); requeued",
-                        .frameOutputLost(job: id, frame: Int(frame), requeued: true, reason: reason))
-                    dispatchNeeded = true
-                } catch {
-                    log.error("job \(id) frame \(frame): was done but \(reason); cannot requeue it: \(error)",
-                        .frameOutputLost(job: id, frame: Int(frame), requeued: false, reason: reason))
-                }
-            } else {
-                log.warning("job \(id) frame \(frame): was done but \(reason) (job \(record.state.rawValue); not requeued)",
-                    .frameOutputLost(job: id, frame: Int(frame), requeued: false, reason: reason))
-            }
-        }
-        return context
-    }
-
-    func failJob(_ id: Int64, error: String) {
-        do {
-            let running = try journal.failJob(id, error: error)
-            dispatchNeeded = true  // credit that was meant for this job goes to the next one
-            cancelOnWorkers(job: id, attempts: running, reason: error)
-            log.warning("job \(id) failed: \(error)", .jobFailed(job: id, error: error))
-            finishJob(id)
-        } catch {
-            log.error("cannot fail job \(id): \(error)", job: id)
-        }
-    }
-
-    /// Sends Cancel{job} to every session holding the job's prep or one of its attempts.
-    func cancelOnWorkers(job: Int64, attempts: [AttemptRecord], reason: String) {
-        let holders = Set(attempts.map(\.worker))
-        for session in Array(sessions.values)
-        where session.preps.contains(job) || holders.contains(session.name)
-            || session.attempts.values.contains(where: { $0.jobID == job }) {
-            session.preps.remove(job)
-            var cancel = FarmCancel()
-            cancel.jobID = UInt64(job)
-            cancel.reason = reason
-            send(session.routingID, .cancel(cancel))
-            log.info("sent Cancel{job \(job)} to worker '\(peer: session.name)'", job: job, worker: session.name)
-        }
-    }
-
-    /// The job reached a final state (in this turn's transaction). Its last manifest.json rewrite
-    /// and, for a completed job that asked for one, its video are made off the loop thread: the
-    /// manifest on `manifestQueue` (after any periodic rewrite of it), the video then on
-    /// `videoQueue`. A 10,000-frame job's manifest and its context's teardown took ~25 ms, which
-    /// held up every other job's dispatch. When both are written, `drainFinishedOutputs` marks
-    /// the job's outputs final in the journal and sends JobFinished to its followers, so a
-    /// follower that sees JobFinished finds every output in place. A crash before that is
-    /// finished by the next start-up (`startUp`: finished jobs whose outputs are not final).
-    func finishJob(_ id: Int64) {
-        guard !finishing.contains(id), let record = try? journal.job(id, includingSpec: false) else { return }
-        finishing.insert(id)
-        // Its context leaves the loop: the job gets no more frames, and the background work owns its
-        // OutputWriter. A job whose output cannot be opened (it failed for that) has nothing to write.
-        let context: JobContext?
-        if let open = jobContexts.removeValue(forKey: id) {
-            context = open
-        } else {
-            do {
-                context = try jobContext(id)
-                jobContexts[id] = nil
-            } catch {
-                log.error("job \(id): cannot open its output to finish it: \(error)", job: id)
-                context = nil
-            }
-        }
-        let wantsVideo = record.state == .completed && !(record.videoPath ?? "").isEmpty && !record.videoWritten
-        let journal = self.journal
-        let ffmpeg = settings.ffmpegPath
-        let log = self.log
-        let report: @Sendable (String?, String, Bool) -> Void = { [weak self] video, message, final in
-            guard let self else { return }
-            self.finishedOutputs.withLock {
-                $0.append(FinishedOutputs(job: id, state: record.state, video: video, message: message, final: final))
-            }
-            self.wakeLoop()
-        }
-        let message = record.error ?? ""
-        let videoQueue = self.videoQueue
-        let output = context?.output  // all the background work needs of the context
-        manifestQueue.async {
-            do {
-                try output?.flush()
-            } catch {
-                log.error("job \(id): cannot write its final manifest.json: \(error)", job: id)
-            }
-            guard wantsVideo, let output else {
-                report(record.videoWritten ? record.videoPath : nil, message, true)
-                return
-            }
-            videoQueue.async {
-                do {
-                    let video = try output.makeVideo(at: URL(fileURLWithPath: record.videoPath ?? ""),
-                                                             fps: record.videoFPS, ffmpeg: ffmpeg)
-                    try journal.markVideoWritten(job: id)
-                    report(video.path, message, true)
-                } catch let error as OutputError {
-                    // A file in the way that this job did not create stays untouched, for good (final);
-                    // anything else (ffmpeg) is tried again by the next start-up (not final).
-                    if case .notOwned = error {
-                        report(nil, "video failed: \(error)", true)
-                    } else {
-                        report(nil, "video failed: \(error)", false)
-                    }
-                } catch {
-                    report(nil, "video failed: \(error)", false)  // not final: the next start-up tries again
-                }
-            }
-        }
-    }
-
-    /// What `finishJob`'s background work reports back to the loop.
-    struct FinishedOutputs: Sendable {
-        var job: Int64
-        var state: JobState
-        var video: String?
-        var message: String
-        /// False when the video failed: its outputs stay not final, so a restart tries it again.
-        var final: Bool
-    }
-
-    /// Jobs whose final outputs were written since the last turn: marked final in the journal
-    /// (this turn's transaction), then JobFinished to their followers.
-    func drainFinishedOutputs() {
-        let done = finishedOutputs.withLock { outputs in
-            defer { outputs.removeAll() }
-            return outputs
-        }
-        for f in done {
-            finishing.remove(f.job)
-            if f.final {
-                do {
-                    try journal.markOutputsFinal(job: f.job)
-                } catch {
-                    log.error("job \(f.job): cannot mark its outputs final: \(error)", job: f.job)
-                }
-            }
-            if f.message.hasPrefix("video failed") { log.error("job \(f.job): \(f.message)", .videoFailed(job: f.job, error: f.message)) }
-            announceFinished(f.job, state: f.state, video: f.video, message: f.message)
-        }
-    }
-
-    func announceFinished(_ id: Int64, state: JobState, video: String?, message: String) {
-        var finished = FarmJobFinished()
-        finished.state = FarmJobState(state)
-        finished.videoPath = video ?? ""
-        finished.message = message
-        log.notice("job \(id) finished: \(state.rawValue)" + (video.map { ", video \($0)" } ?? "")
-            + (message.isEmpty ? "" : " (\(message))"), JobEnd(rawValue: state.rawValue).map { .jobFinished(job: id, state: $0) })
-        emit(job: id, .jobFinished(finished))
-        followers[id] = nil
+        let target = try journal.resultTarget(id).map { AttemptTarget(record: $0.attempt, current: $0.current) }
+        let report: ResultReport = result.hasError ? .failed(result.error)
+            : .rendered(claimedSHA256: result.pngSha256, size: result.png.count, renderSeconds: result.renderSeconds)
+        try apply(lifecycle.resultArrived(id, target: target, worker: session.name, report: report), from: session, result: result)
     }
 
     // MARK: follower events

@@ -191,32 +191,14 @@ public final class Coordinator: @unchecked Sendable {
             context.terminate()
         }
         startedMs = clock.nowMilliseconds()
-        if let nice = settings.loopThreadNice {
-            if dp_set_thread_nice(Int32(clamping: nice)) == 0 {
-                log.info("coordinator loop thread at nice \(nice)", .loopThreadNice(nice: nice, applied: true))
-            } else {
-                log.warning("coordinator loop thread: cannot set nice \(nice) (\(String(cString: strerror(errno)))); running at the "
-                    + "inherited priority (a lower nice value needs CAP_SYS_NICE)", .loopThreadNice(nice: nice, applied: false))
-            }
-        }
+        setLoopThreadNice()
         try startUp()
         let poller = ZMQPoller()
         try poller.add(router)
         poller.add(fileDescriptor: wakePipe.readDescriptor)
         if let zap { try poller.add(zap.socket) }
         let pollMs = max(5, min(100, settings.heartbeatIntervalMs / 4))
-        log.notice("coordinator \(coordinatorID) serving on \(endpoint) (state \(settings.stateDirectory.path))", .serving(endpoint: endpoint))
-        switch settings.auth {
-        case .insecureNoAuth:
-            for i in 0 ..< 3 {
-                log.warning("WARNING: --insecure-no-auth: NO AUTHENTICATION. Anyone who can reach \(endpoint) can submit, "
-                    + "cancel and read every job and register as a worker. Use CURVE keys (dp-coord keygen).",
-                        i == 0 ? .insecureNoAuth(endpoint: endpoint) : nil)
-            }
-        case .curve(let auth):
-            log.notice("CURVE authentication on: server public key \(auth.serverKeys.publicKey); "
-                + "\(authorizedKeys?.counts.description ?? "")")
-        }
+        logServing()
         defer { flushOutputs(force: true) }
         var lastTurnNs: UInt64 = 0
         let minTurnNs = UInt64(max(0, settings.minTurnIntervalMicroseconds)) * 1000
@@ -229,16 +211,7 @@ public final class Coordinator: @unchecked Sendable {
             let ready = try poller.poll(timeoutMilliseconds: pollMs)
             if ready[1].contains(.readable) { wakePipe.drain() }
             // Handshakes first: they wait for no journal.
-            if let zap, ready.count > 2, ready[2].contains(.readable) {
-                do {
-                    try zap.serve()
-                } catch let error as ZMQError where error.isContextTerminated {
-                    throw error
-                } catch {
-                    // Fails closed: a handshake without an answer never completes.
-                    log.error("ZAP handler: \(error)")
-                }
-            }
+            if ready.count > 2, ready[2].contains(.readable) { try serveHandshake() }
             lastTurnNs = DispatchTime.now().uptimeNanoseconds
             // One loop turn = one journal transaction; its messages go out after the commit.
             try turn {
@@ -260,6 +233,19 @@ public final class Coordinator: @unchecked Sendable {
         manifestQueue.sync {}
         videoQueue.sync {}
         log.notice("coordinator \(coordinatorID) stopped", .coordinatorStopped)
+    }
+
+    /// Answers a CURVE handshake's ZAP request. Fails closed: a handshake without an answer never completes.
+    func serveHandshake() throws {
+        guard let zap else { return }
+        do {
+            try zap.serve()
+        } catch let error as ZMQError where error.isContextTerminated {
+            throw error
+        } catch {
+            // Fails closed: a handshake without an answer never completes.
+            log.error("ZAP handler: \(error)")
+        }
     }
 
     /// Sleeps `nanoseconds` (the group-commit pause between busy loop turns).
@@ -309,40 +295,6 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
-    /// Rewrites the manifest.json of every job with frames written since its last rewrite, at most
-    /// once per `manifestIntervalSeconds` unless `force`d (the coordinator is stopping).
-    ///
-    /// The periodic rewrites run on `manifestQueue`, off the loop thread: for a job of 10,000 frames
-    /// one takes ~10 ms, which would hold up dispatching (OutputWriter snapshots under its lock and
-    /// writes outside it). At most one batch of them is pending; a forced flush waits for it first.
-    func flushOutputs(force: Bool) {
-        let t = now
-        guard force || Double(t - lastManifestFlushMs) >= manifestIntervalSeconds * 1000 else { return }
-        lastManifestFlushMs = t
-        let due = jobContexts.filter { $0.value.output.needsFlush }.map { ($0.key, $0.value.output) }
-        let log = self.log
-        let rewrite: @Sendable () -> Void = {
-            for (id, output) in due {
-                do {
-                    try output.flush(durable: force)
-                } catch {
-                    log.error("job \(id): cannot rewrite manifest.json: \(error)", job: id)
-                }
-            }
-        }
-        if force {
-            manifestQueue.sync {}
-            rewrite()
-            return
-        }
-        guard !due.isEmpty, !manifestRewritePending.exchange(true) else { return }
-        let pending = manifestRewritePending
-        manifestQueue.async {
-            rewrite()
-            _ = pending.exchange(false)
-        }
-    }
-
     /// Thread-safe; `run()` returns within one poll interval.
     public func shutdown() {
         runState.withLock { $0.stopRequested = true }
@@ -354,65 +306,6 @@ public final class Coordinator: @unchecked Sendable {
     }
 
     var now: Int64 { clock.nowMilliseconds() }
-
-    // MARK: start-up
-
-    func startUp() throws {
-        // Temp files of uploads that a stop interrupted (their jobs are failed below).
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: inputsDirectory.path)) ?? []
-        where name.hasPrefix(".upload-") {
-            try? FileManager.default.removeItem(at: inputsDirectory.appendingPathComponent(name))
-        }
-        for (id, why) in models.refusedAtStart.sorted(by: { $0.key < $1.key }) {
-            log.warning("model \(id) is not served: \(why)")
-        }
-        for job in try journal.jobs(states: [.uploading], includingSpec: false) {
-            _ = try journal.failJob(job.id, error: "upload interrupted by a coordinator restart; submit the job again")
-            log.warning("job \(job.id) '\(peer: job.name)': was uploading when the coordinator stopped; marked failed", job: job.id)
-        }
-        // A crash (or a stop) between a job's end and its last manifest rewrite or video: finish them now.
-        for job in try journal.jobs(states: [.completed, .failed, .cancelled], includingSpec: false) where !job.outputsFinal {
-            let video = job.state == .completed && (job.videoPath ?? "") != "" && !job.videoWritten
-            log.notice("job \(job.id) '\(peer: job.name)': \(job.state.rawValue) before its final manifest.json"
-                + (video ? " and video" : "") + " were written; writing them now", .jobOutputsResumed(job: job.id))
-            finishJob(job.id)
-        }
-        // Open every unfinished job's output now: its done frames' PNGs are checked against the
-        // journal (a missing or corrupt one is requeued) before anything is dispatched.
-        for job in try journal.jobs(states: [.queued, .running], includingSpec: false) {
-            do {
-                _ = try jobContext(job.id)
-            } catch {
-                // A job that cannot be loaded (its model's dreampose.json refused, its output folder in
-                // the way, ...) fails with the reason; the coordinator comes up (no crash loop).
-                log.error("job \(job.id) '\(peer: job.name)': cannot load it at start-up: \(error); marking it failed", job: job.id)
-                failJob(job.id, error: "cannot load the job at coordinator start-up: \(error)")
-            }
-        }
-        let inFlight = try journal.runningAttempts()
-        if !inFlight.isEmpty {
-            log.notice("\(inFlight.count) attempt(s) in flight from before the restart: requeued after "
-                + "\(settings.restartGraceSeconds) s unless their workers re-adopt them", .restartAttemptsInFlight(attempts: inFlight.count))
-        }
-        if settings.restartGraceSeconds <= 0 { endGrace() }
-    }
-
-    func endGrace() {
-        graceDone = true
-        let keep = Set(sessions.values.flatMap { $0.attempts.keys })
-        do {
-            let requeued = try journal.requeueInFlightAttempts(
-                keeping: keep, reason: "not re-adopted within the \(settings.restartGraceSeconds) s restart grace period")
-            if !requeued.isEmpty {
-                log.notice("restart grace over: requeued \(requeued.count) attempt(s) "
-                    + requeued.map { "\($0.id) (job \($0.jobID) frame \($0.frame), worker \(peer: $0.worker))" }
-                    .joined(separator: ", "), .restartGraceOver(requeued: requeued.count))
-                dispatchNeeded = true
-            }
-        } catch {
-            log.error("restart grace over: cannot requeue in-flight attempts: \(error)")
-        }
-    }
 
     // MARK: receiving
 
@@ -556,75 +449,6 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
-    /// A message `sendNow` did not send: `peer` has the cap's worth of messages it has not acknowledged
-    /// reading. A follow event drops its follow stream (told QUEUE_FULL once the peer reads again);
-    /// anything else cuts the peer off: its session ends (its attempts count as lost, as for a dead
-    /// worker), its follow streams go, and it gets nothing until it acks. Logged once per cut-off.
-    func withhold(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64, alreadyCutOff: Bool,
-                  queued: UInt64, unacked: UInt64) {
-        deliveryStats.withLock { $0.messagesWithheld += 1 }
-        guard !alreadyCutOff else { return }
-        let limits = settings.limits
-        let state = "\(queued) bytes in \(unacked) message(s) sent and not acknowledged (the caps are "
-            + "\(limits.maxQueuedBytesPerPeer) bytes and \(limits.maxQueuedMessagesPerPeer) messages per peer)"
-        switch body {
-        case .jobEvent, .jobEvents:
-            var dropped = 0
-            for (job, list) in followers {
-                let kept = list.filter { !($0.peer == peer && $0.requestID == requestID) }
-                dropped += list.count - kept.count
-                followers[job] = kept.isEmpty ? nil : kept
-            }
-            guard dropped > 0 else { return }
-            ledger.droppedStream(peer, requestID: requestID, limit: limits.maxFollowsPerClient)
-            deliveryStats.withLock { $0.followStreamsDropped += 1 }
-            if let line = queueLog.line("follow stream \(requestID) of \(peerName(peer)) dropped: it does not read "
-                                        + "its socket; \(state)", nowMilliseconds: now) {
-                log(line)
-            }
-        default:
-            ledger.cutOff(peer)
-            deliveryStats.withLock { $0.peersCutOff += 1 }
-            if let line = queueLog.line("\(peerName(peer)) cut off: it does not read its socket (withheld "
-                                        + "\(body.name)); \(state); nothing more is sent to it until it acks",
-                                        nowMilliseconds: now) {
-                log(line)
-            }
-            dropPeer(peer, reason: "cut off at the queued-bytes cap (it does not read its socket)")
-        }
-    }
-
-    /// Reads the ack a peer's message carries (`DeliveryLedger.acknowledge`). A peer that was cut off
-    /// or lost follow streams and now reads again is told so: QUEUE_FULL on each dropped stream, and
-    /// once unsolicited for a cut-off (a worker's next message then gets NOT_REGISTERED: Hello again).
-    func noteAck(_ peer: Data, _ ack: FarmReceipt?) {
-        switch ledger.acknowledge(peer, ack, now: now) {
-        case .stale:
-            return
-        case .refused:
-            deliveryStats.withLock { $0.acksRefused += 1 }
-            if let line = ackLog.line("ignored an ack from \(peerName(peer)): its token, sequence or byte count "
-                                      + "matches nothing sent on this connection", nowMilliseconds: now) {
-                log(line)
-            }
-        case .accepted(let recovered):
-            deliveryStats.withLock {
-                $0.acksAccepted += 1
-                if recovered?.wasCutOff == true { $0.peersRecovered += 1 }
-            }
-            guard let recovered else { return }
-            for stream in recovered.droppedStreams {
-                send(peer, .error(FarmError(.queueFull, "this follow stream was dropped: the coordinator had the "
-                    + "most it queues for one connection waiting for you to read; follow the job again")),
-                     requestID: stream)
-            }
-            if recovered.wasCutOff {
-                send(peer, .error(FarmError(.queueFull, "this connection was cut off: \(recovered.withheld) message(s) "
-                    + "were not sent because it did not read the ones before; a worker must say Hello again")))
-            }
-        }
-    }
-
     func dropPeer(_ peer: Data, reason: String) {
         if let session = sessions[peer] { endSession(session, reason: reason) }
         for (job, list) in followers {
@@ -632,107 +456,6 @@ public final class Coordinator: @unchecked Sendable {
             followers[job] = kept.isEmpty ? nil : kept
         }
     }
-
-    // MARK: timer
-
-    func tick() {
-        let t = now
-        if !graceDone, Double(t - startedMs) >= settings.restartGraceSeconds * 1000 { endGrace() }
-        let deadline = Int64(settings.heartbeatIntervalMs * settings.heartbeatLiveness)
-        for session in Array(sessions.values) where t - session.lastHeardMs > deadline {
-            endSession(session, cause: .silent, reason: "silent for \(t - session.lastHeardMs) ms "
-                + "(\(settings.heartbeatLiveness) x \(settings.heartbeatIntervalMs) ms heartbeats)")
-        }
-        let stallMs = Int64(settings.stallTimeoutSeconds * 1000)
-        for session in Array(sessions.values) {
-            for attempt in Array(session.attempts.values) where t - attempt.lastProgressMs > stallMs {
-                session.attempts[attempt.id] = nil
-                workerLostAttempt(attempt.id, worker: session.name, reason: "stalled: no step progress on worker "
-                    + "'\(session.name)' for \(t - attempt.lastProgressMs) ms")
-                var cancel = FarmCancel()
-                cancel.attemptID = UInt64(attempt.id)
-                cancel.reason = "stalled"
-                send(session.routingID, .cancel(cancel))
-            }
-        }
-        let interval = Int64(settings.heartbeatIntervalMs)
-        for session in Array(sessions.values) where t - session.lastSentMs >= interval {
-            heartbeatSequence += 1
-            var hb = FarmHeartbeat()
-            hb.sequence = heartbeatSequence
-            hb.sentUnixMs = UInt64(max(0, t))
-            send(session.routingID, .heartbeat(hb))
-        }
-        expireIdleUploads()
-        drainFinishedOutputs()
-        // Receipt accounts of connections that went away: forgotten, or probed (DeliveryLedger.sweep).
-        if t - lastLedgerSweepMs >= 1000 {
-            lastLedgerSweepMs = t
-            let idle = max(60_000, 2 * deadline)
-            for peer in ledger.sweep(now: t, idleMs: idle) {
-                heartbeatSequence += 1
-                var hb = FarmHeartbeat()
-                hb.sequence = heartbeatSequence
-                hb.sentUnixMs = UInt64(max(0, t))
-                sendNow(peer, .heartbeat(hb), requestID: 0, probe: true)
-            }
-        }
-    }
-}
-
-/// A follower's event stream: its connection and the request id of its FollowJob.
-struct FollowerStream: Hashable {
-    let peer: Data
-    let requestID: UInt64
-}
-
-/// A coordinator failure at start-up or in `run()`.
-public struct CoordinatorError: Error, CustomStringConvertible {
-    public let description: String
-    init(_ description: String) { self.description = description }
-}
-
-/// One connected worker (one routing id, from its Hello until death, Goodbye or a newer Hello).
-final class WorkerSession {
-    let routingID: Data
-    let name: String
-    let slots: Int
-    let threads: Int
-    let host: FarmHostInfo
-    let maxMessageBytes: Int
-    /// The public key the session authenticated with (nil: insecure mode). Owns the session's attempts.
-    let key: String?
-    var credit = 0
-    var preps: Set<Int64> = []
-    var attempts: [Int64: LiveAttempt] = [:]
-    var models: Set<String>
-    var lastHeardMs: Int64
-    var lastSentMs: Int64
-    /// Credit beyond the cap was asked for (logged once per session).
-    var warnedCredit = false
-
-    init(routingID: Data, hello: FarmHello, key: String?, now: Int64) {
-        self.routingID = routingID
-        self.key = key
-        name = hello.workerName
-        slots = Int(hello.slots)
-        threads = Int(hello.threads)
-        host = hello.host
-        maxMessageBytes = hello.maxMessageBytes > 0 ? Int(min(hello.maxMessageBytes, UInt64(Int.max)))
-            : FarmProtocol.defaultMaxMessageBytes
-        models = Set(hello.cachedModelIds)
-        lastHeardMs = now
-        lastSentMs = now
-    }
-}
-
-struct LiveAttempt {
-    let id: Int64
-    let jobID: Int64
-    let frame: Int
-    var step: Int
-    var total: Int
-    var lastProgressMs: Int64
 }
 
 struct OutgoingMessage {
@@ -741,24 +464,4 @@ struct OutgoingMessage {
     let requestID: UInt64
     /// A JobEvent whose counts are filled in when it is sent (after the turn's commit).
     var countsOfJob: Int64? = nil
-}
-
-struct Follower {
-    let peer: Data
-    let requestID: UInt64
-    let includePNG: Bool
-}
-
-
-/// A Bool shared between threads.
-final class LockedFlag: Sendable {
-    private let value = Mutex(false)
-
-    /// Sets the flag to `newValue` and returns what it was.
-    func exchange(_ newValue: Bool) -> Bool {
-        value.withLock { value in
-            defer { value = newValue }
-            return value
-        }
-    }
 }

@@ -77,15 +77,7 @@ final class JobContext {
         } catch {
             throw CoordinatorError("job \(record.id): \(error)")
         }
-        let id = modelID
-        let recorded = doneFrames.filter { $0.state == .done }.map { f in
-            OutputFrameRecord(frame: UInt32(f.frame), file: OutputWriter.fileName(frame: UInt32(f.frame)),
-                              attempt: UInt64(f.doneAttemptID ?? 0), worker: f.worker ?? "", modelID: id,
-                              seed: outputSettings.seed, sampler: outputSettings.sampler, steps: outputSettings.steps,
-                              imageGuidance: outputSettings.imageGuidance, poseGuidance: outputSettings.poseGuidance,
-                              renderSeconds: f.renderSeconds ?? 0, pngSHA256: f.outputSHA256 ?? "",
-                              pngSize: f.outputSize ?? -1)
-        }
+        let recorded = JobContext.recorded(doneFrames, modelID: modelID, settings: outputSettings)
         // Confined to the output root unless local paths are allowed (the embedded farm); a stored
         // path outside the root (the root changed) is refused here and fails the job.
         if placement.root != nil { _ = try placement.relative(record.outputDir, what: "output folder") }
@@ -95,6 +87,19 @@ final class JobContext {
                                   durability: .batched, recorded: recorded, confinedTo: placement.root)
         if let video = record.videoPath, !video.isEmpty, !record.videoWritten {
             try output.checkVideoTarget(URL(fileURLWithPath: video))
+        }
+    }
+
+    /// The journal's done frames as the output's records, which vouch for their PNGs.
+    static func recorded(_ doneFrames: [FrameRecord], modelID model: String,
+                         settings outputSettings: OutputJobSettings) -> [OutputFrameRecord] {
+        doneFrames.filter { $0.state == .done }.map { f in
+            OutputFrameRecord(frame: UInt32(f.frame), file: OutputWriter.fileName(frame: UInt32(f.frame)),
+                              attempt: UInt64(f.doneAttemptID ?? 0), worker: f.worker ?? "", modelID: model,
+                              seed: outputSettings.seed, sampler: outputSettings.sampler, steps: outputSettings.steps,
+                              imageGuidance: outputSettings.imageGuidance, poseGuidance: outputSettings.poseGuidance,
+                              renderSeconds: f.renderSeconds ?? 0, pngSHA256: f.outputSHA256 ?? "",
+                              pngSize: f.outputSize ?? -1)
         }
     }
 

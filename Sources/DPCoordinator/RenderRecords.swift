@@ -116,82 +116,18 @@ public enum RenderRecords {
     public static func finalize(out: URL, frames: [UInt32]?, video: URL?, fps: Int = 30, ffmpeg: String = "ffmpeg",
                                 decode: (URL) throws -> Void) throws -> Finalized {
         let out = out.standardizedFileURL
-        let fm = FileManager.default
-        var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: out.path, isDirectory: &isDir), isDir.boolValue else {
-            throw RenderRecordError("\(out.path): no such folder (expected the --out folder of dp-worker render)")
-        }
-        let jobData: Data
-        do { jobData = try Data(contentsOf: jobURL(out)) } catch {
-            throw RenderRecordError("\(jobURL(out).path) not found: \(out.path) was not written by dp-worker render "
-                + "(each render task records its job there)")
-        }
-        let job: RenderJobRecord
-        do { job = try JSONDecoder().decode(RenderJobRecord.self, from: jobData) } catch {
-            throw RenderRecordError("\(jobURL(out).path): not a readable render job record: \(error)")
-        }
-        guard job.format == RenderJobRecord.currentFormat else {
-            throw RenderRecordError("\(jobURL(out).path): format \(job.format), expected \(RenderJobRecord.currentFormat)")
-        }
+        let job = try readJob(out)
         let expected = Array(Set(frames ?? job.poseFrames)).sorted()
         guard !expected.isEmpty else { throw RenderRecordError("\(out.path): the job has no frames to finalize") }
-
-        // Every frame PNG in the folder must be an expected one: OutputWriter removes the others.
-        let expectedSet = Set(expected)
-        let names = (try? fm.contentsOfDirectory(atPath: out.path)) ?? []
-        let strays = names.filter { name in
-            guard name.hasPrefix("frame_"), name.hasSuffix(".png") else { return false }
-            guard let n = UInt32(name.dropFirst("frame_".count).dropLast(".png".count)),
-                  OutputWriter.fileName(frame: n) == name else { return false }
-            return !expectedSet.contains(n)
-        }.sorted()
-        guard strays.isEmpty else {
-            throw RenderRecordError("\(out.path) holds \(strays.count) frame(s) that are not expected "
-                + "(\(strays.prefix(5).joined(separator: ", "))\(strays.count > 5 ? ", ..." : "")); expected frames: "
-                + "\(FrameRanges.describe(expected)). Name them with --frames or move them away")
-        }
+        try checkNoStrays(out, expected: expected)
 
         var records: [OutputFrameRecord] = []
         var problems: [(frame: UInt32, why: String)] = []
         for n in expected {
-            let png = out.appendingPathComponent(OutputWriter.fileName(frame: n))
-            guard fm.fileExists(atPath: png.path) else {
-                problems.append((n, "\(png.lastPathComponent) is missing"))
-                continue
+            switch checkFrame(out, n, job: job, decode: decode) {
+            case .success(let record): records.append(record)
+            case .failure(let problem): problems.append((n, problem.why))
             }
-            do { try decode(png) } catch {
-                problems.append((n, "\(png.lastPathComponent) is not a decodable PNG: \(error)"))
-                continue
-            }
-            let recordURL = frameURL(out, frame: n)
-            guard let recordData = try? Data(contentsOf: recordURL) else {
-                problems.append((n, "\(png.lastPathComponent) has no record \(folderName)/\(recordURL.lastPathComponent) "
-                    + "(its task stopped between the two writes; run the frame again)"))
-                continue
-            }
-            let record: OutputFrameRecord
-            do { record = try JSONDecoder().decode(OutputFrameRecord.self, from: recordData) } catch {
-                problems.append((n, "\(recordURL.path) is not a readable frame record: \(error)"))
-                continue
-            }
-            let digest: (sha256: String, size: UInt64)
-            do { digest = try FileDigest.sha256(ofFile: png.path) } catch {
-                problems.append((n, "\(png.path): cannot read: \(error)"))
-                continue
-            }
-            guard record.frame == n, record.pngSHA256 == digest.sha256, record.pngSize == Int(digest.size) else {
-                problems.append((n, "\(png.lastPathComponent) has \(digest.size) bytes, sha256 \(digest.sha256); its record "
-                    + "says frame \(record.frame), \(record.pngSize) bytes, sha256 \(record.pngSHA256)"))
-                continue
-            }
-            guard record.modelID == job.modelID, record.seed == job.settings.seed, record.sampler == job.settings.sampler,
-                  record.steps == job.settings.steps, record.imageGuidance == job.settings.imageGuidance,
-                  record.poseGuidance == job.settings.poseGuidance else {
-                problems.append((n, "rendered with model \(record.modelID), \(record.sampler) \(record.steps) steps; "
-                    + "the job is model \(job.modelID), \(describe(job.settings))"))
-                continue
-            }
-            records.append(record)
         }
         guard problems.isEmpty else {
             let missing = problems.map(\.frame)
@@ -211,6 +147,86 @@ public enum RenderRecords {
         if let video { videoRecord = try writer.makeVideo(at: video, fps: fps, ffmpeg: ffmpeg) }
         return Finalized(manifest: writer.currentManifest, manifestURL: out.appendingPathComponent("manifest.json"),
                          video: videoRecord)
+    }
+
+    /// The render folder's job record (`.dp-render/job.json`), checked.
+    static func readJob(_ out: URL) throws -> RenderJobRecord {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: out.path, isDirectory: &isDir), isDir.boolValue else {
+            throw RenderRecordError("\(out.path): no such folder (expected the --out folder of dp-worker render)")
+        }
+        let jobData: Data
+        do { jobData = try Data(contentsOf: jobURL(out)) } catch {
+            throw RenderRecordError("\(jobURL(out).path) not found: \(out.path) was not written by dp-worker render "
+                + "(each render task records its job there)")
+        }
+        let job: RenderJobRecord
+        do { job = try JSONDecoder().decode(RenderJobRecord.self, from: jobData) } catch {
+            throw RenderRecordError("\(jobURL(out).path): not a readable render job record: \(error)")
+        }
+        guard job.format == RenderJobRecord.currentFormat else {
+            throw RenderRecordError("\(jobURL(out).path): format \(job.format), expected \(RenderJobRecord.currentFormat)")
+        }
+        return job
+    }
+
+    /// Every frame PNG in the folder must be an expected one: OutputWriter removes the others.
+    static func checkNoStrays(_ out: URL, expected: [UInt32]) throws {
+        let expectedSet = Set(expected)
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: out.path)) ?? []
+        let strays = names.filter { name in
+            guard name.hasPrefix("frame_"), name.hasSuffix(".png") else { return false }
+            guard let n = UInt32(name.dropFirst("frame_".count).dropLast(".png".count)),
+                  OutputWriter.fileName(frame: n) == name else { return false }
+            return !expectedSet.contains(n)
+        }.sorted()
+        guard strays.isEmpty else {
+            throw RenderRecordError("\(out.path) holds \(strays.count) frame(s) that are not expected "
+                + "(\(strays.prefix(5).joined(separator: ", "))\(strays.count > 5 ? ", ..." : "")); expected frames: "
+                + "\(FrameRanges.describe(expected)). Name them with --frames or move them away")
+        }
+    }
+
+    /// Why a frame is missing or unusable.
+    struct FrameProblem: Error {
+        var why: String
+    }
+
+    /// Frame `n` of the folder: present, decodable, the PNG its record describes, rendered with the
+    /// job's model and settings; its record, or what is wrong.
+    static func checkFrame(_ out: URL, _ n: UInt32, job: RenderJobRecord,
+                           decode: (URL) throws -> Void) -> Result<OutputFrameRecord, FrameProblem> {
+        let png = out.appendingPathComponent(OutputWriter.fileName(frame: n))
+        guard FileManager.default.fileExists(atPath: png.path) else {
+            return .failure(FrameProblem(why: "\(png.lastPathComponent) is missing"))
+        }
+        do { try decode(png) } catch {
+            return .failure(FrameProblem(why: "\(png.lastPathComponent) is not a decodable PNG: \(error)"))
+        }
+        let recordURL = frameURL(out, frame: n)
+        guard let recordData = try? Data(contentsOf: recordURL) else {
+            return .failure(FrameProblem(why: "\(png.lastPathComponent) has no record \(folderName)/\(recordURL.lastPathComponent) "
+                + "(its task stopped between the two writes; run the frame again)"))
+        }
+        let record: OutputFrameRecord
+        do { record = try JSONDecoder().decode(OutputFrameRecord.self, from: recordData) } catch {
+            return .failure(FrameProblem(why: "\(recordURL.path) is not a readable frame record: \(error)"))
+        }
+        let digest: (sha256: String, size: UInt64)
+        do { digest = try FileDigest.sha256(ofFile: png.path) } catch {
+            return .failure(FrameProblem(why: "\(png.path): cannot read: \(error)"))
+        }
+        guard record.frame == n, record.pngSHA256 == digest.sha256, record.pngSize == Int(digest.size) else {
+            return .failure(FrameProblem(why: "\(png.lastPathComponent) has \(digest.size) bytes, sha256 \(digest.sha256); its record "
+                + "says frame \(record.frame), \(record.pngSize) bytes, sha256 \(record.pngSHA256)"))
+        }
+        guard record.modelID == job.modelID, record.seed == job.settings.seed, record.sampler == job.settings.sampler,
+              record.steps == job.settings.steps, record.imageGuidance == job.settings.imageGuidance,
+              record.poseGuidance == job.settings.poseGuidance else {
+            return .failure(FrameProblem(why: "rendered with model \(record.modelID), \(record.sampler) \(record.steps) steps; "
+                + "the job is model \(job.modelID), \(describe(job.settings))"))
+        }
+        return .success(record)
     }
 }
 

@@ -158,19 +158,23 @@ extension Journal {
                 return try recordStale(a, at: t, late: "failed: \(error)")
             }
             try finishAttempt(a.id, result: .failed, at: t, renderSeconds: nil, error: error)
+            let previous = try db.query("SELECT failures, banned FROM worker_job_failures WHERE worker = ? AND job_id = ?",
+                                        [.text(a.worker), .integer(a.jobID)]).first
+            var banned = (previous?.int("banned") ?? 0) != 0
             if countsTowardWorkerBan {
+                // The ban is the lifecycle's rule (LifecycleRules); the row records it.
+                let failures = (previous?.int("failures") ?? 0) + 1
+                banned = LifecycleRules.workerBanned(failures: failures, limit: maxFailedFramesPerWorker)
                 try db.run("""
-                    INSERT INTO worker_job_failures (worker, job_id, failures, banned) VALUES (?1, ?2, 1, ?3 <= 1)
-                    ON CONFLICT (worker, job_id) DO UPDATE SET failures = failures + 1, banned = (failures + 1 >= ?3)
-                    """, [.text(a.worker), .integer(a.jobID), .int(maxFailedFramesPerWorker)])
+                    INSERT INTO worker_job_failures (worker, job_id, failures, banned) VALUES (?1, ?2, ?3, ?4)
+                    ON CONFLICT (worker, job_id) DO UPDATE SET failures = ?3, banned = ?4
+                    """, [.text(a.worker), .integer(a.jobID), .int(failures), .int(banned ? 1 : 0)])
             }
             try db.run("UPDATE workers SET frames_failed = frames_failed + 1 WHERE name = ?", [.text(a.worker)])
-            let banned = (try db.query("SELECT banned FROM worker_job_failures WHERE worker = ? AND job_id = ?",
-                                       [.text(a.worker), .integer(a.jobID)]).first?.int("banned") ?? 0) != 0
-            let failedOn = try db.query("""
-                SELECT COUNT(DISTINCT worker) AS n FROM attempts WHERE job_id = ? AND frame = ? AND result = 'failed'
-                """, [.integer(a.jobID), .int(a.frame)]).first?.int("n") ?? 0
-            let frameState: FrameState = failedOn >= maxFailedWorkersPerFrame ? .failed : .queued
+            let failedBy = try db.query("SELECT worker FROM attempts WHERE job_id = ? AND frame = ? AND result = 'failed'",
+                                        [.integer(a.jobID), .int(a.frame)]).map { $0.string("worker") ?? "" }
+            let (failedOn, frameState) = LifecycleRules.frameAfterFailure(failedAttemptWorkers: failedBy,
+                                                                          budget: maxFailedWorkersPerFrame)
             try db.run("""
                 UPDATE frames SET state = ?, current_attempt_id = NULL, failures = ?, updated_at_ms = ?
                 WHERE job_id = ? AND frame = ?

@@ -319,33 +319,31 @@ public final class Journal: @unchecked Sendable {
     func settleJob(_ id: Int64, at t: Int64) throws -> (JobState, Bool) {
         // Counters, not a scan of the frames.
         let c = try jobCounters(id)
-        guard !c.state.isFinished else { return (c.state, false) }
         let failed = c.failed
-        guard c.pending <= 0 else { return (c.state, false) }
-        let final: JobState = failed > 0 ? .failed : .completed
+        guard let final = LifecycleRules.settlement(state: c.state, total: c.total, done: c.done, failed: failed) else {
+            return (c.state, false)
+        }
         try db.run("UPDATE jobs SET state = ?, updated_at_ms = ?, finished_at_ms = ?, error = ? WHERE id = ?",
                    [.text(final.rawValue), .integer(t), .integer(t),
                     failed > 0 ? .text(try failedFramesReport(id, failed: failed)) : .null, .integer(id)])
         return (final, true)
     }
 
-    /// "N frame(s) failed: frame F (worker errors, last first); ..." for a job's failed frames: the
-    /// first 3 frames, each with its last 3 workers' errors cut to 300 characters.
+    /// The job's error once frames failed (`LifecycleRules.failedFramesReport`): its first failed
+    /// frames, each with its last workers' errors.
     func failedFramesReport(_ id: Int64, failed: Int) throws -> String {
-        let frames = try db.query("SELECT frame FROM frames WHERE job_id = ? AND state = 'failed' ORDER BY frame LIMIT 3",
-                                  [.integer(id)]).compactMap { $0.int("frame") }
-        var parts: [String] = []
+        let frames = try db.query("SELECT frame FROM frames WHERE job_id = ? AND state = 'failed' ORDER BY frame LIMIT ?",
+                                  [.integer(id), .int(LifecycleRules.reportedFrames)]).compactMap { $0.int("frame") }
+        var report: [LifecycleRules.FailedFrame] = []
         for frame in frames {
             let errors = try db.query("""
-                SELECT worker, error FROM attempts WHERE job_id = ? AND frame = ? AND result = 'failed' ORDER BY id DESC LIMIT 3
-                """, [.integer(id), .int(frame)]).map { row -> String in
-                let text = row.string("error") ?? "?"
-                return "'\(row.string("worker") ?? "?")': " + (text.count > 300 ? String(text.prefix(300)) + "..." : text)
+                SELECT worker, error FROM attempts WHERE job_id = ? AND frame = ? AND result = 'failed' ORDER BY id DESC LIMIT ?
+                """, [.integer(id), .int(frame), .int(LifecycleRules.reportedErrorsPerFrame)]).map {
+                (worker: $0.string("worker") ?? "?", error: $0.string("error") ?? "?")
             }
-            parts.append("frame \(frame) (" + errors.joined(separator: " | ") + ")")
+            report.append(LifecycleRules.FailedFrame(frame: frame, errors: errors))
         }
-        return "\(failed) frame(s) failed" + (parts.isEmpty ? "" : ": " + parts.joined(separator: "; "))
-            + (failed > frames.count ? "; ..." : "")
+        return LifecycleRules.failedFramesReport(failed: failed, frames: report)
     }
 
     /// A job's state and frame counters (inside the lock; unknown job: throws).
