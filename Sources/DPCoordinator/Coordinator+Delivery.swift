@@ -1,9 +1,58 @@
-// The queued-bytes cap's two ends on the loop (DeliveryLedger.swift keeps the accounts): what is done
-// with a message `sendNow` may not send (`withhold`), and the ack each peer message carries (`noteAck`).
+// Sending, and the queued-bytes cap's two ends on the loop (DeliveryLedger.swift keeps the accounts):
+// `send`/`sendNow` (every message with its delivery receipt), what is done with a message `sendNow` may not
+// send (`withhold`), and the ack each peer message carries (`noteAck`).
 import DPProtocol
+import DPTransport
 import Foundation
 
 extension Coordinator {
+    // MARK: sending
+
+    /// Sends one Envelope to `peer`; false if it could not be queued (then the peer may be dropped).
+    /// Inside a loop turn (`turn`) the message is held until the turn's journal commit (true).
+    @discardableResult
+    func send(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64 = 0) -> Bool {
+        if outbox != nil {
+            outbox!.append(OutgoingMessage(peer: peer, body: body, requestID: requestID))
+            return true
+        }
+        return sendNow(peer, body, requestID: requestID)
+    }
+
+    /// Every message gets its delivery receipt here, and none goes out that would take the peer past
+    /// its queued-bytes cap (`withhold`). `probe`: sent even then (the ledger's idle probe).
+    @discardableResult
+    func sendNow(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64, probe: Bool = false) -> Bool {
+        // Never more than the cap (it could not be sent), nor than the peer takes, with room for the receipt.
+        let maxBytes = min(sessions[peer]?.maxMessageBytes ?? FarmProtocol.defaultMaxMessageBytes,
+                           settings.limits.maxQueuedBytesPerPeer) - DeliveryLedger.receiptReserve
+        do {
+            var data = try FarmEnvelope(body, requestID: requestID).encoded(maxBytes: maxBytes)
+            switch ledger.admit(peer, bytes: data.count, now: now, force: probe) {
+            case .send(let receipt):
+                data.append(try DeliveryLedger.encodedReceipt(receipt))
+            case let .overCap(alreadyCutOff, queued, unacked):
+                withhold(peer, body, requestID: requestID, alreadyCutOff: alreadyCutOff, queued: queued, unacked: unacked)
+                return false
+            }
+            guard try router.send([peer, data], flags: .dontWait) else {
+                log.warning("send queue to \(peerName(peer)) is full: dropped \(body.name)")
+                return false
+            }
+            sessions[peer]?.lastSentMs = now
+            return true
+        } catch let error as ZMQError where error.isHostUnreachable {
+            ledger.forget(peer)
+            if probe { return false }  // a client that left: nothing else to drop
+            log.warning("\(peerName(peer)) is gone (sending \(body.name)): dropping it")
+            dropPeer(peer, reason: "connection gone")
+            return false
+        } catch {
+            log.error("cannot send \(body.name) to \(peerName(peer)): \(error)")
+            return false
+        }
+    }
+
     /// A message `sendNow` did not send: `peer` has the cap's worth of messages it has not acknowledged
     /// reading. A follow event drops its follow stream (told QUEUE_FULL once the peer reads again);
     /// anything else cuts the peer off: its session ends (its attempts count as lost, as for a dead
@@ -72,4 +121,12 @@ extension Coordinator {
             }
         }
     }
+}
+
+struct OutgoingMessage {
+    let peer: Data
+    let body: FarmEnvelope.OneOf_Body
+    let requestID: UInt64
+    /// A JobEvent whose counts are filled in when it is sent (after the turn's commit).
+    var countsOfJob: Int64? = nil
 }

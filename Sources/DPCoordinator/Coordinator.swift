@@ -402,53 +402,6 @@ public final class Coordinator: @unchecked Sendable {
         }
     }
 
-    // MARK: sending
-
-    /// Sends one Envelope to `peer`; false if it could not be queued (then the peer may be dropped).
-    /// Inside a loop turn (`turn`) the message is held until the turn's journal commit (true).
-    @discardableResult
-    func send(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64 = 0) -> Bool {
-        if outbox != nil {
-            outbox!.append(OutgoingMessage(peer: peer, body: body, requestID: requestID))
-            return true
-        }
-        return sendNow(peer, body, requestID: requestID)
-    }
-
-    /// Every message gets its delivery receipt here, and none goes out that would take the peer past
-    /// its queued-bytes cap (`withhold`). `probe`: sent even then (the ledger's idle probe).
-    @discardableResult
-    func sendNow(_ peer: Data, _ body: FarmEnvelope.OneOf_Body, requestID: UInt64, probe: Bool = false) -> Bool {
-        // Never more than the cap (it could not be sent), nor than the peer takes, with room for the receipt.
-        let maxBytes = min(sessions[peer]?.maxMessageBytes ?? FarmProtocol.defaultMaxMessageBytes,
-                           settings.limits.maxQueuedBytesPerPeer) - DeliveryLedger.receiptReserve
-        do {
-            var data = try FarmEnvelope(body, requestID: requestID).encoded(maxBytes: maxBytes)
-            switch ledger.admit(peer, bytes: data.count, now: now, force: probe) {
-            case .send(let receipt):
-                data.append(try DeliveryLedger.encodedReceipt(receipt))
-            case let .overCap(alreadyCutOff, queued, unacked):
-                withhold(peer, body, requestID: requestID, alreadyCutOff: alreadyCutOff, queued: queued, unacked: unacked)
-                return false
-            }
-            guard try router.send([peer, data], flags: .dontWait) else {
-                log.warning("send queue to \(peerName(peer)) is full: dropped \(body.name)")
-                return false
-            }
-            sessions[peer]?.lastSentMs = now
-            return true
-        } catch let error as ZMQError where error.isHostUnreachable {
-            ledger.forget(peer)
-            if probe { return false }  // a client that left: nothing else to drop
-            log.warning("\(peerName(peer)) is gone (sending \(body.name)): dropping it")
-            dropPeer(peer, reason: "connection gone")
-            return false
-        } catch {
-            log.error("cannot send \(body.name) to \(peerName(peer)): \(error)")
-            return false
-        }
-    }
-
     func dropPeer(_ peer: Data, reason: String) {
         if let session = sessions[peer] { endSession(session, reason: reason) }
         for (job, list) in followers {
@@ -456,12 +409,4 @@ public final class Coordinator: @unchecked Sendable {
             followers[job] = kept.isEmpty ? nil : kept
         }
     }
-}
-
-struct OutgoingMessage {
-    let peer: Data
-    let body: FarmEnvelope.OneOf_Body
-    let requestID: UInt64
-    /// A JobEvent whose counts are filled in when it is sent (after the turn's commit).
-    var countsOfJob: Int64? = nil
 }
