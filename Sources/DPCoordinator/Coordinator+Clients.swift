@@ -451,6 +451,7 @@ extension Coordinator {
             return
         }
         followers[id, default: []].append(follower)
+        sendWorkerPhases(follower, job: id)  // Coordinator+Phases.swift
     }
 
     func jobStatus(_ record: JobRecord) -> FarmJobStatus {

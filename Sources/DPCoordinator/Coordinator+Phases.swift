@@ -2,7 +2,8 @@
 // (bytes of the total), verifying it or preparing a job. The coordinator checks it like every peer input,
 // keeps the latest per session (`dp-coord workers`, and per job in `dp-coord status`) and relays it to the
 // followers of the job it is for (JobEvent.worker_phase), at most every `relayIntervalMs` per worker
-// unless the phase itself changed. Hooks: the heartbeat case of `onWorkerMessage`, `jobStatus`, `onWorkers`.
+// unless the phase itself changed; a new follower hears the current ones after its snapshot. Hooks: the
+// heartbeat case of `onWorkerMessage`, `onFollow`, `jobStatus`, `onWorkers`, and `WorkerSession.phaseState`.
 import DPLog
 import DPProtocol
 import Foundation
@@ -92,6 +93,12 @@ extension Coordinator {
             session.phaseState.relayedMs = now
             emit(job: Int64(truncatingIfNeeded: old.jobID), .workerPhase(ended))
         }
+    }
+
+    /// A new follower of a running job hears the phases workers are in for it right after its snapshot
+    /// (a fetch that started before it followed is not silent either).
+    func sendWorkerPhases(_ follower: Follower, job: Int64) {
+        for phase in workerPhases(job: job) { sendEvent(follower, job: job, .workerPhase(phase)) }
     }
 
     /// The phases of connected workers working toward `job` (JobStatus.worker_phases), by worker name.

@@ -122,7 +122,7 @@ public enum PhaseRate {
     /// "1.2 GB/3.9 GB at 64.0 MB/s, ETA 42s"
     public static func bytesText(_ done: UInt64, _ total: UInt64, _ seconds: Double) -> String {
         var s = "\(bytes(done))/\(bytes(total))"
-        if let r = rate(done, seconds) { s += " at \(bytes(UInt64(min(r, 1e18))))/s" }
+        if done > 0, let r = rate(done, seconds) { s += " at \(bytes(UInt64(min(r, 1e18))))/s" }
         if done < total { s += ", ETA " + (eta(done, total, seconds).map(duration) ?? "?") }
         return s
     }

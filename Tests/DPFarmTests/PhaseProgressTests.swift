@@ -184,6 +184,11 @@ final class PhaseProgressTests: XCTestCase {
         XCTAssertEqual(try listed()?.bytesPerSecond, 50)
         XCTAssertEqual(try listed()?.etaSeconds, 18)
         XCTAssertEqual(try client.status(job: job).first?.workerPhases.map(\.bytesDone), [100])
+        // A follower that comes later hears the phase right after its snapshot.
+        let late = PhaseFollower(endpoint: coord.endpoint, job: job)
+        XCTAssertEqual(late.firstPhase.wait(timeout: .now() + 10), .success, "no phase for a late follower")
+        XCTAssertEqual(late.phases.first?.phase, "fetching_model")
+        XCTAssertEqual(late.phases.first?.bytesDone, 100)
 
         // Hostile values: each refused (a typed event, a bounded log line); the previous phase stands.
         let hostile: [FarmWorkerPhase] = [
@@ -228,6 +233,7 @@ final class PhaseProgressTests: XCTestCase {
 private final class PhaseFollower: Sendable {
     let snapshot = DispatchSemaphore(value: 0)
     let done = DispatchSemaphore(value: 0)
+    let firstPhase = DispatchSemaphore(value: 0)
     private let state = Mutex((phases: [WorkerPhaseInfo](), finalState: String?.none))
     var phases: [WorkerPhaseInfo] { state.withLock { $0.phases } }
     var finalState: String? { state.withLock { $0.finalState } }
@@ -240,7 +246,12 @@ private final class PhaseFollower: Sendable {
             try? client.follow(job: job) { event in
                 switch event {
                 case .snapshot: snapshot.signal()
-                case .workerPhase(let p): state.withLock { $0.phases.append(p) }
+                case .workerPhase(let p):
+                    let first = state.withLock { state in
+                        state.phases.append(p)
+                        return state.phases.count == 1
+                    }
+                    if first { firstPhase.signal() }
                 case .finished(let s, _): state.withLock { $0.finalState = s }
                 default: break
                 }
