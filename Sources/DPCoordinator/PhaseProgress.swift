@@ -109,14 +109,18 @@ public struct WorkerPhaseInfo: Sendable, Equatable, Codable {
 
 /// Rate, ETA and their text, shared by the phases.
 public enum PhaseRate {
+    /// nil unless finite (a coordinator's phase with a tiny time must not put inf in a JSON line).
     public static func rate(_ done: UInt64, _ seconds: Double) -> Double? {
-        seconds.isFinite && seconds > 0 ? Double(done) / seconds : nil
+        guard seconds.isFinite, seconds > 0 else { return nil }
+        let r = Double(done) / seconds
+        return r.isFinite ? r : nil
     }
 
     public static func eta(_ done: UInt64, _ total: UInt64, _ seconds: Double) -> Double? {
         if done >= total { return 0 }
         guard let r = rate(done, seconds), r > 0 else { return nil }
-        return Double(total - done) / r
+        let e = Double(total - done) / r
+        return e.isFinite ? e : nil
     }
 
     /// "1.2 GB/3.9 GB at 64.0 MB/s, ETA 42s"

@@ -130,6 +130,33 @@ final class PhaseProgressTests: XCTestCase {
         XCTAssertNil(try client.workers().first { $0.name == "w1" }?.phase)
     }
 
+    /// A phase as a hostile coordinator might relay it: the client's text and JSON line stay sane.
+    func testPhaseFromHostileValuesGivesValidJSONAndText() throws {
+        var wire = FarmWorkerPhase()
+        wire.kind = .UNRECOGNIZED(77)
+        wire.workerName = "w"
+        wire.bytesDone = UInt64.max
+        wire.bytesTotal = 1
+        wire.seconds = .nan
+        let odd = WorkerPhaseInfo(wire)
+        XCTAssertEqual(odd.phase, "none")
+        XCTAssertEqual(odd.seconds, 0)
+        for seconds in [0, 1e-320, 1e-300, .greatestFiniteMagnitude, 3] {
+            for (done, total) in [(UInt64.max, UInt64(1)), (0, UInt64.max), (UInt64.max, UInt64.max), (5, 10)] {
+                let p = WorkerPhaseInfo(phase: "fetching_model", worker: "w", bytesDone: done, bytesTotal: total, seconds: seconds)
+                XCTAssertNotNil(try? JSONSerialization.data(withJSONObject: p.jsonFields), "\(p)")
+                XCTAssertFalse(p.summary.isEmpty)
+                let u = UploadProgress(filesDone: 1, files: 2, bytesSent: done, bytesTotal: total, seconds: seconds)
+                XCTAssertNotNil(try? JSONSerialization.data(withJSONObject: u.jsonFields), "\(u)")
+                XCTAssertFalse(u.summary.isEmpty)
+            }
+        }
+        let half = WorkerPhaseInfo(phase: "fetching_model", worker: "w", bytesDone: 1_000_000, bytesTotal: 3_000_000, seconds: 2)
+        XCTAssertEqual(half.bytesPerSecond, 500_000)
+        XCTAssertEqual(half.etaSeconds, 4)
+        XCTAssertEqual(half.summary, "fetching model: 1.0 MB/3.0 MB at 500.0 kB/s, ETA 4s")
+    }
+
     static func dedup(_ names: [String]) -> [String] {
         names.reduce(into: []) { if $0.last != $1 { $0.append($1) } }
     }
