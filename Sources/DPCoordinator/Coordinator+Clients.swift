@@ -469,7 +469,7 @@ extension Coordinator {
         status.renderSeconds = (try? journal.progress(job: record.id).renderSeconds) ?? 0
         if record.videoWritten { status.videoPath = record.videoPath ?? "" }
         status.error = record.error ?? ""
-        status.workerPhases = workerPhases(job: record.id)  // Coordinator+Phases.swift
+        addPhases(&status, job: record.id)  // Coordinator+Phases.swift
         status.framesByWorker = ((try? journal.framesDoneByWorker(job: record.id)) ?? []).map {
             var w = FarmWorkerFrames()
             w.worker = $0.worker

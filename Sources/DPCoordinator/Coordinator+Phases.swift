@@ -101,6 +101,37 @@ extension Coordinator {
         for phase in workerPhases(job: job) { sendEvent(follower, job: job, .workerPhase(phase)) }
     }
 
+    /// A job's phases in its StatusReply entry: the workers' (fetching, verifying, preparing for it) and,
+    /// while it uploads, the bytes received of those declared.
+    func addPhases(_ status: inout FarmJobStatus, job: Int64) {
+        status.workerPhases = workerPhases(job: job)
+        if let (received, total) = uploadBytes(job: job) {
+            status.uploadBytesReceived = received
+            status.uploadBytesTotal = total
+        }
+    }
+
+    /// Bytes of `job`'s upload received / declared (nil: not uploading). What is still missing: each
+    /// pending input less what arrived of it, and, when this job uploads its model, each file not yet
+    /// complete less what arrived of it (saturating: a count can never go below 0 or past the total).
+    func uploadBytes(job: Int64) -> (UInt64, UInt64)? {
+        guard let upload = uploads[job] else { return nil }
+        var missing: UInt64 = 0
+        func add(_ n: UInt64) { missing = missing.addingReportingOverflow(n).overflow ? .max : missing + n }
+        for (path, file) in upload.pendingInputs {
+            let got = upload.received[path] ?? 0
+            add(file.size > got ? file.size - got : 0)
+        }
+        if let model = modelUploads[upload.modelID], model.ownerJob == job {
+            for file in model.staging.manifest.files where !model.complete.contains(file.path) {
+                let got = model.received[file.path] ?? 0
+                add(file.size > got ? file.size - got : 0)
+            }
+        }
+        let total = upload.declaredBytes
+        return (total > missing ? total - missing : 0, total)
+    }
+
     /// The phases of connected workers working toward `job` (JobStatus.worker_phases), by worker name.
     func workerPhases(job: Int64) -> [FarmWorkerPhase] {
         sessions.values.compactMap { $0.phaseState.phase }

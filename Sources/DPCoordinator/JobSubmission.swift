@@ -74,6 +74,9 @@ public struct JobStatusInfo: Sendable, Codable, Equatable {
     public var updatedUnixMs: UInt64
     /// Connected workers in a long phase (model fetch, verification, preparation) for this job.
     public var workerPhases: [WorkerPhaseInfo] = []
+    /// While the job uploads: bytes the coordinator received of those declared (nil otherwise).
+    public var uploadBytesReceived: UInt64?
+    public var uploadBytesTotal: UInt64?
 
     public init(id: Int64, name: String, state: String, modelID: String = "", priority: Int = 0,
                 order: String = "frame", total: Int = 0, done: Int = 0, failed: Int = 0, inFlight: Int = 0,
@@ -160,6 +163,10 @@ extension JobStatusInfo {
                   error: s.error.isEmpty ? nil : s.error,
                   renderSeconds: s.renderSeconds, createdUnixMs: s.createdUnixMs, updatedUnixMs: s.updatedUnixMs)
         workerPhases = s.workerPhases.map(WorkerPhaseInfo.init)
+        if s.uploadBytesTotal > 0 {
+            uploadBytesReceived = min(s.uploadBytesReceived, s.uploadBytesTotal)
+            uploadBytesTotal = s.uploadBytesTotal
+        }
     }
 }
 

@@ -317,6 +317,9 @@ extension DPCoordCommand {
                 print(pad(["\(j.id)", j.state, "\(j.priority)", "\(j.done)/\(j.total)", "\(j.failed)", "\(j.inFlight)",
                            "\(j.queued)", j.name, j.outputDirectory + (j.video.map { "  video \($0)" } ?? "")]))
                 if let error = j.error { print("    error: \(error)") }
+                if let got = j.uploadBytesReceived, let total = j.uploadBytesTotal {
+                    print("    upload: \(PhaseRate.bytes(got))/\(PhaseRate.bytes(total)) received")
+                }
                 for p in j.workerPhases { print("    \(p.worker): \(p.summary)") }
                 if job != nil, !j.perWorker.isEmpty {
                     for (w, n) in j.perWorker.sorted(by: { $0.key < $1.key }) { print("    \(w): \(n) frame(s)") }

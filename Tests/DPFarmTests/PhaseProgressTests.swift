@@ -68,6 +68,46 @@ final class PhaseProgressTests: XCTestCase {
         XCTAssertEqual(again, [])
     }
 
+    /// `status` of a job still uploading shows the bytes the coordinator received of those declared.
+    func testStatusOfAnUploadingJobShowsItsBytes() throws {
+        let coord = try RunningCoordinator(state: root.appendingPathComponent("state"), clock: ManualClock())
+        defer { coord.stop() }
+        let model = try FarmFixtures.model(in: root)
+        let manifest = try ModelManifest.compute(directory: model)
+        let peer = try RawPeer(coord.endpoint, name: "client")
+        let subject = Data(repeating: 7, count: 1000)
+        let pose = Data("pose".utf8)
+        try peer.send(.submitJob(FarmFixtures.rawSubmitJob(manifest: manifest, name: "raw", subject: subject, pose: pose,
+                                                           out: "out")), requestID: 1)
+        let reply = try peer.expect("submit_reply") { if case .submitReply(let r) = $0 { return r } else { return nil } }
+        let total = manifest.totalBytes + 1000 + UInt64(pose.count)
+        let client = try FarmClient(endpoint: coord.endpoint, timeoutSeconds: 10)
+        defer { client.close() }
+        var status = try XCTUnwrap(client.status(job: Int64(reply.jobID)).first)
+        XCTAssertEqual(status.state, "uploading")
+        XCTAssertEqual(status.uploadBytesReceived, 0)
+        XCTAssertEqual(status.uploadBytesTotal, total)
+        // 400 bytes of the subject, then the whole weights file.
+        var chunk = FarmUploadChunk()
+        chunk.jobID = reply.jobID
+        chunk.file.kind = .input
+        chunk.file.path = "subject.png"
+        chunk.data = subject.prefix(400)
+        try peer.send(.uploadChunk(chunk), requestID: 2)
+        _ = try peer.expect("upload_ack") { if case .uploadAck(let a) = $0 { return a } else { return nil } }
+        let weights = try XCTUnwrap(manifest.files.first { $0.path.hasSuffix(".safetensors") })
+        chunk.file.kind = .model
+        chunk.file.path = weights.path
+        chunk.data = try Data(contentsOf: model.appendingPathComponent(weights.path))
+        chunk.last = true
+        try peer.send(.uploadChunk(chunk), requestID: 3)
+        let ack = try peer.expect("upload_ack") { if case .uploadAck(let a) = $0 { return a } else { return nil } }
+        XCTAssertTrue(ack.fileComplete)
+        status = try XCTUnwrap(client.status(job: Int64(reply.jobID)).first)
+        XCTAssertEqual(status.uploadBytesReceived, 400 + weights.size)
+        XCTAssertEqual(status.uploadBytesTotal, total)
+    }
+
     // MARK: a real worker's model fetch
 
     func testWorkerFetchAndPreparationReachFollowerWorkersAndStatus() throws {

@@ -1892,6 +1892,18 @@ public nonisolated struct FarmJobStatus: @unchecked Sendable {
     set {_uniqueStorage()._workerPhases = newValue}
   }
 
+  /// While the job is UPLOADING: bytes of its declared uploads (missing inputs, and its model if it
+  /// uploads it) received so far / declared. Both 0 otherwise.
+  public var uploadBytesReceived: UInt64 {
+    get {_storage._uploadBytesReceived}
+    set {_uniqueStorage()._uploadBytesReceived = newValue}
+  }
+
+  public var uploadBytesTotal: UInt64 {
+    get {_storage._uploadBytesTotal}
+    set {_uniqueStorage()._uploadBytesTotal = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -4778,7 +4790,7 @@ nonisolated extension FarmStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}name\0\u{1}state\0\u{3}model_id\0\u{1}priority\0\u{1}order\0\u{1}counts\0\u{3}output_dir\0\u{3}created_unix_ms\0\u{3}updated_unix_ms\0\u{3}render_seconds\0\u{3}video_path\0\u{1}error\0\u{3}frames_by_worker\0\u{3}worker_phases\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}name\0\u{1}state\0\u{3}model_id\0\u{1}priority\0\u{1}order\0\u{1}counts\0\u{3}output_dir\0\u{3}created_unix_ms\0\u{3}updated_unix_ms\0\u{3}render_seconds\0\u{3}video_path\0\u{1}error\0\u{3}frames_by_worker\0\u{3}worker_phases\0\u{3}upload_bytes_received\0\u{3}upload_bytes_total\0")
 
   fileprivate class _StorageClass {
     var _jobID: UInt64 = 0
@@ -4796,6 +4808,8 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
     var _error: String = String()
     var _framesByWorker: [FarmWorkerFrames] = []
     var _workerPhases: [FarmWorkerPhase] = []
+    var _uploadBytesReceived: UInt64 = 0
+    var _uploadBytesTotal: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -4821,6 +4835,8 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
       _error = source._error
       _framesByWorker = source._framesByWorker
       _workerPhases = source._workerPhases
+      _uploadBytesReceived = source._uploadBytesReceived
+      _uploadBytesTotal = source._uploadBytesTotal
     }
   }
 
@@ -4854,6 +4870,8 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
         case 13: try { try decoder.decodeSingularStringField(value: &_storage._error) }()
         case 14: try { try decoder.decodeRepeatedMessageField(value: &_storage._framesByWorker) }()
         case 15: try { try decoder.decodeRepeatedMessageField(value: &_storage._workerPhases) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._uploadBytesReceived) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._uploadBytesTotal) }()
         default: break
         }
       }
@@ -4911,6 +4929,12 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
       if !_storage._workerPhases.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._workerPhases, fieldNumber: 15)
       }
+      if _storage._uploadBytesReceived != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._uploadBytesReceived, fieldNumber: 16)
+      }
+      if _storage._uploadBytesTotal != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._uploadBytesTotal, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4935,6 +4959,8 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
         if _storage._error != rhs_storage._error {return false}
         if _storage._framesByWorker != rhs_storage._framesByWorker {return false}
         if _storage._workerPhases != rhs_storage._workerPhases {return false}
+        if _storage._uploadBytesReceived != rhs_storage._uploadBytesReceived {return false}
+        if _storage._uploadBytesTotal != rhs_storage._uploadBytesTotal {return false}
         return true
       }
       if !storagesAreEqual {return false}
