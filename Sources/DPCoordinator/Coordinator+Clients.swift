@@ -261,6 +261,7 @@ extension Coordinator {
             return
         }
         followers[id, default: []].append(follower)
+        sendWorkerPhases(follower, job: id)  // Coordinator+Phases.swift
     }
 
     func jobStatus(_ record: JobRecord) -> FarmJobStatus {
@@ -278,6 +279,7 @@ extension Coordinator {
         status.renderSeconds = (try? journal.progress(job: record.id).renderSeconds) ?? 0
         if record.videoWritten { status.videoPath = record.videoPath ?? "" }
         status.error = record.error ?? ""
+        addPhases(&status, job: record.id)  // Coordinator+Phases.swift
         status.framesByWorker = ((try? journal.framesDoneByWorker(job: record.id)) ?? []).map {
             var w = FarmWorkerFrames()
             w.worker = $0.worker
@@ -340,6 +342,7 @@ extension Coordinator {
             w.cachedModelIds = session.models.sorted()
             w.lastSeenUnixMs = UInt64(max(0, session.lastHeardMs))
             w.connected = true
+            if let phase = session.phaseState.phase { w.phase = phase }  // Coordinator+Phases.swift
             w.framesDone = UInt64(records[session.name]?.framesDone ?? 0)
             w.attempts = session.attempts.values.sorted { $0.id < $1.id }.map {
                 var p = FarmAttemptProgress()

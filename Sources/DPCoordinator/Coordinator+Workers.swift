@@ -150,6 +150,7 @@ extension Coordinator {
         case .progress(let progress):
             onProgress(session, progress)
         case .heartbeat(let heartbeat):
+            onWorkerPhase(session, heartbeat)  // Coordinator+Phases.swift
             // A session holds at most creditCap attempts; entries beyond that are not looked at.
             for p in heartbeat.attempts.prefix(creditCap(session)) {
                 let id = Int64(truncatingIfNeeded: p.attemptID)

@@ -33,6 +33,7 @@ final class WorkerSession {
     var lastSentMs: Int64
     /// Credit beyond the cap was asked for (logged once per session).
     var warnedCredit = false
+    var phaseState = WorkerPhaseState()  // Coordinator+Phases.swift
 
     init(routingID: Data, hello: FarmHello, key: String?, now: Int64) {
         self.routingID = routingID

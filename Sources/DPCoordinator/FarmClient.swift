@@ -43,6 +43,8 @@ public final class FarmClient {
     private var receipts = FarmReceiptTracker()
     /// Upload chunk size.
     public var chunkBytes = FarmProtocol.defaultChunkBytes
+    /// `submit`'s upload progress is reported at most this often (the first and the last report always).
+    public var uploadProgressInterval: Double = 0.25
     /// The CURVE handshake's events (nil without keys).
     private let monitor: ZMQMonitor?
     private var handshake = ZMQHandshakeState()
@@ -179,7 +181,10 @@ public final class FarmClient {
 
     /// Submits a job: uploads the model files the coordinator lacks and the inputs it lacks, and
     /// returns the job id once every upload is acknowledged.
-    public func submit(_ job: JobSubmission) throws -> Int64 {
+    /// - onUpload: the upload's progress (files, bytes sent of the total, time): once before the first
+    ///   chunk, after acknowledged chunks at most every `uploadProgressInterval`, and once when every file
+    ///   is sent (bytes sent = total). Not called when the coordinator lacks nothing.
+    public func submit(_ job: JobSubmission, onUpload: ((UploadProgress) -> Void)? = nil) throws -> Int64 {
         let manifest: ModelManifest
         do {
             manifest = try ModelManifest.compute(directory: job.modelDirectory)
@@ -226,22 +231,55 @@ public final class FarmClient {
         guard case .submitReply(let submitted)? = reply.body else {
             throw FarmClientError.protocolError("expected submit_reply, got \(reply.bodyName)")
         }
+        // The bytes to send: the manifest's sizes for model files, the inputs' own sizes.
+        let modelSizes = Dictionary(manifest.files.map { ($0.path, $0.size) }, uniquingKeysWith: { a, _ in a })
+        var total: UInt64 = 0
+        for ref in submitted.missing {
+            let size = ref.kind == .model ? modelSizes[ref.path] ?? 0 : UInt64(inputs[ref.path]?.count ?? 0)
+            total = total.addingReportingOverflow(size).overflow ? UInt64.max : total + size
+        }
+        let started = Date()
+        var progress = UploadProgress(filesDone: 0, files: submitted.missing.count, bytesSent: 0, bytesTotal: total,
+                                      seconds: 0)
+        var lastReport = started
+        func report(force: Bool) {
+            guard let onUpload else { return }
+            let t = Date()
+            guard force || t.timeIntervalSince(lastReport) >= uploadProgressInterval else { return }
+            lastReport = t
+            progress.seconds = t.timeIntervalSince(started)
+            onUpload(progress)
+        }
+        if !submitted.missing.isEmpty { report(force: true) }
         for ref in submitted.missing {
             var attempts = 0
+            let before = progress.bytesSent
             while true {
                 attempts += 1
                 do {
-                    try upload(job: submitted.jobID, ref: ref, model: job.modelDirectory, inputs: inputs)
+                    try upload(job: submitted.jobID, ref: ref, model: job.modelDirectory, inputs: inputs) { sent in
+                        // A file sent again (checksum mismatch) counts from 0 again; a file larger than
+                        // announced does not push the count past the total.
+                        progress.bytesSent = min(total, before.addingReportingOverflow(sent).overflow ? total : before + sent)
+                        report(force: false)
+                    }
                     break
                 } catch FarmClientError.remote(let code, let message) where code == .checksumMismatch && attempts < 3 {
                     _ = message  // the file changed or was corrupted on the way: send it again from 0
                 }
             }
+            progress.filesDone += 1
+        }
+        if !submitted.missing.isEmpty {
+            progress.bytesSent = total
+            report(force: true)
         }
         return Int64(submitted.jobID)
     }
 
-    private func upload(job: UInt64, ref: FarmFileRef, model: URL, inputs: [String: Data]) throws {
+    /// - sent: bytes of this file acknowledged so far, after each chunk.
+    private func upload(job: UInt64, ref: FarmFileRef, model: URL, inputs: [String: Data],
+                        sent: (UInt64) -> Void) throws {
         let reader: (UInt64, Int) throws -> Data
         let size: UInt64
         switch ref.kind {
@@ -290,6 +328,7 @@ public final class FarmClient {
             guard ack.nextOffset == offset else {
                 throw FarmClientError.protocolError("upload of '\(ref.path)': coordinator has \(ack.nextOffset) bytes, sent \(offset)")
             }
+            sent(offset)
             if data.isEmpty { break }
         } while offset < size
     }
@@ -350,6 +389,8 @@ public final class FarmClient {
                         + f.error.message + (f.final ? " (frame given up)" : " (requeued)"))
                 case .jobNotice(let n)?:
                     converted = .notice(n.message)
+                case .workerPhase(let p)?:
+                    converted = .workerPhase(WorkerPhaseInfo(p))
                 case .jobFinished(let f)?:
                     info.state = FarmNames.state(f.state)
                     info.video = f.videoPath.isEmpty ? nil : f.videoPath

@@ -42,6 +42,8 @@ public enum FarmJobEvent: Sendable {
     case frameFailed(frame: Int, error: String)
     /// Not a frame's fate: e.g. no connected worker may take the job any more.
     case notice(String)
+    /// A worker's model fetch / verification / job preparation for this job (`phase` "none": it ended).
+    case workerPhase(WorkerPhaseInfo)
     case finished(state: String, video: String?)
 }
 
@@ -70,6 +72,11 @@ public struct JobStatusInfo: Sendable, Codable, Equatable {
     public var renderSeconds: Double
     public var createdUnixMs: UInt64
     public var updatedUnixMs: UInt64
+    /// Connected workers in a long phase (model fetch, verification, preparation) for this job.
+    public var workerPhases: [WorkerPhaseInfo] = []
+    /// While the job uploads: bytes the coordinator received of those declared (nil otherwise).
+    public var uploadBytesReceived: UInt64?
+    public var uploadBytesTotal: UInt64?
 
     public init(id: Int64, name: String, state: String, modelID: String = "", priority: Int = 0,
                 order: String = "frame", total: Int = 0, done: Int = 0, failed: Int = 0, inFlight: Int = 0,
@@ -110,6 +117,8 @@ public struct WorkerInfo: Sendable, Codable, Equatable {
     public var framesDone: Int
     public var cores: Int
     public var cpuModel: String
+    /// Its long phase (model fetch, verification, job preparation), if in one.
+    public var phase: WorkerPhaseInfo?
 
     public init(name: String, host: String, slots: Int, busy: Int, connected: Bool, lastSeenSecondsAgo: Double,
                 modelIDs: [String], framesDone: Int, cores: Int = 0, cpuModel: String = "") {
@@ -153,6 +162,11 @@ extension JobStatusInfo {
                   perWorker: Dictionary(s.framesByWorker.map { ($0.worker, Int($0.frames)) }, uniquingKeysWith: +),
                   error: s.error.isEmpty ? nil : s.error,
                   renderSeconds: s.renderSeconds, createdUnixMs: s.createdUnixMs, updatedUnixMs: s.updatedUnixMs)
+        workerPhases = s.workerPhases.map(WorkerPhaseInfo.init)
+        if s.uploadBytesTotal > 0 {
+            uploadBytesReceived = min(s.uploadBytesReceived, s.uploadBytesTotal)
+            uploadBytesTotal = s.uploadBytesTotal
+        }
     }
 }
 
@@ -162,5 +176,6 @@ extension WorkerInfo {
         self.init(name: w.name, host: w.host.hostname, slots: Int(w.slots), busy: Int(w.busy), connected: w.connected,
                   lastSeenSecondsAgo: ago, modelIDs: w.cachedModelIds, framesDone: Int(w.framesDone),
                   cores: Int(w.host.logicalCores), cpuModel: w.host.cpuModel)
+        phase = w.hasPhase ? WorkerPhaseInfo(w.phase) : nil
     }
 }

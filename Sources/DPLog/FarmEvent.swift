@@ -99,6 +99,11 @@ public enum FarmEvent: Sendable, Equatable {
     case peerError(peer: String, code: String)
     /// A worker's model manifest or chunk request was refused (`request`: "manifest" or "chunk").
     case modelRequestRefused(worker: String, request: String)
+    /// A worker's long phase changed (`phase`: "fetching_model", "verifying_model", "preparing_job", or
+    /// "none" when it ended; `job`: the job it is for, 0 = none). Byte updates within a phase are not events.
+    case workerPhaseChanged(worker: String, phase: String, job: Int64)
+    /// A worker's Heartbeat.phase failed a check (`reason`); its previous phase stands.
+    case workerPhaseRefused(worker: String, reason: String)
 
     // MARK: worker (label dp.worker)
 
@@ -160,6 +165,8 @@ extension FarmEvent {
         case .unregisteredMessage: "unregisteredMessage"
         case .peerError: "peerError"
         case .modelRequestRefused: "modelRequestRefused"
+        case .workerPhaseChanged: "workerPhaseChanged"
+        case .workerPhaseRefused: "workerPhaseRefused"
         case .workerStarting: "workerStarting"
         case .welcomed: "welcomed"
         case .reconnecting: "reconnecting"
@@ -209,6 +216,8 @@ extension FarmEvent {
         case .unregisteredMessage(let peer, let message): ["peer": peer, "message": message]
         case .peerError(let peer, let code): ["peer": peer, "code": code]
         case .modelRequestRefused(let worker, let request): ["worker": worker, "request": request]
+        case .workerPhaseChanged(let worker, let phase, let job): ["worker": worker, "phase": phase, "job": String(job)]
+        case .workerPhaseRefused(let worker, let reason): ["worker": worker, "reason": reason]
         case .workerStarting(let worker, let slots): ["worker": worker, "slots": String(slots)]
         case .welcomed(let worker, let coordinator): ["worker": worker, "coordinator": coordinator]
         case .reconnecting(let worker), .refusedByCoordinator(let worker), .workerStopped(let worker): ["worker": worker]
@@ -303,6 +312,12 @@ extension FarmEvent {
         case "modelRequestRefused":
             guard let w = s("worker"), let r = s("request") else { return nil }
             event = .modelRequestRefused(worker: w, request: r)
+        case "workerPhaseChanged":
+            guard let w = s("worker"), let ph = s("phase"), let j = i64("job") else { return nil }
+            event = .workerPhaseChanged(worker: w, phase: ph, job: j)
+        case "workerPhaseRefused":
+            guard let w = s("worker"), let r = s("reason") else { return nil }
+            event = .workerPhaseRefused(worker: w, reason: r)
         case "workerStarting":
             guard let w = s("worker"), let n = i("slots") else { return nil }
             event = .workerStarting(worker: w, slots: n)

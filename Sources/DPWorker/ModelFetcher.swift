@@ -67,8 +67,11 @@ public struct ModelFetcher {
     /// - fetchChunk: `(path, offset, length) -> bytes`; must return exactly `length` bytes except at
     ///   the end of the file. Errors it throws end the fetch (the staged files are removed).
     /// - progress: `(bytes fetched so far, total bytes)` after each chunk.
+    /// - verifying: called once every file is fetched, before the cache checks the whole folder again
+    ///   from disk (a long step of its own for a large model).
     public func fetch(_ manifest: ModelManifest, into cache: ModelCache,
                       progress: ((UInt64, UInt64) -> Void)? = nil,
+                      verifying: (() -> Void)? = nil,
                       fetchChunk: (_ path: String, _ offset: UInt64, _ length: Int) throws -> Data) throws -> ModelLease {
         if let lease = try cache.lease(manifest.modelID) { return lease }
         let install = try cache.beginInstall(manifest)
@@ -108,6 +111,7 @@ public struct ModelFetcher {
             }
             done += file.size
         }
+        verifying?()
         let lease = try cache.commit(install)
         committed = true
         return lease

@@ -194,8 +194,11 @@ extension WorkerService {
                                   cancelReason: () -> FarmErrorCode?) throws -> PreparedFrameRenderer {
         try job.preparation.withLock { preparation in
             if let prepared = preparation.prepared { return prepared }
-            let lease = try acquireModel(job.prep.modelID, cancelled: { cancelReason() != nil })
+            let lease = try acquireModel(job.prep.modelID, job: job.prep.jobID, cancelled: { cancelReason() != nil })
             let spec = try Self.renderSpec(job.prep)
+            // A phase the coordinator relays to the job's followers (loading weights takes a while).
+            let phase = beginPhase(.preparingJob, model: job.prep.modelID, job: job.prep.jobID)
+            defer { endPhase(phase) }
             let prepared = try renderer.prepare(job: spec, modelDirectory: lease.directory)
             preparation.lease = lease
             preparation.prepared = prepared
@@ -217,13 +220,14 @@ extension WorkerService {
     // MARK: models
 
     /// A lease on `modelID`, fetched from the coordinator first when the cache lacks it.
-    func acquireModel(_ modelID: String, cancelled: () -> Bool) throws -> ModelLease {
+    /// - job: the job that needs it (its followers see the fetch's progress; 0 = none).
+    func acquireModel(_ modelID: String, job: UInt64 = 0, cancelled: () -> Bool) throws -> ModelLease {
         if let lease = try cache.lease(modelID) { return lease }
-        return try fetchLock.withLock { _ in try fetchModel(modelID, cancelled: cancelled) }
+        return try fetchLock.withLock { _ in try fetchModel(modelID, job: job, cancelled: cancelled) }
     }
 
     /// `acquireModel`'s fetch, holding `fetchLock`.
-    private func fetchModel(_ modelID: String, cancelled: () -> Bool) throws -> ModelLease {
+    private func fetchModel(_ modelID: String, job: UInt64, cancelled: () -> Bool) throws -> ModelLease {
         if let lease = try cache.lease(modelID) { return lease }  // fetched while we waited
         log.notice("worker \(settings.name): model \(modelID) not cached; fetching it from the coordinator",
             .modelFetching(worker: settings.name, model: modelID))
@@ -251,7 +255,16 @@ extension WorkerService {
             log.warning("worker \(settings.name): \(bad)", .modelFileCorrupted(worker: settings.name, model: bad.modelID,
                                                                               path: bad.path, givingUp: bad.givingUp))
         })
-        let lease = try fetcher.fetch(manifest, into: cache) { path, offset, length in
+        // The fetch's phases (bytes of the total, then the check of the whole folder) for the coordinator.
+        var phase = beginPhase(.fetchingModel, model: modelID, job: job, bytesTotal: manifest.totalBytes)
+        defer { endPhase(phase) }
+        let lease = try fetcher.fetch(manifest, into: cache, progress: { [self] done, total in
+            updatePhase(phase, bytesDone: done, bytesTotal: total)
+        }, verifying: { [self] in
+            // Every byte is fetched: the phase's bytes are the model's, checked once more from disk.
+            phase = beginPhase(.verifyingModel, model: modelID, job: job, bytesDone: manifest.totalBytes,
+                               bytesTotal: manifest.totalBytes)
+        }) { path, offset, length in
             if cancelled() { throw WorkerServiceError.modelUnavailable("fetch of model \(modelID) stopped: attempt cancelled") }
             var r = FarmModelChunkRequest()
             r.modelID = modelID

@@ -61,6 +61,9 @@ public final class WorkerService: @unchecked Sendable {
         var creditsOutstanding = 0
         /// Why the last try to get a session failed (nil once welcomed).
         var sessionProblem: WorkerSessionProblem?
+        /// The long phase a compute thread is in (model fetch, verification, job preparation) and
+        /// whether the coordinator has yet to hear it (WorkerService+Phases.swift).
+        var phase = WorkerPhaseReport()
     }
     let shared = Mutex(Shared())
     private let wakePipe: WakePipe
@@ -259,7 +262,7 @@ public final class WorkerService: @unchecked Sendable {
         wake()
     }
 
-    private func wake() { wakePipe.wake() }
+    func wake() { wakePipe.wake() }
 
     private func drainWakePipe() { wakePipe.drain() }
 
@@ -358,8 +361,9 @@ public final class WorkerService: @unchecked Sendable {
                     ? "coordinator \(settings.connect) silent for \(Int(silentMs)) ms (liveness \(heartbeatLiveness) x \(heartbeatIntervalMs) ms)"
                     : "no Welcome from \(settings.connect) within \(Int(silentMs)) ms")
             }
-            if welcomed, now.timeIntervalSince(lastSent) * 1000 >= Double(heartbeatIntervalMs) {
+            if welcomed, now.timeIntervalSince(lastSent) * 1000 >= Double(heartbeatIntervalMs) || phaseReportDue(now) {
                 try sendHeartbeat()
+                while hasPhaseBacklog { try sendHeartbeat() }  // short phases no heartbeat carried yet, in order
             }
             let untilBeat = welcomed ? Double(heartbeatIntervalMs) - Date().timeIntervalSince(lastSent) * 1000 : deadMs
             let untilDead = deadMs - Date().timeIntervalSince(lastHeard) * 1000
@@ -533,6 +537,7 @@ public final class WorkerService: @unchecked Sendable {
             return a
         }
         beat.freeSlots = UInt32(freeSlots)
+        if let phase = takePhaseReport() { beat.phase = phase }
         try send(FarmEnvelope(.heartbeat(beat)))
     }
 

@@ -277,7 +277,7 @@ extension DPCoordCommand {
         func submitRemote(_ inputs: SubmitInputs, endpoint: String, display: FollowDisplay) throws {
             let client = try FarmClient(endpoint: endpoint, timeoutSeconds: timeout, curve: keys.load())
             defer { client.close() }
-            let id = try client.submit(inputs.submission)
+            let id = try client.submit(inputs.submission, onUpload: { display.upload($0) })
             if detach {
                 if json { display.emit(["event": "submitted", "job": id]) } else { print(id) }
                 return
@@ -317,6 +317,10 @@ extension DPCoordCommand {
                 print(pad(["\(j.id)", j.state, "\(j.priority)", "\(j.done)/\(j.total)", "\(j.failed)", "\(j.inFlight)",
                            "\(j.queued)", j.name, j.outputDirectory + (j.video.map { "  video \($0)" } ?? "")]))
                 if let error = j.error { print("    error: \(error)") }
+                if let got = j.uploadBytesReceived, let total = j.uploadBytesTotal {
+                    print("    upload: \(PhaseRate.bytes(got))/\(PhaseRate.bytes(total)) received")
+                }
+                for p in j.workerPhases { print("    \(p.worker): \(p.summary)") }
                 if job != nil, !j.perWorker.isEmpty {
                     for (w, n) in j.perWorker.sorted(by: { $0.key < $1.key }) { print("    \(w): \(n) frame(s)") }
                 }
@@ -356,6 +360,7 @@ extension DPCoordCommand {
                 print(pad([w.name, w.host, "\(w.slots)", "\(w.busy)", "\(w.framesDone)",
                            String(format: "%.1fs ago", w.lastSeenSecondsAgo),
                            w.modelIDs.map { String($0.prefix(12)) }.joined(separator: ",")]))
+                if let phase = w.phase { print("    \(phase.summary)") }
             }
         }
     }

@@ -79,7 +79,7 @@ final class EmbeddedFarm: Sendable {
     func runJob(_ job: JobSubmission, display: FollowDisplay) throws -> String {
         let client = try FarmClient(endpoint: coordinator.endpoint, timeoutSeconds: timeout, curve: clientKeys)
         defer { client.close() }
-        let id = try client.submit(job)
+        let id = try client.submit(job, onUpload: { display.upload($0) })
         if display.mode == .json { display.emit(["event": "submitted", "job": id]) }
         try client.follow(job: id) { display.handle($0) }
         guard let state = display.finalState else {

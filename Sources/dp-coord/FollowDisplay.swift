@@ -19,6 +19,8 @@ final class FollowDisplay: Sendable {
 
     /// Handles one event; returns false once the job finished.
     func handle(_ event: FarmJobEvent) -> Bool { state.withLock { $0.handle(event) } }
+    /// Shows the submit's upload progress (`FarmClient.submit`'s callback).
+    func upload(_ progress: UploadProgress) { state.withLock { $0.upload(progress) } }
     var finalState: String? { state.withLock { $0.finalState } }
     var video: String? { state.withLock { $0.video } }
     func line(_ s: String) { state.withLock { $0.line(s) } }
@@ -47,6 +49,12 @@ final class FollowState {
     private var steps: [Int: (step: Int, total: Int, worker: String)] = [:]
     private var doneAtStart = 0
     private var barShown = false
+    /// Workers in a long phase for the job (model fetch, verification, preparation), by name.
+    private var phases: [String: WorkerPhaseInfo] = [:]
+    /// When a lines-mode progress line (upload, phase bytes) was last printed, by what it is about.
+    private var lastProgressLine: [String: Date] = [:]
+    /// Seconds between progress lines of one upload or phase in lines mode (changes print at once).
+    static let progressLineSeconds = 5.0
     private(set) var finalState: String?
     private(set) var video: String?
 
@@ -102,6 +110,21 @@ final class FollowState {
             } else {
                 line("frame \(frame) FAILED: \(error)")
             }
+        case .workerPhase(let p):
+            let previous = phases[p.worker]
+            phases[p.worker] = p.ended ? nil : p
+            switch mode {
+            case .json:
+                emit(p.jsonFields)
+            case .lines:
+                if previous?.phase != p.phase || progressLineDue("worker " + p.worker) {
+                    line(p.ended ? "worker \(p.worker): \(previous?.phase.replacingOccurrences(of: "_", with: " ") ?? "phase") done"
+                                 : "worker \(p.worker): \(p.summary)")
+                    lastProgressLine["worker " + p.worker] = now()
+                }
+            case .bar:
+                break
+            }
         case .notice(let message):
             if mode == .json {
                 emit(["event": "notice", "message": message])
@@ -124,6 +147,30 @@ final class FollowState {
         }
         if mode == .bar { drawBar() }
         return true
+    }
+
+    func upload(_ p: UploadProgress) {
+        switch mode {
+        case .json:
+            emit(p.jsonFields)
+        case .lines:
+            if p.bytesSent == 0 || p.finished || progressLineDue("upload") {
+                line(p.summary)
+                lastProgressLine["upload"] = now()
+            }
+        case .bar:
+            let width = 24
+            let filled = p.bytesTotal > 0 ? Int(min(UInt64(width), p.bytesSent * UInt64(width) / p.bytesTotal)) : width
+            FileHandle.standardError.write(Data(("\r\u{1B}[K[" + String(repeating: "#", count: filled)
+                + String(repeating: ".", count: width - filled) + "] " + p.summary).utf8))
+            barShown = true
+            if p.finished { line(p.summary) }
+        }
+    }
+
+    private func progressLineDue(_ key: String) -> Bool {
+        guard let last = lastProgressLine[key] else { return true }
+        return now().timeIntervalSince(last) >= Self.progressLineSeconds
     }
 
     /// Seconds left at the rate frames finished since we started following.
@@ -153,6 +200,9 @@ final class FollowState {
         var s = "[\(bar)] \(done)/\(total) frames, \(inFlight) in flight"
         if failed > 0 { s += ", \(failed) failed" }
         if !stepText.isEmpty { s += " (\(stepText))" }
+        // Workers still getting ready (model fetch, verification, preparation): what each is doing.
+        let phaseText = phases.keys.sorted().prefix(2).map { "\($0): \(phases[$0]!.summary)" }.joined(separator: "; ")
+        if !phaseText.isEmpty { s += " [\(phaseText)]" }
         let rates = workerRates()
         if !rates.isEmpty { s += "  \(rates)" }
         s += "  ETA \(Self.duration(eta()))"

@@ -90,11 +90,26 @@ final class CLIFarmTests: CLIProcessTestCase {
             "submit", "--model", demo.appendingPathComponent("model").path,
             "--subject", demo.appendingPathComponent("subject.png").path,
             "--poses", demo.appendingPathComponent("poses").path, "--out", out.path, "--steps", "2", "--frames", "0-2",
+            "--json",
         ], work: work)
         XCTAssertEqual(run.status, 0, run.stderr)
         for n in 0..<3 {
             let img = try PNGCodec.read(out.appendingPathComponent(FrameSelection.outputName(frame: n)))
             XCTAssertGreaterThan(img.width, 0)
+        }
+        // No silent minutes: the upload's progress comes first (before "submitted"), from 0 to its total.
+        let events = run.jsonEvents
+        let uploads = events.prefix { $0["event"] as? String != "submitted" }.filter { $0["event"] as? String == "upload" }
+        XCTAssertEqual(uploads.first?["bytes"] as? Int, 0, run.stdout)
+        let total = try XCTUnwrap(uploads.last?["total_bytes"] as? Int, run.stdout)
+        XCTAssertGreaterThan(total, 0)
+        XCTAssertEqual(uploads.last?["bytes"] as? Int, total)
+        XCTAssertEqual(uploads.last?["files_done"] as? Int, uploads.last?["files"] as? Int)
+        // The worker's phases (those it was in once the submit followed) are well-formed events.
+        for phase in events where phase["event"] as? String == "worker_phase" {
+            XCTAssertEqual(phase["worker"] as? String, "local-1", "\(phase)")
+            XCTAssertTrue(["fetching_model", "verifying_model", "preparing_job", "none"].contains(phase["phase"] as? String ?? ""))
+            XCTAssertLessThanOrEqual(phase["bytes"] as? Int ?? .max, phase["total_bytes"] as? Int ?? -1)
         }
     }
 

@@ -113,6 +113,7 @@ final class ClientTests: XCTestCase {
                 png = data
             case .frameFailed(let frame, let error): events.append("failed \(frame) \(error)")
             case .notice(let message): events.append("notice \(message)")
+            case .workerPhase(let p): events.append("phase \(p.worker) \(p.phase)")
             case .finished(let state, let video): events.append("finished \(state) \(video ?? "-")")
             }
             return true

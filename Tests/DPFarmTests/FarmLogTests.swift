@@ -25,7 +25,9 @@ final class FarmLogTests: XCTestCase {
         .modelUploadReleased(model: "ab12", job: 3), .restartAttemptsInFlight(attempts: 2),
         .restartGraceOver(requeued: 0), .messageRejected(peer: "peer 00", reason: "not a protobuf message"),
         .unregisteredMessage(peer: "peer 01", message: "credit"), .peerError(peer: "peer 02", code: "renderFailed"),
-        .modelRequestRefused(worker: "fetcher", request: "chunk"), .workerStarting(worker: "w", slots: 1),
+        .modelRequestRefused(worker: "fetcher", request: "chunk"),
+        .workerPhaseChanged(worker: "w", phase: "fetching_model", job: 3), .workerPhaseRefused(worker: "w", reason: "r"),
+        .workerStarting(worker: "w", slots: 1),
         .welcomed(worker: "w", coordinator: "00ff00ff00ff00ff"), .reconnecting(worker: "w"),
         .refusedByCoordinator(worker: "w"), .workerStopping(worker: "w", handBack: true),
         .handedBack(worker: "w", attempts: [3, 17]), .modelFetching(worker: "w", model: "cd34"),
@@ -35,7 +37,7 @@ final class FarmLogTests: XCTestCase {
     ]
 
     func testSamplesCoverEveryEvent() {
-        XCTAssertEqual(Set(Self.samples.map(\.name)).count, 42, "a FarmEvent case without a sample here")
+        XCTAssertEqual(Set(Self.samples.map(\.name)).count, 44, "a FarmEvent case without a sample here")
     }
 
     func testEveryEventRoundTripsThroughItsFields() {

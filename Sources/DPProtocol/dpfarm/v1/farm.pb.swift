@@ -165,6 +165,56 @@ public nonisolated enum FarmErrorCode: SwiftProtobuf.Enum, Swift.CaseIterable {
 
 }
 
+public nonisolated enum FarmWorkerPhaseKind: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// no long phase (rendering, or idle)
+  case unspecified // = 0
+
+  /// bytes = model bytes fetched from the coordinator / model size
+  case fetchingModel // = 1
+
+  /// every byte fetched (bytes_done = bytes_total): re-read and hashed before install
+  case verifyingModel // = 2
+
+  /// loading the model and preparing the job (no byte count)
+  case preparingJob // = 3
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .fetchingModel
+    case 2: self = .verifyingModel
+    case 3: self = .preparingJob
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .fetchingModel: return 1
+    case .verifyingModel: return 2
+    case .preparingJob: return 3
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [FarmWorkerPhaseKind] = [
+    .unspecified,
+    .fetchingModel,
+    .verifyingModel,
+    .preparingJob,
+  ]
+
+}
+
 public nonisolated enum FarmOrderMode: SwiftProtobuf.Enum, Swift.CaseIterable {
   public typealias RawValue = Int
 
@@ -848,6 +898,52 @@ public nonisolated struct FarmHeartbeat: Sendable {
 
   /// worker -> coordinator: informational (credits are authoritative)
   public var freeSlots: UInt32 = 0
+
+  /// worker -> coordinator: the long step it is in that is not a denoising step (model fetch, verify,
+  /// job preparation); absent = none. A worker sends a Heartbeat as soon as its phase changes (and at
+  /// most every progress interval while the bytes of a fetch move), even when other messages flow.
+  public var phase: FarmWorkerPhase {
+    get {_phase ?? FarmWorkerPhase()}
+    set {_phase = newValue}
+  }
+  /// Returns true if `phase` has been explicitly set.
+  public var hasPhase: Bool {self._phase != nil}
+  /// Clears the value of `phase`. Subsequent reads from it will return its default value.
+  public mutating func clearPhase() {self._phase = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _phase: FarmWorkerPhase? = nil
+}
+
+/// A worker's long phase (Heartbeat.phase; relayed to followers in JobEvent.worker_phase, listed in
+/// WorkerStatus.phase and JobStatus.worker_phases). The coordinator checks it like every peer input.
+public nonisolated struct FarmWorkerPhase: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var kind: FarmWorkerPhaseKind = .unspecified
+
+  /// 64 hex digits, or "" (PREPARING_JOB may leave it empty)
+  public var modelID: String = String()
+
+  /// the job whose frame needs this phase (0 = none)
+  public var jobID: UInt64 = 0
+
+  /// <= bytes_total
+  public var bytesDone: UInt64 = 0
+
+  /// 0 = no byte count
+  public var bytesTotal: UInt64 = 0
+
+  /// time spent in this phase so far (rate = bytes_done / seconds)
+  public var seconds: Double = 0
+
+  /// set by the coordinator when it relays or lists the phase (ignored from workers)
+  public var workerName: String = String()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1638,6 +1734,15 @@ public nonisolated struct FarmJobEvent: Sendable {
     set {event = .jobNotice(newValue)}
   }
 
+  /// a worker's model fetch / verify / job preparation for this job
+  public var workerPhase: FarmWorkerPhase {
+    get {
+      if case .workerPhase(let v)? = event {return v}
+      return FarmWorkerPhase()
+    }
+    set {event = .workerPhase(newValue)}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Event: Equatable, Sendable {
@@ -1646,6 +1751,8 @@ public nonisolated struct FarmJobEvent: Sendable {
     case frameFailed(FarmFrameFailed)
     case jobFinished(FarmJobFinished)
     case jobNotice(FarmJobNotice)
+    /// a worker's model fetch / verify / job preparation for this job
+    case workerPhase(FarmWorkerPhase)
 
   }
 
@@ -1779,6 +1886,24 @@ public nonisolated struct FarmJobStatus: @unchecked Sendable {
     set {_uniqueStorage()._framesByWorker = newValue}
   }
 
+  /// connected workers in a long phase for this job
+  public var workerPhases: [FarmWorkerPhase] {
+    get {_storage._workerPhases}
+    set {_uniqueStorage()._workerPhases = newValue}
+  }
+
+  /// While the job is UPLOADING: bytes of its declared uploads (missing inputs, and its model if it
+  /// uploads it) received so far / declared. Both 0 otherwise.
+  public var uploadBytesReceived: UInt64 {
+    get {_storage._uploadBytesReceived}
+    set {_uniqueStorage()._uploadBytesReceived = newValue}
+  }
+
+  public var uploadBytesTotal: UInt64 {
+    get {_storage._uploadBytesTotal}
+    set {_uniqueStorage()._uploadBytesTotal = newValue}
+  }
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1849,41 +1974,75 @@ public nonisolated struct FarmWorkersRequest: Sendable {
   public init() {}
 }
 
-public nonisolated struct FarmWorkerStatus: Sendable {
+public nonisolated struct FarmWorkerStatus: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var name: String = String()
+  public var name: String {
+    get {_storage._name}
+    set {_uniqueStorage()._name = newValue}
+  }
 
   public var host: FarmHostInfo {
-    get {_host ?? FarmHostInfo()}
-    set {_host = newValue}
+    get {_storage._host ?? FarmHostInfo()}
+    set {_uniqueStorage()._host = newValue}
   }
   /// Returns true if `host` has been explicitly set.
-  public var hasHost: Bool {self._host != nil}
+  public var hasHost: Bool {_storage._host != nil}
   /// Clears the value of `host`. Subsequent reads from it will return its default value.
-  public mutating func clearHost() {self._host = nil}
+  public mutating func clearHost() {_uniqueStorage()._host = nil}
 
-  public var slots: UInt32 = 0
+  public var slots: UInt32 {
+    get {_storage._slots}
+    set {_uniqueStorage()._slots = newValue}
+  }
 
-  public var busy: UInt32 = 0
+  public var busy: UInt32 {
+    get {_storage._busy}
+    set {_uniqueStorage()._busy = newValue}
+  }
 
-  public var cachedModelIds: [String] = []
+  public var cachedModelIds: [String] {
+    get {_storage._cachedModelIds}
+    set {_uniqueStorage()._cachedModelIds = newValue}
+  }
 
-  public var lastSeenUnixMs: UInt64 = 0
+  public var lastSeenUnixMs: UInt64 {
+    get {_storage._lastSeenUnixMs}
+    set {_uniqueStorage()._lastSeenUnixMs = newValue}
+  }
 
-  public var connected: Bool = false
+  public var connected: Bool {
+    get {_storage._connected}
+    set {_uniqueStorage()._connected = newValue}
+  }
 
-  public var framesDone: UInt64 = 0
+  public var framesDone: UInt64 {
+    get {_storage._framesDone}
+    set {_uniqueStorage()._framesDone = newValue}
+  }
 
-  public var attempts: [FarmAttemptProgress] = []
+  public var attempts: [FarmAttemptProgress] {
+    get {_storage._attempts}
+    set {_uniqueStorage()._attempts = newValue}
+  }
+
+  /// its long phase, if in one (connected workers only)
+  public var phase: FarmWorkerPhase {
+    get {_storage._phase ?? FarmWorkerPhase()}
+    set {_uniqueStorage()._phase = newValue}
+  }
+  /// Returns true if `phase` has been explicitly set.
+  public var hasPhase: Bool {_storage._phase != nil}
+  /// Clears the value of `phase`. Subsequent reads from it will return its default value.
+  public mutating func clearPhase() {_uniqueStorage()._phase = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 
-  fileprivate var _host: FarmHostInfo? = nil
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 public nonisolated struct FarmWorkersReply: Sendable {
@@ -1904,6 +2063,10 @@ fileprivate nonisolated let _protobuf_package = "dpfarm.v1"
 
 nonisolated extension FarmErrorCode: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0ERROR_CODE_UNSPECIFIED\0\u{1}ERROR_CODE_UNSUPPORTED_VERSION\0\u{1}ERROR_CODE_MALFORMED\0\u{1}ERROR_CODE_TOO_LARGE\0\u{1}ERROR_CODE_NOT_REGISTERED\0\u{1}ERROR_CODE_UNKNOWN_JOB\0\u{1}ERROR_CODE_UNKNOWN_ATTEMPT\0\u{1}ERROR_CODE_UNKNOWN_MODEL\0\u{1}ERROR_CODE_UNKNOWN_FILE\0\u{1}ERROR_CODE_BAD_REQUEST\0\u{1}ERROR_CODE_CHECKSUM_MISMATCH\0\u{1}ERROR_CODE_JOB_PREP_MISSING\0\u{1}ERROR_CODE_MODEL_UNAVAILABLE\0\u{1}ERROR_CODE_RENDER_FAILED\0\u{1}ERROR_CODE_CANCELLED\0\u{1}ERROR_CODE_SHUTTING_DOWN\0\u{1}ERROR_CODE_INTERNAL\0\u{1}ERROR_CODE_QUEUE_FULL\0")
+}
+
+nonisolated extension FarmWorkerPhaseKind: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0WORKER_PHASE_KIND_UNSPECIFIED\0\u{1}WORKER_PHASE_KIND_FETCHING_MODEL\0\u{1}WORKER_PHASE_KIND_VERIFYING_MODEL\0\u{1}WORKER_PHASE_KIND_PREPARING_JOB\0")
 }
 
 nonisolated extension FarmOrderMode: SwiftProtobuf._ProtoNameProviding {
@@ -2903,7 +3066,7 @@ nonisolated extension FarmAttemptProgress: SwiftProtobuf.Message, SwiftProtobuf.
 
 nonisolated extension FarmHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}sent_unix_ms\0\u{1}attempts\0\u{3}free_slots\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}sequence\0\u{3}sent_unix_ms\0\u{1}attempts\0\u{3}free_slots\0\u{1}phase\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -2915,12 +3078,17 @@ nonisolated extension FarmHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._Messa
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.sentUnixMs) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.attempts) }()
       case 4: try { try decoder.decodeSingularUInt32Field(value: &self.freeSlots) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._phase) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if self.sequence != 0 {
       try visitor.visitSingularUInt64Field(value: self.sequence, fieldNumber: 1)
     }
@@ -2933,6 +3101,9 @@ nonisolated extension FarmHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if self.freeSlots != 0 {
       try visitor.visitSingularUInt32Field(value: self.freeSlots, fieldNumber: 4)
     }
+    try { if let v = self._phase {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -2941,6 +3112,67 @@ nonisolated extension FarmHeartbeat: SwiftProtobuf.Message, SwiftProtobuf._Messa
     if lhs.sentUnixMs != rhs.sentUnixMs {return false}
     if lhs.attempts != rhs.attempts {return false}
     if lhs.freeSlots != rhs.freeSlots {return false}
+    if lhs._phase != rhs._phase {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension FarmWorkerPhase: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WorkerPhase"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}kind\0\u{3}model_id\0\u{3}job_id\0\u{3}bytes_done\0\u{3}bytes_total\0\u{1}seconds\0\u{3}worker_name\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.kind) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.modelID) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.jobID) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.bytesDone) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.bytesTotal) }()
+      case 6: try { try decoder.decodeSingularDoubleField(value: &self.seconds) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.workerName) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.kind != .unspecified {
+      try visitor.visitSingularEnumField(value: self.kind, fieldNumber: 1)
+    }
+    if !self.modelID.isEmpty {
+      try visitor.visitSingularStringField(value: self.modelID, fieldNumber: 2)
+    }
+    if self.jobID != 0 {
+      try visitor.visitSingularUInt64Field(value: self.jobID, fieldNumber: 3)
+    }
+    if self.bytesDone != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesDone, fieldNumber: 4)
+    }
+    if self.bytesTotal != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bytesTotal, fieldNumber: 5)
+    }
+    if self.seconds.bitPattern != 0 {
+      try visitor.visitSingularDoubleField(value: self.seconds, fieldNumber: 6)
+    }
+    if !self.workerName.isEmpty {
+      try visitor.visitSingularStringField(value: self.workerName, fieldNumber: 7)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: FarmWorkerPhase, rhs: FarmWorkerPhase) -> Bool {
+    if lhs.kind != rhs.kind {return false}
+    if lhs.modelID != rhs.modelID {return false}
+    if lhs.jobID != rhs.jobID {return false}
+    if lhs.bytesDone != rhs.bytesDone {return false}
+    if lhs.bytesTotal != rhs.bytesTotal {return false}
+    if lhs.seconds != rhs.seconds {return false}
+    if lhs.workerName != rhs.workerName {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -4318,7 +4550,7 @@ nonisolated extension FarmJobFinished: SwiftProtobuf.Message, SwiftProtobuf._Mes
 
 nonisolated extension FarmJobEvent: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobEvent"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}counts\0\u{3}sent_unix_ms\0\u{4}\u{7}frame_done\0\u{3}frame_progress\0\u{3}frame_failed\0\u{3}job_finished\0\u{3}job_notice\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}counts\0\u{3}sent_unix_ms\0\u{4}\u{7}frame_done\0\u{3}frame_progress\0\u{3}frame_failed\0\u{3}job_finished\0\u{3}job_notice\0\u{3}worker_phase\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -4394,6 +4626,19 @@ nonisolated extension FarmJobEvent: SwiftProtobuf.Message, SwiftProtobuf._Messag
           self.event = .jobNotice(v)
         }
       }()
+      case 15: try {
+        var v: FarmWorkerPhase?
+        var hadOneofValue = false
+        if let current = self.event {
+          hadOneofValue = true
+          if case .workerPhase(let m) = current {v = m}
+        }
+        try decoder.decodeSingularMessageField(value: &v)
+        if let v = v {
+          if hadOneofValue {try decoder.handleConflictingOneOf()}
+          self.event = .workerPhase(v)
+        }
+      }()
       default: break
       }
     }
@@ -4433,6 +4678,10 @@ nonisolated extension FarmJobEvent: SwiftProtobuf.Message, SwiftProtobuf._Messag
     case .jobNotice?: try {
       guard case .jobNotice(let v)? = self.event else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 14)
+    }()
+    case .workerPhase?: try {
+      guard case .workerPhase(let v)? = self.event else { preconditionFailure() }
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 15)
     }()
     case nil: break
     }
@@ -4541,7 +4790,7 @@ nonisolated extension FarmStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._M
 
 nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".JobStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}name\0\u{1}state\0\u{3}model_id\0\u{1}priority\0\u{1}order\0\u{1}counts\0\u{3}output_dir\0\u{3}created_unix_ms\0\u{3}updated_unix_ms\0\u{3}render_seconds\0\u{3}video_path\0\u{1}error\0\u{3}frames_by_worker\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}job_id\0\u{1}name\0\u{1}state\0\u{3}model_id\0\u{1}priority\0\u{1}order\0\u{1}counts\0\u{3}output_dir\0\u{3}created_unix_ms\0\u{3}updated_unix_ms\0\u{3}render_seconds\0\u{3}video_path\0\u{1}error\0\u{3}frames_by_worker\0\u{3}worker_phases\0\u{3}upload_bytes_received\0\u{3}upload_bytes_total\0")
 
   fileprivate class _StorageClass {
     var _jobID: UInt64 = 0
@@ -4558,6 +4807,9 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
     var _videoPath: String = String()
     var _error: String = String()
     var _framesByWorker: [FarmWorkerFrames] = []
+    var _workerPhases: [FarmWorkerPhase] = []
+    var _uploadBytesReceived: UInt64 = 0
+    var _uploadBytesTotal: UInt64 = 0
 
       // This property is used as the initial default value for new instances of the type.
       // The type itself is protecting the reference to its storage via CoW semantics.
@@ -4582,6 +4834,9 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
       _videoPath = source._videoPath
       _error = source._error
       _framesByWorker = source._framesByWorker
+      _workerPhases = source._workerPhases
+      _uploadBytesReceived = source._uploadBytesReceived
+      _uploadBytesTotal = source._uploadBytesTotal
     }
   }
 
@@ -4614,6 +4869,9 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
         case 12: try { try decoder.decodeSingularStringField(value: &_storage._videoPath) }()
         case 13: try { try decoder.decodeSingularStringField(value: &_storage._error) }()
         case 14: try { try decoder.decodeRepeatedMessageField(value: &_storage._framesByWorker) }()
+        case 15: try { try decoder.decodeRepeatedMessageField(value: &_storage._workerPhases) }()
+        case 16: try { try decoder.decodeSingularUInt64Field(value: &_storage._uploadBytesReceived) }()
+        case 17: try { try decoder.decodeSingularUInt64Field(value: &_storage._uploadBytesTotal) }()
         default: break
         }
       }
@@ -4668,6 +4926,15 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
       if !_storage._framesByWorker.isEmpty {
         try visitor.visitRepeatedMessageField(value: _storage._framesByWorker, fieldNumber: 14)
       }
+      if !_storage._workerPhases.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._workerPhases, fieldNumber: 15)
+      }
+      if _storage._uploadBytesReceived != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._uploadBytesReceived, fieldNumber: 16)
+      }
+      if _storage._uploadBytesTotal != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._uploadBytesTotal, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
@@ -4691,6 +4958,9 @@ nonisolated extension FarmJobStatus: SwiftProtobuf.Message, SwiftProtobuf._Messa
         if _storage._videoPath != rhs_storage._videoPath {return false}
         if _storage._error != rhs_storage._error {return false}
         if _storage._framesByWorker != rhs_storage._framesByWorker {return false}
+        if _storage._workerPhases != rhs_storage._workerPhases {return false}
+        if _storage._uploadBytesReceived != rhs_storage._uploadBytesReceived {return false}
+        if _storage._uploadBytesTotal != rhs_storage._uploadBytesTotal {return false}
         return true
       }
       if !storagesAreEqual {return false}
@@ -4851,73 +5121,132 @@ nonisolated extension FarmWorkersRequest: SwiftProtobuf.Message, SwiftProtobuf._
 
 nonisolated extension FarmWorkerStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".WorkerStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}host\0\u{1}slots\0\u{1}busy\0\u{3}cached_model_ids\0\u{3}last_seen_unix_ms\0\u{1}connected\0\u{3}frames_done\0\u{1}attempts\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}host\0\u{1}slots\0\u{1}busy\0\u{3}cached_model_ids\0\u{3}last_seen_unix_ms\0\u{1}connected\0\u{3}frames_done\0\u{1}attempts\0\u{1}phase\0")
+
+  fileprivate class _StorageClass {
+    var _name: String = String()
+    var _host: FarmHostInfo? = nil
+    var _slots: UInt32 = 0
+    var _busy: UInt32 = 0
+    var _cachedModelIds: [String] = []
+    var _lastSeenUnixMs: UInt64 = 0
+    var _connected: Bool = false
+    var _framesDone: UInt64 = 0
+    var _attempts: [FarmAttemptProgress] = []
+    var _phase: FarmWorkerPhase? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _name = source._name
+      _host = source._host
+      _slots = source._slots
+      _busy = source._busy
+      _cachedModelIds = source._cachedModelIds
+      _lastSeenUnixMs = source._lastSeenUnixMs
+      _connected = source._connected
+      _framesDone = source._framesDone
+      _attempts = source._attempts
+      _phase = source._phase
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
-      case 2: try { try decoder.decodeSingularMessageField(value: &self._host) }()
-      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.slots) }()
-      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.busy) }()
-      case 5: try { try decoder.decodeRepeatedStringField(value: &self.cachedModelIds) }()
-      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.lastSeenUnixMs) }()
-      case 7: try { try decoder.decodeSingularBoolField(value: &self.connected) }()
-      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.framesDone) }()
-      case 9: try { try decoder.decodeRepeatedMessageField(value: &self.attempts) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._name) }()
+        case 2: try { try decoder.decodeSingularMessageField(value: &_storage._host) }()
+        case 3: try { try decoder.decodeSingularUInt32Field(value: &_storage._slots) }()
+        case 4: try { try decoder.decodeSingularUInt32Field(value: &_storage._busy) }()
+        case 5: try { try decoder.decodeRepeatedStringField(value: &_storage._cachedModelIds) }()
+        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._lastSeenUnixMs) }()
+        case 7: try { try decoder.decodeSingularBoolField(value: &_storage._connected) }()
+        case 8: try { try decoder.decodeSingularUInt64Field(value: &_storage._framesDone) }()
+        case 9: try { try decoder.decodeRepeatedMessageField(value: &_storage._attempts) }()
+        case 10: try { try decoder.decodeSingularMessageField(value: &_storage._phase) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    // The use of inline closures is to circumvent an issue where the compiler
-    // allocates stack space for every if/case branch local when no optimizations
-    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
-    // https://github.com/apple/swift-protobuf/issues/1182
-    if !self.name.isEmpty {
-      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
-    }
-    try { if let v = self._host {
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
-    } }()
-    if self.slots != 0 {
-      try visitor.visitSingularUInt32Field(value: self.slots, fieldNumber: 3)
-    }
-    if self.busy != 0 {
-      try visitor.visitSingularUInt32Field(value: self.busy, fieldNumber: 4)
-    }
-    if !self.cachedModelIds.isEmpty {
-      try visitor.visitRepeatedStringField(value: self.cachedModelIds, fieldNumber: 5)
-    }
-    if self.lastSeenUnixMs != 0 {
-      try visitor.visitSingularUInt64Field(value: self.lastSeenUnixMs, fieldNumber: 6)
-    }
-    if self.connected != false {
-      try visitor.visitSingularBoolField(value: self.connected, fieldNumber: 7)
-    }
-    if self.framesDone != 0 {
-      try visitor.visitSingularUInt64Field(value: self.framesDone, fieldNumber: 8)
-    }
-    if !self.attempts.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.attempts, fieldNumber: 9)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._name.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._name, fieldNumber: 1)
+      }
+      try { if let v = _storage._host {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 2)
+      } }()
+      if _storage._slots != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._slots, fieldNumber: 3)
+      }
+      if _storage._busy != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._busy, fieldNumber: 4)
+      }
+      if !_storage._cachedModelIds.isEmpty {
+        try visitor.visitRepeatedStringField(value: _storage._cachedModelIds, fieldNumber: 5)
+      }
+      if _storage._lastSeenUnixMs != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._lastSeenUnixMs, fieldNumber: 6)
+      }
+      if _storage._connected != false {
+        try visitor.visitSingularBoolField(value: _storage._connected, fieldNumber: 7)
+      }
+      if _storage._framesDone != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._framesDone, fieldNumber: 8)
+      }
+      if !_storage._attempts.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._attempts, fieldNumber: 9)
+      }
+      try { if let v = _storage._phase {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 10)
+      } }()
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: FarmWorkerStatus, rhs: FarmWorkerStatus) -> Bool {
-    if lhs.name != rhs.name {return false}
-    if lhs._host != rhs._host {return false}
-    if lhs.slots != rhs.slots {return false}
-    if lhs.busy != rhs.busy {return false}
-    if lhs.cachedModelIds != rhs.cachedModelIds {return false}
-    if lhs.lastSeenUnixMs != rhs.lastSeenUnixMs {return false}
-    if lhs.connected != rhs.connected {return false}
-    if lhs.framesDone != rhs.framesDone {return false}
-    if lhs.attempts != rhs.attempts {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._name != rhs_storage._name {return false}
+        if _storage._host != rhs_storage._host {return false}
+        if _storage._slots != rhs_storage._slots {return false}
+        if _storage._busy != rhs_storage._busy {return false}
+        if _storage._cachedModelIds != rhs_storage._cachedModelIds {return false}
+        if _storage._lastSeenUnixMs != rhs_storage._lastSeenUnixMs {return false}
+        if _storage._connected != rhs_storage._connected {return false}
+        if _storage._framesDone != rhs_storage._framesDone {return false}
+        if _storage._attempts != rhs_storage._attempts {return false}
+        if _storage._phase != rhs_storage._phase {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
