@@ -66,34 +66,34 @@ public final class WorkerService: @unchecked Sendable {
         var phase = WorkerPhaseReport()
     }
     let shared = Mutex(Shared())
-    private let wakePipe: WakePipe
+    let wakePipe: WakePipe
     /// Serialises model fetches: one model downloads at a time, a second frame of the same model waits.
     let fetchLock = Mutex(())
-    private let workSignal = DispatchSemaphore(value: 0)
+    let workSignal = DispatchSemaphore(value: 0)
     /// The compute threads `run()` started, until each has left its loop (`waitForComputeThreads`).
-    private let computeThreads = DispatchGroup()
+    let computeThreads = DispatchGroup()
 
     // MARK: I/O thread state
-    private var socket: ZMQSocket?
+    var socket: ZMQSocket?
     /// The CURVE handshake's events of the current socket (nil without keys).
-    private var monitor: ZMQMonitor?
-    private var handshake = ZMQHandshakeState()
-    private var welcomed = false
-    private var heartbeatIntervalMs: Int
-    private var heartbeatLiveness: Int
-    private var lastHeard = Date()
-    private var lastSent = Date()
-    private var helloSentAt = Date()
-    private var heartbeatSequence: UInt64 = 0
-    private var backoffMs: Int
-    private var nextRequestID: UInt64 = 1
-    private var pendingModelRequests: [UInt64: ModelRequest] = [:]
-    private var coordinatorID = ""
-    private var stopStartedAt: Date?
-    private var handedBack: Set<UInt64> = []
+    var monitor: ZMQMonitor?
+    var handshake = ZMQHandshakeState()
+    var welcomed = false
+    var heartbeatIntervalMs: Int
+    var heartbeatLiveness: Int
+    var lastHeard = Date()
+    var lastSent = Date()
+    var helloSentAt = Date()
+    var heartbeatSequence: UInt64 = 0
+    var backoffMs: Int
+    var nextRequestID: UInt64 = 1
+    var pendingModelRequests: [UInt64: ModelRequest] = [:]
+    var coordinatorID = ""
+    var stopStartedAt: Date?
+    var handedBack: Set<UInt64> = []
     /// The newest delivery receipt read on this socket, echoed in every message (the coordinator's cap
     /// on bytes queued per peer; DESIGN.md, "Bytes queued per peer"). New socket, new receipts.
-    private var receipts = FarmReceiptTracker()
+    var receipts = FarmReceiptTracker()
 
     /// - context: the ZeroMQ context for the worker's sockets. Several workers in one process (the
     ///   embedded farm) can share one, as zguide advises (one context per process): one I/O thread
@@ -238,7 +238,7 @@ public final class WorkerService: @unchecked Sendable {
         shared.withLock { $0.sessionProblem }
     }
 
-    private func setProblem(_ problem: WorkerSessionProblem?) {
+    func setProblem(_ problem: WorkerSessionProblem?) {
         shared.withLock { $0.sessionProblem = problem }
     }
 
@@ -264,459 +264,7 @@ public final class WorkerService: @unchecked Sendable {
 
     func wake() { wakePipe.wake() }
 
-    private func drainWakePipe() { wakePipe.drain() }
-
-    // MARK: session
-
-    private enum SessionOutcome { case stopped, lost(String) }
-
-    private func openSession() throws {
-        let s = try context.socket(.dealer)
-        var id = Data([0x57])  // 'W' + 15 random bytes: never starts with 0 (reserved by libzmq)
-        for _ in 0..<15 { id.append(UInt8.random(in: 0...255)) }
-        try s.set([.routingID(id),
-                   .maxMessageSize(Int64(settings.maxMessageBytes) + 4096),
-                   .sendHighWaterMark(0), .receiveHighWaterMark(0)])
-        monitor?.socket.close()
-        monitor = nil
-        handshake = ZMQHandshakeState()
-        if let curve = settings.curve { try s.set(curve.socketOptions) }
-        monitor = try ZMQMonitor(s)
-        try s.connect(settings.connect)
-        socket = s
-        receipts.reset()
-        welcomed = false
-        let now = Date()
-        lastHeard = now
-        helloSentAt = now
-        try sendHello()
-    }
-
-    private func sendHello() throws {
-        var hello = FarmHello()
-        hello.workerName = settings.name
-        hello.slots = UInt32(settings.slots)
-        hello.cachedModelIds = cache.modelIDs
-        hello.threads = UInt32(settings.threads ?? ProcessInfo.processInfo.activeProcessorCount)
-        hello.host = WorkerHost.info()
-        hello.maxMessageBytes = UInt64(settings.maxMessageBytes)
-        hello.runningAttemptIds = shared.withLock { $0.tasks.keys.sorted() }
-        try send(FarmEnvelope(.hello(hello)))
-        helloSentAt = Date()
-    }
-
-    private func send(_ envelope: FarmEnvelope) throws {
-        guard let socket else { return }
-        var envelope = envelope
-        receipts.stamp(&envelope)
-        let bytes = try envelope.encoded(maxBytes: settings.maxMessageBytes)
-        _ = try socket.send(bytes, flags: .dontWait)
-        lastSent = Date()
-    }
-
-    private func serveSession() throws -> SessionOutcome {
-        guard let socket else { return .lost("no socket") }
-        let poller = ZMQPoller()
-        try poller.add(socket)
-        poller.add(fileDescriptor: wakePipe.readDescriptor)
-        if let monitor { try poller.add(monitor.socket) }
-        while true {
-            // Stop handling first: it may end the session.
-            if let done = try handleStop() { return done }
-            // Drained every turn (a readable monitor would otherwise keep the poll from sleeping).
-            if let monitor {
-                let events = try monitor.drain()
-                if !handshake.succeeded {
-                    handshake.record(events)
-                    // This socket's session is up: no more events wanted (a reconnect gets a new socket).
-                    if handshake.succeeded { monitor.stop() }
-                }
-            }
-            if !welcomed {
-                if handshake.refusedByAuth != nil, !handshake.succeeded,
-                   let problem = handshake.problem(endpoint: settings.connect, usingCurve: settings.curve != nil) {
-                    setProblem(.handshake(problem))
-                    return .lost(problem)
-                }
-            }
-
-            let now = Date()
-            let silentMs = now.timeIntervalSince(lastHeard) * 1000
-            let deadMs = Double(heartbeatIntervalMs * heartbeatLiveness)
-            if silentMs >= deadMs {
-                if !welcomed {
-                    if let monitor {
-                        handshake.record((try? monitor.drain()) ?? [])
-                    }
-                    if !handshake.succeeded, handshake.reachedPeer,
-                       let problem = handshake.problem(endpoint: settings.connect, usingCurve: settings.curve != nil) {
-                        setProblem(.handshake(problem))
-                        return .lost("no Welcome from \(settings.connect) within \(Int(silentMs)) ms: \(problem)")
-                    }
-                    if case .refused? = connectionProblem {} else {
-                        setProblem(.noWelcome("no Welcome from \(settings.connect) within \(Int(silentMs)) ms"))
-                    }
-                }
-                return .lost(welcomed
-                    ? "coordinator \(settings.connect) silent for \(Int(silentMs)) ms (liveness \(heartbeatLiveness) x \(heartbeatIntervalMs) ms)"
-                    : "no Welcome from \(settings.connect) within \(Int(silentMs)) ms")
-            }
-            if welcomed, now.timeIntervalSince(lastSent) * 1000 >= Double(heartbeatIntervalMs) || phaseReportDue(now) {
-                try sendHeartbeat()
-                while hasPhaseBacklog { try sendHeartbeat() }  // short phases no heartbeat carried yet, in order
-            }
-            let untilBeat = welcomed ? Double(heartbeatIntervalMs) - Date().timeIntervalSince(lastSent) * 1000 : deadMs
-            let untilDead = deadMs - Date().timeIntervalSince(lastHeard) * 1000
-            let timeout = max(1, Int(min(untilBeat, untilDead).rounded(.up)))
-            let ready = try poller.poll(timeoutMilliseconds: timeout)
-            if ready[1].contains(.readable) { drainWakePipe() }
-            try processInbox()
-            if ready[0].contains(.readable) {
-                while let frames = try socket.receive(flags: .dontWait) {
-                    try handle(frames)
-                    if socket.isClosed { break }
-                }
-            }
-        }
-    }
-
-    // MARK: stopping
-
-    /// nil = keep serving; otherwise the session (and run) ends.
-    private func handleStop() throws -> SessionOutcome? {
-        guard let mode = shared.withLock({ $0.stopMode }) else { return nil }
-        if stopStartedAt == nil {
-            stopStartedAt = Date()
-            log.notice("worker \(settings.name): stopping (\(mode))", .workerStopping(worker: settings.name, handBack: mode == .handBack))
-        }
-        switch mode {
-        case .abandon:
-            socket?.close()
-            socket = nil
-            return .stopped
-        case .finish, .handBack:
-            let unfinished = shared.withLock { $0.tasks.values.filter { $0.result == nil } }
-            // Wait for the compute threads to reach the end of their current step (handBack) or of
-            // their frame (finish), within a bound: a frame stuck in a model load is handed back.
-            let waitedMs = Date().timeIntervalSince(stopStartedAt!) * 1000
-            let boundMs = mode == .handBack ? Double(heartbeatIntervalMs * heartbeatLiveness) : Double.infinity
-            if !unfinished.isEmpty && waitedMs < boundMs { return nil }
-            if !welcomed {
-                // No session to say goodbye on: the coordinator requeues after its liveness timeout.
-                return .stopped
-            }
-            // Finished frames go out before the Goodbye (a handed-back one is listed in it instead).
-            try flushResults()
-            var bye = FarmGoodbye()
-            bye.reason = mode == .handBack ? "shutting down (SIGTERM): frames handed back" : "shutting down"
-            let handedBack = self.handedBack
-            bye.handedBackAttemptIds = shared.withLock { shared in
-                // Anything still held is handed back (cancelled frames, or ones whose results were not sent).
-                let ids = Array(Set(shared.tasks.keys).union(handedBack)).sorted()
-                for task in shared.tasks.values { task.cancel(.shuttingDown) }
-                shared.tasks.removeAll()
-                return ids
-            }
-            try send(FarmEnvelope(.goodbye(bye)))
-            log.notice("worker \(settings.name): Goodbye sent, handed back attempts \(bye.handedBackAttemptIds)",
-                .handedBack(worker: settings.name, attempts: bye.handedBackAttemptIds.map { Int64(truncatingIfNeeded: $0) }))
-            socket?.close()
-            socket = nil
-            return .stopped
-        }
-    }
-
-    /// Waits up to `milliseconds` for a stop request; true when one came.
-    private func waitForStop(milliseconds: Int) -> Bool {
-        let deadline = Date().addingTimeInterval(Double(milliseconds) / 1000)
-        while true {
-            if shared.withLock({ $0.stopMode != nil }) { return true }
-            let left = deadline.timeIntervalSinceNow
-            if left <= 0 { return false }
-            var pfd = pollfd(fd: wakePipe.readDescriptor, events: Int16(POLLIN), revents: 0)
-            _ = poll(&pfd, 1, Int32(max(1, (left * 1000).rounded(.up))))
-            drainWakePipe()
-            // Compute threads keep running while disconnected; their events wait in the inbox.
-        }
-    }
-
-    private func finishWhileDisconnected() {
-        shared.withLock { shared in
-            for task in shared.tasks.values where task.result == nil { task.cancelReason = .shuttingDown }
-        }
-        log.notice("worker \(settings.name): stopped while disconnected; the coordinator requeues its attempts")
-    }
-
-    // MARK: inbox
-
-    private func processInbox() throws {
-        let events = shared.withLock { shared in
-            defer { shared.inbox.removeAll() }
-            return shared.inbox
-        }
-        for event in events {
-            switch event {
-            case .progress(let attemptID, let step):
-                guard welcomed else { continue }
-                let task = shared.withLock { $0.tasks[attemptID] }
-                let total = task?.totalSteps ?? 0
-                let cancelled = task?.cancelReason != nil
-                guard let task, !cancelled else { continue }
-                var p = FarmProgress()
-                p.attemptID = attemptID
-                p.jobID = task.jobID
-                p.frame = task.frame
-                p.step = UInt32(step)
-                p.totalSteps = UInt32(total)
-                try send(FarmEnvelope(.progress(p)))
-            case .finished:
-                try flushResults()
-            case .modelRequest(let request):
-                try sendModelRequest(request)
-            }
-        }
-    }
-
-    /// Sends the FrameResult of every finished attempt (only on a welcomed session), each granting
-    /// the credits its freed slot makes wanted (`FrameResult.credits`, see `grantCredits`).
-    private func flushResults() throws {
-        guard welcomed else { return }
-        let (finished, mode) = shared.withLock { shared in
-            (shared.tasks.values.filter { $0.result != nil }.sorted { $0.attemptID < $1.attemptID }, shared.stopMode)
-        }
-        for task in finished {
-            guard var result = task.result else { continue }
-            if mode != nil, result.hasError, result.error.code == .shuttingDown {
-                // Handed back: listed in the Goodbye instead of answered.
-                handedBack.insert(task.attemptID)
-                shared.withLock { _ = $0.tasks.removeValue(forKey: task.attemptID) }
-                continue
-            }
-            result.workerName = settings.name
-            shared.withLock { _ = $0.tasks.removeValue(forKey: task.attemptID) }
-            result.credits = UInt32(grantCredits())
-            try send(FarmEnvelope(.frameResult(result)))
-        }
-        evictIdleJobs()
-    }
-
-    /// Frames the worker wants assigned at once: one per slot, plus `settings.prefetchDepth(...)`
-    /// queued per slot while its frames are short (a queued frame starts the moment a slot frees,
-    /// hiding the round trip to the coordinator), or none while stopping. Returns how many credits
-    /// to grant now (wanted - held - granted and unused) and counts them as granted.
-    private func grantCredits() -> Int {
-        shared.withLock { shared in
-            guard shared.stopMode == nil else { return 0 }
-            let wanted = settings.slots * (1 + settings.prefetchDepth(lastFrameSeconds: shared.lastFrameSeconds))
-            let n = max(0, wanted - shared.tasks.count - shared.creditsOutstanding)
-            shared.creditsOutstanding += n
-            return n
-        }
-    }
-
-    private func sendCredit(_ n: Int) throws {
-        guard n > 0 else { return }
-        var credit = FarmCredit()
-        credit.credits = UInt32(n)
-        try send(FarmEnvelope(.credit(credit)))
-    }
-
-    private func sendHeartbeat() throws {
-        heartbeatSequence += 1
-        var beat = FarmHeartbeat()
-        beat.sequence = heartbeatSequence
-        beat.sentUnixMs = UInt64(Date().timeIntervalSince1970 * 1000)
-        let (tasks, freeSlots) = shared.withLock { shared in
-            (shared.tasks.values.sorted { $0.attemptID < $1.attemptID }, max(0, settings.slots - shared.tasks.count))
-        }
-        beat.attempts = tasks.map { task in
-            var a = FarmAttemptProgress()
-            a.attemptID = task.attemptID
-            a.step = UInt32(task.step)
-            a.totalSteps = UInt32(task.totalSteps)
-            return a
-        }
-        beat.freeSlots = UInt32(freeSlots)
-        if let phase = takePhaseReport() { beat.phase = phase }
-        try send(FarmEnvelope(.heartbeat(beat)))
-    }
-
-    // MARK: model requests (compute thread -> I/O thread -> coordinator)
-
-    private func sendModelRequest(_ request: ModelRequest) throws {
-        if request.requestID == 0 {
-            request.requestID = nextRequestID
-            nextRequestID += 1
-        }
-        pendingModelRequests[request.requestID] = request
-        if welcomed { try send(FarmEnvelope(request.body, requestID: request.requestID)) }
-    }
-
-    private func answerModelRequest(_ envelope: FarmEnvelope) {
-        var match: ModelRequest?
-        if envelope.requestID != 0 { match = pendingModelRequests[envelope.requestID] }
-        if match == nil {
-            match = pendingModelRequests.values.sorted { $0.requestID < $1.requestID }.first { $0.matches(envelope) }
-        }
-        guard let match else {
-            log.warning("worker \(settings.name): dropped an unrequested \(envelope.bodyName) (request \(envelope.requestID))")
-            return
-        }
-        pendingModelRequests[match.requestID] = nil
-        match.complete(.success(envelope))
-    }
-
-    // MARK: incoming messages
-
-    private func handle(_ frames: [Data]) throws {
-        guard frames.count == 1 else {
-            log.warning("worker \(settings.name): dropped a \(frames.count)-frame message from the coordinator (expected 1 frame)")
-            return
-        }
-        let envelope: FarmEnvelope
-        do {
-            envelope = try FarmEnvelope.decode(frames[0], maxBytes: settings.maxMessageBytes)
-        } catch let error as FarmProtocolError {
-            log.warning("worker \(settings.name): refused a message from coordinator \(settings.connect): \(error)")
-            try send(FarmEnvelope(.error(FarmError(error))))
-            return
-        }
-        lastHeard = Date()
-        // Read a quarter of the coordinator's cap since the last message sent: say so now.
-        if receipts.read(envelope, wireBytes: frames[0].count) { try send(FarmEnvelope(.acknowledge(FarmAcknowledge()))) }
-        switch envelope.body {
-        case .welcome(let w):
-            try handleWelcome(w)
-        case .jobPrep(let prep):
-            handleJobPrep(prep)
-        case .frameTask(let task):
-            try handleFrameTask(task)
-        case .cancel(let cancel):
-            handleCancel(cancel)
-        case .modelManifest, .modelChunk:
-            answerModelRequest(envelope)
-        case .heartbeat:
-            break
-        case .error(let error):
-            try handleError(error, requestID: envelope.requestID)
-        default:
-            log.warning("worker \(settings.name): ignored unexpected \(envelope.bodyName) from the coordinator")
-        }
-    }
-
-    private func handleWelcome(_ w: FarmWelcome) throws {
-        welcomed = true
-        setProblem(nil)
-        backoffMs = settings.reconnectInitialMs
-        if w.heartbeatIntervalMs > 0 { heartbeatIntervalMs = Int(w.heartbeatIntervalMs) }
-        if w.heartbeatLiveness > 0 { heartbeatLiveness = Int(w.heartbeatLiveness) }
-        let adopted = Set(w.adoptedAttemptIds)
-        let (dropped, mode) = shared.withLock { shared in
-            if w.modelChunkBytes > 0 { shared.modelChunkBytes = Int(w.modelChunkBytes) }
-            var dropped: [UInt64] = []
-            for task in shared.tasks.values where !adopted.contains(task.attemptID) && task.result == nil {
-                // The coordinator no longer counts this attempt: stop rendering it.
-                task.cancelReason = .cancelled
-                dropped.append(task.attemptID)
-            }
-            return (dropped, shared.stopMode)
-        }
-        if coordinatorID != w.coordinatorID {
-            log.notice("worker \(settings.name): welcomed by coordinator \(w.coordinatorID) (heartbeat \(heartbeatIntervalMs) ms x \(heartbeatLiveness))",
-                .welcomed(worker: settings.name, coordinator: w.coordinatorID))
-            coordinatorID = w.coordinatorID
-        }
-        if !dropped.isEmpty { log.warning("worker \(settings.name): attempts \(dropped.sorted()) not adopted; cancelling them") }
-        // A new session: the coordinator's credit for this worker starts at 0.
-        shared.withLock { $0.creditsOutstanding = 0 }
-        if mode == nil { try sendCredit(grantCredits()) }
-        // Model requests of compute threads waiting across the reconnect go out again.
-        for request in pendingModelRequests.values.sorted(by: { $0.requestID < $1.requestID }) {
-            try send(FarmEnvelope(request.body, requestID: request.requestID))
-        }
-        try flushResults()
-    }
-
-    private func handleError(_ error: FarmError, requestID: UInt64) throws {
-        switch error.code {
-        case .notRegistered:
-            log.warning("worker \(settings.name): coordinator says not registered; sending Hello again")
-            welcomed = false
-            try sendHello()
-        case .badRequest where !welcomed && requestID == 0:
-            // The coordinator refused our Hello (e.g. this key is not a worker key, or the name
-            // belongs to another key): no session; retried after the backoff.
-            setProblem(.refused(error.message))
-            log.error("worker \(settings.name): coordinator refused this worker: \(error.message)", .refusedByCoordinator(worker: settings.name))
-        case .unknownModel, .unknownFile, .badRequest, .checksumMismatch, .tooLarge:
-            // An answer to a model request fails it; other errors are only logged.
-            var failed: [ModelRequest] = []
-            if requestID != 0, let r = pendingModelRequests[requestID] { failed = [r] }
-            else if error.code == .unknownModel || error.code == .unknownFile {
-                failed = Array(pendingModelRequests.values)
-            }
-            for r in failed {
-                pendingModelRequests[r.requestID] = nil
-                r.complete(.failure(WorkerServiceError.modelUnavailable(
-                    "coordinator refused \(r.what): \(error.code) \(error.message)")))
-            }
-            log.warning("worker \(settings.name): coordinator error \(error.code): \(error.message)")
-        default:
-            log.warning("worker \(settings.name): coordinator error \(error.code): \(error.message)")
-        }
-    }
-
-    private func handleJobPrep(_ prep: FarmJobPrep) {
-        shared.withLock { shared in
-            if let existing = shared.jobs[prep.jobID], existing.prep == prep {
-                existing.lastUsed = Date()
-            } else {
-                shared.jobs[prep.jobID] = HeldJob(prep: prep)
-            }
-        }
-        evictIdleJobs()
-    }
-
-    private func handleFrameTask(_ frameTask: FarmFrameTask) throws {
-        func answer(_ code: FarmErrorCode, _ message: String) throws {
-            var result = FarmFrameResult()
-            result.attemptID = frameTask.attemptID
-            result.jobID = frameTask.jobID
-            result.frame = frameTask.frame
-            result.workerName = settings.name
-            result.error = FarmError(code, message, jobID: frameTask.jobID, attemptID: frameTask.attemptID)
-            result.credits = UInt32(grantCredits())
-            try send(FarmEnvelope(.frameResult(result)))
-        }
-        let (stopping, duplicate, job) = shared.withLock { shared in
-            shared.creditsOutstanding = max(0, shared.creditsOutstanding - 1)  // every FrameTask used one credit
-            return (shared.stopMode != nil, shared.tasks[frameTask.attemptID] != nil, shared.jobs[frameTask.jobID])
-        }
-        if duplicate {
-            log.warning("worker \(settings.name): ignored a second FrameTask for attempt \(frameTask.attemptID)",
-                attempt: Int64(truncatingIfNeeded: frameTask.attemptID))
-            return
-        }
-        if stopping {
-            try answer(.shuttingDown, "worker \(settings.name) is shutting down; frame \(frameTask.frame) handed back")
-            return
-        }
-        guard let job else {
-            log.warning("worker \(settings.name): FrameTask attempt \(frameTask.attemptID) (job \(frameTask.jobID) frame \(frameTask.frame)) without a JobPrep",
-                job: Int64(truncatingIfNeeded: frameTask.jobID), frame: Int(frameTask.frame),
-                attempt: Int64(truncatingIfNeeded: frameTask.attemptID))
-            try answer(.jobPrepMissing, "worker \(settings.name) holds no JobPrep for job \(frameTask.jobID) "
-                       + "(frame \(frameTask.frame), attempt \(frameTask.attemptID))")
-            return
-        }
-        let task = AttemptTask(task: frameTask, job: job)
-        shared.withLock { shared in
-            shared.tasks[frameTask.attemptID] = task
-            shared.queued.append(task)
-            job.lastUsed = Date()
-        }
-        workSignal.signal()
-    }
+    func drainWakePipe() { wakePipe.drain() }
 
     /// After `run()` returned: waits until every compute thread has left its loop (a frame in progress is
     /// handed back within a denoising step). A process should not exit while they still run: `dp-worker`
@@ -727,7 +275,7 @@ public final class WorkerService: @unchecked Sendable {
     }
 
     /// A compute thread: renders queued tasks in arrival order until `run()` ends.
-    private func computeLoop() {
+    func computeLoop() {
         var lastEnd: (ns: UInt64, generation: Int)?
         while true {
             workSignal.wait()
@@ -764,7 +312,7 @@ public final class WorkerService: @unchecked Sendable {
         }
     }
 
-    private func handleCancel(_ cancel: FarmCancel) {
+    func handleCancel(_ cancel: FarmCancel) {
         let hit = shared.withLock { shared in
             var hit: [UInt64] = []
             switch cancel.target {
@@ -788,7 +336,7 @@ public final class WorkerService: @unchecked Sendable {
     }
 
     /// Drops job preps that hold no attempt, least recently used first, beyond `maxIdleJobPreps`.
-    private func evictIdleJobs() {
+    func evictIdleJobs() {
         shared.withLock { shared in
             guard shared.jobs.count > settings.maxIdleJobPreps else { return }  // nothing could be evicted
             let busy = Set(shared.tasks.values.map(\.jobID))
