@@ -18,7 +18,7 @@ final class DemoModelQualityTests: XCTestCase {
     static let caseDir = repo.appendingPathComponent("Scripts/demo/case", isDirectory: true)
 
     /// (frame, measured PSNR dB when committed): DPM-Solver++ 10 steps, the model's guidance defaults, seed 0.
-    static let measured: [(frame: Int, psnr: Double)] = [(4, 20.18), (15, 21.30)]
+    static let measured: [(frame: Int, psnr: Double)] = [(4, 24.49), (15, 24.54)]
     /// dB below the measured figure a frame may fall before the test fails (seed and step count are fixed,
     /// so an unchanged engine reproduces the figures to float rounding; this leaves room for legitimate
     /// numeric changes such as a different GEMM summation order).
