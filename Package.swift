@@ -45,7 +45,7 @@ let package = Package(
         // Linux calls Swift cannot make itself (variadic prctl).
         .target(name: "CDPSys", path: "Sources/CDPSys"),
         .target(name: "DPTensor", dependencies: ["CDPKernels"], swiftSettings: release),
-        .target(name: "DPModels", dependencies: ["DPTensor"], swiftSettings: checked),
+        .target(name: "DPModels", dependencies: ["DPTensor", "DPFileKit"], swiftSettings: checked),
         .target(name: "DPSampling", dependencies: ["DPTensor", "DPFileKit"], swiftSettings: checked),
         // Golden-case reading and the parity runner (dp-bench parity and the tests share it).
         .target(name: "DPGolden", dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPFileKit"], swiftSettings: checked),

@@ -68,7 +68,7 @@ public struct DreamPoseFile: Equatable, Sendable {
         do {
             raw = try JSONDecoder().decode(Raw.self, from: data)
         } catch let e as DecodingError {
-            throw fail(describe(e))
+            throw fail(JSONErrorText.describe(e))
         } catch {
             throw fail("not valid JSON (\(error))")
         }
@@ -134,25 +134,5 @@ public struct DreamPoseFile: Equatable, Sendable {
         var vae_scaling_factor: Double?
         var pose_window: Double?
         var defaults: Defaults?
-    }
-
-    private static func describe(_ error: DecodingError) -> String {
-        func path(_ keys: [CodingKey]) -> String {
-            let s = keys.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }.joined(separator: ".")
-            return s.isEmpty ? "(top level)" : s
-        }
-        switch error {
-        case .typeMismatch(let type, let ctx):
-            return "key \(path(ctx.codingPath)): expected \(type)"
-        case .valueNotFound(let type, let ctx):
-            return "key \(path(ctx.codingPath)): expected \(type), found null"
-        case .keyNotFound(let key, let ctx):
-            return "missing key \(path(ctx.codingPath + [key]))"
-        case .dataCorrupted(let ctx):
-            if ctx.codingPath.isEmpty { return "not valid JSON (\(ctx.debugDescription))" }
-            return "key \(path(ctx.codingPath)): \(ctx.debugDescription)"
-        @unknown default:
-            return "\(error)"
-        }
     }
 }

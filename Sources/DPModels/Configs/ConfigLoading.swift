@@ -1,6 +1,7 @@
 // Shared machinery of the config.json readers: errors that name the file, lenient shapes
 // (an int or a list), readable decoding errors.
 
+import DPFileKit
 import Foundation
 
 /// A config.json that cannot be used. Names the file and says what was wrong.
@@ -94,35 +95,11 @@ enum ConfigFile {
         do {
             return try JSONDecoder().decode(T.self, from: data)
         } catch let e as DecodingError {
-            throw ConfigError(file: file, reason: describe(e))
+            throw ConfigError(file: file, reason: JSONErrorText.describe(e))
         } catch let e as ConfigError {
             throw e
         } catch {
             throw ConfigError(file: file, reason: "\(error)")
-        }
-    }
-
-    /// "key 'block_out_channels[2]': expected Int" rather than Foundation's debug dump.
-    static func describe(_ error: DecodingError) -> String {
-        func path(_ keys: [CodingKey]) -> String {
-            var s = ""
-            for k in keys {
-                if let i = k.intValue { s += "[\(i)]" } else { s += (s.isEmpty ? "" : ".") + k.stringValue }
-            }
-            return s.isEmpty ? "(top level)" : "'\(s)'"
-        }
-        switch error {
-        case .typeMismatch(let type, let ctx):
-            return "key \(path(ctx.codingPath)): expected \(type) (\(ctx.debugDescription))"
-        case .valueNotFound(let type, let ctx):
-            return "key \(path(ctx.codingPath)): expected \(type), found null"
-        case .keyNotFound(let key, let ctx):
-            return "missing key \(path(ctx.codingPath + [key]))"
-        case .dataCorrupted(let ctx):
-            if ctx.codingPath.isEmpty { return "not valid JSON (\(ctx.debugDescription))" }
-            return "key \(path(ctx.codingPath)): \(ctx.debugDescription)"
-        @unknown default:
-            return "\(error)"
         }
     }
 }
