@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 // dp-farm: a CPU DreamPose renderer and render farm.
 // Module graph (dependencies point down):
-//   DPTensor <- DPModels <- DPSampling / DPPipeline <- DPWorker (DPSampling and DPPipeline also use DPFileKit)
+//   DPTensor <- DPModels <- DPSampling / DPPipeline <- DPWorker (the engine modules also use DPFileKit)
 //   DPFileKit <- DPProtocol <- DPTransport <- DPCoordinator and DPWorker
 //   DPProtocol <- DPLog (swift-log handler, FarmEvent) <- DPCoordinator, DPWorker, DPCLISupport
 //   executables on top. The engine never imports ZeroMQ or SQLite; DPCoordinator never imports the models.
