@@ -66,13 +66,11 @@ let package = Package(
         .target(name: "DPJournal", dependencies: ["CSQLite3"]),
         .target(name: "DPCoordinator",
                 dependencies: ["DPProtocol", "DPTransport", "DPJournal", "DPFileKit", "CDPSys", "DPLog",
-                               .product(name: "Crypto", package: "swift-crypto"),
-                               .product(name: "Logging", package: "swift-log")],
+                               .product(name: "Crypto", package: "swift-crypto")],
                 exclude: ["DESIGN.md"]),
         .target(name: "DPWorker",
                 dependencies: ["DPPipeline", "DPProtocol", "DPTransport", "DPFileKit", "CDPSys", "DPLog",
-                               .product(name: "Crypto", package: "swift-crypto"),
-                               .product(name: "Logging", package: "swift-log")]),
+                               .product(name: "Crypto", package: "swift-crypto")]),
 
         // Executables.
         // The rendering options (--model ... --noise) that dp-coord submit and dp-worker render both take:
@@ -83,14 +81,12 @@ let package = Package(
                                .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "dp-coord",
                           dependencies: ["DPCoordinator", "DPWorker", "DPTransport", "DPCLISupport", "DPLog",
-                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                                         .product(name: "Logging", package: "swift-log")]),
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "dp-worker",
                           dependencies: ["DPWorker", "DPPipeline", "DPFileKit", "DPCLISupport", "DPTransport", "DPLog",
                                          // render's frame records (RenderRecords) and `health` (FarmClient)
                                          "DPCoordinator",
-                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                                         .product(name: "Logging", package: "swift-log")]),
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "dp-bench",
                           dependencies: ["DPTensor", "DPModels", "DPSampling", "DPPipeline", "DPGolden", "DPFileKit",
                                          "DPCoordinator", "DPWorker", "DPTransport", "CDPSys",
