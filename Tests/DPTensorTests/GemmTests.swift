@@ -78,6 +78,23 @@ final class GemmTests: XCTestCase {
         assertClose(linear(x1, weight: w, bias: bias), Tensor(shape: [23], data: ref1), "linear rank 1")
     }
 
+    /// The residual add fused into the product: residual + x W^T (+ bias), with and without bias, on enough rows
+    /// (3000 x 37 outputs) that the seeding pass runs on every engine thread, and odd widths for the vector tail.
+    func testLinearWithResidual() {
+        var rng = SeededRandom(seed: 5)
+        for (rows, inF, outF) in [(7, 19, 23), (3000, 13, 37)] {
+            let x = rng.tensor([rows, inF]), w = rng.tensor([outF, inF]), bias = rng.tensor([outF])
+            let residual = rng.tensor([rows, outF], -3, 3)
+            let ref = Ref.matmul(x.data, w.data, m: rows, n: outF, k: inF, transB: true, lda: inF, ldb: inF)
+            let refRes = (0..<ref.count).map { Float(ref[$0] + Double(residual.data[$0])) }
+            let refBoth = (0..<ref.count).map { Float(ref[$0] + Double(residual.data[$0]) + Double(bias.data[$0 % outF])) }
+            assertClose(linear(x, weight: w, bias: nil, residual: residual), Tensor(shape: [rows, outF], data: refRes),
+                        "linear + residual, \(rows) rows")
+            assertClose(linear(x, weight: w, bias: bias, residual: residual),
+                        Tensor(shape: [rows, outF], data: refBoth), "linear + bias + residual, \(rows) rows")
+        }
+    }
+
     func testThreadCountDoesNotChangeResults() {
         var rng = SeededRandom(seed: 4)
         let x = rng.tensor([2, 8, 9, 7]), w = rng.tensor([6, 8, 3, 3]), b = rng.tensor([6])

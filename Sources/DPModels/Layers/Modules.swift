@@ -84,9 +84,9 @@ public struct Linear: Sendable {
     public var inFeatures: Int { weight.shape[1] }
     public var outFeatures: Int { weight.shape[0] }
 
-    /// [..., In] -> [..., Out]
-    public func callAsFunction(_ x: Tensor) -> Tensor {
-        let y = linear(x, weight: weight, bias: bias)
+    /// [..., In] -> [..., Out]; with `residual` ([..., Out]) the result is residual + linear(x) in one pass.
+    public func callAsFunction(_ x: Tensor, residual: Tensor? = nil) -> Tensor {
+        let y = linear(x, weight: weight, bias: bias, residual: residual)
         FLOPCounter.add(2 * Double(y.count) * Double(weight.shape[1]))
         return y
     }

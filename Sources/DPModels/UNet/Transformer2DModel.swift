@@ -27,14 +27,10 @@ public struct BasicTransformerBlock: Sendable {
 
     /// x [B, N, C], context [B, M, D] -> [B, N, C]
     public func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
-        var h = x
-        // self attention
-        addInPlace(&h, attn1(norm1(h)))
-        // cross attention
-        addInPlace(&h, attn2(norm2(h), context: context))
-        // feed-forward
-        addInPlace(&h, ff(norm3(h)))
-        return h
+        // Each residual add is done by the sub-layer's last product (its output seeded with h).
+        var h = attn1(norm1(x), residual: x)                    // self attention
+        h = attn2(norm2(h), context: context, residual: h)      // cross attention
+        return ff(norm3(h), residual: h)                        // feed-forward
     }
 }
 
