@@ -110,3 +110,24 @@ final class GemmTests: XCTestCase {
         XCTAssertEqual(gn1.shape, [1, 64, 40, 40])
     }
 }
+
+/// proj_in / proj_out straight between NCHW and token rows: the same numbers as the transpose, the linear and
+/// the residual add done one after the other, on odd sizes (3 x 5 pixels, 7 channels, 2 images).
+final class ProjectionTests: XCTestCase {
+    func testProjectionsBetweenChannelsAndTokens() {
+        var rng = SeededRandom(seed: 6)
+        let x = rng.tensor([2, 7, 3, 5]), wIn = rng.tensor([11, 7]), bIn = rng.tensor([11])
+        for bias in [bIn, nil] {
+            let expected = linear(toTokens(x), weight: wIn, bias: bias)
+            assertClose(linearFromChannels(x, weight: wIn, bias: bias), expected, "proj_in, bias \(bias != nil)")
+        }
+        let tokens = rng.tensor([2, 15, 11]), wOut = rng.tensor([7, 11]), bOut = rng.tensor([7])
+        let residual = rng.tensor([2, 7, 3, 5], -4, 4)
+        for (bias, res) in [(bOut, residual), (nil, residual), (bOut, nil), (nil, nil)] as [(Tensor?, Tensor?)] {
+            var expected = fromTokens(linear(tokens, weight: wOut, bias: bias), height: 3, width: 5)
+            if let res { addInPlace(&expected, res) }
+            assertClose(linearToChannels(tokens, weight: wOut, bias: bias, residual: res, height: 3, width: 5),
+                        expected, "proj_out, bias \(bias != nil), residual \(res != nil)")
+        }
+    }
+}
