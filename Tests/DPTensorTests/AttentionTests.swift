@@ -80,6 +80,24 @@ final class AttentionTests: XCTestCase {
         }
     }
 
+    /// The stacked forms read q, k, v (or k, v) side by side in one row: the same numbers as separate tensors.
+    func testStackedQKVAndKVMatchSeparateTensors() {
+        var rng = SeededRandom(seed: 33)
+        for (b, n, m, c, heads) in [(2, 70, 101, 24, 3), (1, 130, 7, 80, 2)] {
+            let qkv = rng.tensor([b, n, 3 * c], -2, 2)
+            let q = slice(qkv, axis: 2, range: 0..<c), k = slice(qkv, axis: 2, range: c..<2 * c)
+            let v = slice(qkv, axis: 2, range: 2 * c..<3 * c)
+            let s = 1 / Float(c / heads).squareRoot()
+            let expected = Ref.attention(q: q, k: k, v: v, heads: heads, scale: s)
+            assertClose(attention(qkv: qkv, heads: heads, scale: s), expected, tol: 1e-5, "qkv B \(b) N \(n) C \(c)")
+            let kv = rng.tensor([b, m, 2 * c], -2, 2)
+            let expectedCross = Ref.attention(q: q, k: slice(kv, axis: 2, range: 0..<c),
+                                              v: slice(kv, axis: 2, range: c..<2 * c), heads: heads, scale: s)
+            assertClose(attention(query: q, kv: kv, heads: heads, scale: s), expectedCross, tol: 1e-5,
+                        "kv B \(b) Nq \(n) Nk \(m) C \(c)")
+        }
+    }
+
     func testNoKeysOrNoQueriesGiveZeros() {
         let q = Tensor(shape: [1, 3, 4], repeating: 1), none = Tensor(zeros: [1, 0, 4])
         XCTAssertEqual(attention(query: q, key: none, value: none, heads: 2, scale: 1), Tensor(zeros: [1, 3, 4]))

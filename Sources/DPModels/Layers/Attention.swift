@@ -8,10 +8,16 @@ import DPTensor
 public struct Attention: Sendable {
     public let heads: Int
     public let headDim: Int
-    public let toQ: Linear
-    public let toK: Linear
-    public let toV: Linear
+    /// The input projections, stacked so one product reads its input once (and runs with 3x or 2x the columns):
+    /// self-attention: to_q, to_k, to_v as one [3*inner, queryDim] (rows in that order); cross-attention: to_q
+    /// alone and to_k, to_v as one [2*inner, kvDim] over the context. Only the stacked weights are kept.
+    public let projections: Projections
     public let toOut: Linear
+
+    public enum Projections: Sendable {
+        case selfAttention(toQKV: Linear)
+        case crossAttention(toQ: Linear, toKV: Linear)
+    }
 
     /// `crossAttentionDim` nil = self-attention (keys/values from the query input).
     public init(_ p: ParameterScope, queryDim: Int, crossAttentionDim: Int? = nil, heads: Int,
@@ -20,23 +26,34 @@ public struct Attention: Sendable {
         let kvDim = crossAttentionDim ?? queryDim
         self.heads = heads
         self.headDim = headDim
-        toQ = try Linear(p["to_q"], inFeatures: queryDim, outFeatures: inner, bias: qkvBias)
-        toK = try Linear(p["to_k"], inFeatures: kvDim, outFeatures: inner, bias: qkvBias)
-        toV = try Linear(p["to_v"], inFeatures: kvDim, outFeatures: inner, bias: qkvBias)
+        let toQ = try Linear(p["to_q"], inFeatures: queryDim, outFeatures: inner, bias: qkvBias)
+        let toK = try Linear(p["to_k"], inFeatures: kvDim, outFeatures: inner, bias: qkvBias)
+        let toV = try Linear(p["to_v"], inFeatures: kvDim, outFeatures: inner, bias: qkvBias)
+        projections = crossAttentionDim == nil
+            ? .selfAttention(toQKV: Linear(stacking: [toQ, toK, toV]))
+            : .crossAttention(toQ: toQ, toKV: Linear(stacking: [toK, toV]))
         toOut = try Linear(p["to_out.0"], inFeatures: inner, outFeatures: queryDim, bias: outBias)
     }
 
     /// x [B, N, C], context [B, M, Cc] (nil: self-attention) -> [B, N, C]; with `residual` [B, N, C] the
     /// result is residual + attention (added by the output projection).
     public func callAsFunction(_ x: Tensor, context: Tensor? = nil, residual: Tensor? = nil) -> Tensor {
-        let kv = context ?? x
-        let q = toQ(x)                                          // [B, N, inner]
-        let k = toK(kv)                                         // [B, M, inner]
-        let v = toV(kv)                                         // [B, M, inner]
-        countAttentionFLOPs(batch: q.shape[0], queries: q.shape[1], keys: k.shape[1],
-                            channels: q.shape[2])
-        let o = attention(query: q, key: k, value: v, heads: heads,
-                          scale: 1 / Float(headDim).squareRoot())  // [B, N, inner]
+        let scale = 1 / Float(headDim).squareRoot()
+        let o: Tensor
+        switch projections {
+        case .selfAttention(let toQKV):
+            precondition(context == nil, "Attention: a self-attention layer was given a context")
+            let qkv = toQKV(x)                                  // [B, N, 3*inner]: q | k | v
+            countAttentionFLOPs(batch: qkv.shape[0], queries: qkv.shape[1], keys: qkv.shape[1],
+                                channels: qkv.shape[2] / 3)
+            o = attention(qkv: qkv, heads: heads, scale: scale) // [B, N, inner]
+        case .crossAttention(let toQ, let toKV):
+            guard let context else { preconditionFailure("Attention: a cross-attention layer needs a context") }
+            let q = toQ(x)                                      // [B, N, inner]
+            let kv = toKV(context)                              // [B, M, 2*inner]: k | v
+            countAttentionFLOPs(batch: q.shape[0], queries: q.shape[1], keys: kv.shape[1], channels: q.shape[2])
+            o = attention(query: q, kv: kv, heads: heads, scale: scale)
+        }
         return toOut(o, residual: residual)                     // [B, N, C]
     }
 }
