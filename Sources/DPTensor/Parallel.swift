@@ -41,6 +41,19 @@ public enum EngineThreads {
         return "OpenBLAS kernels: \(core)"
     }
 
+    /// How the engine set up the allocator at load (CDPKernels memory.c).
+    public static var allocatorDescription: String { "allocator: " + String(cString: dp_malloc_description()) }
+
+    /// Runs `body` (a denoising loop, repeated UNet forwards) with freed memory kept for reuse: each forward
+    /// allocates the sizes the one before it freed, and gets them back without page faults (CDPKernels
+    /// memory.c). When the last such scope ends the free pages go back to the system, so what runs next (the
+    /// VAE decode) does not add its blocks on top of them.
+    public static func reusingFreedMemory<T>(_ body: () throws -> T) rethrows -> T {
+        dp_malloc_retain_begin()
+        defer { dp_malloc_retain_end() }
+        return try body()
+    }
+
     /// The current thread count.
     public static var count: Int { current.withLock { $0 } }
 }

@@ -54,6 +54,13 @@ size_t dp_attention_scratch_floats(size_t d);
 /// o[r][0..d) = softmax(scale q[r] K^T) V, written at row stride ldo.
 void dp_attention_rows(const float *q, size_t ldq, size_t rows, const float *kp, const float *vp, size_t nk,
                        size_t d, float scale, float *scratch, float *o, size_t ldo);
+/// The allocator mode of the engine's denoising loop (memory.c): between _begin and _end freed memory is kept
+/// for reuse (no mmap per large tensor, no trimming); the last _end gives the free pages back. Scopes nest and
+/// may overlap across threads.
+void dp_malloc_retain_begin(void);
+void dp_malloc_retain_end(void);
+/// Whether retain scopes take effect (not with DP_MALLOC=system or the user's own malloc settings).
+const char *dp_malloc_description(void);
 /// Caps the vector level every kernel dispatches on (2 AVX-512, 1 AVX2, 0 portable) at `level`, so tests run
 /// each build on one machine; returns the level now in use. dp_simd_cap(2) lifts the cap.
 int dp_simd_cap(int level);
