@@ -36,9 +36,14 @@ public enum EngineThreads {
         let core = String(cString: dp_blas_corename())
         if let forced = dp_blas_forced_core() {
             return "OpenBLAS kernels: \(core) (OPENBLAS_CORETYPE=\(String(cString: forced)) set by dp-farm at start-up; "
-                + "DP_OPENBLAS_CORETYPE=none leaves the choice to OpenBLAS)"
+                + "DP_OPENBLAS_CORETYPE=none leaves the choice to OpenBLAS)" + idleDescription
         }
-        return "OpenBLAS kernels: \(core)"
+        return "OpenBLAS kernels: \(core)" + idleDescription
+    }
+
+    private static var idleDescription: String {
+        let timeout = ProcessInfo.processInfo.environment["OPENBLAS_THREAD_TIMEOUT"].map { "2^\($0) cycles" } ?? "OpenBLAS's default"
+        return ", worker spin before sleep: \(timeout)"
     }
 
     /// How the engine set up the allocator at load (CDPKernels memory.c).
