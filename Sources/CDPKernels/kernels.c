@@ -4,6 +4,7 @@
 #include "dp_kernels.h"
 #include "dp_math.h"
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <stdint.h>
 
@@ -108,7 +109,16 @@ static inline __attribute__((always_inline)) float dp_erff(float x) {
         for (size_t i = 0; i < n; i++) dst[i] = dp_erff(src[i]);                                     \
     }
 
-static _Atomic int dp_simd_level_cap = 2;
+// DP_SIMD=avx2|portable caps the level for the whole process (A/B runs of the other builds on one machine);
+// dp_simd_cap does the same for tests.
+static _Atomic int dp_simd_level_cap = -1;
+
+static int dp_simd_env_cap(void) {
+    const char *v = getenv("DP_SIMD");
+    if (v != NULL && strcmp(v, "avx2") == 0) return 1;
+    if (v != NULL && strcmp(v, "portable") == 0) return 0;
+    return 2;
+}
 
 int dp_simd_cap(int level) {
     dp_simd_level_cap = level < 0 ? 0 : level;
@@ -137,6 +147,10 @@ static int dp_simd_level_of_cpu(void) {
 
 int dp_simd_level(void) {
     int cpu = dp_simd_level_of_cpu(), cap = dp_simd_level_cap;
+    if (cap < 0) {
+        cap = dp_simd_env_cap();
+        dp_simd_level_cap = cap;
+    }
     return cpu < cap ? cpu : cap;
 }
 

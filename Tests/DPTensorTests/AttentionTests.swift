@@ -5,8 +5,9 @@ import XCTest
 /// Runs `body` with every kernel dispatching at most at `level` (2 AVX-512, 1 AVX2, 0 portable), so each build
 /// of the kernels is checked on this machine; gives the level that ran (lower when the CPU lacks it).
 func withSIMDLevel(_ level: Int32, _ body: (Int32) throws -> Void) rethrows {
-    let used = dp_simd_cap(level)
-    defer { dp_simd_cap(2) }
+    let previous = dp_simd_level()
+    let used = dp_simd_cap(min(level, previous))
+    defer { dp_simd_cap(previous) }
     try body(used)
 }
 

@@ -62,5 +62,8 @@ void dp_malloc_retain_end(void);
 /// Whether retain scopes take effect (not with DP_MALLOC=system or the user's own malloc settings).
 const char *dp_malloc_description(void);
 /// Caps the vector level every kernel dispatches on (2 AVX-512, 1 AVX2, 0 portable) at `level`, so tests run
-/// each build on one machine; returns the level now in use. dp_simd_cap(2) lifts the cap.
+/// each build on one machine; returns the level now in use. dp_simd_cap(2) lifts the cap. The environment's
+/// DP_SIMD=avx2|portable sets the starting cap of a process.
 int dp_simd_cap(int level);
+/// The vector level the kernels dispatch on now (the CPU's, under the cap).
+int dp_simd_level(void);
