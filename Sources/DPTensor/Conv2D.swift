@@ -72,17 +72,23 @@ func conv2d(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, stride: Int, padd
     precondition(x.rank == 4, "conv2d: input must be [N, Cin, H, W], got \(x.shape)")
     precondition(x.shape[1] == filter.inChannels,
                  "conv2d: weight expects \(filter.inChannels) input channels, input \(x.shape) has \(x.shape[1])")
-    let winograd: Bool
-    switch algorithm {
-    case .im2col: winograd = false
-    case .automatic: winograd = winogradApplies(x, filter: filter, stride: stride, padding: padding)
-    case .winograd: winograd = stride == 1 && padding == .symmetric(1)
+    if conv3x3Path(x, filter: filter, stride: stride, padding: padding, algorithm: algorithm) == "winograd" {
+        return winogradConv3x3(x, filter: filter, bias: bias)
     }
-    if winograd { return winogradConv3x3(x, filter: filter, bias: bias) }
     return filter.taps.data.withUnsafeBufferPointer { pt in
         // taps [Cin*9, Cout] is the transposed weight matrix.
         im2colConv(x, weights: pt.baseAddress!, transposed: true, cout: filter.outChannels, cin: filter.inChannels,
                    kh: 3, kw: 3, bias: bias, stride: stride, padding: padding, scratchFloats: scratchFloats)
+    }
+}
+
+/// Which kernel `conv2d(_:filter:...)` runs for this convolution: "winograd" or "im2col" (benchmarks print it).
+public func conv3x3Path(_ x: Tensor, filter: Conv3x3Filter, stride: Int, padding: Padding2D,
+                        algorithm: Conv3x3Algorithm) -> String {
+    switch algorithm {
+    case .im2col: return "im2col"
+    case .automatic: return winogradApplies(x, filter: filter, stride: stride, padding: padding) ? "winograd" : "im2col"
+    case .winograd: return stride == 1 && padding == .symmetric(1) ? "winograd" : "im2col"
     }
 }
 
