@@ -16,7 +16,7 @@ func benchConv3x3(batch: Int, cin: Int, cout: Int, height: Int, width: Int, repe
     let flops = 2.0 * Double(batch * cout * height * width) * Double(cin * 9)
     print("conv3x3 \(batch)x\(cin)x\(height)x\(width) -> \(cout), threads \(EngineThreads.count), \(EngineThreads.blasDescription)")
     var outputs: [Tensor] = []
-    for algorithm in [Conv3x3Algorithm.im2col, .winograd] {
+    for algorithm in [Conv3x3Algorithm.im2col, .winograd, .winograd2x2] {
         var times: [Double] = []
         var y = Tensor(zeros: [0])
         for _ in 0..<max(1, repeats) {
@@ -28,8 +28,11 @@ func benchConv3x3(batch: Int, cin: Int, cout: Int, height: Int, width: Int, repe
         print(String(format: "  %-8@ best %.4f s  %.1f GFLOP/s effective", algorithm.rawValue, best, flops / best / 1e9))
         outputs.append(y)
     }
-    let diff = outputs[0].maxAbsDifference(outputs[1]), scale = outputs[0].maxAbs
-    print(String(format: "  max |winograd - im2col| = %.3g (%.3g relative to max |y|)", diff, diff / max(scale, 1e-30)))
+    let scale = outputs[0].maxAbs
+    for (i, name) in [(1, "winograd"), (2, "winograd2x2")] {
+        let diff = outputs[0].maxAbsDifference(outputs[i])
+        print(String(format: "  max |%@ - im2col| = %.3g (%.3g relative to max |y|)", name, diff, diff / max(scale, 1e-30)))
+    }
 }
 
 /// One distinct stride-1 3x3 convolution of the SD-1.5 UNet forward and how often a forward runs it.
@@ -74,11 +77,11 @@ func benchUNetConvShapes(batch: Int, height: Int, width: Int, repeats: Int, comp
             for i in out.indices { s = s &* 1_664_525 &+ 1_013_904_223; out[i] = Float(s >> 8) / Float(1 << 23) - 1 }
         }
     }
-    let algorithms: [Conv3x3Algorithm] = compare ? [.automatic, .im2col, .winograd] : [.automatic]
+    let algorithms: [Conv3x3Algorithm] = compare ? [.automatic, .im2col, .winograd, .winograd2x2] : [.automatic]
     print("UNet 3x3 convolutions (stride 1) at a \(height) x \(width) latent, batch \(batch), threads \(EngineThreads.count), "
           + "DP_CONV3X3 default \(Conv3x3Algorithm.default.rawValue), best of \(repeats)")
-    var header = "  cin -> cout @ HxW    n  tiles  GFLOP/call  path      s/call   GFLOP/s  s/forward"
-    if compare { header += "   im2col s   wino s" }
+    var header = "  cin -> cout @ HxW    n  tiles  GFLOP/call  path         s/call   GFLOP/s  s/forward"
+    if compare { header += "   im2col s   wino s  wino2x2 s" }
     print(header)
     var totalSeconds = 0.0, totalFLOPs = 0.0
     for shape in unetConv3x3Shapes(height: height, width: width) {
@@ -101,10 +104,10 @@ func benchUNetConvShapes(batch: Int, height: Int, width: Int, repeats: Int, comp
         let path = conv3x3Path(x, filter: filter, stride: 1, padding: .symmetric(1), algorithm: .default)
         totalSeconds += Double(shape.count) * best[0]
         totalFLOPs += Double(shape.count) * flops
-        var line = String(format: "  %4d -> %4d @ %2dx%-2d %3d  %5d  %9.2f  %-8@ %7.4f  %7.1f  %8.3f",
+        var line = String(format: "  %4d -> %4d @ %2dx%-2d %3d  %5d  %9.2f  %-11@ %7.4f  %7.1f  %8.3f",
                           shape.cin, shape.cout, shape.height, shape.width, shape.count, tiles, flops / 1e9,
                           path, best[0], flops / best[0] / 1e9, Double(shape.count) * best[0])
-        if compare { line += String(format: "   %8.4f  %7.4f", best[1], best[2]) }
+        if compare { line += String(format: "   %8.4f  %7.4f  %8.4f", best[1], best[2], best[3]) }
         print(line)
     }
     print(String(format: "  all 3x3 stride-1 convolutions of one forward: %.3f s, %.1f GFLOP, %.1f GFLOP/s effective",
