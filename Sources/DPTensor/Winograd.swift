@@ -173,8 +173,10 @@ func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, tileSide
         guard let po = out.baseAddress, n > 0, h > 0, w > 0 else { return }
         x.data.withUnsafeBufferPointer { pxb in
         filter.taps.data.withUnsafeBufferPointer { ptb in
-        engineScratch.withBuffer(floats: uFloats) { u in
-        engineScratch.withBuffer(floats: stagingFloats + vFloats + mFloats + ybFloats) { scratch in
+        // Every call asks for the full bounds (when its needs fit them), so the pool hands the same two
+        // buffers to every convolution instead of keeping one of each size (pages never touched stay unmapped).
+        engineScratch.withBuffer(floats: max(uFloats, filterBlockFloats)) { u in
+        engineScratch.withBuffer(floats: max(stagingFloats + vFloats + mFloats + ybFloats, scratchFloats)) { scratch in
         withOptionalPointer(bias) { pbias in
             let px = pxb.baseAddress!, taps = ptb.baseAddress!
             let xb = scratch, v = xb + stagingFloats, m = v + vFloats, yb = m + mFloats

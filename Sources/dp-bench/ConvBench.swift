@@ -3,7 +3,8 @@
 import DPTensor
 import Dispatch
 
-func benchConv3x3(batch: Int, cin: Int, cout: Int, height: Int, width: Int, repeats: Int) {
+func benchConv3x3(batch: Int, cin: Int, cout: Int, height: Int, width: Int, repeats: Int,
+                  only: Conv3x3Algorithm? = nil) {
     var s: UInt32 = 12345
     func noise(_ shape: [Int]) -> Tensor {
         Tensor(shape: shape) { out in
@@ -16,7 +17,7 @@ func benchConv3x3(batch: Int, cin: Int, cout: Int, height: Int, width: Int, repe
     let flops = 2.0 * Double(batch * cout * height * width) * Double(cin * 9)
     print("conv3x3 \(batch)x\(cin)x\(height)x\(width) -> \(cout), threads \(EngineThreads.count), \(EngineThreads.blasDescription)")
     var outputs: [Tensor] = []
-    for algorithm in [Conv3x3Algorithm.im2col, .winograd, .winograd2x2] {
+    for algorithm in only.map({ [$0] }) ?? [Conv3x3Algorithm.im2col, .winograd, .winograd2x2] {
         var times: [Double] = []
         var y = Tensor(zeros: [0])
         for _ in 0..<max(1, repeats) {
@@ -28,6 +29,7 @@ func benchConv3x3(batch: Int, cin: Int, cout: Int, height: Int, width: Int, repe
         print(String(format: "  %-8@ best %.4f s  %.1f GFLOP/s effective", algorithm.rawValue, best, flops / best / 1e9))
         outputs.append(y)
     }
+    guard outputs.count == 3 else { return }
     let scale = outputs[0].maxAbs
     for (i, name) in [(1, "winograd"), (2, "winograd2x2")] {
         let diff = outputs[0].maxAbsDifference(outputs[i])

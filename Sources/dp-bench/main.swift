@@ -48,6 +48,7 @@ extension DPBench {
         @Flag(help: "Sweep every distinct 3x3 convolution of an SD-1.5 UNet forward at a --height x --width latent (automatic path; --cin/--cout ignored).")
         var unetShapes = false
         @Flag(help: "With --unet-shapes: also time forced im2col and forced Winograd per shape.") var compare = false
+        @Option(help: "Time only this algorithm (im2col, winograd, winograd2x2, automatic).") var only: String?
         @OptionGroup var threads: ThreadOption
         func run() {
             threads.apply()
@@ -55,7 +56,8 @@ extension DPBench {
                 benchUNetConvShapes(batch: batch, height: height, width: width, repeats: repeats, compare: compare)
                 return
             }
-            benchConv3x3(batch: batch, cin: cin, cout: cout, height: height, width: width, repeats: repeats)
+            benchConv3x3(batch: batch, cin: cin, cout: cout, height: height, width: width, repeats: repeats,
+                         only: only.flatMap(Conv3x3Algorithm.init(rawValue:)))
         }
     }
 
