@@ -72,7 +72,13 @@ func unetConv3x3Shapes(height: Int, width: Int) -> [UNetConvShape] {
 /// `dp-bench conv --unet-shapes`: every distinct stride-1 3x3 convolution of a UNet forward, timed with the
 /// engine's automatic choice (and, with `compare`, forced im2col and forced Winograd), best of `repeats`;
 /// per shape the forward's share (count x seconds) and effective GFLOP/s (direct FLOPs).
-func benchUNetConvShapes(batch: Int, height: Int, width: Int, repeats: Int, compare: Bool) {
+/// With `cold`, a 512 MB buffer is written before every timed call, so the filter comes from memory as in a
+/// forward (where each weight is read once per call) rather than from the 260 MB L3 of a repeated call.
+func benchUNetConvShapes(batch: Int, height: Int, width: Int, repeats: Int, compare: Bool, cold: Bool = false) {
+    let flushFloats = cold ? 128 << 20 : 0
+    let flush = UnsafeMutablePointer<Float>.allocate(capacity: max(1, flushFloats))
+    defer { flush.deallocate() }
+    var flushRound: Float = 0
     var s: UInt32 = 12345
     func noise(_ shape: [Int]) -> Tensor {
         Tensor(shape: shape) { out in
@@ -81,7 +87,7 @@ func benchUNetConvShapes(batch: Int, height: Int, width: Int, repeats: Int, comp
     }
     let algorithms: [Conv3x3Algorithm] = compare ? [.automatic, .im2col, .winograd, .winograd2x2] : [.automatic]
     print("UNet 3x3 convolutions (stride 1) at a \(height) x \(width) latent, batch \(batch), threads \(EngineThreads.count), "
-          + "DP_CONV3X3 default \(Conv3x3Algorithm.default.rawValue), best of \(repeats)")
+          + "DP_CONV3X3 default \(Conv3x3Algorithm.default.rawValue), best of \(repeats)\(cold ? ", caches flushed before each call" : "")")
     var header = "  cin -> cout @ HxW    n  tiles  GFLOP/call  path         s/call   GFLOP/s  s/forward"
     if compare { header += "   im2col s   wino s  wino2x2 s" }
     print(header)
@@ -95,6 +101,10 @@ func benchUNetConvShapes(batch: Int, height: Int, width: Int, repeats: Int, comp
         for algorithm in algorithms {
             var times: [Double] = []
             for _ in 0..<max(1, repeats) {
+                if cold {
+                    flushRound += 1
+                    flush.initialize(repeating: flushRound, count: flushFloats)
+                }
                 let t0 = DispatchTime.now().uptimeNanoseconds
                 let y = conv2d(x, filter: filter, bias: bias, algorithm: algorithm)
                 times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
