@@ -74,9 +74,14 @@ public enum Conv3x3Algorithm: String, Sendable {
 /// `automatic`'s choice (`winogradTileSide`): F(4x4, 3x3) from this many 4x4 output tiles (all images
 /// together), F(2x2, 3x3) below that from `winograd2x2MinTiles` 2x2 tiles, im2col below that and for
 /// fewer than `winogradMinInputChannels` input channels (the transforms then cost more than the products
-/// they save). Measured on the 2-core AVX-512 machine with `dp-bench conv --unet-shapes --compare`.
+/// they save). Measured on the 2-core AVX-512 machine (`dp-bench conv`, 1280 -> 1280, seconds im2col /
+/// F(4x4) / F(2x2)): 20 x 16 batch 3 (60 4x4 tiles) 0.106 / 0.061 / 0.060, caches flushed 0.218 / 0.097 /
+/// 0.128; 40-48 4x4 tiles: F(4x4) and F(2x2) within 10%; 24 x 20 batch 1 (30 4x4 tiles) F(2x2) 15% ahead;
+/// 10 x 8 batch 3 (60 2x2 tiles) 0.041 / 0.043 / 0.025; 10 x 8 batch 2 (40) 0.054 / 0.051 / 0.038;
+/// 12 x 12 batch 1 (36) 0.039 / 0.055 / 0.035; 10 x 8 batch 1 (20) 0.0275 / 0.051 / 0.029. 14 -> 320 at
+/// 80 x 64 batch 3 (the UNet's conv_in): 0.0054 / 0.0120 / 0.0155.
 let winogradMinTiles = 48
-let winograd2x2MinTiles = 16
+let winograd2x2MinTiles = 32
 let winogradMinInputChannels = 32
 /// Bound on one block of the transformed filter (positions x a block of Cin x a block of Cout), in floats
 /// (8 MB): the filter is transformed per call, block by block, so it never exists whole (a 2560 -> 1280
