@@ -2,11 +2,14 @@
 // F(2x2, 3x3) algorithms for stride-1 "same" convolutions (CDPKernels winograd.c has the transforms and
 // their matrices).
 //
-// Winograd computes each 4x4 output tile from a 6x6 input patch with 36 multiplications per (Cin, Cout)
-// pair instead of 144: the products are 36 GEMMs [tiles x Cin] x [Cin x Cout], one per position of the
-// transformed 6x6 tile, between the transformed input tiles V and the transformed filter U. Activations are
-// turned into zero-padded NHWC bands of whole tile rows (so the transforms read runs of channels), and the
-// scratch (band, V, M = V U, output band) is bounded by `winogradScratchFloats`: large images go band by band.
+// Winograd F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input patch with 36 multiplications per
+// (Cin, Cout) pair instead of 144 (F(2x2, 3x3): a 2x2 tile from a 4x4 patch with 16 instead of 36): the
+// products are 36 (16) GEMMs [tiles x Cin] x [Cin x Cout], one per position of the transformed tile, between
+// the transformed input tiles V and the transformed filter U. Activations are staged as zero-padded NHWC
+// rows (so the transforms read runs of channels); the tiles of all images are processed in groups of tile
+// rows bounded by `winogradScratchFloats` (the whole batch at once where it fits), and the filter is
+// transformed per call, per group, in blocks bounded by `winogradFilterBlockFloats` (F(4x4) for large
+// images, F(2x2) for the small ones where F(4x4)'s few tiles cannot pay for its filter transform).
 
 import CDPKernels
 import Foundation
@@ -95,12 +98,6 @@ let winogradScratchFloats = 8 << 20
 /// Bound on the NHWC input staging rows, in floats (1 MB).
 let winogradStagingFloats = 1 << 18
 
-/// Exploration knobs (DP_WINO_*), read once; 0 = the constants above.
-let winogradKnobs: (scratch: Int, filterBlock: Int, coutBlock: Int) = {
-    func knob(_ name: String) -> Int { getenv(name).flatMap { Int(String(cString: $0)) } ?? 0 }
-    return (knob("DP_WINO_SCRATCH"), knob("DP_WINO_UBLOCK"), knob("DP_WINO_COUTBLOCK"))
-}()
-
 /// The Winograd tile side `automatic` picks for this convolution (4: F(4x4, 3x3), 2: F(2x2, 3x3)), or nil
 /// for im2col.
 func winogradTileSide(_ x: Tensor, filter: Conv3x3Filter, stride: Int, padding: Padding2D) -> Int? {
@@ -137,9 +134,6 @@ func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, tileSide
     let n = x.shape[0], cin = filter.inChannels, h = x.shape[2], w = x.shape[3]
     let cout = filter.outChannels
     if let bias { precondition(bias.count == cout, "conv2d: bias has \(bias.count) elements, expected \(cout)") }
-    let scratchFloats = winogradKnobs.scratch > 0 ? winogradKnobs.scratch : scratchFloats
-    let filterBlockFloats = winogradKnobs.filterBlock > 0 ? winogradKnobs.filterBlock : filterBlockFloats
-    let coutBlock = winogradKnobs.coutBlock > 0 ? winogradKnobs.coutBlock : coutBlock
     let mt = tileSide, positions = (mt + 2) * (mt + 2)
     let th = (h + mt - 1) / mt, tw = (w + mt - 1) / mt     // tile rows, tiles per row (per image)
     let wp = mt * tw + 2                                   // padded staging width (1 left, >= 1 right)
