@@ -1,50 +1,66 @@
-// Fused multi-head attention for a block of up to 48 query rows of one head: scores, softmax and the product
-// with the values, the keys taken a chunk of 256 at a time so each chunk of K^T and V is read from L1/L2 by
-// all 8 register blocks of 6 rows (no [T, Nk] tile through BLAS, no packing per tile).
+// Fused multi-head attention, flash style, for a block of query columns of one head: scores, an online softmax
+// and the product with the values, the keys taken a chunk of DP_ATT_KEY_CHUNK at a time, so no score row ever
+// leaves L1/L2 and each chunk of keys is read once per block of queries.
 //
-// Per head the keys are packed once as K^T [d][nkp] (nkp = Nk rounded up to 96, zero columns) and the values
-// as V [Nk][dp] (dp = d rounded up to 16, zero columns), by dp_attention_pack_head. Then per call of rows:
-//   scores   S[r][k] = scale * sum_j q[r][j] K^T[j][k]     6 rows x 3 (AVX2: 2) vectors of keys in registers,
-//            and the row maxima
-//   softmax  S[r][k] = exp(S[r][k] - max_k), inv[r] = 1 / sum_k   (dp_exp_shifted_row: one pass)
-//   values   O[r][:] = inv[r] * sum_k S[r][k] V[k][:]       6 rows x up to 3 (AVX2: 2) vectors of V in registers
+// The block is computed transposed, queries along the vector lanes (W = NQV vectors of VW floats = 64 queries
+// on AVX-512, 16 on AVX2 and the portable build):
+//   Q^T [d][W]   the block's query rows, times the scale, transposed once per call
+//   S^T [KC][W]  S^T[j][i] = sum_k K[j][k] Q^T[k][i]     KR keys x NQV vectors in registers, K[j][k] broadcast
+//   online softmax per query lane: m = max(m, max_j S^T[j]), alpha = exp(m_old - m), l = alpha l + sum_j P^T[j],
+//                P^T[j] = exp(S^T[j] - m)  (vertical maxima and sums: no horizontal reduction anywhere)
+//   O^T [d][W]   O^T[c][i] = alpha O^T[c][i] + sum_j V[j][c] P^T[j][i]   DR value columns x NQV vectors in
+//                registers, V[j][c] broadcast
+//   o[i][c] = O^T[c][i] / l[i], written back transposed.
+// Both products are exact multiples of the vectors for any head size d (no padded value columns), and the
+// keys are rows (a key count off the register blocks only pads K with zero rows, which the softmax skips).
+//
+// Per head the keys and values are packed once by dp_attention_pack_head: K [nkp][d] (zero rows nk..nkp),
+// V [nk][d], both dense (the projections' rows are C floats apart).
 // Written over GCC vector types of 16 (AVX-512) or 8 (AVX2, portable) floats, picked at run time.
 
 #include "dp_kernels.h"
 #include "dp_math.h"
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__clang__)
+#include <immintrin.h>
+#endif
 
-#define DP_ATT_ROWS 6            // query rows held in registers at once
-#define DP_ATT_BLOCKS 8          // register blocks per call: up to 48 query rows share each pass over the keys
-#define DP_ATT_CALL_ROWS (DP_ATT_ROWS * DP_ATT_BLOCKS)
-#define DP_ATT_KEY_CHUNK 288     // keys per chunk: K^T and V of a chunk (d <= 48: < 120 KB) stay in L1/L2
-#define DP_ATT_KEY_PAD 96        // nkp is a multiple of this: whole 6 x KV-vector blocks (KV * VW = 48 or 16)
+#define DP_ATT_KR 6            // keys per score register block (every build)
+#define DP_ATT_KEY_PAD 6       // nkp is a multiple of this: whole score register blocks
+#define DP_ATT_KEY_CHUNK 96    // keys per chunk (a multiple of DP_ATT_KR): S^T of a chunk is 24 KB at W = 64
+#define DP_ATT_DR 5            // value columns per register block of the value product
+#define DP_ATT_MAX_W 64        // the widest query block of any build
 
 typedef float dp_att8 __attribute__((vector_size(32), aligned(4)));
 typedef float dp_att16 __attribute__((vector_size(64), aligned(4)));
+typedef int dp_att8i __attribute__((vector_size(32), aligned(4)));
+typedef int dp_att16i __attribute__((vector_size(64), aligned(4)));
 
-void dp_attention_pack_head(const float *key, const float *value, size_t nk, size_t c, size_t d, float *kt,
-                            size_t nkp, float *vp, size_t dp) {
-    dp_transpose(key, c, nk, d, kt, nkp);                      // [Nk][d] (row stride C) -> [d][nkp]
-    for (size_t j = 0; j < d; j++) memset(kt + j * nkp + nk, 0, (nkp - nk) * sizeof(float));
-    for (size_t k = 0; k < nk; k++) {
-        memcpy(vp + k * dp, value + k * c, d * sizeof(float));
-        memset(vp + k * dp + d, 0, (dp - d) * sizeof(float));
+void dp_attention_pack_head(const float *key, const float *value, size_t nk, size_t c, size_t d, float *kp,
+                            size_t nkp, float *vp) {
+    for (size_t j = 0; j < nk; j++) {
+        memcpy(kp + j * d, key + j * c, d * sizeof(float));
+        memcpy(vp + j * d, value + j * c, d * sizeof(float));
     }
+    memset(kp + nk * d, 0, (nkp - nk) * d * sizeof(float));
 }
-
-size_t dp_attention_rows_per_call(void) { return DP_ATT_CALL_ROWS; }
 
 size_t dp_attention_key_padding(void) { return DP_ATT_KEY_PAD; }
 
-// Score rows are nkp + 16 floats apart: with nkp a multiple of 1024 floats (4 KiB), rows a multiple of 4 KiB
-// apart alias in L1 and in the store-to-load checks (measured: scores 20% slower at 5120 keys).
-static inline size_t dp_att_score_stride(size_t nkp) { return nkp + 16; }
+// Query columns per call of each build: NQV * VW.
+static size_t dp_att_width(void) {
+    switch (dp_simd_level()) {
+    case 2: return 64;
+    default: return 16;
+    }
+}
 
-size_t dp_attention_scratch_floats(size_t nkp, size_t d) {
-    size_t dp = (d + 15) / 16 * 16;
-    return DP_ATT_CALL_ROWS * (dp_att_score_stride(nkp) + d + dp);   // scores, query rows, output accumulators
+size_t dp_attention_rows_per_call(void) { return dp_att_width(); }
+
+size_t dp_attention_scratch_floats(size_t d) {
+    // Q^T [d][W], S^T [KC][W], O^T [d][W] at the widest W (every build fits).
+    return DP_ATT_MAX_W * (2 * d + DP_ATT_KEY_CHUNK);
 }
 
 // A vector of x in every lane, written as a vector literal: clang turns it into a broadcast load folded into
@@ -54,115 +70,154 @@ size_t dp_attention_scratch_floats(size_t nkp, size_t d) {
 #define DP_SPLAT(VT, x) DP_SPLAT_##VT(x)
 #define DP_SPLAT_dp_att8(x) DP_SPLAT_8(x)
 #define DP_SPLAT_dp_att16(x) DP_SPLAT_16(x)
+#define DP_INT_dp_att8 dp_att8i
+#define DP_INT_dp_att16 dp_att16i
+#define DP_INT(VT) DP_INT_##VT
 
-// ob rows [r0, r0 + 6) += P[rows, keys k0..k1) x V[k0..k1, v0 .. v0 + N*VW).
-#define DP_ATT_PV(VT, VW, N)                                                                        \
+// max(a, b) lane by lane, b where either is NaN: one vmaxps (__builtin_elementwise_max adds a NaN fix-up of
+// two more instructions). The portable build selects through a comparison mask.
+#define DP_ATT_MAX_avx512(a, b) ((dp_att16)_mm512_max_ps((__m512)(a), (__m512)(b)))
+#define DP_ATT_MAX_avx2(a, b) ((dp_att8)_mm256_max_ps((__m256)(a), (__m256)(b)))
+#define DP_ATT_MAX_base(a, b)                                                                       \
+    ({                                                                                             \
+        dp_att8 a_ = (a), b_ = (b), r_;                                                            \
+        dp_att8i gt_ = a_ > b_, ai_, bi_;                                                          \
+        memcpy(&ai_, &a_, sizeof a_);                                                              \
+        memcpy(&bi_, &b_, sizeof b_);                                                              \
+        ai_ = (gt_ & ai_) | (~gt_ & bi_);                                                          \
+        memcpy(&r_, &ai_, sizeof r_);                                                              \
+        r_;                                                                                        \
+    })
+
+// exp(x) of a vector for x <= 0 (softmax arguments after the maximum is subtracted): x = n ln2 + r with n
+// rounded by the 1.5 * 2^23 trick (n read back from the low bits, no conversion), e^r by a degree-6 polynomial
+// (relative error ~1e-7, as dp_expf), 2^n built in the exponent bits. x is clamped below at -87.33 (exp of it
+// is the smallest normal float; the terms below it are < 1e-38 of the row's largest and vanish in the sum as
+// they do in the reference). NaN stays NaN (MAX returns its second argument when either is NaN).
+#define DP_ATT_EXP(VT, MAX, out, xin)                                                               \
     do {                                                                                           \
-        VT acc[DP_ATT_ROWS][N];                                                                    \
-        for (int r = 0; r < DP_ATT_ROWS; r++)                                                      \
-            for (int v = 0; v < N; v++) acc[r][v] = *(const VT *)(ob + (r0 + r) * dp + v0 + v * VW); \
-        const float *vk = vp + k0 * dp + v0;                                                       \
-        for (size_t k = k0; k < k1; k++, vk += dp) {                                               \
-            VT vv[N];                                                                              \
-            for (int v = 0; v < N; v++) vv[v] = *(const VT *)(vk + v * VW);                        \
-            for (int r = 0; r < DP_ATT_ROWS; r++) {                                                \
-                VT pb = DP_SPLAT(VT, s[(r0 + r) * sld + k]);                                       \
-                for (int v = 0; v < N; v++) acc[r][v] += pb * vv[v];                               \
-            }                                                                                      \
-        }                                                                                          \
-        for (int r = 0; r < DP_ATT_ROWS; r++)                                                      \
-            for (int v = 0; v < N; v++) *(VT *)(ob + (r0 + r) * dp + v0 + v * VW) = acc[r][v];     \
+        VT x_ = MAX(DP_SPLAT(VT, -87.33654f), (xin));                                              \
+        VT t_ = x_ * DP_SPLAT(VT, 1.44269504088896341f) + DP_SPLAT(VT, 12582912.0f);               \
+        VT n_ = t_ - DP_SPLAT(VT, 12582912.0f);                                                    \
+        VT r_ = x_ - n_ * DP_SPLAT(VT, 0.693359375f);                                              \
+        r_ = r_ - n_ * DP_SPLAT(VT, -2.12194440e-4f);                                              \
+        VT p_ = DP_SPLAT(VT, 1.0f / 720);                                                          \
+        p_ = p_ * r_ + DP_SPLAT(VT, 1.0f / 120);                                                   \
+        p_ = p_ * r_ + DP_SPLAT(VT, 1.0f / 24);                                                    \
+        p_ = p_ * r_ + DP_SPLAT(VT, 1.0f / 6);                                                     \
+        p_ = p_ * r_ + DP_SPLAT(VT, 0.5f);                                                         \
+        p_ = p_ * r_ + DP_SPLAT(VT, 1.0f);                                                         \
+        p_ = p_ * r_ + DP_SPLAT(VT, 1.0f);                                                         \
+        DP_INT(VT) e_;                                                                             \
+        memcpy(&e_, &t_, sizeof e_);                                                               \
+        e_ = (e_ + (127 - 0x4B400000)) << 23;   /* t's bits - magic's bits = n */                  \
+        VT s_;                                                                                     \
+        memcpy(&s_, &e_, sizeof s_);                                                               \
+        (out) = p_ * s_;                                                                           \
     } while (0)
 
-#define DP_ATT_KERNEL(SUFFIX, ATTR, VT, VW, KV, NVMAX)                                              \
-    ATTR static void attention_rows_##SUFFIX(const float *q, size_t ldq, size_t rows, const float *kt,   \
-                                             size_t nkp, const float *vp, size_t dp, size_t nk, size_t d, \
-                                             float scale, float *scratch, float *o, size_t ldo) {  \
-        const size_t padded = (rows + DP_ATT_ROWS - 1) / DP_ATT_ROWS * DP_ATT_ROWS;                \
-        const size_t sld = dp_att_score_stride(nkp);                                               \
-        float *s = scratch, *qb = s + DP_ATT_CALL_ROWS * sld, *ob = qb + DP_ATT_CALL_ROWS * d;     \
-        float inv[DP_ATT_CALL_ROWS], mx[DP_ATT_CALL_ROWS];                                         \
-        for (size_t r = 0; r < padded; r++) {                                                      \
-            if (r < rows) memcpy(qb + r * d, q + r * ldq, d * sizeof(float));                      \
-            else memset(qb + r * d, 0, d * sizeof(float));                                         \
-            mx[r] = -INFINITY;                                                                     \
-        }                                                                                          \
-        memset(ob, 0, padded * dp * sizeof(float));                                                \
-        const VT sc = DP_SPLAT(VT, scale);                                                         \
-        /* scores, a chunk of keys at a time for every block of 6 rows: 6 rows x KV vectors of keys; */ \
-        /* the row maxima over the real keys (< nk) on the way */                                  \
-        for (size_t c0 = 0; c0 < nkp; c0 += DP_ATT_KEY_CHUNK) {                                    \
-            size_t c1 = c0 + DP_ATT_KEY_CHUNK < nkp ? c0 + DP_ATT_KEY_CHUNK : nkp;                 \
-            for (size_t r0 = 0; r0 < padded; r0 += DP_ATT_ROWS) {                                  \
-                VT vmax[DP_ATT_ROWS];                                                              \
-                for (int r = 0; r < DP_ATT_ROWS; r++) vmax[r] = DP_SPLAT(VT, -INFINITY);           \
-                for (size_t k0 = c0; k0 < c1; k0 += KV * VW) {                                     \
-                    VT acc[DP_ATT_ROWS][KV];                                                       \
-                    for (int r = 0; r < DP_ATT_ROWS; r++)                                          \
-                        for (int v = 0; v < KV; v++) acc[r][v] = (VT){};                           \
-                    const float *kj = kt + k0;                                                     \
-                    const float *qr = qb + r0 * d;                                                 \
-                    for (size_t j = 0; j < d; j++, kj += nkp) {                                    \
-                        VT kv[KV];                                                                 \
-                        for (int v = 0; v < KV; v++) kv[v] = *(const VT *)(kj + v * VW);           \
-                        for (int r = 0; r < DP_ATT_ROWS; r++) {                                    \
-                            VT qv = DP_SPLAT(VT, qr[r * d + j]);                                   \
-                            for (int v = 0; v < KV; v++) acc[r][v] += qv * kv[v];                  \
-                        }                                                                          \
-                    }                                                                              \
-                    if (k0 + KV * VW <= nk) {                                                      \
-                        for (int r = 0; r < DP_ATT_ROWS; r++)                                      \
-                            for (int v = 0; v < KV; v++) {                                         \
-                                VT y = acc[r][v] * sc;                                             \
-                                vmax[r] = __builtin_elementwise_max(y, vmax[r]);                   \
-                                *(VT *)(s + (r0 + r) * sld + k0 + v * VW) = y;                     \
-                            }                                                                      \
-                    } else {   /* the block with padding keys: they stay out of the maxima */      \
-                        for (int r = 0; r < DP_ATT_ROWS; r++)                                      \
-                            for (int v = 0; v < KV; v++) {                                         \
-                                VT y = acc[r][v] * sc;                                             \
-                                *(VT *)(s + (r0 + r) * sld + k0 + v * VW) = y;                     \
-                                for (int l = 0; l < VW; l++)                                       \
-                                    if (k0 + v * VW + l < nk && y[l] > mx[r0 + r]) mx[r0 + r] = y[l]; \
-                            }                                                                      \
-                    }                                                                              \
-                }                                                                                  \
-                for (int r = 0; r < DP_ATT_ROWS; r++)                                              \
-                    for (int l = 0; l < VW; l++)                                                   \
-                        if (vmax[r][l] > mx[r0 + r]) mx[r0 + r] = vmax[r][l];                      \
+// acc rows [c0, c0 + R) of O^T: alpha * O^T + V[j0..j1)[c0..c0+R) x P^T[j0..j1), written back.
+#define DP_ATT_PV(VT, VW, NQV, R)                                                                   \
+    do {                                                                                           \
+        VT acc[R][NQV];                                                                            \
+        for (int r = 0; r < R; r++)                                                                \
+            for (int v = 0; v < NQV; v++) acc[r][v] = *(const VT *)(ot + (c0 + r) * W + v * VW) * alpha[v]; \
+        const float *pj = st;                                                                      \
+        const float *vj = vp + j0 * d + c0;                                                        \
+        for (size_t j = j0; j < j1; j++, pj += W, vj += d) {                                       \
+            VT pv[NQV];                                                                            \
+            for (int v = 0; v < NQV; v++) pv[v] = *(const VT *)(pj + v * VW);                     \
+            for (int r = 0; r < R; r++) {                                                          \
+                VT vb = DP_SPLAT(VT, vj[r]);                                                       \
+                for (int v = 0; v < NQV; v++) acc[r][v] += vb * pv[v];                             \
             }                                                                                      \
         }                                                                                          \
-        for (size_t r = 0; r < rows; r++) inv[r] = dp_exp_shifted_row(s + r * sld, nk, mx[r]);    \
-        /* values, a chunk of keys at a time: up to NVMAX vectors of V per block of 6 rows */      \
-        for (size_t k0 = 0; k0 < nk; k0 += DP_ATT_KEY_CHUNK) {                                     \
-            size_t k1 = k0 + DP_ATT_KEY_CHUNK < nk ? k0 + DP_ATT_KEY_CHUNK : nk;                   \
-            for (size_t r0 = 0; r0 < padded; r0 += DP_ATT_ROWS) {                                  \
-                for (size_t v0 = 0; v0 < dp; v0 += NVMAX * VW) {                                   \
-                    size_t left = (dp - v0) / VW;                                                  \
-                    if (left >= NVMAX) DP_ATT_PV(VT, VW, NVMAX);                                   \
-                    else if (left == 2) DP_ATT_PV(VT, VW, 2);                                      \
-                    else DP_ATT_PV(VT, VW, 1);                                                     \
+        for (int r = 0; r < R; r++)                                                                \
+            for (int v = 0; v < NQV; v++) *(VT *)(ot + (c0 + r) * W + v * VW) = acc[r][v];         \
+    } while (0)
+
+#define DP_ATT_KERNEL(SUFFIX, ATTR, VT, VW, NQV)                                                       \
+    ATTR static void attention_rows_##SUFFIX(const float *q, size_t ldq, size_t rows, const float *kp,   \
+                                             const float *vp, size_t nk, size_t d, float scale,    \
+                                             float *scratch, float *o, size_t ldo) {               \
+        enum { W = NQV * VW };                                                                     \
+        float *qt = scratch, *st = qt + d * W, *ot = st + DP_ATT_KEY_CHUNK * W;                    \
+        /* Q^T [d][W] = scale * q^T, zero columns past the rows; O^T = 0 */                        \
+        for (size_t i = 0; i < W; i++)                                                             \
+            for (size_t k = 0; k < d; k++) qt[k * W + i] = i < rows ? q[i * ldq + k] * scale : 0.0f; \
+        memset(ot, 0, d * W * sizeof(float));                                                      \
+        VT m[NQV], l[NQV];                                                                         \
+        for (int v = 0; v < NQV; v++) { m[v] = DP_SPLAT(VT, -INFINITY); l[v] = (VT){}; }           \
+        for (size_t j0 = 0; j0 < nk; j0 += DP_ATT_KEY_CHUNK) {                                     \
+            const size_t j1 = j0 + DP_ATT_KEY_CHUNK < nk ? j0 + DP_ATT_KEY_CHUNK : nk;             \
+            /* S^T [j1 - j0][W], KR keys at a time (the last block may read zero rows of K); */    \
+            /* the chunk's maxima per lane over the real keys */                                   \
+            VT cm[NQV];                                                                            \
+            for (int v = 0; v < NQV; v++) cm[v] = DP_SPLAT(VT, -INFINITY);                         \
+            for (size_t jb = j0; jb < j1; jb += DP_ATT_KR) {                                       \
+                VT acc[DP_ATT_KR][NQV];                                                            \
+                for (int r = 0; r < DP_ATT_KR; r++)                                                \
+                    for (int v = 0; v < NQV; v++) acc[r][v] = (VT){};                              \
+                const float *kr = kp + jb * d;                                                     \
+                const float *qk = qt;                                                              \
+                for (size_t k = 0; k < d; k++, qk += W) {                                          \
+                    VT qv[NQV];                                                                    \
+                    for (int v = 0; v < NQV; v++) qv[v] = *(const VT *)(qk + v * VW);              \
+                    for (int r = 0; r < DP_ATT_KR; r++) {                                          \
+                        VT kb = DP_SPLAT(VT, kr[r * d + k]);                                       \
+                        for (int v = 0; v < NQV; v++) acc[r][v] += kb * qv[v];                     \
+                    }                                                                              \
                 }                                                                                  \
+                const size_t real = j1 - jb < DP_ATT_KR ? j1 - jb : DP_ATT_KR;                     \
+                for (int r = 0; r < DP_ATT_KR; r++)                                                \
+                    for (int v = 0; v < NQV; v++) {                                                \
+                        *(VT *)(st + (jb - j0 + r) * W + v * VW) = acc[r][v];                      \
+                        if ((size_t)r < real) cm[v] = DP_ATT_MAX_##SUFFIX(acc[r][v], cm[v]);         \
+                    }                                                                              \
             }                                                                                      \
+            /* new maxima, the old terms' factor, P^T = exp(S^T - m) and the sums */               \
+            VT alpha[NQV];                                                                         \
+            for (int v = 0; v < NQV; v++) {                                                        \
+                VT mn = DP_ATT_MAX_##SUFFIX(cm[v], m[v]);                                            \
+                DP_ATT_EXP(VT, DP_ATT_MAX_##SUFFIX, alpha[v], m[v] - mn);                                               \
+                m[v] = mn;                                                                         \
+                l[v] *= alpha[v];                                                                  \
+            }                                                                                      \
+            for (size_t j = 0; j < j1 - j0; j++)                                                   \
+                for (int v = 0; v < NQV; v++) {                                                    \
+                    VT *pp = (VT *)(st + j * W + v * VW);                                          \
+                    VT e;                                                                          \
+                    DP_ATT_EXP(VT, DP_ATT_MAX_##SUFFIX, e, *pp - m[v]);                                                 \
+                    *pp = e;                                                                       \
+                    l[v] += e;                                                                     \
+                }                                                                                  \
+            /* O^T = alpha O^T + V^T P^T, DR value columns at a time */                            \
+            size_t c0 = 0;                                                                         \
+            for (; c0 + DP_ATT_DR <= d; c0 += DP_ATT_DR) DP_ATT_PV(VT, VW, NQV, DP_ATT_DR);        \
+            for (; c0 < d; c0++) DP_ATT_PV(VT, VW, NQV, 1);                                        \
         }                                                                                          \
-        /* o = ob / sum, the d valid columns */                                                    \
-        for (size_t r = 0; r < rows; r++) {                                                        \
-            const float *src = ob + r * dp;                                                        \
-            float *dst = o + r * ldo;                                                              \
-            for (size_t j = 0; j < d; j++) dst[j] = src[j] * inv[r];                               \
+        /* o[i][c] = O^T[c][i] / l[i] for the block's real rows */                                 \
+        float inv[W];                                                                              \
+        for (int v = 0; v < NQV; v++) {                                                            \
+            VT iv = DP_SPLAT(VT, 1.0f) / l[v];                                                     \
+            memcpy(inv + v * VW, &iv, sizeof iv);                                                  \
+        }                                                                                          \
+        for (size_t i = 0; i < rows; i++) {                                                        \
+            float *oi = o + i * ldo;                                                               \
+            for (size_t c = 0; c < d; c++) oi[c] = ot[c * W + i] * inv[i];                         \
         }                                                                                          \
     }
 
 #if defined(__x86_64__) && defined(__clang__)
 DP_ATT_KERNEL(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), min_vector_width(512))),
-              dp_att16, 16, 3, 3)
-DP_ATT_KERNEL(avx2, __attribute__((target("avx2,fma"))), dp_att8, 8, 2, 2)
-DP_ATT_KERNEL(base, , dp_att8, 8, 2, 2)
+              dp_att16, 16, 4)
+DP_ATT_KERNEL(avx2, __attribute__((target("avx2,fma"))), dp_att8, 8, 2)
+DP_ATT_KERNEL(base, , dp_att8, 8, 2)
 #else
-DP_ATT_KERNEL(base, , dp_att8, 8, 2, 2)
+DP_ATT_KERNEL(base, , dp_att8, 8, 2)
 #endif
 
-void dp_attention_rows(const float *q, size_t ldq, size_t rows, const float *kt, size_t nkp, const float *vp,
-                       size_t dp, size_t nk, size_t d, float scale, float *scratch, float *o, size_t ldo) {
-    DP_DISPATCH(attention_rows, q, ldq, rows, kt, nkp, vp, dp, nk, d, scale, scratch, o, ldo);
+void dp_attention_rows(const float *q, size_t ldq, size_t rows, const float *kp, const float *vp, size_t nk,
+                       size_t d, float scale, float *scratch, float *o, size_t ldo) {
+    DP_DISPATCH(attention_rows, q, ldq, rows, kp, vp, nk, d, scale, scratch, o, ldo);
 }

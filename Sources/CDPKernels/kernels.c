@@ -108,9 +108,16 @@ static inline __attribute__((always_inline)) float dp_erff(float x) {
         for (size_t i = 0; i < n; i++) dst[i] = dp_erff(src[i]);                                     \
     }
 
-int dp_simd_level(void) {
+static _Atomic int dp_simd_level_cap = 2;
+
+int dp_simd_cap(int level) {
+    dp_simd_level_cap = level < 0 ? 0 : level;
+    return dp_simd_level();
+}
+
+static int dp_simd_level_of_cpu(void) {
 #if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
-    static int cached = -1;
+    static _Atomic int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -126,6 +133,11 @@ int dp_simd_level(void) {
 #else
     return 0;
 #endif
+}
+
+int dp_simd_level(void) {
+    int cpu = dp_simd_level_of_cpu(), cap = dp_simd_level_cap;
+    return cpu < cap ? cpu : cap;
 }
 
 #if defined(__x86_64__) && defined(__clang__)

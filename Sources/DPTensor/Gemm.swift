@@ -55,35 +55,73 @@ public func matmul(_ a: Tensor, _ b: Tensor, transposeB: Bool = false) -> Tensor
     }
 }
 
-/// Fully connected layer (torch.nn.Linear): x [..., In] x weight [Out, In]^T + bias [Out] -> [..., Out].
-public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+/// Fully connected layer (torch.nn.Linear): x [..., In] x weight [Out, In]^T + bias [Out] -> [..., Out];
+/// with `residual` (the shape of the output) the result is residual + linear(x), the residual add of a
+/// transformer block fused into the product (the output is seeded with residual + bias, then accumulated).
+public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?, residual: Tensor? = nil) -> Tensor {
     precondition(weight.rank == 2, "linear: weight must be [Out, In], got \(weight.shape)")
     precondition(x.rank >= 1, "linear: input must have rank >= 1")
     let inF = weight.shape[1], outF = weight.shape[0]
     precondition(x.shape[x.rank - 1] == inF,
                  "linear: input last dimension \(x.shape[x.rank - 1]) != weight In \(inF) (x \(x.shape), weight \(weight.shape))")
-    if let bias { precondition(bias.count == outF, "linear: bias has \(bias.count) elements, expected \(outF)") }
     let rows = x.count / max(inF, 1)
     var outShape = x.shape
     outShape[outShape.count - 1] = outF
-    let probe = OpProfile.begin(.linear, flops: 2 * Double(rows) * Double(inF) * Double(outF))
-    defer { probe?.end() }
-    // Every element is written: seeded with the bias, or by the product with beta = 0.
+    if let residual {
+        precondition(residual.shape == outShape, "linear: residual \(residual.shape) is not the output's \(outShape)")
+    }
     return Tensor(overwriting: outShape) { out in
         guard let pc = out.baseAddress else { return }
-        var beta: Float = 0
-        if let bias {
-            // Seed every row with the bias, then accumulate the product (beta = 1).
-            bias.data.withUnsafeBufferPointer { pb in
-                for r in 0..<rows { (pc + r * outF).initialize(from: pb.baseAddress!, count: outF) }
-            }
-            beta = 1
-        }
         x.data.withUnsafeBufferPointer { px in
-            weight.data.withUnsafeBufferPointer { pw in
-                gemm(transB: true, m: rows, n: outF, k: inF, a: px.baseAddress!, lda: inF,
-                     b: pw.baseAddress!, ldb: inF, beta: beta, c: pc, ldc: outF)
+            withOptionalPointer(residual) { pr in
+                linearRows(px.baseAddress!, rows: rows, weight: weight, bias: bias, residual: pr, into: pc)
             }
         }
+    }
+}
+
+/// out [rows, Out] = x [rows, In] weight^T + bias (+ residual [rows, Out] when given), on raw rows: the
+/// chunked feed-forward writes each chunk's rows straight into the whole output. out must not overlap x.
+public func linearRows(_ x: UnsafePointer<Float>, rows: Int, weight: Tensor, bias: Tensor?,
+                       residual: UnsafePointer<Float>?, into out: UnsafeMutablePointer<Float>) {
+    let inF = weight.shape[1], outF = weight.shape[0]
+    if let bias { precondition(bias.count == outF, "linear: bias has \(bias.count) elements, expected \(outF)") }
+    let probe = OpProfile.begin(.linear, flops: 2 * Double(rows) * Double(inF) * Double(outF))
+    defer { probe?.end() }
+    guard rows > 0, outF > 0 else { return }
+    let seeded = bias != nil || residual != nil
+    if seeded {
+        // out = residual + bias, row blocks over the engine threads (the product then adds into it).
+        withOptionalPointer(bias) { pb in
+            let blockRows = max(1, 16_384 / outF)
+            let blocks = (rows + blockRows - 1) / blockRows
+            parallelChunks(blocks, work: rows * outF) { range in
+                for r in range.lowerBound * blockRows..<min(rows, range.upperBound * blockRows) {
+                    seedRow(out + r * outF, count: outF, bias: pb, residual: residual.map { $0 + r * outF })
+                }
+            }
+        }
+    }
+    weight.data.withUnsafeBufferPointer { pw in
+        gemm(transB: true, m: rows, n: outF, k: inF, a: x, lda: inF, b: pw.baseAddress!, ldb: inF,
+             beta: seeded ? 1 : 0, c: out, ldc: outF)
+    }
+}
+
+/// dst[i] = (residual?[i] ?? 0) + (bias?[i] ?? 0).
+@inline(__always)
+private func seedRow(_ dst: UnsafeMutablePointer<Float>, count: Int, bias: UnsafePointer<Float>?,
+                     residual: UnsafePointer<Float>?) {
+    var i = 0
+    switch (bias, residual) {
+    case let (b?, r?):
+        while i + 8 <= count { store8(load8(b + i) + load8(r + i), dst + i); i += 8 }
+        while i < count { dst[i] = b[i] + r[i]; i += 1 }
+    case let (b?, nil):
+        dst.update(from: b, count: count)
+    case let (nil, r?):
+        dst.update(from: r, count: count)
+    case (nil, nil):
+        dst.update(repeating: 0, count: count)
     }
 }

@@ -36,9 +36,27 @@ public enum EngineThreads {
         let core = String(cString: dp_blas_corename())
         if let forced = dp_blas_forced_core() {
             return "OpenBLAS kernels: \(core) (OPENBLAS_CORETYPE=\(String(cString: forced)) set by dp-farm at start-up; "
-                + "DP_OPENBLAS_CORETYPE=none leaves the choice to OpenBLAS)"
+                + "DP_OPENBLAS_CORETYPE=none leaves the choice to OpenBLAS)" + idleDescription
         }
-        return "OpenBLAS kernels: \(core)"
+        return "OpenBLAS kernels: \(core)" + idleDescription
+    }
+
+    private static var idleDescription: String {
+        let timeout = ProcessInfo.processInfo.environment["OPENBLAS_THREAD_TIMEOUT"].map { "2^\($0) cycles" } ?? "OpenBLAS's default"
+        return ", worker spin before sleep: \(timeout)"
+    }
+
+    /// How the engine set up the allocator at load (CDPKernels memory.c).
+    public static var allocatorDescription: String { "allocator: " + String(cString: dp_malloc_description()) }
+
+    /// Runs `body` (a denoising loop, repeated UNet forwards) with freed memory kept for reuse: each forward
+    /// allocates the sizes the one before it freed, and gets them back without page faults (CDPKernels
+    /// memory.c). When the last such scope ends the free pages go back to the system, so what runs next (the
+    /// VAE decode) does not add its blocks on top of them.
+    public static func reusingFreedMemory<T>(_ body: () throws -> T) rethrows -> T {
+        dp_malloc_retain_begin()
+        defer { dp_malloc_retain_end() }
+        return try body()
     }
 
     /// The current thread count.

@@ -41,8 +41,11 @@ func benchFrame(preset: String, steps: Int, sampler: SamplerKind, height: Int, w
     let config = try DreamPoseConfig(name: "bench-\(preset)", height: height, width: width)
     let model = try DreamPoseModel(config: config, unet: unet, vae: vae, imageEncoder: clip, adapter: adapter,
                                    schedulerConfig: schedulerConfig, id: "bench-\(preset)-random")
-    print(String(format: "frame %@: %dx%d, %@ %d steps, threads %d; built random model in %.1f s",
-                 preset, height, width, sampler.rawValue, steps, EngineThreads.count, Date().timeIntervalSince(buildStart)))
+    func peak() -> String { peakRSSBytes().map { String(format: "%.2f GB", Double($0) / 1e9) } ?? "n/a" }
+    print(String(format: "frame %@: %dx%d, %@ %d steps, threads %d; built random model in %.1f s (peak RSS %@)",
+                 preset, height, width, sampler.rawValue, steps, EngineThreads.count, Date().timeIntervalSince(buildStart),
+                 peak()))
+    print("  \(EngineThreads.allocatorDescription)")
 
     let subject = DemoAssets.subjectImage(width: width * 3 / 4, height: height)
     let poses = (0..<5).map { DemoAssets.poseMap(frame: $0, of: 5, height: height / 2, width: width / 2) }
@@ -50,13 +53,13 @@ func benchFrame(preset: String, steps: Int, sampler: SamplerKind, height: Int, w
     let job = try PreparedJob(model: model, subject: subject,
                               settings: RenderRequest(steps: steps, sampler: sampler, noise: .seed(1)))
     let prepSeconds = Date().timeIntervalSince(prepStart)
-    print(String(format: "  job preparation (CLIP + 3 VAE encodes + adapter): %.2f s", prepSeconds))
+    print(String(format: "  job preparation (CLIP + 3 VAE encodes + adapter): %.2f s (peak RSS so far %@)", prepSeconds, peak()))
 
     var stepTimes: [Double] = []
     var decodeStart = Date()
     let frame = try job.render(frame: 2, poseWindow: poses, progress: { p in
         stepTimes.append(p.stepSeconds)
-        print(String(format: "  step %d/%d: %.2f s", p.step, p.totalSteps, p.stepSeconds))
+        print(String(format: "  step %d/%d: %.2f s (peak RSS so far %@)", p.step, p.totalSteps, p.stepSeconds, peak()))
         if p.step == p.totalSteps { decodeStart = Date() }
     })
     let decodeSeconds = Date().timeIntervalSince(decodeStart)
@@ -66,6 +69,5 @@ func benchFrame(preset: String, steps: Int, sampler: SamplerKind, height: Int, w
                  median, decodeSeconds, frame.renderSeconds))
     let perFrame100 = prepSeconds / 1 + median * 101 + decodeSeconds
     print(String(format: "  => a 100-step PNDM frame (101 UNet calls) would take about %.0f s here", perFrame100))
-    let rss = peakRSSBytes().map { String(format: "%.2f GB", Double($0) / 1e9) } ?? "n/a"
-    print("  peak RSS (VmHWM) \(rss)")
+    print("  peak RSS (VmHWM) \(peak())")
 }

@@ -70,6 +70,7 @@ func benchUNet(preset: String, height: Int, width: Int, batch: Int, iterations: 
     let contextTokens = 50
     print("unet \(preset): batch \(batch), latent \(height)x\(width), context \(contextTokens)x\(config.crossAttentionDim), threads \(EngineThreads.count)")
     print("  \(EngineThreads.blasDescription)")
+    print("  \(EngineThreads.allocatorDescription)")
     let (unet, buildSeconds, parameters) = try build { try UNet2DConditionModel(config: config, weights: $0) }
     print(String(format: "  built in %.1f s: %.1f M parameters (%.2f GB f32)", buildSeconds,
                  Double(parameters) / 1e6, Double(parameters) * 4 / 1e9))
@@ -77,11 +78,16 @@ func benchUNet(preset: String, height: Int, width: Int, batch: Int, iterations: 
     let context = benchNoise([batch, contextTokens, config.crossAttentionDim], seed: 2)
     let timesteps = (0..<batch).map { Float(981 - 40 * $0) }
     var out = Tensor(zeros: [0])
+    // Successive forwards as the denoising loop runs them (PreparedJob): freed memory kept for reuse.
     if options.stdinDriven {
-        return serveStdin { out = unet.forward(sample, timesteps: timesteps, encoderHiddenStates: context) }
+        return EngineThreads.reusingFreedMemory {
+            serveStdin { out = unet.forward(sample, timesteps: timesteps, encoderHiddenStates: context) }
+        }
     }
-    let stats = timeRuns(iterations, profile: options.profile) {
-        out = unet.forward(sample, timesteps: timesteps, encoderHiddenStates: context)
+    let stats = EngineThreads.reusingFreedMemory {
+        timeRuns(iterations, profile: options.profile) {
+            out = unet.forward(sample, timesteps: timesteps, encoderHiddenStates: context)
+        }
     }
     precondition(out.data.allSatisfy { $0.isFinite }, "UNet output has non-finite values")
     report("forward", stats, options: options,

@@ -9,7 +9,7 @@ struct DPBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dp-bench",
         abstract: "Parity checks and benchmarks for the dp-farm engine and farm.",
-        subcommands: [Parity.self, Gemm.self, Conv.self, UNet.self, VAE.self, Frame.self, FarmBenchCommand.self,
+        subcommands: [Parity.self, Gemm.self, Conv.self, Attention.self, UNet.self, VAE.self, Frame.self, FarmBenchCommand.self,
                       JournalBenchCommand.self, QualityCommand.self])
 }
 
@@ -61,6 +61,20 @@ extension DPBench {
             }
             benchConv3x3(batch: batch, cin: cin, cout: cout, height: height, width: width, repeats: repeats,
                          only: only.flatMap(Conv3x3Algorithm.init(rawValue:)))
+        }
+    }
+
+    struct Attention: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The fused attention op on the SD-1.5 UNet's shapes (batch 3, 8 heads) at a latent size.")
+        @Option(help: "Images.") var batch = 3
+        @Option(help: "Latent height.") var height = 80
+        @Option(help: "Latent width.") var width = 64
+        @Option(help: "Repeats (best reported).") var repeats = 3
+        @OptionGroup var threads: ThreadOption
+        func run() {
+            threads.apply()
+            benchAttention(height: height, width: width, batch: batch, repeats: repeats)
         }
     }
 

@@ -16,6 +16,15 @@ final class FeedForwardChunkTests: XCTestCase {
             let chunked = ff(x)
             XCTAssertEqual(chunked.shape, [2, tokens, 8])
             XCTAssertLessThanOrEqual(chunked.maxAbsDifference(whole), 1e-6 * max(1, whole.maxAbs), "\(tokens) tokens")
+            // The residual add fused into net.2, chunk by chunk: residual + FF(x).
+            let residual = Tensor(shape: [2, tokens, 8]) { out in
+                for i in out.indices { out[i] = Float((i * 104_729) % 97) / 10 - 5 }
+            }
+            var expected = whole
+            addInPlace(&expected, residual)
+            let fused = ff(x, residual: residual)
+            XCTAssertLessThanOrEqual(fused.maxAbsDifference(expected), 1e-6 * max(1, expected.maxAbs),
+                                     "\(tokens) tokens with a residual")
         }
     }
 }

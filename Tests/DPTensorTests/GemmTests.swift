@@ -78,6 +78,23 @@ final class GemmTests: XCTestCase {
         assertClose(linear(x1, weight: w, bias: bias), Tensor(shape: [23], data: ref1), "linear rank 1")
     }
 
+    /// The residual add fused into the product: residual + x W^T (+ bias), with and without bias, on enough rows
+    /// (3000 x 37 outputs) that the seeding pass runs on every engine thread, and odd widths for the vector tail.
+    func testLinearWithResidual() {
+        var rng = SeededRandom(seed: 5)
+        for (rows, inF, outF) in [(7, 19, 23), (3000, 13, 37)] {
+            let x = rng.tensor([rows, inF]), w = rng.tensor([outF, inF]), bias = rng.tensor([outF])
+            let residual = rng.tensor([rows, outF], -3, 3)
+            let ref = Ref.matmul(x.data, w.data, m: rows, n: outF, k: inF, transB: true, lda: inF, ldb: inF)
+            let refRes = (0..<ref.count).map { Float(ref[$0] + Double(residual.data[$0])) }
+            let refBoth = (0..<ref.count).map { Float(ref[$0] + Double(residual.data[$0]) + Double(bias.data[$0 % outF])) }
+            assertClose(linear(x, weight: w, bias: nil, residual: residual), Tensor(shape: [rows, outF], data: refRes),
+                        "linear + residual, \(rows) rows")
+            assertClose(linear(x, weight: w, bias: bias, residual: residual),
+                        Tensor(shape: [rows, outF], data: refBoth), "linear + bias + residual, \(rows) rows")
+        }
+    }
+
     func testThreadCountDoesNotChangeResults() {
         var rng = SeededRandom(seed: 4)
         let x = rng.tensor([2, 8, 9, 7]), w = rng.tensor([6, 8, 3, 3]), b = rng.tensor([6])
@@ -91,5 +108,26 @@ final class GemmTests: XCTestCase {
         let all = conv2d(x, weight: w, bias: b, padding: .symmetric(1))
         assertClose(all, one, tol: 1e-6, "conv2d 1 thread vs all")
         XCTAssertEqual(gn1.shape, [1, 64, 40, 40])
+    }
+}
+
+/// proj_in / proj_out straight between NCHW and token rows: the same numbers as the transpose, the linear and
+/// the residual add done one after the other, on odd sizes (3 x 5 pixels, 7 channels, 2 images).
+final class ProjectionTests: XCTestCase {
+    func testProjectionsBetweenChannelsAndTokens() {
+        var rng = SeededRandom(seed: 6)
+        let x = rng.tensor([2, 7, 3, 5]), wIn = rng.tensor([11, 7]), bIn = rng.tensor([11])
+        for bias in [bIn, nil] {
+            let expected = linear(toTokens(x), weight: wIn, bias: bias)
+            assertClose(linearFromChannels(x, weight: wIn, bias: bias), expected, "proj_in, bias \(bias != nil)")
+        }
+        let tokens = rng.tensor([2, 15, 11]), wOut = rng.tensor([7, 11]), bOut = rng.tensor([7])
+        let residual = rng.tensor([2, 7, 3, 5], -4, 4)
+        for (bias, res) in [(bOut, residual), (nil, residual), (bOut, nil), (nil, nil)] as [(Tensor?, Tensor?)] {
+            var expected = fromTokens(linear(tokens, weight: wOut, bias: bias), height: 3, width: 5)
+            if let res { addInPlace(&expected, res) }
+            assertClose(linearToChannels(tokens, weight: wOut, bias: bias, residual: res, height: 3, width: 5),
+                        expected, "proj_out, bias \(bias != nil), residual \(res != nil)")
+        }
     }
 }

@@ -49,18 +49,27 @@ void dp_wino23_output(const float *m, size_t mplane, size_t c, size_t tw, size_t
                       const float *bias, float *yb);
 /// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols.
 void dp_transpose(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd);
-/// Fused attention (attention.c). Packs one head: kt [d][nkp] = K^T (zero columns nk..nkp), vp [nk][dp] = V
-/// (zero columns d..dp); key/value rows have stride c. nkp must be a multiple of dp_attention_key_padding(),
-/// dp of 16, dp >= d.
-void dp_attention_pack_head(const float *key, const float *value, size_t nk, size_t c, size_t d, float *kt,
-                            size_t nkp, float *vp, size_t dp);
-/// What nkp must be a multiple of (96).
+/// Fused attention (attention.c). Packs one head: kp [nkp][d] = K (zero rows nk..nkp), vp [nk][d] = V; key/value
+/// rows have stride c. nkp must be a multiple of dp_attention_key_padding().
+void dp_attention_pack_head(const float *key, const float *value, size_t nk, size_t c, size_t d, float *kp,
+                            size_t nkp, float *vp);
+/// What nkp must be a multiple of.
 size_t dp_attention_key_padding(void);
-/// Query rows one dp_attention_rows call takes at most (48).
+/// Query rows one dp_attention_rows call takes at most (the build's block of query lanes: 64 on AVX-512, 16 else).
 size_t dp_attention_rows_per_call(void);
-/// Floats of scratch one dp_attention_rows call needs (scores, query rows and output rows of 48 rows).
-size_t dp_attention_scratch_floats(size_t nkp, size_t d);
-/// For rows <= dp_attention_rows_per_call() query rows q (row stride ldq) of one head:
+/// Floats of scratch one dp_attention_rows call needs for head size d.
+size_t dp_attention_scratch_floats(size_t d);
+/// For rows <= dp_attention_rows_per_call() query rows q (row stride ldq) of one head packed as kp, vp:
 /// o[r][0..d) = softmax(scale q[r] K^T) V, written at row stride ldo.
-void dp_attention_rows(const float *q, size_t ldq, size_t rows, const float *kt, size_t nkp, const float *vp,
-                       size_t dp, size_t nk, size_t d, float scale, float *scratch, float *o, size_t ldo);
+void dp_attention_rows(const float *q, size_t ldq, size_t rows, const float *kp, const float *vp, size_t nk,
+                       size_t d, float scale, float *scratch, float *o, size_t ldo);
+/// The allocator mode of the engine's denoising loop (memory.c): between _begin and _end freed memory is kept
+/// for reuse (no mmap per large tensor, no trimming); the last _end gives the free pages back. Scopes nest and
+/// may overlap across threads.
+void dp_malloc_retain_begin(void);
+void dp_malloc_retain_end(void);
+/// Whether retain scopes take effect (not with DP_MALLOC=system or the user's own malloc settings).
+const char *dp_malloc_description(void);
+/// Caps the vector level every kernel dispatches on (2 AVX-512, 1 AVX2, 0 portable) at `level`, so tests run
+/// each build on one machine; returns the level now in use. dp_simd_cap(2) lifts the cap.
+int dp_simd_cap(int level);

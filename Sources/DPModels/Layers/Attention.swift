@@ -8,10 +8,16 @@ import DPTensor
 public struct Attention: Sendable {
     public let heads: Int
     public let headDim: Int
-    public let toQ: Linear
-    public let toK: Linear
-    public let toV: Linear
+    /// The input projections, stacked so one product reads its input once (and runs with 3x or 2x the columns):
+    /// self-attention: to_q, to_k, to_v as one [3*inner, queryDim] (rows in that order); cross-attention: to_q
+    /// alone and to_k, to_v as one [2*inner, kvDim] over the context. Only the stacked weights are kept.
+    public let projections: Projections
     public let toOut: Linear
+
+    public enum Projections: Sendable {
+        case selfAttention(toQKV: Linear)
+        case crossAttention(toQ: Linear, toKV: Linear)
+    }
 
     /// `crossAttentionDim` nil = self-attention (keys/values from the query input).
     public init(_ p: ParameterScope, queryDim: Int, crossAttentionDim: Int? = nil, heads: Int,
@@ -20,23 +26,35 @@ public struct Attention: Sendable {
         let kvDim = crossAttentionDim ?? queryDim
         self.heads = heads
         self.headDim = headDim
-        toQ = try Linear(p["to_q"], inFeatures: queryDim, outFeatures: inner, bias: qkvBias)
-        toK = try Linear(p["to_k"], inFeatures: kvDim, outFeatures: inner, bias: qkvBias)
-        toV = try Linear(p["to_v"], inFeatures: kvDim, outFeatures: inner, bias: qkvBias)
+        let toQ = try Linear(p["to_q"], inFeatures: queryDim, outFeatures: inner, bias: qkvBias)
+        let toK = try Linear(p["to_k"], inFeatures: kvDim, outFeatures: inner, bias: qkvBias)
+        let toV = try Linear(p["to_v"], inFeatures: kvDim, outFeatures: inner, bias: qkvBias)
+        projections = crossAttentionDim == nil
+            ? .selfAttention(toQKV: Linear(stacking: [toQ, toK, toV]))
+            : .crossAttention(toQ: toQ, toKV: Linear(stacking: [toK, toV]))
         toOut = try Linear(p["to_out.0"], inFeatures: inner, outFeatures: queryDim, bias: outBias)
     }
 
-    /// x [B, N, C], context [B, M, Cc] (nil: self-attention) -> [B, N, C]
-    public func callAsFunction(_ x: Tensor, context: Tensor? = nil) -> Tensor {
-        let kv = context ?? x
-        let q = toQ(x)                                          // [B, N, inner]
-        let k = toK(kv)                                         // [B, M, inner]
-        let v = toV(kv)                                         // [B, M, inner]
-        countAttentionFLOPs(batch: q.shape[0], queries: q.shape[1], keys: k.shape[1],
-                            channels: q.shape[2])
-        let o = attention(query: q, key: k, value: v, heads: heads,
-                          scale: 1 / Float(headDim).squareRoot())  // [B, N, inner]
-        return toOut(o)                                         // [B, N, C]
+    /// x [B, N, C], context [B, M, Cc] (nil: self-attention) -> [B, N, C]; with `residual` [B, N, C] the
+    /// result is residual + attention (added by the output projection).
+    public func callAsFunction(_ x: Tensor, context: Tensor? = nil, residual: Tensor? = nil) -> Tensor {
+        let scale = 1 / Float(headDim).squareRoot()
+        let o: Tensor
+        switch projections {
+        case .selfAttention(let toQKV):
+            precondition(context == nil, "Attention: a self-attention layer was given a context")
+            let qkv = toQKV(x)                                  // [B, N, 3*inner]: q | k | v
+            countAttentionFLOPs(batch: qkv.shape[0], queries: qkv.shape[1], keys: qkv.shape[1],
+                                channels: qkv.shape[2] / 3)
+            o = attention(qkv: qkv, heads: heads, scale: scale) // [B, N, inner]
+        case .crossAttention(let toQ, let toKV):
+            guard let context else { preconditionFailure("Attention: a cross-attention layer needs a context") }
+            let q = toQ(x)                                      // [B, N, inner]
+            let kv = toKV(context)                              // [B, M, 2*inner]: k | v
+            countAttentionFLOPs(batch: q.shape[0], queries: q.shape[1], keys: kv.shape[1], channels: q.shape[2])
+            o = attention(query: q, kv: kv, heads: heads, scale: scale)
+        }
+        return toOut(o, residual: residual)                     // [B, N, C]
     }
 }
 
@@ -56,22 +74,44 @@ public struct FeedForward: Sendable {
     /// whole sequence's (at SD-1.5's 80 x 64 latent, batch 3: 31 MB instead of 236 MB alive at once).
     static let rowsPerChunk = 2048
 
-    /// [B, N, C] -> [B, N, C]
-    public func callAsFunction(_ x: Tensor) -> Tensor {
+    /// [B, N, C] -> [B, N, C]; with `residual` [B, N, C] the result is residual + FF(x) (added by net.2).
+    public func callAsFunction(_ x: Tensor, residual: Tensor? = nil) -> Tensor {
         let c = x.shape[x.rank - 1]
         let rows = c == 0 ? 0 : x.count / c
         if rows <= Self.rowsPerChunk {
-            return out(geglu(proj(x)))       // [B, N, 2*inner] -> [B, N, inner] -> [B, N, C]
+            return out(geglu(proj(x)), residual: residual)   // [B, N, 2*inner] -> [B, N, inner] -> [B, N, C]
         }
-        // Every row is independent: the same products, chunk by chunk of rows, into one [rows, C] output.
-        let flat = x.reshaped([rows, c])
-        var parts: [Tensor] = []
-        var r0 = 0
-        while r0 < rows {
-            let r1 = min(rows, r0 + Self.rowsPerChunk)
-            parts.append(out(geglu(proj(slice(flat, axis: 0, range: r0..<r1)))))   // [r, C]
-            r0 = r1
+        if let residual { precondition(residual.shape == x.shape, "FeedForward: residual \(residual.shape) vs \(x.shape)") }
+        // Every row is independent: the same products, chunk by chunk of rows, each chunk's rows read from x and
+        // written into the one [rows, C] output in place (no slice or concat copies).
+        let inner = out.inFeatures
+        func run(_ pr: UnsafePointer<Float>?, _ py: UnsafeMutablePointer<Float>) {
+            x.data.withUnsafeBufferPointer { pxb in
+                let px = pxb.baseAddress!
+                var r0 = 0
+                while r0 < rows {
+                    let r1 = min(rows, r0 + Self.rowsPerChunk)
+                    let projected = Tensor(overwriting: [r1 - r0, 2 * inner]) { pp in     // [r, 2*inner]
+                        linearRows(px + r0 * c, rows: r1 - r0, weight: proj.weight, bias: proj.bias, residual: nil,
+                                   into: pp.baseAddress!)
+                    }
+                    let gated = geglu(projected)                                          // [r, inner]
+                    gated.data.withUnsafeBufferPointer { pg in
+                        linearRows(pg.baseAddress!, rows: r1 - r0, weight: out.weight, bias: out.bias,
+                                   residual: pr.map { $0 + r0 * c }, into: py + r0 * c)   // [r, C]
+                    }
+                    r0 = r1
+                }
+            }
         }
-        return concat(parts, axis: 0).reshaped(x.shape)
+        let y = Tensor(overwriting: x.shape) { po in
+            if let residual {
+                residual.data.withUnsafeBufferPointer { run($0.baseAddress, po.baseAddress!) }
+            } else {
+                run(nil, po.baseAddress!)
+            }
+        }
+        FLOPCounter.add(2 * Double(rows) * Double(c) * Double(3 * inner))
+        return y
     }
 }

@@ -81,12 +81,23 @@ public struct Linear: Sendable {
         self.bias = bias
     }
 
+    /// Several linears over the same input as one: weights stacked along Out ([sum Out, In]), biases likewise
+    /// (all or none have one), so y = [y_0 | y_1 | ...] along the last dimension.
+    public init(stacking parts: [Linear]) {
+        precondition(!parts.isEmpty && parts.allSatisfy { $0.inFeatures == parts[0].inFeatures },
+                     "Linear(stacking:): parts must share their input features")
+        precondition(parts.allSatisfy { ($0.bias == nil) == (parts[0].bias == nil) },
+                     "Linear(stacking:): all parts or none must have a bias")
+        weight = concat(parts.map(\.weight), axis: 0)
+        bias = parts[0].bias == nil ? nil : concat(parts.map { $0.bias! }, axis: 0)
+    }
+
     public var inFeatures: Int { weight.shape[1] }
     public var outFeatures: Int { weight.shape[0] }
 
-    /// [..., In] -> [..., Out]
-    public func callAsFunction(_ x: Tensor) -> Tensor {
-        let y = linear(x, weight: weight, bias: bias)
+    /// [..., In] -> [..., Out]; with `residual` ([..., Out]) the result is residual + linear(x) in one pass.
+    public func callAsFunction(_ x: Tensor, residual: Tensor? = nil) -> Tensor {
+        let y = linear(x, weight: weight, bias: bias, residual: residual)
         FLOPCounter.add(2 * Double(y.count) * Double(weight.shape[1]))
         return y
     }

@@ -27,14 +27,10 @@ public struct BasicTransformerBlock: Sendable {
 
     /// x [B, N, C], context [B, M, D] -> [B, N, C]
     public func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
-        var h = x
-        // self attention
-        addInPlace(&h, attn1(norm1(h)))
-        // cross attention
-        addInPlace(&h, attn2(norm2(h), context: context))
-        // feed-forward
-        addInPlace(&h, ff(norm3(h)))
-        return h
+        // Each residual add is done by the sub-layer's last product (its output seeded with h).
+        var h = attn1(norm1(x), residual: x)                    // self attention
+        h = attn2(norm2(h), context: context, residual: h)      // cross attention
+        return ff(norm3(h), residual: h)                        // feed-forward
     }
 }
 
@@ -74,14 +70,16 @@ public struct Transformer2DModel: Sendable {
     /// x [B, C, H, W], context [B, M, D] -> [B, C, H, W]
     public func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
         let (height, width) = (x.shape[2], x.shape[3])
-        // A 1x1 conv on NCHW equals a Linear on the [B, H*W, C] tokens, so both
-        // projection kinds run as token-major matrix products.
-        var h = projIn(toTokens(norm(x)))                     // [B, H*W, inner]
+        // A 1x1 conv on NCHW equals a Linear on the [B, H*W, C] tokens, so both projection kinds run as
+        // matrix products that read (proj_in) or write (proj_out, with the residual x) the NCHW layout directly.
+        var h = linearFromChannels(norm(x), weight: projIn.weight, bias: projIn.bias)   // [B, H*W, inner]
+        FLOPCounter.add(2 * Double(h.count) * Double(projIn.inFeatures))
         for block in transformerBlocks {
             h = block(h, context: context)                    // [B, H*W, inner]
         }
-        var out = fromTokens(projOut(h), height: height, width: width)   // [B, C, H, W]
-        addInPlace(&out, x)
+        let out = linearToChannels(h, weight: projOut.weight, bias: projOut.bias, residual: x,
+                                   height: height, width: width)   // [B, C, H, W]
+        FLOPCounter.add(2 * Double(out.count) * Double(projOut.inFeatures))
         return out
     }
 }

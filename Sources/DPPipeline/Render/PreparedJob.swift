@@ -87,8 +87,9 @@ public final class PreparedJob: Sendable {
         let pose = PoseConditioning.window(poseWindow, frameHeight: model.height, frameWidth: model.width,
                                            latentHeight: model.latentHeight, latentWidth: model.latentWidth)
         intermediates?("pose_window", pose)
-        let latents = try denoise(frame: n, pose: pose, progress: progress, isCancelled: isCancelled,
-                                  intermediates: intermediates)
+        let latents = try EngineThreads.reusingFreedMemory {
+            try denoise(frame: n, pose: pose, progress: progress, isCancelled: isCancelled, intermediates: intermediates)
+        }
         intermediates?("latents_final", latents)
         let decoded = model.vae.decode(scale(latents, by: Float(1.0 / Double(model.config.vaeScalingFactor))))
         intermediates?("decoded", decoded)
