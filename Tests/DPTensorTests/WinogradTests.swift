@@ -53,6 +53,25 @@ final class WinogradTests: XCTestCase {
         }
     }
 
+    /// The transforms' AVX-512, AVX2 and portable builds (vector bodies and float tails: 37 channels are two
+    /// 16-float vectors and a 5-float tail, or four 8-float vectors and a 5-float tail), both tile sizes.
+    func testEverySIMDBuild() {
+        var rng = SeededRandom(seed: 17)
+        let x = rng.tensor([2, 37, 9, 7])
+        let w = rng.tensor([21, 37, 3, 3])
+        let b = rng.tensor([21])
+        let ref = Ref.conv2d(x, w, b, stride: 1, pad: .symmetric(1))
+        let filter = Conv3x3Filter(w)
+        for level: Int32 in [2, 1, 0] {
+            withSIMDLevel(level) { used in
+                for side in [4, 2] {
+                    assertClose(winogradConv3x3(x, filter: filter, bias: b, tileSide: side, coutBlock: 16), ref,
+                                tol: 2e-5, "SIMD level \(used), F(\(side)x\(side))")
+                }
+            }
+        }
+    }
+
     /// Large inputs (where the error of the transforms grows with the channel count) stay within 2e-5 of the
     /// output's scale (measured 1.1e-5 here), five times inside the golden tolerance.
     func testAccuracyAtUNetChannelCounts() {
