@@ -92,11 +92,9 @@ let winogradMinInputChannels = 32
 let winogradFilterBlockFloats = 2 << 20
 /// Output channels per block of the transformed filter (and of the products M = V U).
 let winogradCoutBlock = 256
-/// Bound on the per-group scratch (V for the group's tiles, one output-channel block of M and of the NHWC
-/// output, the input staging rows), in floats (32 MB).
+/// Bound on the per-group scratch (V for the group's tiles, then one output-channel block of M and of the
+/// NHWC output, whose space first holds the NHWC input staging rows), in floats (32 MB).
 let winogradScratchFloats = 8 << 20
-/// Bound on the NHWC input staging rows, in floats (1 MB).
-let winogradStagingFloats = 1 << 18
 
 /// The Winograd tile side `automatic` picks for this convolution (4: F(4x4, 3x3), 2: F(2x2, 3x3)), or nil
 /// for im2col.
@@ -153,17 +151,21 @@ func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, tileSide
         kb = min(cin, ((cin + blocks - 1) / blocks + 15) / 16 * 16)
     }
     let uFloats = positions * kb * cb
-    // Staging: S tile rows of one image at a time, (m S + 2) x wp x Cin.
-    let stagingRows = max(1, min(th, stagingRowsLimit, winogradStagingFloats / max(1, mt * wp * cin)))
-    let stagingFloats = (mt * stagingRows + 2) * wp * cin
     // Group: R tile rows; V P R tw Cin, M P R tw cb, output band m^2 R tw cb.
+    let minStagingFloats = (mt + 2) * wp * cin               // one tile row's input rows
     let perRow = tw * (positions * cin + positions * cb + mt * mt * cb)
-    var groupRows = max(1, min(totalRows, groupRowsLimit, (scratchFloats - stagingFloats) / max(1, perRow)))
+    var groupRows = max(1, min(totalRows, groupRowsLimit, (scratchFloats - minStagingFloats) / max(1, perRow)))
     let groups = (totalRows + groupRows - 1) / groupRows
     groupRows = (totalRows + groups - 1) / groups
     let maxTiles = groupRows * tw
     let vFloats = positions * maxTiles * cin, mFloats = positions * maxTiles * cb
     let ybFloats = mt * mt * maxTiles * cb
+    // Staging (NHWC input rows, (m S + 2) x wp x Cin for S tile rows of one image) is only live while V is
+    // built, M and the output band only after: it shares their space, so S is as large as that space allows.
+    let sharedFloats = max(mFloats + ybFloats, minStagingFloats)
+    let stagingRows = max(1, min(th, stagingRowsLimit, (sharedFloats / max(1, wp * cin) - 2) / mt))
+    // One filter block for the whole filter: transformed once per call, before the groups.
+    let wholeFilter = kb == cin && cb == cout
     let weights = mt == 4 ? dp_wino43_weights : dp_wino23_weights
     let inputTransform = mt == 4 ? dp_wino43_input : dp_wino23_input
     let outputTransform = mt == 4 ? dp_wino43_output : dp_wino23_output
@@ -175,10 +177,18 @@ func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, tileSide
         // Every call asks for the full bounds (when its needs fit them), so the pool hands the same two
         // buffers to every convolution instead of keeping one of each size (pages never touched stay unmapped).
         engineScratch.withBuffer(floats: max(uFloats, filterBlockFloats)) { u in
-        engineScratch.withBuffer(floats: max(stagingFloats + vFloats + mFloats + ybFloats, scratchFloats)) { scratch in
+        engineScratch.withBuffer(floats: max(vFloats + sharedFloats, scratchFloats)) { scratch in
         withOptionalPointer(bias) { pbias in
             let px = pxb.baseAddress!, taps = ptb.baseAddress!
-            let xb = scratch, v = xb + stagingFloats, m = v + vFloats, yb = m + mFloats
+            let v = scratch, m = v + vFloats, yb = m + mFloats, xb = m
+            // U [P][kbb][cbb] for input channels [ci0, ci0 + kbb), output channels [co0, co0 + cbb)
+            func transformFilter(_ ci0: Int, _ kbb: Int, _ co0: Int, _ cbb: Int) {
+                parallelChunks(kbb, work: positions * kbb * cbb) { r in
+                    weights(taps, cout, ci0 + r.lowerBound, ci0 + r.upperBound, co0, co0 + cbb,
+                            u + r.lowerBound * cbb, kbb * cbb)
+                }
+            }
+            if wholeFilter { transformFilter(0, cin, 0, cout) }
             // The products run one per engine thread (OpenBLAS single-threaded inside them); the rest of the
             // loop is our own kernels.
             EngineThreads.withSingleThreadedBLAS {
@@ -220,11 +230,7 @@ func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, tileSide
                     var ci0 = 0
                     while ci0 < cin {
                         let kbb = min(kb, cin - ci0)
-                        // U [P][kbb][cbb] for input channels [ci0, ci0 + kbb)
-                        parallelChunks(kbb, work: positions * kbb * cbb) { r in
-                            weights(taps, cout, ci0 + r.lowerBound, ci0 + r.upperBound, co0, co0 + cbb,
-                                    u + r.lowerBound * cbb, kbb * cbb)
-                        }
+                        if !wholeFilter { transformFilter(ci0, kbb, co0, cbb) }
                         // M[p] [tiles x cbb] (+)= V[p][:, ci0 ..< ci0 + kbb] x U[p], P independent products.
                         let beta: Float = ci0 == 0 ? 0 : 1
                         parallelFor(positions, work: Int.max) { p in
