@@ -1,4 +1,4 @@
-// Winograd F(4x4, 3x3) convolution transforms (Lavin & Gray 2016, points 0, +-1, +-2, inf), vectorised
+// Winograd F(4x4, 3x3) and F(2x2, 3x3) convolution transforms (Lavin & Gray 2016; F(4x4): points 0, +-1, +-2, inf), vectorised
 // across channels: activations are in NHWC bands here, so each of a tile's 36 taps is a run of channels.
 //
 //   weights  U = G g G^T      g [3, 3] -> U [6, 6]   per (Cin, Cout) pair
@@ -68,132 +68,186 @@ typedef float dp_v16 __attribute__((vector_size(64), aligned(4)));
         o[3] = d12_ + d34_ * 8.0f + m[5];                                                          \
     } while (0)
 
+// F(2x2, 3x3) (points 0, +-1, inf): 16 multiplications per 2x2 output tile instead of 36.
+//   G = [ 1    0    0  ]   B^T = [ 1  0 -1  0 ]   A^T = [ 1  1  1  0 ]
+//       [1/2  1/2  1/2 ]         [ 0  1  1  0 ]         [ 0  1 -1 -1 ]
+//       [1/2 -1/2  1/2 ]         [ 0 -1  1  0 ]
+//       [ 0    0    1  ]         [ 0  1  0 -1 ]
+#define DP_WINO23_WEIGHT(T, g, u)                                                                   \
+    do {                                                                                           \
+        T t_[4][3];                                                                                \
+        for (int b_ = 0; b_ < 3; b_++) {                                                           \
+            T g0 = g[b_], g1 = g[3 + b_], g2 = g[6 + b_];                                          \
+            t_[0][b_] = g0;                                                                        \
+            t_[1][b_] = (g0 + g1 + g2) * 0.5f;                                                     \
+            t_[2][b_] = (g0 - g1 + g2) * 0.5f;                                                     \
+            t_[3][b_] = g2;                                                                        \
+        }                                                                                          \
+        for (int a_ = 0; a_ < 4; a_++) {                                                           \
+            T g0 = t_[a_][0], g1 = t_[a_][1], g2 = t_[a_][2];                                      \
+            u[a_ * 4 + 0] = g0;                                                                    \
+            u[a_ * 4 + 1] = (g0 + g1 + g2) * 0.5f;                                                 \
+            u[a_ * 4 + 2] = (g0 - g1 + g2) * 0.5f;                                                 \
+            u[a_ * 4 + 3] = g2;                                                                    \
+        }                                                                                          \
+    } while (0)
+#define DP_WINO23_BT(T, d, r)                                                                       \
+    do {                                                                                           \
+        r[0] = d[0] - d[2];                                                                        \
+        r[1] = d[1] + d[2];                                                                        \
+        r[2] = d[2] - d[1];                                                                        \
+        r[3] = d[1] - d[3];                                                                        \
+    } while (0)
+#define DP_WINO23_AT(T, m, o)                                                                       \
+    do {                                                                                           \
+        o[0] = m[0] + m[1] + m[2];                                                                 \
+        o[1] = m[1] - m[2] - m[3];                                                                 \
+    } while (0)
+
 #define DP_LOAD(T, p) (*(const T *)(p))
 #define DP_STORE(T, p, v) (*(T *)(p) = (v))
 
-#define DP_WINO_KERNELS(SUFFIX, ATTR, VT, VW)                                                       \
-    /* u [36][cin][co1 - co0] for input channels [ci0, ci1) and output channels [co0, co1) from     */ \
-    /* wt [cin][9][cout]. */                                                                       \
-    ATTR static void wino_weights_##SUFFIX(const float *wt, size_t cin, size_t cout, size_t ci0,   \
-                                           size_t ci1, size_t co0, size_t co1, float *u) {         \
-        const size_t cb = co1 - co0, plane = cin * cb;                                             \
+// One F(MT x MT, 3x3) kernel set (MT = output tile side, AL = MT + 2 = transformed tile side) named
+// wino<NAME>_{weights,input,output}_SUFFIX, over vectors VT of VW floats with float tails.
+#define DP_WINO_KERNELS(NAME, MT, AL, WEIGHT, BT, AT, SUFFIX, ATTR, VT, VW)                          \
+    /* u[p * plane + (ci - ci0) * (co1 - co0) + (co - co0)] for input channels [ci0, ci1) and output */ \
+    /* channels [co0, co1) from wt [cin][9][cout]. */                                              \
+    ATTR static void wino##NAME##_weights_##SUFFIX(const float *wt, size_t cout, size_t ci0, size_t ci1, \
+                                                   size_t co0, size_t co1, float *u, size_t plane) {   \
+        const size_t cb = co1 - co0;                                                               \
         for (size_t ci = ci0; ci < ci1; ci++) {                                                    \
             const float *w = wt + ci * 9 * cout + co0;                                             \
-            float *uo = u + ci * cb;                                                               \
+            float *uo = u + (ci - ci0) * cb;                                                       \
             size_t co = 0;                                                                         \
             for (; co + VW <= cb; co += VW) {                                                      \
-                VT g[9], r[36];                                                                    \
+                VT g[9], r[AL * AL];                                                               \
                 for (int k = 0; k < 9; k++) g[k] = DP_LOAD(VT, w + k * cout + co);                 \
-                DP_WINO_WEIGHT(VT, g, r);                                                          \
-                for (int p = 0; p < 36; p++) DP_STORE(VT, uo + p * plane + co, r[p]);              \
+                WEIGHT(VT, g, r);                                                                  \
+                for (int p = 0; p < AL * AL; p++) DP_STORE(VT, uo + p * plane + co, r[p]);         \
             }                                                                                      \
             for (; co < cb; co++) {                                                                \
-                float g[9], r[36];                                                                 \
+                float g[9], r[AL * AL];                                                            \
                 for (int k = 0; k < 9; k++) g[k] = w[k * cout + co];                               \
-                DP_WINO_WEIGHT(float, g, r);                                                       \
-                for (int p = 0; p < 36; p++) uo[p * plane + co] = r[p];                            \
+                WEIGHT(float, g, r);                                                               \
+                for (int p = 0; p < AL * AL; p++) uo[p * plane + co] = r[p];                       \
             }                                                                                      \
         }                                                                                          \
     }                                                                                              \
     /* Tiles [t0, t1) of a padded NHWC band xb [rows][wp][c] (tile (ty, tx) = t / tw, t % tw reads */ \
-    /* rows 4ty..4ty+5, columns 4tx..4tx+5) -> v[p * vplane + t * c + ch]. */                      \
-    ATTR static void wino_input_##SUFFIX(const float *xb, size_t wp, size_t c, size_t tw,           \
-                                         size_t t0, size_t t1, float *v, size_t vplane) {          \
+    /* rows MT ty .. MT ty + AL - 1, the same columns) -> v[p * vplane + t * c + ch]. */           \
+    ATTR static void wino##NAME##_input_##SUFFIX(const float *xb, size_t wp, size_t c, size_t tw,     \
+                                                 size_t t0, size_t t1, float *v, size_t vplane) {  \
         for (size_t t = t0; t < t1; t++) {                                                         \
-            const float *base = xb + ((t / tw) * 4 * wp + (t % tw) * 4) * c;                       \
+            const float *base = xb + ((t / tw) * MT * wp + (t % tw) * MT) * c;                     \
             float *vo = v + t * c;                                                                 \
             size_t ch = 0;                                                                         \
             for (; ch + VW <= c; ch += VW) {                                                       \
-                VT tmp[6][6];                                                                      \
-                for (int s = 0; s < 6; s++) {                                                      \
-                    VT d[6], r[6];                                                                 \
-                    for (int q = 0; q < 6; q++) d[q] = DP_LOAD(VT, base + (q * wp + s) * c + ch);  \
-                    DP_WINO_BT(VT, d, r);                                                          \
-                    for (int q = 0; q < 6; q++) tmp[q][s] = r[q];                                  \
+                VT tmp[AL][AL];                                                                    \
+                for (int s = 0; s < AL; s++) {                                                     \
+                    VT d[AL], r[AL];                                                               \
+                    for (int q = 0; q < AL; q++) d[q] = DP_LOAD(VT, base + (q * wp + s) * c + ch); \
+                    BT(VT, d, r);                                                                  \
+                    for (int q = 0; q < AL; q++) tmp[q][s] = r[q];                                 \
                 }                                                                                  \
-                for (int q = 0; q < 6; q++) {                                                      \
-                    VT r[6];                                                                       \
-                    DP_WINO_BT(VT, tmp[q], r);                                                     \
-                    for (int s = 0; s < 6; s++) DP_STORE(VT, vo + (q * 6 + s) * vplane + ch, r[s]); \
+                for (int q = 0; q < AL; q++) {                                                     \
+                    VT r[AL];                                                                      \
+                    BT(VT, tmp[q], r);                                                             \
+                    for (int s = 0; s < AL; s++) DP_STORE(VT, vo + (q * AL + s) * vplane + ch, r[s]); \
                 }                                                                                  \
             }                                                                                      \
             for (; ch < c; ch++) {                                                                 \
-                float tmp[6][6];                                                                   \
-                for (int s = 0; s < 6; s++) {                                                      \
-                    float d[6], r[6];                                                              \
-                    for (int q = 0; q < 6; q++) d[q] = base[(q * wp + s) * c + ch];                \
-                    DP_WINO_BT(float, d, r);                                                       \
-                    for (int q = 0; q < 6; q++) tmp[q][s] = r[q];                                  \
+                float tmp[AL][AL];                                                                 \
+                for (int s = 0; s < AL; s++) {                                                     \
+                    float d[AL], r[AL];                                                            \
+                    for (int q = 0; q < AL; q++) d[q] = base[(q * wp + s) * c + ch];               \
+                    BT(float, d, r);                                                               \
+                    for (int q = 0; q < AL; q++) tmp[q][s] = r[q];                                 \
                 }                                                                                  \
-                for (int q = 0; q < 6; q++) {                                                      \
-                    float r[6];                                                                    \
-                    DP_WINO_BT(float, tmp[q], r);                                                  \
-                    for (int s = 0; s < 6; s++) vo[(q * 6 + s) * vplane + ch] = r[s];              \
+                for (int q = 0; q < AL; q++) {                                                     \
+                    float r[AL];                                                                   \
+                    BT(float, tmp[q], r);                                                          \
+                    for (int s = 0; s < AL; s++) vo[(q * AL + s) * vplane + ch] = r[s];            \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
     }                                                                                              \
-    /* m[p * mplane + t * c + ch] for tiles [t0, t1) -> yb [4 * rows][4 * tw][c] (NHWC band), + bias. */ \
-    ATTR static void wino_output_##SUFFIX(const float *m, size_t mplane, size_t c, size_t tw,       \
-                                          size_t t0, size_t t1, const float *bias, float *yb) {    \
-        const size_t wo = 4 * tw;                                                                  \
+    /* m[p * mplane + t * c + ch] for tiles [t0, t1) -> yb [MT rows][MT tw][c] (NHWC band), + bias. */ \
+    ATTR static void wino##NAME##_output_##SUFFIX(const float *m, size_t mplane, size_t c, size_t tw,  \
+                                                  size_t t0, size_t t1, const float *bias, float *yb) { \
+        const size_t wo = MT * tw;                                                                 \
         for (size_t t = t0; t < t1; t++) {                                                         \
             const float *mi = m + t * c;                                                           \
-            float *base = yb + ((t / tw) * 4 * wo + (t % tw) * 4) * c;                             \
+            float *base = yb + ((t / tw) * MT * wo + (t % tw) * MT) * c;                           \
             size_t ch = 0;                                                                         \
             for (; ch + VW <= c; ch += VW) {                                                       \
-                VT tmp[4][6];                                                                      \
-                for (int s = 0; s < 6; s++) {                                                      \
-                    VT d[6], o[4];                                                                 \
-                    for (int q = 0; q < 6; q++) d[q] = DP_LOAD(VT, mi + (q * 6 + s) * mplane + ch); \
-                    DP_WINO_AT(VT, d, o);                                                          \
-                    for (int q = 0; q < 4; q++) tmp[q][s] = o[q];                                  \
+                VT tmp[MT][AL];                                                                    \
+                for (int s = 0; s < AL; s++) {                                                     \
+                    VT d[AL], o[MT];                                                               \
+                    for (int q = 0; q < AL; q++) d[q] = DP_LOAD(VT, mi + (q * AL + s) * mplane + ch); \
+                    AT(VT, d, o);                                                                  \
+                    for (int q = 0; q < MT; q++) tmp[q][s] = o[q];                                 \
                 }                                                                                  \
                 VT bv = bias ? DP_LOAD(VT, bias + ch) : (VT){0};                                   \
-                for (int q = 0; q < 4; q++) {                                                      \
-                    VT o[4];                                                                       \
-                    DP_WINO_AT(VT, tmp[q], o);                                                     \
-                    for (int s = 0; s < 4; s++) DP_STORE(VT, base + (q * wo + s) * c + ch, o[s] + bv); \
+                for (int q = 0; q < MT; q++) {                                                     \
+                    VT o[MT];                                                                      \
+                    AT(VT, tmp[q], o);                                                             \
+                    for (int s = 0; s < MT; s++) DP_STORE(VT, base + (q * wo + s) * c + ch, o[s] + bv); \
                 }                                                                                  \
             }                                                                                      \
             for (; ch < c; ch++) {                                                                 \
-                float tmp[4][6];                                                                   \
-                for (int s = 0; s < 6; s++) {                                                      \
-                    float d[6], o[4];                                                              \
-                    for (int q = 0; q < 6; q++) d[q] = mi[(q * 6 + s) * mplane + ch];              \
-                    DP_WINO_AT(float, d, o);                                                       \
-                    for (int q = 0; q < 4; q++) tmp[q][s] = o[q];                                  \
+                float tmp[MT][AL];                                                                 \
+                for (int s = 0; s < AL; s++) {                                                     \
+                    float d[AL], o[MT];                                                            \
+                    for (int q = 0; q < AL; q++) d[q] = mi[(q * AL + s) * mplane + ch];            \
+                    AT(float, d, o);                                                               \
+                    for (int q = 0; q < MT; q++) tmp[q][s] = o[q];                                 \
                 }                                                                                  \
                 float bv = bias ? bias[ch] : 0.0f;                                                 \
-                for (int q = 0; q < 4; q++) {                                                      \
-                    float o[4];                                                                    \
-                    DP_WINO_AT(float, tmp[q], o);                                                  \
-                    for (int s = 0; s < 4; s++) base[(q * wo + s) * c + ch] = o[s] + bv;           \
+                for (int q = 0; q < MT; q++) {                                                     \
+                    float o[MT];                                                                   \
+                    AT(float, tmp[q], o);                                                          \
+                    for (int s = 0; s < MT; s++) base[(q * wo + s) * c + ch] = o[s] + bv;          \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
     }
 
+#define DP_WINO_BOTH(SUFFIX, ATTR, VT, VW)                                                          \
+    DP_WINO_KERNELS(43, 4, 6, DP_WINO_WEIGHT, DP_WINO_BT, DP_WINO_AT, SUFFIX, ATTR, VT, VW)          \
+    DP_WINO_KERNELS(23, 2, 4, DP_WINO23_WEIGHT, DP_WINO23_BT, DP_WINO23_AT, SUFFIX, ATTR, VT, VW)
+
 #if defined(__x86_64__) && defined(__clang__)
-DP_WINO_KERNELS(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), min_vector_width(512))),
-                dp_v16, 16)
-DP_WINO_KERNELS(avx2, __attribute__((target("avx2,fma"))), dp_v8, 8)
-DP_WINO_KERNELS(base, , dp_v8, 8)
+DP_WINO_BOTH(avx512, __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,fma"), min_vector_width(512))),
+             dp_v16, 16)
+DP_WINO_BOTH(avx2, __attribute__((target("avx2,fma"))), dp_v8, 8)
+DP_WINO_BOTH(base, , dp_v8, 8)
 #else
-DP_WINO_KERNELS(base, , dp_v8, 8)
+DP_WINO_BOTH(base, , dp_v8, 8)
 #endif
 
-void dp_wino43_weights(const float *wt, size_t cin, size_t cout, size_t ci0, size_t ci1, size_t co0, size_t co1,
-                       float *u) {
-    DP_DISPATCH(wino_weights, wt, cin, cout, ci0, ci1, co0, co1, u);
+void dp_wino43_weights(const float *wt, size_t cout, size_t ci0, size_t ci1, size_t co0, size_t co1, float *u,
+                       size_t plane) {
+    DP_DISPATCH(wino43_weights, wt, cout, ci0, ci1, co0, co1, u, plane);
 }
 void dp_wino43_input(const float *xb, size_t wp, size_t c, size_t tw, size_t t0, size_t t1, float *v,
                      size_t vplane) {
-    DP_DISPATCH(wino_input, xb, wp, c, tw, t0, t1, v, vplane);
+    DP_DISPATCH(wino43_input, xb, wp, c, tw, t0, t1, v, vplane);
 }
 void dp_wino43_output(const float *m, size_t mplane, size_t c, size_t tw, size_t t0, size_t t1,
                       const float *bias, float *yb) {
-    DP_DISPATCH(wino_output, m, mplane, c, tw, t0, t1, bias, yb);
+    DP_DISPATCH(wino43_output, m, mplane, c, tw, t0, t1, bias, yb);
+}
+void dp_wino23_weights(const float *wt, size_t cout, size_t ci0, size_t ci1, size_t co0, size_t co1, float *u,
+                       size_t plane) {
+    DP_DISPATCH(wino23_weights, wt, cout, ci0, ci1, co0, co1, u, plane);
+}
+void dp_wino23_input(const float *xb, size_t wp, size_t c, size_t tw, size_t t0, size_t t1, float *v,
+                     size_t vplane) {
+    DP_DISPATCH(wino23_input, xb, wp, c, tw, t0, t1, v, vplane);
+}
+void dp_wino23_output(const float *m, size_t mplane, size_t c, size_t tw, size_t t0, size_t t1,
+                      const float *bias, float *yb) {
+    DP_DISPATCH(wino23_output, m, mplane, c, tw, t0, t1, bias, yb);
 }
 
 // dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols: 8 x 8 blocks transposed in AVX registers

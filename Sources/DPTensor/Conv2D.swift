@@ -1,5 +1,5 @@
 // 2-D convolution (torch.nn.functional.conv2d, groups = 1, dilation = 1) as tiled im2col + sgemm; 3x3
-// convolutions with a prepared filter, and Winograd F(4x4, 3x3) where it applies (Winograd.swift).
+// convolutions with a prepared filter, and Winograd F(4x4, 3x3) / F(2x2, 3x3) where it applies (Winograd.swift).
 
 /// Zero padding on each side of a 2-D image.
 public struct Padding2D: Equatable, Sendable {
@@ -55,8 +55,8 @@ func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, stride: Int, padding: Pa
 }
 
 /// 3x3 convolution with a prepared filter: x [N, Cin, H, W] -> [N, Cout, Ho, Wo] (+ bias [Cout]).
-/// Winograd F(4x4, 3x3) where it applies (stride 1, padding 1, enough tiles: `Conv3x3Algorithm`),
-/// otherwise tiled im2col + sgemm.
+/// Winograd F(4x4, 3x3) or F(2x2, 3x3) where it applies (stride 1, padding 1, enough tiles and input
+/// channels: `winogradTileSide`), otherwise tiled im2col + sgemm.
 public func conv2d(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, stride: Int = 1,
                    padding: Padding2D = .symmetric(1), algorithm: Conv3x3Algorithm = .default) -> Tensor {
     let probe = OpProfile.begin(stride == 1 ? .conv3x3 : .conv3x3Strided,
@@ -72,17 +72,31 @@ func conv2d(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, stride: Int, padd
     precondition(x.rank == 4, "conv2d: input must be [N, Cin, H, W], got \(x.shape)")
     precondition(x.shape[1] == filter.inChannels,
                  "conv2d: weight expects \(filter.inChannels) input channels, input \(x.shape) has \(x.shape[1])")
-    let winograd: Bool
-    switch algorithm {
-    case .im2col: winograd = false
-    case .automatic: winograd = winogradApplies(x, filter: filter, stride: stride, padding: padding)
-    case .winograd: winograd = stride == 1 && padding == .symmetric(1)
+    switch conv3x3Path(x, filter: filter, stride: stride, padding: padding, algorithm: algorithm) {
+    case "winograd": return winogradConv3x3(x, filter: filter, bias: bias, tileSide: 4)
+    case "winograd2x2": return winogradConv3x3(x, filter: filter, bias: bias, tileSide: 2)
+    default: break
     }
-    if winograd { return winogradConv3x3(x, filter: filter, bias: bias) }
     return filter.taps.data.withUnsafeBufferPointer { pt in
         // taps [Cin*9, Cout] is the transposed weight matrix.
         im2colConv(x, weights: pt.baseAddress!, transposed: true, cout: filter.outChannels, cin: filter.inChannels,
                    kh: 3, kw: 3, bias: bias, stride: stride, padding: padding, scratchFloats: scratchFloats)
+    }
+}
+
+/// Which kernel `conv2d(_:filter:...)` runs for this convolution: "winograd" or "im2col" (benchmarks print it).
+public func conv3x3Path(_ x: Tensor, filter: Conv3x3Filter, stride: Int, padding: Padding2D,
+                        algorithm: Conv3x3Algorithm) -> String {
+    switch algorithm {
+    case .im2col: return "im2col"
+    case .automatic:
+        switch winogradTileSide(x, filter: filter, stride: stride, padding: padding) {
+        case 4: return "winograd"
+        case 2: return "winograd2x2"
+        default: return "im2col"
+        }
+    case .winograd: return stride == 1 && padding == .symmetric(1) ? "winograd" : "im2col"
+    case .winograd2x2: return stride == 1 && padding == .symmetric(1) ? "winograd2x2" : "im2col"
     }
 }
 

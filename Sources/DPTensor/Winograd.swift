@@ -1,11 +1,15 @@
-// 3x3 convolutions: the filter prepared once at load (Conv3x3Filter), and the Winograd F(4x4, 3x3)
-// algorithm for stride-1 "same" convolutions (CDPKernels winograd.c has the transforms and their matrices).
+// 3x3 convolutions: the filter prepared once at load (Conv3x3Filter), and the Winograd F(4x4, 3x3) and
+// F(2x2, 3x3) algorithms for stride-1 "same" convolutions (CDPKernels winograd.c has the transforms and
+// their matrices).
 //
-// Winograd computes each 4x4 output tile from a 6x6 input patch with 36 multiplications per (Cin, Cout)
-// pair instead of 144: the products are 36 GEMMs [tiles x Cin] x [Cin x Cout], one per position of the
-// transformed 6x6 tile, between the transformed input tiles V and the transformed filter U. Activations are
-// turned into zero-padded NHWC bands of whole tile rows (so the transforms read runs of channels), and the
-// scratch (band, V, M = V U, output band) is bounded by `winogradScratchFloats`: large images go band by band.
+// Winograd F(4x4, 3x3) computes each 4x4 output tile from a 6x6 input patch with 36 multiplications per
+// (Cin, Cout) pair instead of 144 (F(2x2, 3x3): a 2x2 tile from a 4x4 patch with 16 instead of 36): the
+// products are 36 (16) GEMMs [tiles x Cin] x [Cin x Cout], one per position of the transformed tile, between
+// the transformed input tiles V and the transformed filter U. Activations are staged as zero-padded NHWC
+// rows (so the transforms read runs of channels); the tiles of all images are processed in groups of tile
+// rows bounded by `winogradScratchFloats` (the whole batch at once where it fits), and the filter is
+// transformed per call, per group, in blocks bounded by `winogradFilterBlockFloats` (F(4x4) for large
+// images, F(2x2) for the small ones where F(4x4)'s few tiles cannot pay for its filter transform).
 
 import CDPKernels
 import Foundation
@@ -46,10 +50,16 @@ public struct Conv3x3Filter: Sendable {
     }
 }
 
-/// Which algorithm runs a 3x3 convolution. `automatic` uses Winograd for stride-1, padding-1 convolutions
-/// with at least `winogradMinTiles` output tiles, im2col otherwise. DP_CONV3X3=im2col|winograd|automatic sets the process default (for A/B benchmarks).
+/// Which algorithm runs a 3x3 convolution. `automatic` uses Winograd F(4x4, 3x3) or F(2x2, 3x3) for
+/// stride-1, padding-1 convolutions with enough output tiles (`winogradTileSide`), im2col otherwise.
+/// DP_CONV3X3=im2col|winograd|winograd2x2|automatic sets the process default (for A/B benchmarks).
 public enum Conv3x3Algorithm: String, Sendable {
-    case automatic, im2col, winograd
+    /// Winograd F(4x4, 3x3) or F(2x2, 3x3) where it applies (`winogradTileSide`), else im2col.
+    case automatic, im2col
+    /// Winograd F(4x4, 3x3) (stride-1, padding-1 convolutions; others run as im2col).
+    case winograd
+    /// Winograd F(2x2, 3x3) (likewise).
+    case winograd2x2
 
     /// The process default, read once from DP_CONV3X3.
     public static let `default`: Conv3x3Algorithm = {
@@ -57,84 +67,144 @@ public enum Conv3x3Algorithm: String, Sendable {
         let value = String(cString: raw)
         guard let algorithm = Conv3x3Algorithm(rawValue: value) else {
             FileHandle.standardError.write(Data(
-                "dp-farm: DP_CONV3X3=\(value) is not im2col, winograd or automatic; using automatic\n".utf8))
+                "dp-farm: DP_CONV3X3=\(value) is not im2col, winograd, winograd2x2 or automatic; using automatic\n".utf8))
             return .automatic
         }
         return algorithm
     }()
 }
 
-/// Below this many 4x4 output tiles (all images together) a 3x3 convolution runs as im2col: the per-call
-/// filter transform and the short products (M = tiles) then cost more than the multiplications saved.
-/// Measured on the quiet 2-core AVX-512 machine (`dp-bench conv`): 1280 -> 1280 at 20 x 16, batch 3
-/// (60 tiles): im2col 0.109 s, Winograd 0.119 s; 640 -> 640 at 40 x 32, batch 1 (80 tiles): Winograd 2.2x faster.
-let winogradMinTiles = 64
-/// Bound on one block of the transformed filter (36 x Cin x a block of Cout), in floats (8 MB): the filter is
-/// transformed per call, block by block of output channels, so it never exists whole (a 2560 -> 1280
+/// `automatic`'s choice (`winogradTileSide`): F(4x4, 3x3) from this many 4x4 output tiles (all images
+/// together), F(2x2, 3x3) below that from `winograd2x2MinTiles` 2x2 tiles, im2col below that and for
+/// fewer than `winogradMinInputChannels` input channels (the transforms then cost more than the products
+/// they save). Measured on the 2-core AVX-512 machine (`dp-bench conv`, 1280 -> 1280, seconds im2col /
+/// F(4x4) / F(2x2)): 20 x 16 batch 3 (60 4x4 tiles) 0.106 / 0.061 / 0.060, caches flushed 0.218 / 0.097 /
+/// 0.128; 40-48 4x4 tiles: F(4x4) and F(2x2) within 10%; 24 x 20 batch 1 (30 4x4 tiles) F(2x2) 15% ahead;
+/// 10 x 8 batch 3 (60 2x2 tiles) 0.041 / 0.043 / 0.025; 10 x 8 batch 2 (40) 0.054 / 0.051 / 0.038;
+/// 12 x 12 batch 1 (36) 0.039 / 0.055 / 0.035; 10 x 8 batch 1 (20) 0.0275 / 0.051 / 0.029. 14 -> 320 at
+/// 80 x 64 batch 3 (the UNet's conv_in): 0.0054 / 0.0120 / 0.0155.
+let winogradMinTiles = 48
+let winograd2x2MinTiles = 32
+let winogradMinInputChannels = 32
+/// Bound on one block of the transformed filter (positions x a block of Cin x a block of Cout), in floats
+/// (8 MB): the filter is transformed per call, block by block, so it never exists whole (a 2560 -> 1280
 /// filter would be 472 MB transformed).
 let winogradFilterBlockFloats = 2 << 20
-/// Bound on the per-band scratch (input band, V, M, output band), in floats (32 MB: an 80 x 64 image at
-/// 320 channels in two bands).
+/// Output channels per block of the transformed filter (and of the products M = V U).
+let winogradCoutBlock = 256
+/// Bound on the per-group scratch (V for the group's tiles, then one output-channel block of M and of the
+/// NHWC output, whose space first holds the NHWC input staging rows), in floats (32 MB).
 let winogradScratchFloats = 8 << 20
 
-/// Whether `automatic` picks Winograd for this convolution.
-func winogradApplies(_ x: Tensor, filter: Conv3x3Filter, stride: Int, padding: Padding2D) -> Bool {
-    guard stride == 1, padding == .symmetric(1), x.rank == 4 else { return false }
-    let tiles = x.shape[0] * ((x.shape[2] + 3) / 4) * ((x.shape[3] + 3) / 4)
-    return tiles >= winogradMinTiles
+/// The Winograd tile side `automatic` picks for this convolution (4: F(4x4, 3x3), 2: F(2x2, 3x3)), or nil
+/// for im2col.
+func winogradTileSide(_ x: Tensor, filter: Conv3x3Filter, stride: Int, padding: Padding2D) -> Int? {
+    guard stride == 1, padding == .symmetric(1), x.rank == 4, filter.inChannels >= winogradMinInputChannels
+    else { return nil }
+    let n = x.shape[0], h = x.shape[2], w = x.shape[3]
+    if n * ((h + 3) / 4) * ((w + 3) / 4) >= winogradMinTiles { return 4 }
+    if n * ((h + 1) / 2) * ((w + 1) / 2) >= winograd2x2MinTiles { return 2 }
+    return nil
 }
 
-/// 3x3 convolution, stride 1, padding 1 on every side, by Winograd F(4x4, 3x3):
+/// Whether `automatic` picks Winograd (either tile size) for this convolution.
+func winogradApplies(_ x: Tensor, filter: Conv3x3Filter, stride: Int, padding: Padding2D) -> Bool {
+    winogradTileSide(x, filter: filter, stride: stride, padding: padding) != nil
+}
+
+/// 3x3 convolution, stride 1, padding 1 on every side, by Winograd F(m x m, 3x3), m = `tileSide` (4 or 2):
 /// x [N, Cin, H, W] -> [N, Cout, H, W] (+ bias [Cout]).
-func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?,
+///
+/// The tiles of all images are numbered in one sequence of tile rows (image-major) and processed in groups
+/// of whole tile rows, as many as `scratchFloats` holds (a whole batch of small images in one group, large
+/// images in bands). Per group: V [P][tiles][Cin] (P = (m+2)^2 positions), then per block of output
+/// channels: the filter block transformed (in blocks of input channels, the products accumulating over
+/// them), P products M[p] [tiles x cb] = V[p] U[p], the output transform with the bias into an NHWC band
+/// and back to NCHW. The filter is transformed once per group, so once per call when the group is the batch.
+func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?, tileSide: Int = 4,
                      scratchFloats: Int = winogradScratchFloats,
-                     filterBlockFloats: Int = winogradFilterBlockFloats) -> Tensor {
+                     filterBlockFloats: Int = winogradFilterBlockFloats,
+                     coutBlock: Int = winogradCoutBlock,
+                     groupRowsLimit: Int = .max, stagingRowsLimit: Int = .max) -> Tensor {
     precondition(x.rank == 4 && x.shape[1] == filter.inChannels,
                  "winogradConv3x3: input \(x.shape) does not match the filter's \(filter.inChannels) input channels")
+    precondition(tileSide == 4 || tileSide == 2, "winogradConv3x3: tile side \(tileSide) is not 4 or 2")
     let n = x.shape[0], cin = filter.inChannels, h = x.shape[2], w = x.shape[3]
     let cout = filter.outChannels
     if let bias { precondition(bias.count == cout, "conv2d: bias has \(bias.count) elements, expected \(cout)") }
-    let th = (h + 3) / 4, tw = (w + 3) / 4      // tile rows, tiles per row
-    let wp = 4 * tw + 2                         // padded band width (1 left, >= 1 right)
-    // Floats per band of R tile rows: input band (4R + 2) x wp x Cin, V 36 R tw Cin, M 36 R tw Cout,
-    // output band 4R x 4tw x Cout.
-    let perRow = 4 * wp * cin + 36 * tw * (cin + cout) + 16 * tw * cout
-    let bandRows = max(1, min(th, (scratchFloats - 2 * wp * cin) / max(1, perRow)))
-    let maxTiles = bandRows * tw
-    let xbFloats = (4 * bandRows + 2) * wp * cin
-    let vFloats = 36 * maxTiles * cin, mFloats = 36 * maxTiles * cout
-    let ybFloats = 16 * maxTiles * cout
+    let mt = tileSide, positions = (mt + 2) * (mt + 2)
+    let th = (h + mt - 1) / mt, tw = (w + mt - 1) / mt     // tile rows, tiles per row (per image)
+    let wp = mt * tw + 2                                   // padded staging width (1 left, >= 1 right)
+    let totalRows = n * th                                 // tile rows of all images
     let hw = h * w
-    // Output channels per transformed-filter block (a multiple of 16 when there is more than one block).
-    var coutBlock = min(cout, max(1, filterBlockFloats / max(1, 36 * cin)))
-    if coutBlock < cout { coutBlock = max(16, coutBlock / 16 * 16) }
-    let singleBlock = coutBlock >= cout
+
+    // Output-channel blocks of cb (balanced, a multiple of 16 when there is more than one), input-channel
+    // blocks of kb so that one transformed block [P][kb][cb] stays within filterBlockFloats.
+    var cb = min(cout, max(1, coutBlock))
+    if cb < cout {
+        let blocks = (cout + cb - 1) / cb
+        cb = min(cout, ((cout + blocks - 1) / blocks + 15) / 16 * 16)
+    }
+    var kb = min(cin, max(16, filterBlockFloats / max(1, positions * cb)))
+    if kb < cin {
+        let blocks = (cin + kb - 1) / kb
+        kb = min(cin, ((cin + blocks - 1) / blocks + 15) / 16 * 16)
+    }
+    let uFloats = positions * kb * cb
+    // Group: R tile rows; V P R tw Cin, M P R tw cb, output band m^2 R tw cb.
+    let minStagingFloats = (mt + 2) * wp * cin               // one tile row's input rows
+    let perRow = tw * (positions * cin + positions * cb + mt * mt * cb)
+    var groupRows = max(1, min(totalRows, groupRowsLimit, (scratchFloats - minStagingFloats) / max(1, perRow)))
+    let groups = (totalRows + groupRows - 1) / groupRows
+    groupRows = (totalRows + groups - 1) / groups
+    let maxTiles = groupRows * tw
+    let vFloats = positions * maxTiles * cin, mFloats = positions * maxTiles * cb
+    let ybFloats = mt * mt * maxTiles * cb
+    // Staging (NHWC input rows, (m S + 2) x wp x Cin for S tile rows of one image) is only live while V is
+    // built, M and the output band only after: it shares their space, so S is as large as that space allows.
+    let sharedFloats = max(mFloats + ybFloats, minStagingFloats)
+    let stagingRows = max(1, min(th, stagingRowsLimit, (sharedFloats / max(1, wp * cin) - 2) / mt))
+    // One filter block for the whole filter: transformed once per call, before the groups.
+    let wholeFilter = kb == cin && cb == cout
+    let weights = mt == 4 ? dp_wino43_weights : dp_wino23_weights
+    let inputTransform = mt == 4 ? dp_wino43_input : dp_wino23_input
+    let outputTransform = mt == 4 ? dp_wino43_output : dp_wino23_output
 
     return Tensor(overwriting: [n, cout, h, w]) { out in
         guard let po = out.baseAddress, n > 0, h > 0, w > 0 else { return }
         x.data.withUnsafeBufferPointer { pxb in
         filter.taps.data.withUnsafeBufferPointer { ptb in
-        engineScratch.withBuffer(floats: 36 * cin * min(coutBlock, cout)) { u in
-        engineScratch.withBuffer(floats: xbFloats + vFloats + mFloats + ybFloats) { scratch in
+        // Every call asks for the full bounds (when its needs fit them), so the pool hands the same two
+        // buffers to every convolution instead of keeping one of each size (pages never touched stay unmapped).
+        engineScratch.withBuffer(floats: max(uFloats, filterBlockFloats)) { u in
+        engineScratch.withBuffer(floats: max(vFloats + sharedFloats, scratchFloats)) { scratch in
         withOptionalPointer(bias) { pbias in
             let px = pxb.baseAddress!, taps = ptb.baseAddress!
-            // U [36][Cin][cb] for output channels [co0, co0 + cb)
-            func transformFilter(_ co0: Int, _ cb: Int) {
-                parallelChunks(cin, work: 36 * cin * cb) { r in
-                    dp_wino43_weights(taps, cin, cout, r.lowerBound, r.upperBound, co0, co0 + cb, u)
+            let v = scratch, m = v + vFloats, yb = m + mFloats, xb = m
+            // U [P][kbb][cbb] for input channels [ci0, ci0 + kbb), output channels [co0, co0 + cbb)
+            func transformFilter(_ ci0: Int, _ kbb: Int, _ co0: Int, _ cbb: Int) {
+                parallelChunks(kbb, work: positions * kbb * cbb) { r in
+                    weights(taps, cout, ci0 + r.lowerBound, ci0 + r.upperBound, co0, co0 + cbb,
+                            u + r.lowerBound * cbb, kbb * cbb)
                 }
             }
-            if singleBlock { transformFilter(0, cout) }
-            let xb = scratch, v = xb + xbFloats, m = v + vFloats, yb = m + mFloats
-            for b in 0..<n {
-                let xImage = px + b * cin * hw, oImage = po + b * cout * hw
-                var ty0 = 0
-                while ty0 < th {
-                    let rows = min(bandRows, th - ty0)
-                    let tiles = rows * tw
-                    let bandH = 4 * rows + 2
-                    let y0 = 4 * ty0 - 1                // image row of band row 0
-                    // 1. Input band, NHWC with a zero border: band row r holds image row y0 + r.
+            if wholeFilter { transformFilter(0, cin, 0, cout) }
+            // The products run one per engine thread (OpenBLAS single-threaded inside them); the rest of the
+            // loop is our own kernels.
+            EngineThreads.withSingleThreadedBLAS {
+            var g0 = 0
+            while g0 < totalRows {
+                let rows = min(groupRows, totalRows - g0)      // global tile rows g0 ..< g0 + rows
+                let tiles = rows * tw
+                // 1. V [P][tiles][Cin], staged S tile rows of one image at a time.
+                var gr = g0
+                while gr < g0 + rows {
+                    let b = gr / th, ty = gr % th
+                    let sRows = min(stagingRows, g0 + rows - gr, th - ty)
+                    let bandH = mt * sRows + 2
+                    let y0 = mt * ty - 1                        // image row of staging row 0
+                    let xImage = px + b * cin * hw
+                    // NHWC with a zero border: staging row r holds image row y0 + r.
                     parallelFor(bandH, work: bandH * wp * cin) { r in
                         let row = xb + r * wp * cin
                         let y = y0 + r
@@ -147,37 +217,46 @@ func winogradConv3x3(_ x: Tensor, filter: Conv3x3Filter, bias: Tensor?,
                         // [Cin][W] (row stride H*W) -> [W][Cin]
                         dp_transpose(xImage + y * w, hw, cin, w, row + cin, cin)
                     }
-                    // 2. V [36][tiles][Cin]
-                    parallelChunks(tiles, work: tiles * 36 * cin * 8) { r in
-                        dp_wino43_input(xb, wp, cin, tw, r.lowerBound, r.upperBound, v, tiles * cin)
+                    let sTiles = sRows * tw, vOffset = (gr - g0) * tw * cin
+                    parallelChunks(sTiles, work: sTiles * positions * cin * 8) { r in
+                        inputTransform(xb, wp, cin, tw, r.lowerBound, r.upperBound, v + vOffset, tiles * cin)
                     }
-                    // 3. M[p] [tiles x Cout] = V[p] [tiles x Cin] x U[p] [Cin x Cout], 36 independent products
-                    //    per block of output channels.
-                    var co0 = 0
-                    while co0 < cout {
-                        let cb = min(coutBlock, cout - co0)
-                        if !singleBlock { transformFilter(co0, cb) }
-                        EngineThreads.withSingleThreadedBLAS {
-                            parallelFor(36, work: Int.max) { p in
-                                gemm(m: tiles, n: cb, k: cin, a: v + p * tiles * cin, lda: cin,
-                                     b: u + p * cin * cb, ldb: cb, c: m + p * tiles * cout + co0, ldc: cout)
-                            }
-                        }
-                        co0 += cb
-                    }
-                    // 4. Output band [4 rows][4 tw][Cout] (NHWC), with the bias.
-                    parallelChunks(tiles, work: tiles * 36 * cout * 8) { r in
-                        dp_wino43_output(m, tiles * cout, cout, tw, r.lowerBound, r.upperBound, pbias, yb)
-                    }
-                    // 5. Back to NCHW: the band's output rows that lie in the image.
-                    let oy0 = 4 * ty0, oy1 = min(h, 4 * (ty0 + rows))
-                    parallelFor(oy1 - oy0, work: (oy1 - oy0) * w * cout) { i in
-                        let oy = oy0 + i
-                        // [W][Cout] (row stride Cout) -> [Cout][W] (row stride H*W)
-                        dp_transpose(yb + (oy - oy0) * 4 * tw * cout, cout, w, cout, oImage + oy * w, hw)
-                    }
-                    ty0 += rows
+                    gr += sRows
                 }
+                // 2. Per block of output channels [co0, co0 + cbb).
+                var co0 = 0
+                while co0 < cout {
+                    let cbb = min(cb, cout - co0)
+                    var ci0 = 0
+                    while ci0 < cin {
+                        let kbb = min(kb, cin - ci0)
+                        if !wholeFilter { transformFilter(ci0, kbb, co0, cbb) }
+                        // M[p] [tiles x cbb] (+)= V[p][:, ci0 ..< ci0 + kbb] x U[p], P independent products.
+                        let beta: Float = ci0 == 0 ? 0 : 1
+                        parallelFor(positions, work: Int.max) { p in
+                            gemm(m: tiles, n: cbb, k: kbb, a: v + p * tiles * cin + ci0, lda: cin,
+                                 b: u + p * kbb * cbb, ldb: cbb, beta: beta, c: m + p * tiles * cbb, ldc: cbb)
+                        }
+                        ci0 += kbb
+                    }
+                    // 3. Output band [m rows][m tw][cbb] (NHWC), with the bias.
+                    let blockBias = pbias.map { $0 + co0 }
+                    parallelChunks(tiles, work: tiles * positions * cbb * 8) { r in
+                        outputTransform(m, tiles * cbb, cbb, tw, r.lowerBound, r.upperBound, blockBias, yb)
+                    }
+                    // 4. Back to NCHW: the band's output rows that lie in their image.
+                    let bandRows = mt * rows
+                    parallelFor(bandRows, work: bandRows * w * cbb) { lr in
+                        let grow = g0 + lr / mt
+                        let b = grow / th, oy = mt * (grow % th) + lr % mt
+                        guard oy < h else { return }
+                        // [W][cbb] (row stride cbb) -> [cbb][W] (row stride H*W)
+                        dp_transpose(yb + lr * mt * tw * cbb, cbb, w, cbb, po + (b * cout + co0) * hw + oy * w, hw)
+                    }
+                    co0 += cbb
+                }
+                g0 += rows
+            }
             }
         }
         }

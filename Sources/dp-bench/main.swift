@@ -45,10 +45,22 @@ extension DPBench {
         @Option(help: "Height.") var height = 80
         @Option(help: "Width.") var width = 64
         @Option(help: "Repeats (best reported).") var repeats = 5
+        @Flag(help: "Sweep every distinct 3x3 convolution of an SD-1.5 UNet forward at a --height x --width latent (automatic path; --cin/--cout ignored).")
+        var unetShapes = false
+        @Flag(help: "With --unet-shapes: also time forced im2col and forced Winograd per shape.") var compare = false
+        @Flag(help: "With --unet-shapes: write a 512 MB buffer before each timed call (the filter then comes from memory, as in a forward).")
+        var cold = false
+        @Option(help: "Time only this algorithm (im2col, winograd, winograd2x2, automatic).") var only: String?
         @OptionGroup var threads: ThreadOption
         func run() {
             threads.apply()
-            benchConv3x3(batch: batch, cin: cin, cout: cout, height: height, width: width, repeats: repeats)
+            if unetShapes {
+                benchUNetConvShapes(batch: batch, height: height, width: width, repeats: repeats, compare: compare,
+                                    cold: cold)
+                return
+            }
+            benchConv3x3(batch: batch, cin: cin, cout: cout, height: height, width: width, repeats: repeats,
+                         only: only.flatMap(Conv3x3Algorithm.init(rawValue:)))
         }
     }
 

@@ -26,10 +26,11 @@ const char *dp_blas_corename(void);
 /// The OPENBLAS_CORETYPE dp-farm set before loading OpenBLAS, or NULL when it left the choice to OpenBLAS
 /// (the user set OPENBLAS_CORETYPE, DP_OPENBLAS_CORETYPE=none, or the CPU has no AVX-512).
 const char *dp_blas_forced_core(void);
-/// Winograd F(4x4, 3x3) weight transform (winograd.c): u [36][cin][co1 - co0] for input channels [ci0, ci1)
-/// and output channels [co0, co1) from wt [cin][9][cout] (the filter g[co][ci][ky][kx] at wt[ci][ky*3+kx][co]).
-void dp_wino43_weights(const float *wt, size_t cin, size_t cout, size_t ci0, size_t ci1, size_t co0, size_t co1,
-                       float *u);
+/// Winograd F(4x4, 3x3) weight transform (winograd.c): u[p * plane + (ci - ci0) * (co1 - co0) + co - co0],
+/// p = 0..35, for input channels [ci0, ci1) and output channels [co0, co1) from wt [cin][9][cout] (the
+/// filter g[co][ci][ky][kx] at wt[ci][ky*3+kx][co]).
+void dp_wino43_weights(const float *wt, size_t cout, size_t ci0, size_t ci1, size_t co0, size_t co1, float *u,
+                       size_t plane);
 /// Input transform of tiles [t0, t1) of a zero-padded NHWC band xb [rows][wp][c]: tile t = (t / tw, t % tw)
 /// reads rows 4ty..4ty+5 and columns 4tx..4tx+5 and writes v[p * vplane + t * c + ch], p = 0..35.
 void dp_wino43_input(const float *xb, size_t wp, size_t c, size_t tw, size_t t0, size_t t1, float *v,
@@ -37,6 +38,14 @@ void dp_wino43_input(const float *xb, size_t wp, size_t c, size_t tw, size_t t0,
 /// Output transform of tiles [t0, t1): m[p * mplane + t * c + ch] -> yb [4 rows][4 tw][c] (NHWC), + bias[ch]
 /// (bias may be NULL).
 void dp_wino43_output(const float *m, size_t mplane, size_t c, size_t tw, size_t t0, size_t t1,
+                      const float *bias, float *yb);
+/// The same three for Winograd F(2x2, 3x3): 16 positions p, 2x2 output tiles read from 4x4 input patches
+/// (rows 2ty..2ty+3), output band [2 rows][2 tw][c].
+void dp_wino23_weights(const float *wt, size_t cout, size_t ci0, size_t ci1, size_t co0, size_t co1, float *u,
+                       size_t plane);
+void dp_wino23_input(const float *xb, size_t wp, size_t c, size_t tw, size_t t0, size_t t1, float *v,
+                     size_t vplane);
+void dp_wino23_output(const float *m, size_t mplane, size_t c, size_t tw, size_t t0, size_t t1,
                       const float *bias, float *yb);
 /// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols.
 void dp_transpose(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd);
