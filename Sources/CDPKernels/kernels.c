@@ -170,6 +170,5 @@ void dp_gelu(const float *gate, const float *value, float *dst, size_t n) {
     DP_DISPATCH(gelu, gate, value, dst, n);
 }
 void dp_softmax_row(float *p, size_t n) { DP_DISPATCH(softmax_row, p, n); }
-float dp_exp_shifted_row(float *p, size_t n, float m) { DP_DISPATCH_RETURN(exp_shifted_row, p, n, m); }
 void dp_exp_array(const float *src, float *dst, size_t n) { DP_DISPATCH(exp_array, src, dst, n); }
 void dp_erf_array(const float *src, float *dst, size_t n) { DP_DISPATCH(erf_array, src, dst, n); }

@@ -90,21 +90,24 @@ public func linearRows(_ x: UnsafePointer<Float>, rows: Int, weight: Tensor, bia
     defer { probe?.end() }
     guard rows > 0, outF > 0 else { return }
     let seeded = bias != nil || residual != nil
-    if seeded {
-        // out = residual + bias, row blocks over the engine threads (the product then adds into it).
-        withOptionalPointer(bias) { pb in
-            let blockRows = max(1, 16_384 / outF)
-            let blocks = (rows + blockRows - 1) / blockRows
-            parallelChunks(blocks, work: rows * outF) { range in
-                for r in range.lowerBound * blockRows..<min(rows, range.upperBound * blockRows) {
-                    seedRow(out + r * outF, count: outF, bias: pb, residual: residual.map { $0 + r * outF })
-                }
-            }
-        }
-    }
+    if seeded { seedRows(out, rows: rows, width: outF, bias: bias, residual: residual) }
     weight.data.withUnsafeBufferPointer { pw in
         gemm(transB: true, m: rows, n: outF, k: inF, a: x, lda: inF, b: pw.baseAddress!, ldb: inF,
              beta: seeded ? 1 : 0, c: out, ldc: outF)
+    }
+}
+
+/// out [rows, width] = residual (when given) + bias broadcast over the rows (when given), in row blocks over the
+/// engine threads: the start of a product that then accumulates into out (beta 1).
+func seedRows(_ out: UnsafeMutablePointer<Float>, rows: Int, width: Int, bias: Tensor?, residual: UnsafePointer<Float>?) {
+    withOptionalPointer(bias) { pb in
+        let blockRows = max(1, 16_384 / max(width, 1))
+        let blocks = (rows + blockRows - 1) / blockRows
+        parallelChunks(blocks, work: rows * width) { range in
+            for r in range.lowerBound * blockRows..<min(rows, range.upperBound * blockRows) {
+                seedRow(out + r * width, count: width, bias: pb, residual: residual.map { $0 + r * width })
+            }
+        }
     }
 }
 

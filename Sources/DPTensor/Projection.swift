@@ -13,11 +13,7 @@ public func linearFromChannels(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Te
     defer { probe?.end() }
     return Tensor(overwriting: [n, hw, outF]) { out in
         guard let po = out.baseAddress, hw > 0, outF > 0 else { return }
-        if let bias {
-            bias.data.withUnsafeBufferPointer { pb in
-                parallelFor(n * hw, work: n * hw * outF) { r in (po + r * outF).update(from: pb.baseAddress!, count: outF) }
-            }
-        }
+        if bias != nil { seedRows(po, rows: n * hw, width: outF, bias: bias, residual: nil) }
         x.data.withUnsafeBufferPointer { px in
         weight.data.withUnsafeBufferPointer { pw in
             for b in 0..<n {   // [H*W, Out] = (x_b [C, H*W])^T (weight [Out, C])^T

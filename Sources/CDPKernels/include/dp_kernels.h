@@ -11,8 +11,6 @@ void dp_silu_scaled(const float *src, float *dst, size_t n, float k);
 void dp_gelu(const float *gate, const float *value, float *dst, size_t n);
 /// In-place softmax of one row (max-subtracted).
 void dp_softmax_row(float *p, size_t n);
-/// exp(p[i] - m) in place for a known maximum m; returns 1 / sum.
-float dp_exp_shifted_row(float *p, size_t n, float m);
 /// Scalar helpers used by the tests: vector exp and erf applied to an array.
 void dp_exp_array(const float *src, float *dst, size_t n);
 void dp_erf_array(const float *src, float *dst, size_t n);
