@@ -75,9 +75,9 @@ let package = Package(
         // Executables.
         // The rendering options (--model ... --noise) that dp-coord submit and dp-worker render both take:
         // one ParsableArguments declaration with the checks that need no files (DPFileKit's RenderRequest), and the
-        // --log-level / --log-format options (DPLog).
+        // --log-level / --log-format options (DPLog), and the keygen command's output (DPTransport's CurveKeyFile).
         .target(name: "DPCLISupport",
-                dependencies: ["DPFileKit", "DPLog", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                dependencies: ["DPFileKit", "DPLog", "DPTransport", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                .product(name: "Logging", package: "swift-log")]),
         .executableTarget(name: "dp-coord",
                           dependencies: ["DPCoordinator", "DPWorker", "DPTransport", "DPCLISupport", "DPLog",

@@ -26,11 +26,7 @@ extension FarmClient {
         var inputs: [String: Data] = [:]
         func inputFile(_ path: String, _ data: Data) -> FarmInputFile {
             inputs[path] = data
-            var f = FarmInputFile()
-            f.path = path
-            f.size = UInt64(data.count)
-            f.sha256 = FileDigest.sha256(data)
-            return f
+            return FarmInputFile(path: path, data: data)
         }
         var spec = FarmJobSpec()
         spec.name = job.name

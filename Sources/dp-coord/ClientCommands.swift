@@ -182,19 +182,6 @@ extension DPCoordCommand {
     }
 }
 
-/// Shared by `dp-coord keygen` and `dp-worker keygen`.
-enum KeygenOutput {
-    static func run(_ name: String) throws {
-        do {
-            let made = try CurveKeyFile.generate(base: (name as NSString).expandingTildeInPath)
-            print("secret key  \(made.secretPath)  (mode 0600: keep it on this machine)")
-            print("public key  \(made.publicPath)  \(made.pair.publicKey)")
-        } catch {
-            throw CLIError("\(error)")
-        }
-    }
-}
-
 func printJSON(_ object: Any) {
     guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted]) else { return }
     print(String(decoding: data, as: UTF8.self))

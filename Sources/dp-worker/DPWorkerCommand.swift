@@ -233,12 +233,6 @@ struct KeygenCommand: ParsableCommand {
     @Argument(help: "Path and name of the pair, without extension (e.g. /etc/dp-farm/keys/worker).") var name: String
 
     func run() throws {
-        do {
-            let made = try CurveKeyFile.generate(base: (name as NSString).expandingTildeInPath)
-            print("secret key  \(made.secretPath)  (mode 0600: keep it on this machine)")
-            print("public key  \(made.publicPath)  \(made.pair.publicKey)")
-        } catch {
-            throw CLIError("\(error)")
-        }
+        try KeygenOutput.run(name)
     }
 }

@@ -262,13 +262,7 @@ enum FarmFixtures {
     /// at frame 0 (`poses/0.npy` holding `pose`), `subject` as `subject.png`, the model's manifest.
     static func rawSubmitJob(manifest: ModelManifest, name: String, subject: Data, pose: Data, out: String,
                              frames: [UInt32] = []) -> FarmSubmitJob {
-        func file(_ path: String, _ data: Data) -> FarmInputFile {
-            var f = FarmInputFile()
-            f.path = path
-            f.size = UInt64(data.count)
-            f.sha256 = FileDigest.sha256(data)
-            return f
-        }
+        func file(_ path: String, _ data: Data) -> FarmInputFile { FarmInputFile(path: path, data: data) }
         var spec = FarmJobSpec()
         spec.name = name
         spec.modelID = manifest.modelID
